@@ -1,0 +1,80 @@
+"""Every exception the orchestrator raises on purpose, in one place.
+
+CLI verbs catch `TestbedError` and print its message (no traceback); `exit_code` is what the process returns.
+"""
+
+from __future__ import annotations
+
+
+class TestbedError(Exception):
+    """A failure we anticipated and can explain to the user."""
+
+    __test__ = False  # not a pytest test class despite the name
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class SpecError(TestbedError):
+    """A lab or experiment file is invalid. Carries every problem found, each with its key path."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
+        lines += [f"  {path or '<top>'}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+class UsageError(TestbedError):
+    """Bad command-line input."""
+
+    exit_code = 2
+
+
+class NotRootError(TestbedError):
+    exit_code = 1
+
+
+class UnknownProviderError(TestbedError):
+    exit_code = 2
+
+
+class LabNotFoundError(TestbedError):
+    pass
+
+
+class LabExistsError(TestbedError):
+    pass
+
+
+class ProviderError(TestbedError):
+    """Building, changing or removing a lab's resources failed."""
+
+
+class CommandError(TestbedError):
+    """A command we ran returned non-zero where success was required."""
+
+
+class AccessError(TestbedError):
+    """A host could not be reached, authenticated, or talked to over the admin LAN."""
+
+
+class ProvisionError(TestbedError):
+    """An Ansible run failed."""
+
+
+class CaptureError(TestbedError):
+    """A packet capture could not be started, proven live, stopped completely, or dropped packets."""
+
+
+class ExperimentError(TestbedError):
+    pass
