@@ -42,6 +42,7 @@ lint: venv
 	$(PY) -m ruff check orchestrator testworm throttle tests benchmarks
 
 bench: setup
+	@scripts/setup-system.sh mininet bridge-utils   # the lab benchmark compares with Mininet 2.3
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

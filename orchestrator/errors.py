@@ -30,7 +30,7 @@ class SpecError(TestbedError):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
-        lines += [f"  {path or '<top>'}: {reason}" for path, reason in problems]
+        lines += [f"  {path}: {reason}" for path, reason in problems]
         super().__init__("\n".join(lines))
 
 

@@ -1,0 +1,143 @@
+"""Lab build and teardown speed of the netns provider, beside Mininet 2.3 measured in the same run.
+
+Prints the median of several runs for: labs/paper-testbed.yaml (21 hosts, three LANs, the sniffer's mirror,
+routes, isolation filters) and a generated 200-host lab; Mininet's `single,N` topology on Linux bridges
+with no controller (its hosts on one switch, nothing else) where Mininet is installed (`make bench`
+installs it). Targets (issue 2): paper testbed up ≤ 0.5 s, down ≤ 0.3 s; 200 hosts up ≤ 2 s, down ≤ 1 s.
+
+Run as root from the repository root: .venv/bin/python benchmarks/bench_netns.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from orchestrator import lab as core  # noqa: E402
+from orchestrator.state import StateStore  # noqa: E402
+
+LAB_200 = """\
+name: {name}
+lans:
+  management: {{subnet: 198.18.0.0/23}}
+  admin: {{subnet: 198.18.2.0/23}}
+  experimental: {{subnet: 198.18.8.0/22}}
+hosts:
+  admin-server: {{role: admin-server}}
+  gateway: {{role: gateway}}
+  sniffer: {{role: sniffer}}
+  injector: {{role: injector}}
+  target: {{role: target}}
+  blade: {{role: blade, count: 195}}
+"""
+
+MININET = r"""
+import sys, time
+from mininet.net import Mininet
+from mininet.topo import SingleSwitchTopo
+from mininet.nodelib import LinuxBridge
+from mininet.log import setLogLevel
+setLogLevel("error")
+n = int(sys.argv[1])
+t0 = time.perf_counter()
+net = Mininet(topo=SingleSwitchTopo(n), switch=LinuxBridge, controller=None)
+net.start()
+t1 = time.perf_counter()
+net.stop()
+t2 = time.perf_counter()
+print(f"{t1 - t0:.4f} {t2 - t1:.4f}")
+"""
+
+
+def measure_ours(lab_file: Path, runs: int, store: StateStore) -> tuple[list[float], list[float], int]:
+    ups, downs, hosts = [], [], 0
+    for _ in range(runs):
+        name = f"bench{secrets.token_hex(2)}"
+        t0 = time.perf_counter()
+        lab = core.up(lab_file, name=name, store=store)
+        t1 = time.perf_counter()
+        core.down(name, store=store)
+        t2 = time.perf_counter()
+        ups.append(t1 - t0)
+        downs.append(t2 - t1)
+        hosts = len(lab.hosts)
+    return ups, downs, hosts
+
+
+def measure_cli(lab_file: Path, runs: int) -> tuple[float, float]:
+    """Wall time of `testbed up` and `testbed down` as a user runs them (interpreter start included)."""
+    ups, downs = [], []
+    for _ in range(runs):
+        name = f"bcli{secrets.token_hex(2)}"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", str(lab_file), "--name", name],
+                       check=True, capture_output=True, cwd=REPO)
+        t1 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "orchestrator.cli", "down", name], check=True, capture_output=True,
+                       cwd=REPO)
+        ups.append(t1 - t0)
+        downs.append(time.perf_counter() - t1)
+    return statistics.median(ups), statistics.median(downs)
+
+
+def measure_mininet(n: int, runs: int) -> tuple[float, float] | None:
+    if not shutil.which("mn"):
+        return None
+    ups, downs = [], []
+    for _ in range(runs):
+        r = subprocess.run(["/usr/bin/python3", "-c", MININET, str(n)], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            print(f"mininet failed: {r.stderr.strip()[-300:]}")
+            return None
+        up, down = map(float, r.stdout.split())
+        ups.append(up)
+        downs.append(down)
+    return statistics.median(ups), statistics.median(downs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_netns: needs root")
+    tmp = Path(tempfile.mkdtemp(prefix="wt-bench-"))
+    os.environ["TESTBED_STATE_DIR"] = str(tmp / "state")
+    store = StateStore(tmp / "state")
+    try:
+        big = tmp / "lab200.yaml"
+        big.write_text(LAB_200.format(name="bench200"))
+        rows = []
+        for label, f, runs, target in (("paper-testbed", REPO / "labs" / "paper-testbed.yaml", args.runs, (0.5, 0.3)),
+                                       ("200 hosts", big, max(2, args.runs // 2), (2.0, 1.0))):
+            ups, downs, hosts = measure_ours(f, runs, store)
+            mn = measure_mininet(hosts, max(2, runs // 2))
+            rows.append((label, hosts, statistics.median(ups), statistics.median(downs), target, mn))
+        cli_up, cli_down = measure_cli(REPO / "labs" / "paper-testbed.yaml", 3)
+
+        print(f"{'lab':<14} {'hosts':>5}  {'ours up':>8} {'ours down':>9}  {'target':>13}  "
+              f"{'mininet up':>10} {'mininet down':>12}")
+        for label, hosts, up, down, (tu, td), mn in rows:
+            mn_s = f"{mn[0]:>9.3f}s {mn[1]:>11.3f}s" if mn else f"{'(not installed)':>23}"
+            ok = "ok" if up <= tu and down <= td else "MISSED"
+            print(f"{label:<14} {hosts:>5}  {up:>7.3f}s {down:>8.3f}s  ≤{tu:.1f}/≤{td:.1f}s {ok:<3} {mn_s}")
+        print(f"CLI wall time, paper-testbed (interpreter start included): up {cli_up:.3f} s, down {cli_down:.3f} s")
+        print("ours: three LANs, a mirror port, routes, isolation filters; Mininet: one switch, no controller")
+    finally:
+        core.down_all(store=store)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

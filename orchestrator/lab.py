@@ -1,0 +1,98 @@
+"""The lab verbs behind the CLI: up, down, status, exec, check — one function each, provider-independent.
+
+A lab that is up is found by name in the state store; its record says which provider made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from . import check as check_mod
+from . import nsutil
+from .errors import LabNotFoundError
+from .proc import Result
+from .providers import get_provider
+from .providers.base import LabStatus, Progress, Provider, Resource, no_progress
+from .spec import load_lab
+from .state import StateStore
+from .topology import Lab
+
+
+def provider_for(name: str, store: StateStore | None = None) -> tuple[Provider, Lab]:
+    store = store or StateStore()
+    rec = store.require(name)
+    return get_provider(rec.provider, store), rec.topology
+
+
+def up(path: str | Path, *, provider: str | None = None, name: str | None = None,
+       store: StateStore | None = None, progress: Progress = no_progress) -> Lab:
+    """Validate a lab file completely, then build it. Nothing is created if the file has any problem."""
+    lab = load_lab(path, provider_override=provider, name_override=name)
+    prov = get_provider(lab.provider, store)
+    prov.create(lab, progress)
+    return lab
+
+
+def down(name: str, *, store: StateStore | None = None, progress: Progress = no_progress) -> list[Resource] | None:
+    """Remove everything lab `name` made. None if no such lab is known (not an error)."""
+    store = store or StateStore()
+    rec = store.load(name)
+    if rec is None:
+        return None
+    return get_provider(rec.provider, store).destroy(name, progress)
+
+
+def down_all(*, store: StateStore | None = None, progress: Progress = no_progress) -> dict[str, list[Resource]]:
+    store = store or StateStore()
+    out: dict[str, list[Resource]] = {}
+    for name in store.names():
+        removed = down(name, store=store, progress=progress)
+        if removed is not None:
+            out[name] = removed
+    return out
+
+
+def status(name: str, *, store: StateStore | None = None) -> LabStatus:
+    prov, _ = provider_for(name, store)
+    return prov.status(name)
+
+
+def status_all(*, store: StateStore | None = None) -> list[LabStatus]:
+    store = store or StateStore()
+    out = []
+    for name in store.names():
+        try:
+            out.append(status(name, store=store))
+        except LabNotFoundError:
+            continue
+    return out
+
+
+def unrecorded_namespaces(store: StateStore | None = None) -> list[str]:
+    """Namespaces that look like ours (wt.*) but no lab in this state directory recorded: left alone."""
+    from .providers.netns import PREFIX
+
+    store = store or StateStore()
+    owned: set[str] = set()
+    for name in store.names():
+        rec = store.load(name)
+        if rec:
+            owned |= set(rec.owns("netns"))
+    return sorted(n for n in nsutil.list_netns() if n.startswith(PREFIX) and n not in owned)
+
+
+def exec_(name: str, host: str, argv: Sequence[str], *, capture: bool = False, timeout: float | None = None,
+          store: StateStore | None = None) -> Result:
+    prov, _ = provider_for(name, store)
+    return prov.exec(name, host, argv, timeout=timeout, capture=capture)
+
+
+def check(name: str, *, store: StateStore | None = None) -> check_mod.CheckReport:
+    prov, lab = provider_for(name, store)
+    return check_mod.run_check(prov, lab)
+
+
+def status_dict(st: LabStatus) -> dict:
+    return asdict(st)

@@ -1,0 +1,102 @@
+"""The provider interface: what turns a resolved lab into running hosts and networks, and back.
+
+Everything above it (provisioning, capture, experiments, analysis) reaches hosts over the admin LAN and
+is provider-independent; only `exec` (out-of-band), `power` and `console` go through the provider.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..proc import Result
+from ..state import StateStore
+from ..topology import Lab
+
+# progress(step, done, total): providers report long work through this; the CLI draws it.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(step: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str          # netns, bridge, process, domain, network, volume, chain, …
+    name: str
+    present: bool
+    detail: str = ""
+
+
+@dataclass
+class HostStatus:
+    name: str
+    role: str
+    state: str                       # up | down | missing
+    addresses: dict[str, str] = field(default_factory=dict)    # ifname -> address ("" = no address)
+    links: dict[str, str] = field(default_factory=dict)        # ifname -> UP/DOWN/LOWER_UP…
+    processes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LabStatus:
+    name: str
+    provider: str
+    state: str                       # up | creating | failed | destroying | degraded
+    source: str
+    created: float
+    hosts: list[HostStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A probe a provider runs before doing anything; `fix` is what the user sees when it fails."""
+
+    name: str
+    ok: bool
+    message: str
+    fix: str = ""
+
+
+class Provider(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, store: StateStore | None = None):
+        self.store = store or StateStore()
+
+    @abstractmethod
+    def prerequisites(self, lab: Lab | None = None) -> list[Prerequisite]:
+        """Probe what this provider needs (privileges, tools, daemons) and say how to fix what is missing."""
+
+    @abstractmethod
+    def create(self, lab: Lab, progress: Progress = no_progress) -> None:
+        """Build every network and host of `lab`. On failure, remove what was made and raise."""
+
+    @abstractmethod
+    def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
+        """Remove everything lab `name` owns (from its journal), idempotently; return what was removed."""
+
+    @abstractmethod
+    def resources(self, name: str) -> list[Resource]:
+        """Every resource lab `name` owns, and whether it is present."""
+
+    @abstractmethod
+    def status(self, name: str) -> LabStatus:
+        ...
+
+    @abstractmethod
+    def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
+             input: str | None = None, capture: bool = True) -> Result:
+        """Run argv on a host out-of-band (not over the lab's own networks)."""
+
+    def power(self, name: str, host: str, action: str) -> str:
+        """Out-of-band power control (on, off, cycle) — the paper's remote management cards."""
+        raise NotImplementedError(f"the {self.name} provider has no power control")
+
+    def console(self, name: str, host: str) -> int:
+        """Attach the user's terminal to a host's console; returns the exit code."""
+        raise NotImplementedError(f"the {self.name} provider has no console")

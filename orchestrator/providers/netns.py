@@ -1,0 +1,452 @@
+"""The embedded default provider: each host a Linux network namespace, each LAN a bridge in the lab's own
+switch namespace, the sniffer fed by ingress `tc mirred` from every experimental port.
+
+Nothing is created in the machine's root namespace: veth pairs are made directly inside the lab's
+namespaces, so deleting those namespaces removes every interface. Names: `wt.<lab>.<host>` and
+`wt.<lab>.switch`. Built with `ip -batch` (one process per namespace, in parallel) because it is ten
+times faster than per-host pyroute2 sockets here; pyroute2 is used to inspect.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+
+from .. import isolation, nftables, nsutil
+from ..errors import LabExistsError, NotRootError, ProviderError
+from ..files import atomic_write_json, read_json
+from ..proc import Result, is_root, pid_start_time, run, run_batch
+from ..state import LabRecord
+from ..topology import Host, Lab
+from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
+
+PREFIX = "wt."
+# runs a command as the host: its own /run and /tmp, its own hostname (a private mount and UTS namespace)
+_HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/tmp" /tmp && hostname "$2" '
+                 '&& shift 2 && exec "$@"')
+
+def ns_name(lab: str, host: str) -> str:
+    return f"{PREFIX}{lab}.{host}"
+
+
+def switch_name(lab: str) -> str:
+    return f"{PREFIX}{lab}.switch"
+
+
+def _fault(step: str) -> None:
+    """Test seam: TESTBED_FAULT_PAUSE=<step> makes `up` stop here (for SIGKILL-during-up tests)."""
+    if os.environ.get("TESTBED_FAULT_PAUSE") == step:
+        print(f"fault-pause:{step}", flush=True)
+        time.sleep(120)
+    if os.environ.get("TESTBED_FAULT_FAIL") == step:
+        raise ProviderError(f"injected failure at step '{step}' (TESTBED_FAULT_FAIL)")
+
+
+class NetnsProvider(Provider):
+    name = "netns"
+
+    # ------------------------------------------------------------ prerequisites
+
+    def prerequisites(self, lab: Lab | None = None) -> list[Prerequisite]:
+        out = [Prerequisite("root", is_root(), "the netns provider needs root (network namespaces, bridges)",
+                            "run as root, e.g. sudo testbed …")]
+        for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("unshare", "util-linux")):
+            ok = run(["which", tool], timeout=5).ok
+            out.append(Prerequisite(tool, ok, f"'{tool}' is not installed", f"apt-get install {pkg} (or make setup)"))
+        return out
+
+    def require(self) -> None:
+        failed = [p for p in self.prerequisites() if not p.ok]
+        if not failed:
+            return
+        if failed[0].name == "root":
+            raise NotRootError(f"{failed[0].message}", hint=failed[0].fix)
+        raise ProviderError("; ".join(p.message for p in failed), hint="; ".join(p.fix for p in failed))
+
+    # ------------------------------------------------------------ create
+
+    def create(self, lab: Lab, progress: Progress = no_progress) -> None:
+        self.require()
+        with self.store.locked(lab.name):
+            existing = self.store.load(lab.name)
+            if existing is not None:
+                if existing.state == "up":
+                    raise LabExistsError(f"lab '{lab.name}' is already up; run `testbed down {lab.name}` first")
+                raise LabExistsError(f"lab '{lab.name}' was left {existing.state} by an interrupted command; "
+                                     f"run `testbed down {lab.name}` first")
+            names = [switch_name(lab.name)] + [ns_name(lab.name, h.name) for h in lab.hosts]
+            clash = sorted(set(names) & nsutil.list_netns())
+            if clash:
+                raise ProviderError(f"network namespace {clash[0]} already exists and is not recorded by any "
+                                    f"lab here; nothing was created",
+                                    hint="another state directory may own it (TESTBED_STATE_DIR), or remove it "
+                                         "by hand if you know it is stale")
+            rec = LabRecord(lab.name, self.name, "creating", lab.to_dict())
+            self.store.journal(rec, "netns", names)
+            try:
+                self._build(lab, rec, progress)
+            except BaseException as exc:
+                rec.state, rec.error = "failed", str(exc)
+                self.store.save(rec)
+                self._teardown(rec, no_progress)
+                if isinstance(exc, ProviderError | KeyboardInterrupt):
+                    raise
+                raise ProviderError(f"building lab '{lab.name}' failed and was rolled back: {exc}") from exc
+            rec.state = "up"
+            self.store.save(rec)
+
+    def _build(self, lab: Lab, rec: LabRecord, progress: Progress) -> None:
+        sw = switch_name(lab.name)
+        total = 5
+        progress("namespaces", 0, total)
+        run_batch(["ip"], [f"netns add {n}" for n in rec.owns("netns")]).check("creating namespaces")
+        _fault("after-netns")
+
+        progress("sysctls", 1, total)
+        for name in rec.owns("netns"):
+            nsutil.write_sysctls(name, {
+                "ipv6.conf.all.disable_ipv6": "1", "ipv6.conf.default.disable_ipv6": "1",
+                "ipv4.ip_forward": "0",
+            })
+        for h in lab.hosts:
+            if h.forwarding:
+                nsutil.write_sysctls(ns_name(lab.name, h.name), {"ipv4.ip_forward": "1"})
+
+        progress("links", 2, total)
+        veths = []
+        for h in lab.hosts:
+            for i in h.interfaces:
+                veths.append(f"link add name {i.ifname} netns {ns_name(lab.name, h.name)} address {i.mac} "
+                             f"type veth peer name {i.port} netns {sw}")
+        run_batch(["ip"], veths).check("creating veth pairs")
+        _fault("after-veth")
+
+        progress("addresses", 3, total)
+        self._configure_switch(lab)
+        self._configure_hosts(lab)
+        _fault("after-config")
+
+        progress("isolation", 4, total)
+        for h in lab.hosts:
+            if h.forwarding:
+                nsutil.write_sysctls(ns_name(lab.name, h.name), {
+                    f"ipv4.conf.{i.ifname}.forwarding": "0" for i in h.interfaces
+                    if not i.segment.startswith("experimental")})
+        self._apply_isolation(lab)
+        for h in lab.hosts:
+            d = self.store.host_dir(lab.name, h.name)
+            for sub in ("run", "tmp", "log", "procs"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(d / "tmp", 0o1777)
+        progress("ready", total, total)
+
+    def _apply_isolation(self, lab: Lab) -> None:
+        """Load each dual-homed host's isolation table (orchestrator.isolation)."""
+        for h in lab.hosts:
+            rules = isolation.ruleset(h)
+            if rules:
+                nftables.load(ns_name(lab.name, h.name), rules, what=f"isolation rules of {h.name}")
+
+    def _configure_switch(self, lab: Lab) -> None:
+        sw = switch_name(lab.name)
+        lines = ["link set lo up"]
+        for seg in lab.segments:
+            lines += [f"link add {seg.bridge} type bridge stp_state 0 mcast_snooping 0", f"link set {seg.bridge} up"]
+        mirror_ports: dict[str, str] = {}         # segment -> the sniffer's port on it
+        exp_ports: list[tuple[str, str]] = []     # (port, segment)
+        for h in lab.hosts:
+            for i in h.interfaces:
+                if i.mirror:
+                    mirror_ports[i.segment] = i.port
+                    lines.append(f"link set {i.port} up")   # not in the bridge: it only ever receives copies
+                    continue
+                lines.append(f"link set {i.port} master {lab.segment(i.segment).bridge} up")
+                if lab.segment(i.segment).kind == "experimental":
+                    exp_ports.append((i.port, i.segment))
+        run_batch(["ip", "-n", sw], lines).check("configuring the lab switch")
+        # ingress-only mirroring: every frame enters the switch exactly once, so it is copied exactly once
+        tc = []
+        for port, seg in exp_ports:
+            if seg in mirror_ports:
+                tc += [f"qdisc add dev {port} clsact",
+                       f"filter add dev {port} ingress protocol all prio 1 u32 match u32 0 0 "
+                       f"action mirred egress mirror dev {mirror_ports[seg]}"]
+        if tc:
+            run_batch(["tc", "-n", sw], tc).check("mirroring the experimental LAN to the sniffer")
+
+    def _configure_hosts(self, lab: Lab) -> None:
+        procs: list[tuple[Host, subprocess.Popen]] = []
+        for h in lab.hosts:
+            lines = ["link set lo up"]
+            for i in h.interfaces:
+                if i.mirror:
+                    lines += [f"link set {i.ifname} arp off", f"link set {i.ifname} up"]
+                else:
+                    lines += [f"addr add {i.address} dev {i.ifname}", f"link set {i.ifname} up"]
+            if h.default_via:
+                lines.append(f"route add default via {h.default_via}")
+            lines.append("link show")
+            p = subprocess.Popen(["ip", "-o", "-n", ns_name(lab.name, h.name), "-batch", "-"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert p.stdin is not None
+            p.stdin.write("\n".join(lines) + "\n")
+            p.stdin.close()
+            p.stdin = None  # so communicate() below only reads
+            procs.append((h, p))
+        down: list[str] = []
+        errors: list[str] = []
+        for h, p in procs:
+            out, err = p.communicate(timeout=60)
+            if p.returncode != 0:
+                errors.append(f"{h.name}: {err.strip().splitlines()[-1] if err.strip() else 'ip failed'}")
+                continue
+            down += [f"{h.name}/{n}" for n in _links_without_carrier(out, [i.ifname for i in h.interfaces])]
+        if errors:
+            raise ProviderError("configuring hosts failed: " + "; ".join(errors[:5]))
+        if down:
+            self._wait_carrier(lab, down)
+
+    def _wait_carrier(self, lab: Lab, pending: list[str], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+            still = []
+            for item in pending:
+                host, ifname = item.split("/")
+                r = run(["ip", "-n", ns_name(lab.name, host), "-o", "link", "show", ifname], timeout=5)
+                if _links_without_carrier(r.stdout, [ifname]):
+                    still.append(item)
+            pending = still
+        if pending:
+            raise ProviderError(f"no carrier after {timeout:.0f} s on {', '.join(pending[:5])}")
+
+    # ------------------------------------------------------------ destroy
+
+    def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
+        with self.store.locked(name):
+            rec = self.store.load(name)
+            if rec is None:
+                return []
+            rec.state = "destroying"
+            self.store.save(rec)
+            return self._teardown(rec, progress)
+
+    def _teardown(self, rec: LabRecord, progress: Progress) -> list[Resource]:
+        names = rec.owns("netns")
+        removed: list[Resource] = []
+        progress("processes", 0, 3)
+        for pid, starttime, label in self._recorded_processes(rec):
+            if _signal_if_same(pid, starttime, signal.SIGTERM):
+                removed.append(Resource("process", f"{pid}", True, label))
+        # anything else still running inside the lab's namespaces was started in the lab: end it
+        _terminate({pid: ns for pid, ns in nsutil.pids_in_netns(names).items()}, removed)
+        progress("namespaces", 1, 3)
+        present = [n for n in names if n in nsutil.list_netns()]
+        if present:
+            res = run_batch(["ip", "-force"], [f"netns del {n}" for n in present])
+            if not res.ok:
+                for n in present:
+                    run(["ip", "netns", "del", n], timeout=10)
+        left = sorted(set(names) & nsutil.list_netns())
+        if left:
+            raise ProviderError(f"could not remove namespace(s) {', '.join(left)}; the lab state is kept so "
+                                f"`testbed down {rec.name}` can be retried")
+        removed += [Resource("netns", n, True) for n in present]
+        progress("state", 2, 3)
+        self.store.remove(rec.name)
+        progress("done", 3, 3)
+        return removed
+
+    def _recorded_processes(self, rec: LabRecord) -> list[tuple[int, int | None, str]]:
+        out = []
+        for h in rec.topology.hosts:
+            pdir = self.store.host_dir(rec.name, h.name) / "procs"
+            for f in sorted(pdir.glob("*.json")) if pdir.is_dir() else []:
+                try:
+                    d = read_json(f)
+                    out.append((int(d["pid"]), d.get("starttime"), f"{h.name}/{d['name']}"))
+                except (OSError, ValueError, KeyError):
+                    continue
+        return out
+
+    # ------------------------------------------------------------ inspection
+
+    def resources(self, name: str) -> list[Resource]:
+        rec = self.store.require(name)
+        have = nsutil.list_netns()
+        out = [Resource("netns", n, n in have) for n in rec.owns("netns")]
+        for pid, starttime, label in self._recorded_processes(rec):
+            out.append(Resource("process", str(pid), pid_start_time(pid) == starttime and starttime is not None,
+                                label))
+        return out
+
+    def status(self, name: str) -> LabStatus:
+        rec = self.store.require(name)
+        lab = rec.topology
+        st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
+        have = nsutil.list_netns()
+        links = _inspect_links([ns_name(lab.name, h.name) for h in lab.hosts if ns_name(lab.name, h.name) in have])
+        for h in lab.hosts:
+            ns = ns_name(lab.name, h.name)
+            if ns not in have:
+                st.hosts.append(HostStatus(h.name, h.role, "missing"))
+                continue
+            info = links.get(ns, {})
+            hs = HostStatus(h.name, h.role, "up",
+                            addresses={i.ifname: info.get(i.ifname, {}).get("address", "") for i in h.interfaces},
+                            links={i.ifname: info.get(i.ifname, {}).get("state", "absent") for i in h.interfaces},
+                            processes=self.processes(name, h.name))
+            if any(v != "UP" for v in hs.links.values()):
+                hs.state = "degraded"
+            st.hosts.append(hs)
+        if rec.state == "up" and any(h.state != "up" for h in st.hosts):
+            st.state = "degraded"
+        if rec.state != "up":
+            st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
+        return st
+
+    # ------------------------------------------------------------ running things in hosts
+
+    def _host_argv(self, lab: str, host: str, argv: Sequence[str]) -> list[str]:
+        hdir = self.store.host_dir(lab, host)
+        return ["ip", "netns", "exec", ns_name(lab, host), "unshare", "--mount", "--uts", "--propagation",
+                "private", "--", "/bin/sh", "-c", _HOST_WRAPPER, "sh", str(hdir), host, *argv]
+
+    def _check_host(self, name: str, host: str) -> LabRecord:
+        rec = self.store.require(name)
+        try:
+            rec.topology.host(host)
+        except KeyError:
+            hosts = ", ".join(h.name for h in rec.topology.hosts)
+            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
+        return rec
+
+    def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
+             input: str | None = None, capture: bool = True) -> Result:
+        self._check_host(name, host)
+        full = self._host_argv(name, host, argv)
+        if capture:
+            res = run(full, timeout=timeout, input=input, host=host)
+            return Result(tuple(argv), res.exit_code, res.stdout, res.stderr, res.duration_s, host, res.timed_out)
+        started = time.monotonic()
+        try:
+            rc = subprocess.run(full, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+        return Result(tuple(argv), rc, "", "", time.monotonic() - started, host)
+
+    def spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
+              env: dict[str, str] | None = None) -> int:
+        """Start a long-running process in a host; its output goes to the host's log/<pname>.log."""
+        self._check_host(name, host)
+        hdir = self.store.host_dir(name, host)
+        log = hdir / "log" / f"{pname}.log"
+        with open(log, "ab") as fh:
+            p = subprocess.Popen(self._host_argv(name, host, argv), stdin=subprocess.DEVNULL, stdout=fh,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=None if env is None else {**os.environ, **env})
+        atomic_write_json(hdir / "procs" / f"{pname}.json",
+                          {"name": pname, "pid": p.pid, "starttime": pid_start_time(p.pid),
+                           "argv": list(argv), "log": str(log), "started": time.time()})
+        return p.pid
+
+    def processes(self, name: str, host: str) -> list[dict]:
+        pdir = self.store.host_dir(name, host) / "procs"
+        out = []
+        for f in sorted(pdir.glob("*.json")) if pdir.is_dir() else []:
+            try:
+                d = read_json(f)
+            except (OSError, ValueError):
+                continue
+            d["alive"] = d.get("starttime") is not None and pid_start_time(d["pid"]) == d["starttime"]
+            out.append(d)
+        return out
+
+    def stop(self, name: str, host: str, pname: str, *, timeout: float = 5.0) -> bool:
+        """Stop a process started with spawn (SIGTERM, then SIGKILL); False if it was not running."""
+        f = self.store.host_dir(name, host) / "procs" / f"{pname}.json"
+        try:
+            d = read_json(f)
+        except (OSError, ValueError):
+            return False
+        was = _signal_if_same(d["pid"], d.get("starttime"), signal.SIGTERM)
+        if was:
+            _wait_gone({d["pid"]: d.get("starttime")}, timeout, kill=True)
+        f.unlink(missing_ok=True)
+        return was
+
+
+def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
+    seen = {}
+    for line in ip_o_output.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) < 3:
+            continue
+        ifname = parts[1].strip().split("@")[0]
+        flags = line[line.find("<") + 1:line.find(">")].split(",")
+        seen[ifname] = "LOWER_UP" in flags
+    return [w for w in wanted if not seen.get(w, False)]
+
+
+def _inspect_links(namespaces: list[str]) -> dict[str, dict[str, dict[str, str]]]:
+    """{ns: {ifname: {"address": "a/len", "state": "UP"|…}}} for every namespace, via pyroute2."""
+    if not namespaces:
+        return {}
+    from pyroute2 import IPRoute
+
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for ns in namespaces:
+        with nsutil.entered(ns):
+            ipr = IPRoute()
+        try:
+            links = {}
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                flags = link["flags"]
+                up, carrier = bool(flags & 0x1), bool(flags & 0x10000)
+                links[link["index"]] = name
+                out.setdefault(ns, {})[name] = {"state": "UP" if up and carrier else ("NO-CARRIER" if up else "DOWN"),
+                                                "address": ""}
+            for addr in ipr.get_addr(family=2):
+                name = links.get(addr["index"])
+                if name:
+                    out[ns][name]["address"] = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+        finally:
+            ipr.close()
+    return out
+
+
+def _signal_if_same(pid: int, starttime: int | None, sig: int) -> bool:
+    """Signal pid only if it is still the process we started (same kernel start time)."""
+    if starttime is None or pid_start_time(pid) != starttime:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_gone(pids: dict[int, int | None], timeout: float, kill: bool) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(pid_start_time(p) != st for p, st in pids.items()):
+            return
+        time.sleep(0.02)
+    if kill:
+        for p, st in pids.items():
+            _signal_if_same(p, st, signal.SIGKILL)
+        _wait_gone(pids, 2.0, kill=False)
+
+
+def _terminate(pids: dict[int, str], removed: list[Resource]) -> None:
+    """End processes found inside the lab's namespaces: SIGTERM, then SIGKILL after 3 s."""
+    known = {p: pid_start_time(p) for p in pids}
+    for p, st in known.items():
+        if _signal_if_same(p, st, signal.SIGTERM):
+            removed.append(Resource("process", str(p), True, f"in {pids[p]}"))
+    _wait_gone(known, 3.0, kill=True)
+

@@ -1,0 +1,304 @@
+"""Lab files: strict pydantic models, YAML loading with key paths and line numbers, and the semantic pass.
+
+`load_lab(path)` returns a resolved `topology.Lab` or raises SpecError listing every problem (file, key path,
+line, reason). Nothing here touches the network; the machine's routes are passed in for the overlap check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import SpecError
+
+ROLES = ("admin-server", "blade", "gateway", "target", "sniffer", "injector")
+Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
+LAN_KINDS = ("management", "admin", "experimental")
+# Roles allowed on each LAN (the paper's separation: management is for the admin server and the blades' RMCs).
+ALLOWED_ROLES = {
+    "management": {"admin-server", "blade"},
+    "admin": set(ROLES),
+    "experimental": {"blade", "gateway", "target", "sniffer", "injector"},
+}
+# LANs a host sits on when its entry does not say.
+DEFAULT_LANS: dict[str, list[str]] = {
+    "admin-server": ["management", "admin"],
+    "blade": ["management", "admin", "experimental"],
+    "gateway": ["admin", "experimental"],
+    "target": ["admin", "experimental"],
+    "sniffer": ["admin", "experimental"],
+    "injector": ["admin", "experimental"],
+}
+DEFAULT_SUBNETS = {"management": "198.18.0.0/24", "admin": "198.18.1.0/24", "experimental": "198.18.8.0/22"}
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
+HOST_PATTERN = r"^[a-z][a-z0-9-]{0,19}$"
+RESERVED_HOST_NAMES = {"switch"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Cidr = Annotated[str, Field(description="IPv4 network in CIDR notation, e.g. 198.18.1.0/24",
+                            json_schema_extra={"format": "ipv4-cidr"})]
+
+
+class LanSpec(Strict):
+    subnet: Cidr = Field(description="the LAN's IPv4 subnet")
+
+
+class ExperimentalSpec(Strict):
+    """The experimental side: one subnet, or several named subnets joined by the gateway."""
+
+    subnet: Cidr | None = Field(None, description="a single experimental subnet")
+    subnets: dict[str, Cidr] | None = Field(
+        None, description="several experimental subnets by name (hosts refer to them as experimental.NAME)")
+
+
+class LansSpec(Strict):
+    management: LanSpec = Field(default_factory=lambda: LanSpec(subnet=DEFAULT_SUBNETS["management"]))
+    admin: LanSpec = Field(default_factory=lambda: LanSpec(subnet=DEFAULT_SUBNETS["admin"]))
+    experimental: ExperimentalSpec = Field(
+        default_factory=lambda: ExperimentalSpec(subnet=DEFAULT_SUBNETS["experimental"]))
+
+
+class HostSpec(Strict):
+    role: Role = Field(description="what the host does in the lab")
+    count: int | None = Field(None, ge=1, le=4096,
+                              description="a counted template: NAME1 … NAMEn (e.g. blade: {count: 16})")
+    lans: list[str] | None = Field(
+        None, description="LANs the host sits on: management, admin, experimental or experimental.NAME "
+                          "(default by role)")
+    addresses: dict[str, str] = Field(
+        default_factory=dict,
+        description="fixed IPv4 addresses by LAN; for a counted template, the first of a consecutive block")
+    image: str | None = Field(None, description="libvirt provider: guest image name (default: debian)")
+    memory_mib: int | None = Field(None, ge=64, le=65536, description="libvirt provider: guest RAM")
+    vcpus: int | None = Field(None, ge=1, le=64, description="libvirt provider: virtual CPUs")
+
+
+class LibvirtOptions(Strict):
+    uri: str = Field("qemu:///system", description="libvirt connection URI, e.g. qemu+ssh://host/system")
+    domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        "auto", description="kvm, qemu (software emulation, TCG), or auto: kvm where it works")
+    image: str = Field("debian", description="default guest image for every host")
+    memory_mib: int = Field(192, ge=64, le=65536)
+    vcpus: int = Field(1, ge=1, le=64)
+    tb_cache_mib: int = Field(96, ge=16, le=2048, description="QEMU TCG translation cache per VM")
+    network: str | None = Field(None, description="must not be set: lab networks are always made by the lab")
+
+
+class LabFile(Strict):
+    """A worm-testbed lab file (labs/*.yaml)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lab name: lower-case letters, digits, dashes")
+    description: str | None = None
+    provider: str = Field("netns", description="netns (default) or libvirt")
+    lans: LansSpec = Field(default_factory=LansSpec)
+    hosts: dict[str, HostSpec] = Field(min_length=1)
+    libvirt: LibvirtOptions | None = None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = LabFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "worm-testbed lab file"
+    return schema
+
+
+# ---------------------------------------------------------------- YAML with paths and lines
+
+
+class _Problems:
+    def __init__(self, source: str, lines: dict[tuple, int]):
+        self.source, self.lines, self.items = source, lines, []
+
+    def add(self, path: Sequence[Any], reason: str) -> None:
+        key = tuple(path)
+        line = None
+        while key and line is None:
+            line = self.lines.get(key)
+            key = key[:-1]
+        where = ".".join(str(p) for p in path) or "<top>"
+        self.items.append((where + (f" (line {line})" if line else ""), reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(self.source, self.items)
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, lines: dict, problems: _Problems) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            if not isinstance(key, str | int):
+                problems.add(path, f"keys must be strings, not {type(key).__name__}")
+                continue
+            key = str(key)
+            if key in out:
+                problems.add((*path, key), f"duplicate key '{key}' (line {knode.start_mark.line + 1})")
+                continue
+            lines.setdefault((*path, key), knode.start_mark.line + 1)   # a key's line is where the key is
+            out[key] = _construct(loader, vnode, (*path, key), lines, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, v, (*path, i), lines, problems) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int], _Problems]:
+    lines: dict[tuple, int] = {}
+    problems = _Problems(source, lines)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = _construct(loader, node, (), lines, problems) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise SpecError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return data, lines, problems
+
+
+def _pydantic_problems(exc: ValidationError, problems: _Problems, model: type[BaseModel]) -> None:
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = _known_keys(model, loc[:-1])
+            hint = f"; known keys here: {', '.join(known)}" if known else ""
+            problems.add(loc, f"unknown key '{loc[-1]}'{hint}")
+        elif kind == "literal_error" and loc and loc[-1] == "role":
+            problems.add(loc, f"unknown role '{err['input']}'; known roles: {', '.join(ROLES)}")
+        elif kind == "missing":
+            problems.add(loc, "required key is missing")
+        elif kind == "string_pattern_mismatch" and loc == ("name",):
+            problems.add(loc, f"invalid lab name '{err['input']}': use 1-24 lower-case letters, digits and "
+                              "dashes, starting with a letter")
+        else:
+            problems.add(loc, err["msg"])
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model class a field holds, or _DictOf(model) for a dict of models (hosts: {name: HostSpec})."""
+    args = getattr(annotation, "__args__", ())
+    for arg in (annotation, *args):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = getattr(arg, "__args__", ())
+        for a in inner:
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                return _DictOf(a)
+    return None
+
+
+class _DictOf:
+    def __init__(self, model: type[BaseModel]):
+        self.model = model
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    cur: Any = model
+    for part in loc:
+        if isinstance(cur, _DictOf):
+            cur = cur.model
+            continue
+        if isinstance(part, int) or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return []
+        field = cur.model_fields.get(str(part))
+        if field is None:
+            return []
+        cur = _inner_model(field.annotation)
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return list(cur.model_fields)
+    return []
+
+
+
+# ---------------------------------------------------------------- loading
+
+
+def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
+                  problems: _Problems | None = None, *, machine_routes: Iterable[str] = (),
+                  known_providers: Iterable[str] | None = None):
+    """Validate parsed lab data; return the resolved topology.Lab or raise SpecError with every problem."""
+    from . import topology  # late import: topology imports this module's constants
+
+    problems = problems or _Problems(source, lines or {})
+    if not isinstance(data, dict):
+        problems.add((), "a lab file is a mapping with at least 'name' and 'hosts'")
+        problems.raise_if_any()
+    if known_providers is None:
+        from .providers import known_providers as _kp
+        known_providers = _kp()
+    known = sorted(known_providers)
+    provider = data.get("provider", "netns")
+    if isinstance(provider, str) and provider not in known:
+        problems.add(("provider",), f"unknown provider '{provider}'; known providers: {', '.join(known)}")
+    try:
+        spec = LabFile.model_validate(data)
+    except ValidationError as exc:
+        _pydantic_problems(exc, problems, LabFile)
+        problems.raise_if_any()
+        raise  # unreachable: a ValidationError always carries at least one error
+    lab = topology.resolve(spec, source, problems, machine_routes=list(machine_routes))
+    problems.raise_if_any()
+    assert lab is not None
+    return lab
+
+
+def load_lab(path: str | Path, *, machine_routes: Iterable[str] | None = None,
+             provider_override: str | None = None, name_override: str | None = None):
+    """Read, validate and resolve a lab file. machine_routes defaults to this machine's routes."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [("<top>", "no such file")]) from None
+    except OSError as exc:
+        raise SpecError(source, [("<top>", f"cannot read: {exc.strerror}")]) from None
+    data, lines, problems = parse_yaml(text, source)
+    if provider_override and isinstance(data, dict):
+        data = {**data, "provider": provider_override}
+    if name_override and isinstance(data, dict):
+        data = {**data, "name": name_override}
+    if machine_routes is None:
+        machine_routes = machine_route_prefixes()
+    return validate_data(data, source, lines, problems, machine_routes=machine_routes)
+
+
+def spec_hash(spec: LabFile) -> str:
+    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def machine_route_prefixes() -> list[str]:
+    """Non-default IPv4 route prefixes of the machine's root namespace (main and local tables)."""
+    from .proc import run
+
+    res = run(["ip", "-4", "-j", "route", "show", "table", "all"], timeout=10)
+    if not res.ok:
+        return []
+    out = []
+    for r in json.loads(res.stdout or "[]"):
+        dst = r.get("dst", "")
+        if dst in ("default", "") or r.get("type") in ("broadcast",):
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)))
+        except ValueError:
+            continue
+    return sorted(set(out))

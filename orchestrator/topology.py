@@ -1,0 +1,405 @@
+"""The resolved lab: segments, hosts, interfaces and addresses, derived deterministically from a lab spec.
+
+This is a pure description (no I/O), the thing every provider realises and `down`/`status`/`check` read back
+from the lab's snapshot. The semantic pass (overlaps, capacities, roles on LANs, fixed addresses) lives here
+because it needs the same expansion of templates and LAN references that resolution does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from . import spec as S
+
+# host-side interface names are the same on every host: playbooks and captures can rely on them
+_IFNAME = {"management": "mgmt0", "admin": "admin0"}
+_BRIDGE = {"management": "br-mgmt", "admin": "br-admin"}
+_PORT = {"management": "m", "admin": "a"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One L2 segment (a bridge on the lab's switch): management, admin, or one experimental subnet."""
+
+    key: str        # management | admin | experimental | experimental.<name>
+    kind: str       # management | admin | experimental
+    subnet: str     # CIDR
+    ifname: str     # host-side interface name on this segment (mgmt0, admin0, exp0, exp1, …)
+    bridge: str     # bridge name in the switch namespace
+    port_prefix: str
+
+
+@dataclass(frozen=True)
+class Interface:
+    segment: str            # Segment.key
+    ifname: str
+    address: str | None     # "198.18.1.5/24"; None for the sniffer's passive mirror port
+    mac: str
+    port: str               # the peer's name in the switch namespace
+    mirror: bool = False    # the sniffer's passive port: a copy of every frame on its segment, no address
+
+    @property
+    def ip(self) -> str | None:
+        return self.address.split("/")[0] if self.address else None
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    role: str
+    index: int                          # position in the lab (stable, used for port names)
+    interfaces: tuple[Interface, ...]
+    default_via: str | None = None      # next hop of the default route (the gateway), if any
+    forwarding: bool = False
+    template: str | None = None         # the counted template it came from
+    options: dict[str, Any] = field(default_factory=dict)  # provider-specific (image, memory_mib, vcpus)
+
+    def iface(self, segment_or_kind: str) -> Interface | None:
+        for i in self.interfaces:
+            if i.segment == segment_or_kind:
+                return i
+        for i in self.interfaces:
+            if i.segment.split(".")[0] == segment_or_kind:
+                return i
+        return None
+
+    def ip(self, segment_or_kind: str) -> str | None:
+        i = self.iface(segment_or_kind)
+        return i.ip if i else None
+
+    @property
+    def segments(self) -> set[str]:
+        return {i.segment for i in self.interfaces}
+
+    def on(self, kind: str) -> bool:
+        return any(i.segment.split(".")[0] == kind for i in self.interfaces)
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    provider: str
+    source: str
+    spec_hash: str
+    segments: tuple[Segment, ...]
+    hosts: tuple[Host, ...]
+    options: dict[str, Any] = field(default_factory=dict)   # provider options (libvirt: uri, …)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def by_role(self, role: str) -> list[Host]:
+        return [h for h in self.hosts if h.role == role]
+
+    def segment(self, key: str) -> Segment:
+        for s in self.segments:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    def experimental_segments(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind == "experimental"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lab:
+        return cls(
+            name=d["name"], provider=d["provider"], source=d["source"], spec_hash=d["spec_hash"],
+            segments=tuple(Segment(**s) for s in d["segments"]),
+            hosts=tuple(Host(**{**h, "interfaces": tuple(Interface(**i) for i in h["interfaces"])})
+                        for h in d["hosts"]),
+            options=d.get("options", {}),
+        )
+
+
+class _Entry(NamedTuple):
+    """One host after template expansion, before addresses are assigned."""
+
+    name: str
+    role: str
+    lans: list[str]                              # segment keys
+    fixed: dict[str, ipaddress.IPv4Address]      # segment key -> fixed address
+    spec: S.HostSpec
+    template: str | None
+    path: tuple
+
+
+def mac_for(lab: str, host: str, ifname: str) -> str:
+    """A stable, locally administered unicast MAC, so captures of the same lab are comparable run to run."""
+    h = hashlib.sha256(f"{lab}/{host}/{ifname}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+# ---------------------------------------------------------------- resolution and semantic checks
+
+
+def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
+    try:
+        net = ipaddress.ip_network(str(cidr), strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(str(cidr), strict=False)
+            problems.add(path, f"'{cidr}' has host bits set; did you mean {loose}?")
+        except ValueError:
+            problems.add(path, f"'{cidr}' is not a valid CIDR ({exc})")
+        return None
+    if net.version != 4:
+        problems.add(path, f"'{cidr}' is not IPv4; lab networks are IPv4")
+        return None
+    if net.prefixlen > 30:
+        problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
+        return None
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
+        problems.add(path, f"'{cidr}' is a loopback, multicast or link-local range; use 198.18.0.0/15")
+        return None
+    return net
+
+
+def _segments(spec: S.LabFile, problems) -> list[tuple[Segment, ipaddress.IPv4Network | None]]:
+    segs: list[tuple[Segment, ipaddress.IPv4Network | None]] = []
+    for kind in ("management", "admin"):
+        lan = getattr(spec.lans, kind)
+        net = _network(lan.subnet, ("lans", kind, "subnet"), problems)
+        segs.append((Segment(kind, kind, str(net or lan.subnet), _IFNAME[kind], _BRIDGE[kind], _PORT[kind]), net))
+    exp = spec.lans.experimental
+    if (exp.subnet is None) == (exp.subnets is None):
+        problems.add(("lans", "experimental"), "give exactly one of 'subnet' or 'subnets'")
+        return segs
+    if exp.subnet is not None:
+        net = _network(exp.subnet, ("lans", "experimental", "subnet"), problems)
+        segs.append((Segment("experimental", "experimental", str(net or exp.subnet), "exp0", "br-exp0", "x0-"), net))
+    else:
+        assert exp.subnets is not None
+        if not exp.subnets:
+            problems.add(("lans", "experimental", "subnets"), "at least one subnet is needed")
+        for i, (name, cidr) in enumerate(exp.subnets.items()):
+            if not name.replace("-", "").isalnum() or not name[0].isalpha() or len(name) > 16:
+                problems.add(("lans", "experimental", "subnets", name),
+                             f"invalid subnet name '{name}': letters, digits, dashes; at most 16")
+            net = _network(cidr, ("lans", "experimental", "subnets", name), problems)
+            segs.append((Segment(f"experimental.{name}", "experimental", str(net or cidr), f"exp{i}",
+                                 f"br-exp{i}", f"x{i}-"), net))
+    # overlaps between the lab's own segments
+    for i, (a, na) in enumerate(segs):
+        for b, nb in segs[i + 1:]:
+            if na and nb and na.overlaps(nb):
+                problems.add(("lans",), f"{a.key} ({na}) overlaps {b.key} ({nb})")
+    return segs
+
+
+def _lan_refs(name: str, role: str, lans: list[str], segs: dict[str, Segment], path: tuple,
+              problems) -> list[str]:
+    """Turn a host's LAN references into segment keys (experimental = its only subnet, or all for gateway/sniffer)."""
+    exp_keys = [k for k, s in segs.items() if s.kind == "experimental"]
+    out: list[str] = []
+    for i, ref in enumerate(lans):
+        if ref in ("management", "admin"):
+            keys = [ref]
+        elif ref == "experimental":
+            if len(exp_keys) > 1 and role not in ("gateway", "sniffer"):
+                problems.add((*path, i), "the experimental LAN has several subnets "
+                             f"({', '.join(exp_keys)}); say which one, e.g. {exp_keys[0]}")
+                continue
+            keys = exp_keys
+        elif ref in segs:
+            keys = [ref]
+        else:
+            known = ["management", "admin", "experimental", *[k for k in exp_keys if k != "experimental"]]
+            problems.add((*path, i), f"host '{name}' is on undeclared LAN '{ref}'; declared: {', '.join(known)}")
+            continue
+        for k in keys:
+            if k in out:
+                problems.add((*path, i), f"LAN '{ref}' is listed twice")
+            else:
+                out.append(k)
+    return out
+
+
+def resolve(spec: S.LabFile, source: str, problems, *, machine_routes: list[str]) -> Lab | None:
+    seg_list = _segments(spec, problems)
+    segs = {s.key: s for s, _ in seg_list}
+    nets = {s.key: n for s, n in seg_list}
+
+    for key, net in nets.items():
+        if net is None:
+            continue
+        clash = [str(rn) for r in machine_routes
+                 if (rn := ipaddress.ip_network(r, strict=False)).version == 4 and rn.prefixlen > 0
+                 and net.overlaps(rn)]
+        if clash:
+            problems.add(_seg_path(key), f"{net} overlaps {', '.join(clash)}, route(s) this machine already "
+                         "uses; choose another range (198.18.0.0/15 is meant for labs)")
+
+    # expand hosts and templates, in file order
+    expanded: list[_Entry] = []
+    seen: dict[str, str] = {}
+    for entry, hs in spec.hosts.items():
+        path = ("hosts", entry)
+        if not _valid_host_name(entry):
+            problems.add(path, f"invalid host name '{entry}': 1-20 lower-case letters, digits, dashes, "
+                         "starting with a letter")
+            continue
+        if entry in S.RESERVED_HOST_NAMES:
+            problems.add(path, f"'{entry}' is reserved (the lab's own switch); choose another name")
+            continue
+        lans = _lan_refs(entry, hs.role, list(hs.lans) if hs.lans is not None else S.DEFAULT_LANS[hs.role],
+                         segs, (*path, "lans"), problems)
+        fixed: dict[str, ipaddress.IPv4Address] = {}
+        for ref, addr in hs.addresses.items():
+            key = ref if ref in segs else None
+            if ref == "experimental":
+                exp_on = [k for k in lans if segs[k].kind == "experimental"]
+                key = exp_on[0] if len(exp_on) == 1 else None
+            if key is None or key not in lans:
+                problems.add((*path, "addresses", ref), f"'{ref}' is not a LAN this host is on")
+                continue
+            try:
+                fixed[key] = ipaddress.IPv4Address(str(addr))
+            except ValueError:
+                problems.add((*path, "addresses", ref), f"'{addr}' is not a valid IPv4 address")
+        names = [entry] if hs.count is None else [f"{entry}{i}" for i in range(1, hs.count + 1)]
+        for n, name in enumerate(names):
+            if name in seen:
+                problems.add(path, f"duplicate host '{name}' (also from hosts.{seen[name]})")
+                continue
+            seen[name] = entry
+            addrs = {k: a + n for k, a in fixed.items()}
+            expanded.append(_Entry(name, hs.role, lans, addrs, hs, entry if hs.count is not None else None, path))
+
+    _role_rules(expanded, segs, problems)
+
+    # addresses: fixed ones first (checked), then the gateway (experimental) or admin server, then file order
+    assigned: dict[tuple[str, str], ipaddress.IPv4Address] = {}
+    for seg_key, net in nets.items():
+        if net is None:
+            continue
+        passive = segs[seg_key].kind == "experimental"  # the sniffer's experimental port has no address
+        on_seg = [e for e in expanded if seg_key in e.lans and not (passive and e.role == "sniffer")]
+        usable = net.num_addresses - 2
+        full = len(on_seg) > usable
+        if full:
+            problems.add(_seg_path(seg_key), f"subnet {net} holds {usable} hosts; {len(on_seg)} are on it")
+        taken: dict[ipaddress.IPv4Address, str] = {}
+        bad_blocks: set[str] = set()
+        for e in on_seg:
+            if seg_key not in e.fixed:
+                continue
+            a = e.fixed[seg_key]
+            ref = "experimental" if seg_key.startswith("experimental") else seg_key
+            where = (*e.path, "addresses", _addr_key(e.spec, seg_key, ref))
+            if a not in net or a in (net.network_address, net.broadcast_address):
+                if e.template is not None and e.template in bad_blocks:
+                    continue
+                what = f"{a} (for {e.name})"
+                if e.template is not None and e.spec.count:
+                    bad_blocks.add(e.template)
+                    start = a - (int(e.name[len(e.template):]) - 1)
+                    what = (f"the block {start}–{start + e.spec.count - 1} "
+                            f"(for {e.template}1…{e.template}{e.spec.count})")
+                problems.add(where, f"{what} is not within the usable addresses of {seg_key} {net}")
+            elif a in taken:
+                problems.add(where, f"{a} is given to both {taken[a]} and {e.name}")
+            else:
+                taken[a] = e.name
+                assigned[(e.name, seg_key)] = a
+        if full:
+            continue
+        pool = (a for a in net.hosts() if a not in taken)
+        first = "gateway" if passive else "admin-server"   # .1 is the router / the admin server
+        order = [e for e in on_seg if e.role == first] + [e for e in on_seg if e.role != first]
+        for e in order:
+            if (e.name, seg_key) not in assigned:
+                assigned[(e.name, seg_key)] = next(pool)
+
+    if problems.items:
+        return None
+
+    gateway = next((e for e in expanded if e.role == "gateway"), None)
+    hosts: list[Host] = []
+    for idx, (name, role, lans, _fixed, hs, template, _path) in enumerate(expanded):
+        ifaces = []
+        for key in lans:
+            seg = segs[key]
+            if role == "sniffer" and seg.kind == "experimental":
+                # passive: no address; receives a copy of every frame entering the switch on this segment
+                ifaces.append(Interface(key, seg.ifname, None, mac_for(spec.name, name, seg.ifname),
+                                        f"{seg.port_prefix}{idx}", mirror=True))
+                continue
+            net = nets[key]
+            assert net is not None
+            ifaces.append(Interface(key, seg.ifname, f"{assigned[(name, key)]}/{net.prefixlen}",
+                                    mac_for(spec.name, name, seg.ifname), f"{seg.port_prefix}{idx}"))
+        default_via = None
+        if gateway and role not in ("gateway", "sniffer"):
+            for i in ifaces:
+                if segs.get(i.segment) and segs[i.segment].kind == "experimental" and i.segment in gateway.lans:
+                    default_via = str(assigned[(gateway.name, i.segment)])
+                    break
+        opts = {k: v for k, v in (("image", hs.image), ("memory_mib", hs.memory_mib), ("vcpus", hs.vcpus))
+                if v is not None}
+        hosts.append(Host(name, role, idx, tuple(ifaces), default_via, role == "gateway", template, opts))
+
+    options = spec.libvirt.model_dump() if spec.libvirt else {}
+    return Lab(spec.name, spec.provider, source, S.spec_hash(spec), tuple(segs.values()), tuple(hosts), options)
+
+
+def _addr_key(hs: S.HostSpec, seg_key: str, ref: str) -> str:
+    return seg_key if seg_key in hs.addresses else ref
+
+
+def _seg_path(seg_key: str) -> tuple:
+    if seg_key.startswith("experimental."):
+        return ("lans", "experimental", "subnets", seg_key.split(".", 1)[1])
+    if seg_key == "experimental":
+        return ("lans", "experimental", "subnet")
+    return ("lans", seg_key, "subnet")
+
+
+def _valid_host_name(name: str) -> bool:
+    import re
+    return re.fullmatch(S.HOST_PATTERN, name) is not None
+
+
+def _role_rules(expanded: list[_Entry], segs: dict[str, Segment], problems) -> None:
+    by_role: dict[str, list[_Entry]] = {}
+    for e in expanded:
+        by_role.setdefault(e.role, []).append(e)
+    admins = by_role.get("admin-server", [])
+    if len(admins) != 1:
+        problems.add(("hosts",), f"a lab needs exactly one admin-server (where the orchestrator stands); "
+                     f"found {len(admins)}")
+    for role in ("gateway", "sniffer"):
+        if len(by_role.get(role, [])) > 1:
+            problems.add(("hosts",), f"at most one {role} per lab; found "
+                         f"{', '.join(e.name for e in by_role[role])}")
+    for e in expanded:
+        kinds = {segs[k].kind for k in e.lans}
+        if "admin" not in kinds:
+            problems.add((*e.path, "lans"), f"{e.name} must be on the admin LAN: it is how the orchestrator "
+                         "provisions and reaches every host")
+        for kind in kinds:
+            if e.role not in S.ALLOWED_ROLES[kind]:
+                allowed = ", ".join(sorted(S.ALLOWED_ROLES[kind]))
+                problems.add((*e.path, "lans"), f"a {e.role} may not sit on the {kind} LAN (allowed: {allowed})")
+        if e.role in ("sniffer", "gateway", "target", "injector") and "experimental" not in kinds:
+            problems.add((*e.path, "lans"), f"a {e.role} belongs on the experimental LAN")
+        if e.role == "sniffer" and any(segs[k].kind == "experimental" for k in e.fixed):
+            problems.add((*e.path, "addresses"), "the sniffer's experimental port is passive and carries no address")
+    exp_keys = [k for k, s in segs.items() if s.kind == "experimental"]
+    if len(exp_keys) > 1:
+        gws = by_role.get("gateway", [])
+        if not gws:
+            problems.add(("hosts",), "several experimental subnets need a gateway host to join them")
+        else:
+            for k in exp_keys:
+                used = any(k in e.lans for e in expanded if e.role not in ("gateway", "sniffer"))
+                if used and k not in gws[0].lans:
+                    problems.add((*gws[0].path, "lans"), f"the gateway must be on {k}: hosts there route through it")

@@ -1,0 +1,285 @@
+"""Real namespace labs (root): build, audit, use and remove them, also after crashes and next to other labs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import lab as core
+from orchestrator import nsutil
+from orchestrator.errors import LabExistsError, NotRootError, ProviderError
+from orchestrator.proc import pid_start_time
+from orchestrator.providers.netns import NetnsProvider, ns_name, switch_name
+from orchestrator.state import StateStore
+
+LABS = Path(__file__).resolve().parents[2] / "labs"
+REPO = LABS.parent
+pytestmark = pytest.mark.root
+
+
+def uniq() -> str:
+    return f"t{secrets.token_hex(3)}"
+
+
+def root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines()}
+
+
+def lab_namespaces(name: str) -> set[str]:
+    return {n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
+    st = StateStore(tmp_path / "state")
+    yield st
+    core.down_all(store=st)
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_paper_testbed_up_check_status_exec_down(store):
+    before = root_links()
+    name = uniq()
+    core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    assert len(lab_namespaces(name)) == 22                       # 21 hosts + the lab's switch
+    assert root_links() == before                                # nothing of the lab in the root namespace
+
+    rep = core.check(name, store=store)
+    assert rep.ok, [(f.host, f.check, f.detail) for f in rep.problems]
+
+    st = core.status(name, store=store)
+    assert st.state == "up" and len(st.hosts) == 21 and all(h.state == "up" for h in st.hosts)
+    blade7 = next(h for h in st.hosts if h.name == "blade7")
+    assert blade7.addresses == {"mgmt0": "198.18.0.8/24", "admin0": "198.18.1.12/24", "exp0": "198.18.8.10/22"}
+    assert next(h for h in st.hosts if h.name == "sniffer").addresses["exp0"] == ""
+
+    prov = NetnsProvider(store)
+    res = prov.exec(name, "blade7", ["sh", "-c", "hostname; ip -4 -o addr show exp0; exit 3"])
+    assert res.exit_code == 3
+    assert res.stdout.splitlines()[0] == "blade7"
+    assert "198.18.8.10/22" in res.stdout
+
+    # a long-running process with its own /run, recorded and listed
+    pid = prov.spawn(name, "expt-server", "sleeper",
+                     ["sh", "-c", "echo private > /run/marker; sleep 300"])
+    deadline = time.monotonic() + 5
+    while not (store.host_dir(name, "expt-server") / "run" / "marker").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (store.host_dir(name, "expt-server") / "run" / "marker").read_text() == "private\n"
+    assert not Path("/run/marker").exists()
+    procs = prov.processes(name, "expt-server")
+    assert [(p["name"], p["pid"], p["alive"]) for p in procs] == [("sleeper", pid, True)]
+
+    removed = core.down(name, store=store)
+    kinds = sorted({r.kind for r in removed})
+    assert kinds == ["netns", "process"]
+    assert not lab_namespaces(name)
+    assert pid_start_time(pid) is None                           # the lab's process is gone
+    assert not store.lab_dir(name).exists()
+    assert root_links() == before
+    assert core.down(name, store=store) is None                  # idempotent: a second down finds nothing
+
+
+def test_sigkill_during_up_then_down_cleans_up(store):
+    name = uniq()
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", str(LABS / "paper-testbed.yaml"),
+                          "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         env={**os.environ, "TESTBED_FAULT_PAUSE": "after-veth"})
+    try:
+        line = p.stdout.readline()
+        assert line.strip() == "fault-pause:after-veth", p.stderr.read() if p.poll() is not None else line
+        assert len(lab_namespaces(name)) == 22
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+    rec = store.load(name)
+    assert rec is not None and rec.state == "creating"
+
+    again = cli("up", str(LABS / "paper-testbed.yaml"), "--name", name)
+    assert again.returncode == 1
+    assert f"lab '{name}' was left creating by an interrupted command; run `testbed down {name}` first" in again.stderr
+
+    res = cli("down", name)
+    assert res.returncode == 0, res.stderr
+    assert f"lab {name} removed (22 netns" in res.stdout
+    assert not lab_namespaces(name) and store.load(name) is None
+
+
+def test_failure_half_way_rolls_back(store, monkeypatch):
+    name = uniq()
+    monkeypatch.setenv("TESTBED_FAULT_FAIL", "after-config")
+    with pytest.raises(ProviderError, match="injected failure at step 'after-config'"):
+        core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    assert not lab_namespaces(name)
+    assert store.load(name) is None
+
+
+def test_a_namespace_in_the_way_stops_up_before_anything_is_made(store):
+    name = uniq()
+    squatter = ns_name(name, "blade")
+    subprocess.run(["ip", "netns", "add", squatter], check=True)
+    try:
+        with pytest.raises(ProviderError, match=f"network namespace {squatter} already exists"):
+            core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+        assert lab_namespaces(name) == {squatter}
+        assert store.load(name) is None
+    finally:
+        subprocess.run(["ip", "netns", "del", squatter])
+
+
+def test_up_twice_is_refused(store):
+    name = uniq()
+    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    with pytest.raises(LabExistsError, match=f"lab '{name}' is already up"):
+        core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+
+
+def test_two_labs_at_once_do_not_touch_each_other(store):
+    a, b = uniq(), uniq()
+    core.up(LABS / "stopping-speed.yaml", name=a, store=store)
+    core.up(LABS / "stopping-speed.yaml", name=b, store=store)    # same subnets, separate namespaces
+    assert core.check(a, store=store).ok and core.check(b, store=store).ok
+    core.down(a, store=store)
+    assert not lab_namespaces(a)
+    assert len(lab_namespaces(b)) == 8
+    st = core.status(b, store=store)
+    assert st.state == "up" and all(h.state == "up" for h in st.hosts)
+    assert core.check(b, store=store).ok
+
+
+def test_down_all_removes_only_what_the_tool_made(store):
+    name = uniq()
+    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    foreign = f"wtforeign{secrets.token_hex(3)}"
+    ghost = ns_name(name, "ghost")                  # looks like ours, but no lab recorded it
+    for ns in (foreign, ghost):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "-n", foreign, "link", "add", "br-admin", "type", "bridge"], check=True)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        res = cli("down", "--all")
+        assert res.returncode == 0, res.stderr
+        assert f"lab {name} removed" in res.stdout
+        left_alone = next(line for line in res.stdout.splitlines() if line.startswith("left alone"))
+        assert ghost in left_alone.split(": ", 1)[1].split(", ")
+        assert lab_namespaces(name) == {ghost}
+        assert foreign in nsutil.list_netns()
+        assert "br-admin" in subprocess.run(["ip", "-n", foreign, "link"], capture_output=True, text=True).stdout
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+        for ns in (foreign, ghost):
+            subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_broken_lab_makes_check_fail_and_name_the_leak(store):
+    name = uniq()
+    lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    # the injector sits on admin and experimental: turn it into a router between them
+    prov.exec(name, "injector", ["sysctl", "-qw", "net.ipv4.ip_forward=1"]).check()
+    prov.exec(name, "injector", ["nft", "delete", "table", "inet", "wt_isolation"]).check()
+    prov.exec(name, "admin-server", ["ip", "route", "add", "198.18.8.0/22", "via",
+                                     lab.host("injector").ip("admin")]).check()
+    res = cli("check", name)
+    assert res.returncode == 1
+    assert "LEAK: injector: forwarding: forwarding is ON (only the gateway may forward)" in res.stderr
+    assert "LEAK: admin-server: isolation: reaches experimental address 198.18.8.1" in res.stderr
+    assert "LEAK: admin-server: routes: route to 198.18.8.0/22 via 198.18.1.5, which is not the lab's gateway" \
+        in res.stderr
+
+
+def _capture(prov, name, host, iface, pname):
+    pcap = f"/tmp/{pname}.pcap"   # the host's private /tmp
+    prov.spawn(name, host, pname, ["tcpdump", "-i", iface, "-nn", "--immediate-mode", "-U", "-w", pcap, "udp port 5555"])
+    log = prov.store.host_dir(name, host) / "log" / f"{pname}.log"
+    deadline = time.monotonic() + 10
+    while "listening on" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "listening on" in log.read_text()
+    return prov.store.host_dir(name, host) / "tmp" / f"{pname}.pcap"
+
+
+def _count(path: Path) -> int:
+    out = subprocess.run(["tcpdump", "-r", str(path), "-nn"], capture_output=True, text=True).stdout
+    return len(out.splitlines())
+
+
+SEND = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for i in range(int(sys.argv[2])): s.sendto(b'frame%d' % i, (sys.argv[1], 5555))\n")
+
+
+def test_sniffer_sees_each_frame_exactly_once_and_others_see_only_their_own(store):
+    name = uniq()
+    lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    sniffed = _capture(prov, name, "sniffer", "exp0", "snf")
+    bystander = _capture(prov, name, "blade3", "exp0", "by")
+    receiver = _capture(prov, name, "blade2", "exp0", "rx")
+    prov.exec(name, "blade1", ["python3", "-c", SEND, lab.host("blade2").ip("experimental"), "25"]).check()
+    time.sleep(0.3)
+    prov.stop(name, "sniffer", "snf")
+    prov.stop(name, "blade3", "by")
+    prov.stop(name, "blade2", "rx")
+    assert _count(receiver) == 25
+    assert _count(sniffed) == 25
+    assert _count(bystander) == 0
+
+
+def test_sniffer_has_one_passive_port_per_experimental_subnet(store):
+    name = uniq()
+    lab = core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    blades_side = _capture(prov, name, "sniffer", "exp0", "s0")
+    targets_side = _capture(prov, name, "sniffer", "exp1", "s1")
+    prov.exec(name, "blade", ["python3", "-c", SEND, lab.host("target2").ip("experimental.targets"), "10"]).check()
+    time.sleep(0.3)
+    prov.stop(name, "sniffer", "s0")
+    prov.stop(name, "sniffer", "s1")
+    assert _count(blades_side) == 10        # blade -> gateway on the blades' segment
+    assert _count(targets_side) == 10       # gateway -> target2 on the targets' segment
+
+
+def test_not_root_says_so_with_the_fix(store, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NotRootError) as exc:
+        core.up(LABS / "stopping-speed.yaml", name=uniq(), store=store)
+    assert "the netns provider needs root" in exc.value.message
+    assert exc.value.hint == "run as root, e.g. sudo testbed …"
+
+
+def test_cli_errors_and_idempotent_down(store, tmp_path):
+    before = nsutil.list_netns()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nhosts:\n  admin-server: {role: admin-server, colour: red}\n")
+    res = cli("up", str(bad))
+    assert res.returncode == 2
+    assert f"error: {bad}: 1 problem" in res.stderr
+    assert "hosts.admin-server.colour (line 3): unknown key 'colour'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert nsutil.list_netns() == before
+    res = cli("down", "no-such-lab")
+    assert res.returncode == 0 and "no lab named 'no-such-lab'; nothing to do" in res.stdout
+    name = uniq()
+    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    res = cli("exec", name, "target1", "--", "sh", "-c", "echo hi; exit 7")
+    assert res.returncode == 7 and res.stdout == "hi\n"
+    res = cli("exec", name, "nosuch", "--", "true")
+    assert res.returncode == 1 and f"lab '{name}' has no host 'nosuch'; its hosts: admin-server, gateway" in res.stderr
+    res = cli("status", name, "--json")
+    assert res.returncode == 0 and '"name": "target2"' in res.stdout
+    assert switch_name(name) in nsutil.list_netns()
