@@ -6,6 +6,7 @@ is provider-independent; only `exec` (out-of-band), `power` and `console` go thr
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ class Provider(ABC):
     def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
              input: str | None = None, capture: bool = True) -> Result:
         """Run argv on a host out-of-band (not over the lab's own networks)."""
+
+    # -- where the orchestrator's control traffic stands (the admin LAN, never the root namespace's routes)
+
+    @abstractmethod
+    def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
+        """A TCP socket connected to `address:port` on the lab's admin LAN, from where control traffic stands
+        (netns: inside the admin-server's namespace; libvirt: the hypervisor's address on the admin network)."""
+
+    @abstractmethod
+    def control_argv(self, name: str) -> list[str]:
+        """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
 
     def power(self, name: str, host: str, action: str) -> str:
         """Out-of-band power control (on, off, cycle) — the paper's remote management cards."""

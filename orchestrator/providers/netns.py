@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -377,6 +378,27 @@ class NetnsProvider(Provider):
             _wait_gone({d["pid"]: d.get("starttime")}, timeout, kill=True)
         f.unlink(missing_ok=True)
         return was
+
+
+    # ------------------------------------------------------------ control traffic
+
+    def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
+        rec = self.store.require(name)
+        admin = rec.topology.by_role("admin-server")[0].name
+        with nsutil.entered(ns_name(name, admin)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # belongs to the admin server's namespace
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def control_argv(self, name: str) -> list[str]:
+        rec = self.store.require(name)
+        admin = rec.topology.by_role("admin-server")[0].name
+        return ["ip", "netns", "exec", ns_name(name, admin)]
 
 
 def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
