@@ -294,6 +294,8 @@ def _read_pcapng(p: Path, arr: np.ndarray, mv: memoryview, size: int) -> Packets
             problems.append(err)
             stop = off
             break
+    if not sections:
+        raise CaptureReadError(f"{p}: no readable pcapng section header: " + "; ".join(problems))
 
     # vectorised EPB parse, one run per section
     cols: list[tuple[np.ndarray, ...]] = []
@@ -309,15 +311,15 @@ def _read_pcapng(p: Path, arr: np.ndarray, mv: memoryview, size: int) -> Packets
             t_off = np.where(fits, o + blen - 4, 0)
             trailer = _gather(arr, t_off, 4).view(s.endian + "u4").ravel().astype(np.int64)
         n_if = s.n_ifaces
-        bad = (blen % 4 != 0) | ~fits | (32 + cap > blen) | (trailer != blen) | (ifc >= n_if) | (cap > MAX_CAPLEN * 16)
+        bad = (blen % 4 != 0) | ~fits | (32 + cap > blen) | (trailer != blen) | (ifc >= n_if)
         ok_until = len(o)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             at = int(o[k])
-            if at < stop:
+            if at < stop:  # damage found while walking blocks after this one was misframing's consequence
                 stop = at
-                problems.append(_epb_problem(at, int(blen[k]), int(cap[k]), int(ifc[k]), n_if, size,
-                                             bool(fits[k]), int(trailer[k])))
+                problems = [_epb_problem(at, int(blen[k]), int(cap[k]), int(ifc[k]), n_if, size,
+                                         bool(fits[k]), int(trailer[k]))]
             ok_until = k
         keep = o[:ok_until] < stop
         o, ifc, hi, lo, cap, wl = (x[:ok_until][keep] for x in (o, ifc, hi, lo, cap, wl))
@@ -338,8 +340,9 @@ def _read_pcapng(p: Path, arr: np.ndarray, mv: memoryview, size: int) -> Packets
         o = data_off = ifc = cap = wl = np.zeros(0, np.int64)
         units = np.zeros(0, np.uint64)
 
-    live = [i for i, b in enumerate(iface_block) if b < stop]
-    interfaces = interfaces[:len(live)]
+    # interfaces described before the damage, and any a kept packet refers to (indices must stay valid)
+    live = sum(1 for b in iface_block if b < stop)
+    interfaces = interfaces[:max(live, int(ifc.max()) + 1 if len(o) else 0)]
     ts_ns = np.zeros(len(o), np.int64)
     for i in np.unique(ifc):
         m = ifc == i

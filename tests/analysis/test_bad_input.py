@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.utils import wrpcap
 
 from orchestrator.analysis.attempts import extract_attempts
@@ -190,3 +193,64 @@ def test_modified_pcap_format_refused(tmp_path):
     path.write_bytes(bytes(data))
     err = _error(path)
     assert "Kuznetzov" in str(err) and "editcap" in err.hint
+
+
+def test_pcapng_cut_inside_its_first_header(tmp_path):
+    path = tmp_path / "stub.pcapng"
+    path.write_bytes(pcapng_bytes([NgSection()])[:10])
+    assert "no readable pcapng section header: file ends inside a block header at byte 0" in str(_error(path))
+    path.write_bytes(pcapng_bytes([NgSection()])[:20])
+    assert "has length 28 beyond the end of the file" in str(_error(path))
+
+
+def test_pcapng_damage_reports_the_first_problem_only(tmp_path):
+    pkts = [syn("198.18.9.1", f"198.18.9.{i + 2}", 1000 + i, 80) for i in range(5)]
+    sec = NgSection("<", [NgInterface(1)], [("epb", 0, float(i), bytes(p)) for i, p in enumerate(pkts)])
+    data = bytearray(pcapng_bytes([sec]))
+    off, seen = 0, 0
+    while True:  # shorten the second EPB's length by 8: the walk goes on misframed through garbage
+        btype, blen = struct.unpack_from("<II", data, off)
+        if btype == 6:
+            seen += 1
+            if seen == 2:
+                struct.pack_into("<I", data, off + 4, blen - 8)
+                break
+        off += blen
+    path = tmp_path / "bad.pcapng"
+    path.write_bytes(bytes(data))
+    pk = read_capture(path)
+    assert pk.partial and len(pk) == 1
+    assert pk.problems == [f"corrupt packet block at byte {off}: block length {blen - 8} cannot hold "
+                           f"{len(bytes(pkts[1]))} captured bytes"]
+
+
+_GOOD_PCAP = b"".join(  # built once: hypothesis below damages copies of these bytes
+    [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)]
+    + [struct.pack("<IIII", 1, i, len(bytes(p)), len(bytes(p))) + bytes(p) for i, p in enumerate(mixed_packets())])
+_GOOD_PCAPNG = pcapng_bytes([
+    NgSection(">", [NgInterface(1), NgInterface(228, tsresol=9)],
+              [("epb", i % 2, float(i), bytes(p) if i % 2 == 0 else bytes(p)[14:]) for i, p in
+               enumerate(mixed_packets()[:6])] + [("spb", 0, 0.0, bytes(mixed_packets()[0]))]),
+    NgSection("<", [NgInterface(113)], [("opb", 0, 9.0, bytes(16) + bytes(mixed_packets()[1])[14:])])])
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["pcap", "pcapng"]), cut=st.integers(0, 2000),
+       flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6))
+def test_damaged_files_never_crash_the_reader(tmp_path, which, cut, flips):
+    """Truncated or byte-flipped captures either read (maybe partially) or raise CaptureReadError: nothing else."""
+    data = bytearray(_GOOD_PCAP if which == "pcap" else _GOOD_PCAPNG)
+    for pos, val in flips:
+        if pos < len(data):
+            data[pos] = val
+    data = data[:cut] if cut < len(data) else data
+    path = tmp_path / f"fuzz.{which}"
+    path.write_bytes(bytes(data))
+    try:
+        pk = read_capture(path)
+    except CaptureReadError as exc:
+        assert str(path) in str(exc)
+        return
+    att = extract_attempts(pk)
+    assert att.totals()["packets"] == len(pk) <= len(data) // 16
+    assert pk.partial == bool(pk.problems)
