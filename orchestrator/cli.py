@@ -208,6 +208,32 @@ def check(lab: Annotated[str, typer.Argument(help="lab name")],
 
 @app.command()
 @handles_errors
+def analyse(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng capture, taken anywhere")],
+            throttle_log: Annotated[Path | None, typer.Option(help="the throttle's JSON-lines event log")] = None,
+            worm_log: Annotated[Path | None, typer.Option(help="the test worm's JSON-lines attempt log")] = None,
+            sniffer: Annotated[str | None, typer.Option(
+                help="where the capture stands relative to the throttle: after (host placement) or before "
+                     "(gateway, wire); default from the throttle log's mode")] = None,
+            tolerance: Annotated[float, typer.Option(help="seconds allowed between witnesses when matching")] = 0.25,
+            udp: Annotated[str, typer.Option(help="which UDP datagrams count as attempts: first_per_destination, "
+                                                  "first_per_flow, every or none")] = "first_per_destination",
+            as_json: Annotated[bool, typer.Option("--json", help="one JSON object (packets, syn_attempts, "
+                                                                 "udp_attempts, sources, metrics, findings, …)")] = False):
+    """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given)."""
+    from .analysis.command import analyse as run_analysis
+
+    from .analysis.attempts import UDP_MODES
+
+    if sniffer not in (None, "before", "after"):
+        raise typer.BadParameter("--sniffer is before or after")
+    if udp not in UDP_MODES:
+        raise typer.BadParameter(f"--udp is one of {', '.join(UDP_MODES)}")
+    raise typer.Exit(run_analysis(pcap, throttle_log, worm_log, as_json, out, sniffer=sniffer,
+                                  tolerance_s=tolerance, udp=udp))
+
+
+@app.command()
+@handles_errors
 def schema():
     """Print the JSON Schema of lab files (for editors)."""
     from .spec import json_schema
