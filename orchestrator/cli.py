@@ -240,9 +240,31 @@ def schema():
     print(json.dumps(json_schema(), indent=2))
 
 
-def _provision(name: str, roles: list[str] | None) -> None:
-    from . import provision
-    provision.provision_lab(name, roles=roles, console=out)
+@app.command()
+@handles_errors
+def provision(lab: Annotated[str, typer.Argument(help="lab name")],
+              roles: Annotated[str | None, typer.Option(
+                  help="comma-separated roles to apply: common, testworm, throttle, sniffer, gateway, injector "
+                       "(default: all)")] = None,
+              gateway_empty: Annotated[str, typer.Option(
+                  help="what the gateway does with scans of empty addresses: reset (answer RST) or blackhole")] = "reset",
+              as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False):
+    """Install and configure every host for its role with Ansible over SSH on the admin LAN (idempotent)."""
+    _provision(lab, roles.split(",") if roles else None, gateway_empty, as_json)
+
+
+def _provision(name: str, roles: list[str] | None, gateway_empty: str = "reset", as_json: bool = False) -> None:
+    from . import provision as prov
+    from .access import Access
+
+    with Access(name) as acc:
+        with _Bar("waiting for SSH") as bar:
+            acc.wait_reachable(timeout=60, progress=lambda d, t: bar("hosts answering", d, t))
+    rep = prov.provision_lab(name, roles=roles, gateway_empty=gateway_empty, console=err)
+    if as_json:
+        print(prov.report_json(rep))
+    else:
+        out.print(prov.describe(rep))
 
 
 def main() -> None:
