@@ -9,7 +9,6 @@ the one `Result` type.
 from __future__ import annotations
 
 import shlex
-import socket
 import sys
 import threading
 import time
@@ -79,7 +78,7 @@ class Access:
             sock = self.provider.control_socket(self.lab.name, addr, SSH_PORT, timeout)
         except ConnectionRefusedError:
             raise AccessError(f"{host} ({addr}) refused the SSH connection: is its sshd running?") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise AccessError(f"{host} ({addr}) did not answer on port {SSH_PORT} within {timeout:.0f} s") from None
         except OSError as exc:
             raise AccessError(f"cannot reach {host} ({addr}): {exc.strerror or exc}") from None

@@ -220,9 +220,8 @@ def analyse(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng capture,
             as_json: Annotated[bool, typer.Option("--json", help="one JSON object (packets, syn_attempts, "
                                                                  "udp_attempts, sources, metrics, findings, …)")] = False):
     """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given)."""
-    from .analysis.command import analyse as run_analysis
-
     from .analysis.attempts import UDP_MODES
+    from .analysis.command import analyse as run_analysis
 
     if sniffer not in (None, "before", "after"):
         raise typer.BadParameter("--sniffer is before or after")

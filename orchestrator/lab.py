@@ -14,9 +14,9 @@ from . import check as check_mod
 from . import nsutil
 from .errors import LabNotFoundError
 from .proc import Result
-from .provision import control_dir
 from .providers import get_provider
 from .providers.base import LabStatus, Progress, Provider, Resource, no_progress
+from .provision import control_dir
 from .spec import load_lab
 from .state import StateStore
 from .topology import Lab

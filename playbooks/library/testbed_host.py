@@ -64,7 +64,7 @@ def apply(params, run=subprocess.run):
                 changed.append(f"file {os.path.join(root, rel)}")
         for top in tree.get("purge") or []:
             base = os.path.join(root, top)
-            for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+            for dirpath, _dirs, filenames in os.walk(base, topdown=False):
                 for f in filenames:
                     rel = os.path.relpath(os.path.join(dirpath, f), root)
                     if rel not in want:

@@ -15,8 +15,8 @@ from orchestrator import lab as core
 from orchestrator.access import Access
 from orchestrator.errors import AccessError, ProvisionError
 from orchestrator.keys import _keypair, lab_keys
-from orchestrator.provision import provision_lab
 from orchestrator.providers.netns import NetnsProvider
+from orchestrator.provision import provision_lab
 from orchestrator.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
