@@ -90,10 +90,11 @@ class ThrottleConfig:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     """One packet that opens a connection (TCP SYN, UDP datagram of a new flow). `ref` is opaque to the
-    core (the daemon's NFQUEUE packet, the model's attempt); it comes back in the events about it."""
+    core (the daemon's NFQUEUE packet, the model's attempt); it comes back in the events about it.
+    Treat as immutable (not frozen only because frozen dataclasses are slow to build on the hot path)."""
 
     src: str
     dst: str
@@ -103,7 +104,7 @@ class Request:
     ref: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """One decision about one packet (or a reset). `t` is the algorithm's time: for `released` the tick
     it was due at, otherwise the time of the call that made the decision.

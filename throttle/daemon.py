@@ -9,7 +9,6 @@ requests nor SIGTERM wait behind a flood (every submit also releases whatever fe
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import select
@@ -27,6 +26,7 @@ from .core import ConfigError, Event, Request, Throttle, ThrottleConfig, Throttl
 
 _UNPACK_PORTS = struct.Struct("!HH").unpack_from
 _inet_ntoa = socket.inet_ntoa
+_encode_str = json.encoder.encode_basestring_ascii
 
 
 class DaemonError(ThrottleError):
@@ -109,54 +109,58 @@ def kernel_queue_stats(queue_num: int) -> dict[str, int] | None:
     return None
 
 
-class _Batch:
-    """Stands in for a socket in NetfilterQueue.run_socket(): hands out at most `left` messages, then
-    reports EAGAIN so run_socket returns to our loop; counts netlink overruns (ENOBUFS)."""
+class _Yield(Exception):
+    """Raised by the packet callback after a batch: NetfilterQueue.run() propagates it, and we are back in
+    our loop (the packet that raised already has its verdict)."""
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.left = 0
-        self.enobufs = 0
 
-    def recv(self, size: int) -> bytes:
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.left -= 1
-        try:
-            return self.sock.recv(size)
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                self.enobufs += 1
-            raise
+def _jstr(v: str | None) -> str:
+    return "null" if v is None else _encode_str(v)
+
+
+def _jnum(v: float | int | None) -> str:
+    return "null" if v is None else repr(v)
+
+
+def event_line(e: Event, now: float, wall: float) -> str:
+    """One decision as a JSON line (hand-built: json.dumps costs more than the decision itself)."""
+    due = f',"due_mono":{e.t!r}' if e.event == "released" else ""
+    return (f'{{"event":"{e.event}","t_mono":{now!r},"t_wall":{wall!r},"src":{_jstr(e.src)},'
+            f'"dst":{_jstr(e.dst)},"sport":{_jnum(e.sport)},"dport":{_jnum(e.dport)},"proto":{_jstr(e.proto)},'
+            f'"queue_len":{e.queue_len},"reason":{_jstr(e.reason)}{due}}}\n')
 
 
 class EventLog:
-    """JSON lines, one per event, flushed per line."""
+    """JSON lines, one write(2) per line (an unbuffered append: nothing finished is lost to a SIGKILL)."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.created = False
+        self.fd: int | None = None
         if path is None:
-            self.fh = None
-        elif path == "-":
-            self.fh = sys.stdout
-        else:
-            self.created = not os.path.exists(path)
-            try:
-                self.fh = open(path, "a", buffering=1, encoding="utf-8")
-            except OSError as exc:
-                raise DaemonError(f"cannot open event log {path}: {exc.strerror}") from None
+            return
+        if path == "-":
+            self.fd = sys.stdout.fileno()
+            return
+        self.created = not os.path.exists(path)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DaemonError(f"cannot open event log {path}: {exc.strerror}") from None
 
     def write(self, obj: dict[str, Any]) -> None:
-        if self.fh is not None:
-            self.fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self.line(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def line(self, text: str) -> None:
+        if self.fd is not None:
+            os.write(self.fd, text.encode())
 
     def close(self, discard: bool = False) -> None:
-        if self.fh is not None and self.fh is not sys.stdout:
-            self.fh.close()
+        if self.fd is not None and self.path != "-":
+            os.close(self.fd)
             if discard and self.created and os.path.getsize(self.path) == 0:
                 os.unlink(self.path)
-        self.fh = None
+        self.fd = None
 
 
 _ACCEPT = frozenset(("passed", "released"))
@@ -179,8 +183,8 @@ class Daemon:
         self._log: EventLog | None = None
         self._rules_installed = False
         self._wake_r = self._wake_w = None
-        self._nl: socket.socket | None = None
-        self._batch: _Batch | None = None
+        self._fd: int | None = None
+        self._budget = 0
         self.started_mono = time.monotonic()
         self.rcvbuf: int | None = None
 
@@ -221,12 +225,11 @@ class Daemon:
                 raise DaemonError(f"cannot bind NFQUEUE {o.queue_num}: it is already bound by another "
                                   "process in this network namespace (choose another --queue-num)") from None
         self._nfq = nfq
-        self._nl = socket.socket(fileno=os.dup(nfq.get_fd()))
-        self._nl.setblocking(False)
-        self.rcvbuf = self._nl.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self._fd = nfq.get_fd()
+        with socket.socket(fileno=os.dup(self._fd)) as nl:
+            self.rcvbuf = nl.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         for w in caught:
             print(f"throttle: warning: {w.message}", file=sys.stderr)
-        self._batch = _Batch(self._nl)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -262,20 +265,19 @@ class Daemon:
         if self._nfq is not None:
             now = time.monotonic()
             self._stopping = True
-            if self._batch is not None:
-                for _ in range(1000):       # drop what is still waiting in the socket (bounded)
-                    before = self._batch.enobufs
-                    self._batch.left = self.opts.batch
-                    try:
-                        self._nfq.run_socket(self._batch)
-                    except OSError:
-                        break
-                    if self._batch.left > 0 and self._batch.enobufs == before:
-                        break
+            for _ in range(1000):           # drop what is still waiting in the socket (bounded)
+                self._budget = self.opts.batch
+                try:
+                    self._nfq.run(block=False)
+                    break
+                except _Yield:
+                    continue
+                except OSError:
+                    break
             self._apply(self.core.drop_all(now, "shutdown"), now)
             self._nfq.unbind()
             self._nfq = None
-        for s in (self._nl, self._wake_r, self._wake_w, *self._clients):
+        for s in (self._wake_r, self._wake_w, *self._clients):
             if s is not None:
                 s.close()
         self._clients.clear()
@@ -297,22 +299,24 @@ class Daemon:
 
     def request_stop(self, reason: str) -> None:
         self._stop = reason
-        if self._batch is not None:
-            self._batch.left = 0
+        self._budget = 0
 
     # ---- packets -------------------------------------------------------------------------------------
     def _on_packet(self, pkt) -> None:
         now = time.monotonic()
         if self._stopping:
             pkt.drop()
-            return
-        parsed = parse_packet(pkt.get_payload())
-        if isinstance(parsed, str):
-            self.ignored[parsed] = self.ignored.get(parsed, 0) + 1
-            pkt.accept()
-            return
-        src, dst, sport, dport, proto = parsed
-        self._apply(self.core.submit(Request(src, dst, sport, dport, proto, pkt), now).events, now)
+        else:
+            parsed = parse_packet(pkt.get_payload())
+            if isinstance(parsed, str):
+                self.ignored[parsed] = self.ignored.get(parsed, 0) + 1
+                pkt.accept()
+            else:
+                src, dst, sport, dport, proto = parsed
+                self._apply(self.core.submit(Request(src, dst, sport, dport, proto, pkt), now).events, now)
+        self._budget -= 1
+        if self._budget <= 0:
+            raise _Yield
 
     def _apply(self, events: list[Event], now: float) -> None:
         for e in events:
@@ -323,16 +327,11 @@ class Daemon:
                 elif e.event in _DROP:
                     p.drop()
         log = self._log
-        if log is None or log.fh is None:
+        if log is None or log.fd is None:
             return
         wall = time.time()
         for e in events:
-            d = {"event": e.event, "t_mono": now, "t_wall": wall, "src": e.src, "dst": e.dst,
-                 "sport": e.sport, "dport": e.dport, "proto": e.proto, "queue_len": e.queue_len,
-                 "reason": e.reason}
-            if e.event == "released":
-                d["due_mono"] = e.t
-            log.write(d)
+            log.line(event_line(e, now, wall))
 
     # ---- control -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -341,7 +340,6 @@ class Daemon:
                 "protocols": list(o.protocols), "config": self.config.to_dict(),
                 "t_mono": time.monotonic(), "uptime_s": time.monotonic() - self.started_mono,
                 "sources": self.core.status(), "counts": dict(self.core.counts), "ignored": dict(self.ignored),
-                "netlink_overruns": self._batch.enobufs if self._batch else 0,
                 "kernel_queue": kernel_queue_stats(o.queue_num), "rcvbuf": self.rcvbuf}
 
     def _handle(self, req: Any) -> dict[str, Any]:
@@ -400,8 +398,8 @@ class Daemon:
 
     # ---- loop ----------------------------------------------------------------------------------------
     def loop(self) -> None:
-        assert self._nl is not None and self._ctl is not None and self._batch is not None
-        nl, ctl, wake, batch, nfq = self._nl, self._ctl, self._wake_r, self._batch, self._nfq
+        assert self._fd is not None and self._ctl is not None and self._nfq is not None
+        nl, ctl, wake, nfq = self._fd, self._ctl, self._wake_r, self._nfq
         core, opts = self.core, self.opts
         while self._stop is None:
             due = core.next_due()
@@ -417,8 +415,11 @@ class Daemon:
             if due is not None and due <= now:
                 self._apply(core.advance(now), now)
             if nl in r:
-                batch.left = opts.batch
-                nfq.run_socket(batch)
+                self._budget = opts.batch
+                try:
+                    nfq.run(block=False)
+                except _Yield:
+                    pass
             if wake in r:
                 try:
                     wake.recv(4096)
