@@ -259,3 +259,36 @@ def test_status_text_and_unreachable_daemon(lab, tmp_path):
     assert r.returncode == 0 and "mode host" in r.stdout and lab.addr("a") in r.stdout and "198.18.203.1" in r.stdout
     assert d.stop() == 0
     assert not (tmp_path / "ctl.sock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["packets", "connections"])
+def test_gateway_sees_retransmissions_and_each_policy_counts_them(lab, tmp_path, policy):
+    """At a gateway the sender's stack retransmits a held SYN (+1 s, +2 s): `packets` makes each one a queue
+    entry, `connections` joins them to their entry. A full initial working set queues the first SYN."""
+    dst = add_addresses(lab, "t", "lan2", 40, 1)[0]
+    known = [f"198.18.250.{i}" for i in range(1, 6)]
+    d = Daemon(lab, "gw", tmp_path / "ev.jsonl", "--mode", "gateway", "--policy", policy, "--period", "2.5",
+               "--initial-working-set", *known)
+    cfg = d.wait_ready()
+    assert (cfg["policy"], cfg["initial_state"], cfg["initial_working_set"]) == (policy, "full", known)
+    sniff = Sniffer(lab, "t", "lan2", "tcp[tcpflags] & tcp-syn != 0")
+    sent = connect(lab, "a", [dst], hold=2.9)
+    on_wire = sniff.stop()
+    assert d.stop() == 0
+    ev = [e for e in d.events() if e["event"] in ("queued", "released")]
+    sport = sent[0][1]
+    assert {e["sport"] for e in ev} == {sport}
+    if policy == "packets":
+        assert [(e["event"], e["queue_len"], e["reason"]) for e in ev] == [
+            ("queued", 1, "entry"), ("queued", 2, "entry"), ("queued", 3, "entry"),
+            ("released", 2, "head"), ("released", 1, "same-destination"), ("released", 0, "same-destination")]
+    else:
+        assert [(e["event"], e["queue_len"], e["reason"]) for e in ev] == [
+            ("queued", 1, "entry"), ("queued", 1, "joined"), ("queued", 1, "joined"),
+            ("released", 0, "head"), ("released", 0, "head"), ("released", 0, "head")]
+    q = [e["t_mono"] - ev[0]["t_mono"] for e in ev if e["event"] == "queued"]
+    assert q[1] == pytest.approx(1.0, abs=0.1) and q[2] == pytest.approx(2.0, abs=0.15)
+    # all three copies leave together, one period after the first
+    assert len(on_wire) == 3 and max(p[0] for p in on_wire) - min(p[0] for p in on_wire) < 0.05
+    assert min(p[0] for p in on_wire) - ev[0]["t_wall"] == pytest.approx(2.5, abs=0.1)
