@@ -18,7 +18,7 @@ import struct
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import control, rules
@@ -174,7 +174,6 @@ class Daemon:
         self.config = config
         self.core = Throttle(config)
         self.ignored: dict[str, int] = {}
-        self.errors = 0
         self._stop: str | None = None
         self._stopping = False
         self._nfq = None
@@ -245,7 +244,6 @@ class Daemon:
         now = time.monotonic()
         self.started_mono = now
         if self.config.release_clock == "free":
-            from dataclasses import replace
             self.config = replace(self.config, clock_origin_s=now)
             self.core = Throttle(self.config)
         self._log.write({"event": "config", "t_mono": now, "t_wall": time.time(), "mode": o.mode,
@@ -304,8 +302,13 @@ class Daemon:
     # ---- packets -------------------------------------------------------------------------------------
     def _on_packet(self, pkt) -> None:
         now = time.monotonic()
-        if self._stopping:
-            pkt.drop()
+        if self._stopping:                  # shutting down: nothing new leaves, but say what was dropped
+            parsed = parse_packet(pkt.get_payload())
+            if isinstance(parsed, str):
+                pkt.drop()
+            else:
+                src, dst, sport, dport, proto = parsed
+                self._apply([Event("dropped", now, src, dst, sport, dport, proto, 0, "shutdown", pkt)], now)
         else:
             parsed = parse_packet(pkt.get_payload())
             if isinstance(parsed, str):
@@ -437,10 +440,15 @@ class Daemon:
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop cleanly. Returns the exit status."""
-        self.start()
         old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT):     # before start(): a signal while starting still cleans up
             old[sig] = signal.signal(sig, lambda n, f: self.request_stop(signal.Signals(n).name))
+        try:
+            self.start()
+        except BaseException:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+            raise
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         status = 0
         try:
