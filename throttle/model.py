@@ -10,7 +10,6 @@ documented behaviour of the paper's guest (initial RTO 3 s, doubled, TcpMaxConne
 from __future__ import annotations
 
 import heapq
-import itertools
 import json
 import logging
 import math
@@ -339,7 +338,6 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
     open_until: dict[int, float] = {}   # attempt -> time it ends (inf while unanswered)
     starts: dict[int, float] = {}
     heap: list[tuple[float, int, int]] = [(0.0, 0, 0)]   # (time, attempt, k-th retransmission)
-    seq = itertools.count()
     blocked = False
     limit_n = max_attempts if max_attempts is not None else math.inf
 
@@ -354,7 +352,6 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
                 if open_until.get(i, -1.0) > e.t:
                     open_until[i] = e.t
 
-    del seq
     while heap and not blocked:
         t, i, k = heapq.heappop(heap)
         if t > horizon_s:
