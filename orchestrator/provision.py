@@ -35,7 +35,7 @@ ROLES = ("common", "testworm", "throttle", "sniffer", "gateway", "injector")
 # which inventory groups each role configures (as in playbooks/site.yml)
 ROLE_GROUPS = {"common": None, "testworm": ("blade", "target"), "throttle": ("blade", "gateway"),
                "sniffer": ("sniffer",), "gateway": ("gateway",), "injector": ("injector",)}
-CODE_PACKAGES = ("testworm", "throttle", "netfilterqueue")
+CODE_PACKAGES = ("hostagent", "testworm", "throttle", "netfilterqueue")
 GATEWAY_EMPTY = ("reset", "blackhole")
 KEEP_RUNS = 3
 
