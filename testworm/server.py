@@ -67,6 +67,7 @@ class State:
     scans: int = 0
     log: str | None = None
     last_exit: int | None = None
+    last_error: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {
         "probes": 0, "accepted": 0, "refused": 0, "malformed": 0, "timeouts": 0, "busy": 0})
 
@@ -111,6 +112,7 @@ class Server:
         return {"state": st.state, "generation": st.generation, "max_generations": self.max_generations,
                 "scanner_pid": st.scanner.pid if st.scanner and st.scanner.poll() is None else None,
                 "scans": st.scans, "log": st.log, "last_exit": st.last_exit, "last_stop": last_stop,
+                "last_error": st.last_error,
                 "counts": dict(st.counts), "pid": os.getpid(), "listen": f"{self.host}:{self.port}"}
 
     def handle_line(self, line: bytes, conn: Conn) -> bytes:
@@ -177,7 +179,7 @@ class Server:
             return False, f"cannot start the scanner: {exc}"
         finally:
             errf.close()
-        st.state, st.generation, st.log, st.last_exit = "scanning", generation, log, None
+        st.state, st.generation, st.log, st.last_exit, st.last_error = "scanning", generation, log, None, None
         self.log.event("scan_start", pid=st.scanner.pid, generation=generation, log=log)
         return True, None
 
@@ -201,7 +203,14 @@ class Server:
         st.scanner, st.kill_deadline, st.last_exit = None, None, rc
         if st.state == "scanning":
             st.state = "done"
-        self.log.event("scan_exit", pid=p.pid, returncode=rc, state=st.state)
+        if rc != 0:  # the scanner's own one-line reason (an interlock, bad input, a crash)
+            try:
+                with open(os.path.join(self.state_dir, f"scan-{st.scans:03d}.stderr"), errors="replace") as fh:
+                    lines = [ln.strip() for ln in fh.read(65536).splitlines() if ln.strip()]
+                st.last_error = lines[-1] if lines else f"exit {rc}"
+            except OSError:
+                st.last_error = f"exit {rc}"
+        self.log.event("scan_exit", pid=p.pid, returncode=rc, state=st.state, error=st.last_error)
 
     # ------------------------------------------------------------ the loop
 

@@ -89,3 +89,16 @@ def test_kill_stops_the_scan_and_refuses_triggers_until_revived(tmp_path):
         wait_for(lambda: status(lab, "a", "b", key)["state"] == "done", "the second scan to finish")
         code, reply, _ = client(lab, "a", "trigger", "b", key, "--rate", "5")
         assert code == 1 and reply["error"] == "already infected (generation 0)"
+
+
+def test_a_scanner_that_refuses_to_start_is_reported_in_the_status(tmp_path):
+    key = keyfile(tmp_path)
+    with MiniLab({"a": ["lan1"], "b": ["lan1"]}) as lab:
+        state = start_server(lab, "b", tmp_path, key)
+        # inside the allow-list (the lab ranges) but with no route from b: the scanner refuses, exit 2
+        code, reply, _ = client(lab, "a", "trigger", "b", key, "--rate", "10", "--targets", "198.19.5.0/24")
+        assert code == 0 and reply["ok"] is True
+        st = wait_for(lambda: (s := status(lab, "a", "b", key))["last_exit"] is not None and s, "the scanner to exit")
+        assert (st["state"], st["last_exit"]) == ("done", 2)
+        assert st["last_error"].startswith("testworm: no route from this host to the targets (198.19.5.0")
+        assert not (state / "scan-001-gen0.jsonl").exists()  # refused before it logged (or sent) anything
