@@ -72,3 +72,22 @@ def read_events(path: str) -> list[dict[str, Any]]:
             if isinstance(rec, dict):
                 out.append(rec)
     return out
+
+
+def last_event(path: str, event: str, tail: int = 65536) -> dict[str, Any] | None:
+    """The last `event` record in the final `tail` bytes of a log (cheap on a log of millions of lines)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail))
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event:
+            return rec
+    return None

@@ -191,7 +191,10 @@ def _lab_guest(marker: str = LAB_GUEST_MARKER) -> bool:
 
 
 def _probe(family: int, addr: str) -> str | None:
-    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:  # e.g. IPv6 disabled in this kernel: then there is no IPv6 route either
+        return None
     try:
         s.connect((addr, 9))  # a route look-up: nothing is sent by connect() on a datagram socket
         return s.getsockname()[0]

@@ -22,7 +22,7 @@ from typing import Any
 from . import params as P
 from .addrs import AddressSet
 from .errors import ProtocolError, UsageError, WormError
-from .eventlog import EventLog, read_events
+from .eventlog import EventLog, last_event
 from .interlocks import OVERRIDE_FLAG, check_allow, check_environment, check_lab_ranges
 from .protocol import DEFAULT_WINDOW_S, MAX_MESSAGE, NonceCache, decode_request, encode_error, encode_reply
 from .scanner import PR_SET_PDEATHSIG, prctl
@@ -105,10 +105,9 @@ class Server:
     def status(self) -> dict[str, Any]:
         st = self.st
         last_stop = None
-        if st.log and (st.scanner is None or st.scanner.poll() is not None) and os.path.exists(st.log):
-            stops = [e for e in read_events(st.log) if e.get("event") == "stop"]
-            last_stop = {k: stops[-1].get(k) for k in ("reason", "attempts", "error") if k in stops[-1]} \
-                if stops else None
+        if st.log and (st.scanner is None or st.scanner.poll() is not None):
+            stop = last_event(st.log, "stop")
+            last_stop = {k: stop[k] for k in ("reason", "attempts", "error") if k in stop} if stop else None
         return {"state": st.state, "generation": st.generation, "max_generations": self.max_generations,
                 "scanner_pid": st.scanner.pid if st.scanner and st.scanner.poll() is None else None,
                 "scans": st.scans, "log": st.log, "last_exit": st.last_exit, "last_stop": last_stop,

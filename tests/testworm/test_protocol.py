@@ -153,3 +153,4 @@ def test_key_files(tmp_path):
     good = tmp_path / "good"
     good.write_text("  " + "ab" * 16 + "\n")
     assert load_key(str(good)) == b"ab" * 16
+
