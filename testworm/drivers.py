@@ -5,7 +5,8 @@ Precise waiting, in two phases. Coarse: epoll (TCP) or sleep (UDP) until a margi
 the margin is 1.5 ms (epoll rounds timeouts up to whole ms) or a quarter of the wait, whichever is larger,
 because on a busy VM a long sleep sometimes overshoots by milliseconds. Final approach (≤ 2.5 ms): sleep
 (nanosleep; the scanner lowers the timer slack) until 100 µs before, then spin: a wake-up from sleep is late
-by ~40-90 µs here, a spin by ~1 µs. Waits are capped at 50 ms so that stop signals are noticed promptly.
+by ~40-90 µs here, a spin by ~1 µs. Above 1,000 attempts/s there is no spin (see SPIN_MAX_RATE). Waits are
+capped at 50 ms so that stop signals are noticed promptly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from .eventlog import EventLog
 MAX_WAIT_S = 0.05
 POLL_MARGIN_S = 0.0015
 SPIN_S = 0.0001
+# Above this rate the final approach sleeps instead of spinning: attempts are < 1 ms apart, a spin would eat
+# most of a core (a throttle under test may share it), and late wake-ups only batch attempts that fell due
+# together — the schedule stays absolute, so the rate does not change.
+SPIN_MAX_RATE = 1000.0
 
 # ECONNRESET can only follow an established connection (a reset SYN gives ECONNREFUSED): it connected.
 OUTCOME_BY_ERRNO = {0: "connected", errno.ECONNRESET: "connected", errno.ECONNREFUSED: "refused",
@@ -40,11 +45,11 @@ def coarse(t: float) -> float | None:
     return min(MAX_WAIT_S, t - max(POLL_MARGIN_S, 0.25 * t))
 
 
-def sleep_until(until: float) -> None:
-    """Sleep until SPIN_S before `until`, then spin to it."""
+def sleep_until(until: float, spin: float = SPIN_S) -> None:
+    """Sleep until `spin` before `until`, then spin to it."""
     t = until - _mono()
-    if t > SPIN_S:
-        _sleep(t - SPIN_S)
+    if t > spin:
+        _sleep(t - spin)
     while _mono() < until:
         pass
 
@@ -69,8 +74,9 @@ class TcpDriver:
     """
 
     def __init__(self, port: int, connect_timeout_s: float, log: EventLog, generation: int,
-                 on_connected: Callable[[socket.socket, int], bool] | None = None):
+                 on_connected: Callable[[socket.socket, int], bool] | None = None, rate: float = 1.0):
         self.port, self.timeout, self.log, self.gen = port, connect_timeout_s, log, generation
+        self.spin = SPIN_S if rate <= SPIN_MAX_RATE else 0.0
         self.on_connected = on_connected
         self.ep = select.epoll()
         self.flight: dict[int, tuple] = {}  # fd → (sock, i, dst, t0, tw, due, src, sport)
@@ -144,7 +150,7 @@ class TcpDriver:
         if block is None and not events and t > 0:
             if self.spare is None:
                 self.spare = socket.socket(socket.AF_INET, _SOCK_TCP)
-            sleep_until(now + t)
+            sleep_until(now + t, self.spin)
 
     def _expire(self, now: float) -> None:
         dl, flight = self.deadlines, self.flight
@@ -176,8 +182,9 @@ class UdpDriver:
     """One datagram per target from one socket (as Slammer did): outcome `sent`, or `unreachable` when the
     kernel refuses it at once (no route, EACCES for a broadcast address, …). ICMP errors are not awaited."""
 
-    def __init__(self, port: int, size: int, log: EventLog, generation: int, src: str):
+    def __init__(self, port: int, size: int, log: EventLog, generation: int, src: str, rate: float = 1.0):
         self.port, self.log, self.gen, self.src = port, log, generation, src
+        self.spin = SPIN_S if rate <= SPIN_MAX_RATE else 0.0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
@@ -210,7 +217,7 @@ class UdpDriver:
         self.log.flush()
         block = coarse(until - _mono())
         if block is None:
-            sleep_until(until)
+            sleep_until(until, self.spin)
         else:
             _sleep(block)
 

@@ -155,9 +155,9 @@ def run_scan(p: ScanParams, log_path: str, *, key: bytes | None = None, source: 
               params={**p.to_dict(), "source": ip_str(own), "infect": infecting, "override": overridden})
     if p.protocol == "tcp":
         driver: TcpDriver | UdpDriver = TcpDriver(p.port, p.connect_timeout_s, log, p.generation,
-                                                  infector.offer if infector else None)
+                                                  infector.offer if infector else None, rate=p.rate)
     else:
-        driver = UdpDriver(p.port, p.udp_size, log, p.generation, ip_str(own))
+        driver = UdpDriver(p.port, p.udp_size, log, p.generation, ip_str(own), rate=p.rate)
     reason, n, extra = "error", 0, {}
     try:
         reason, n = run_loop(driver, targets, Schedule(time.monotonic(), p.rate, p.burst),
