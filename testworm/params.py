@@ -113,7 +113,11 @@ def number(raw: dict, key: str, lo: float, hi: float, *, integer: bool = False, 
                     raise UsageError(f"{name} must be a number, not {v!r}") from None
         else:
             raise UsageError(f"{name} must be a number, not {v!r}")
-    if not math.isfinite(v):
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        raise UsageError(f"{name} out of range") from None
+    if not finite:
         raise UsageError(f"{name} must be finite, not {v!r}")
     if integer and (not isinstance(v, int) and not (isinstance(v, float) and v.is_integer())):
         raise UsageError(f"{name} must be a whole number, not {v!r}")

@@ -139,7 +139,11 @@ def decode_request(key: bytes, line: bytes, *, local: str, nonces: NonceCache, n
         raise ProtocolError("bad-request", f"unknown command {cmd!r}")
     if not (isinstance(nonce, str) and len(nonce) == 32 and all(c in "0123456789abcdef" for c in nonce)):
         raise ProtocolError("bad-request", "bad nonce")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    try:
+        ts = float(ts) if not isinstance(ts, bool) and isinstance(ts, int | float) else math.nan
+    except OverflowError:
+        ts = math.nan
+    if not math.isfinite(ts):
         raise ProtocolError("bad-request", "bad timestamp")
     if isinstance(gen, bool) or not isinstance(gen, int) or gen < 0:
         raise ProtocolError("bad-request", "bad generation")
@@ -149,9 +153,9 @@ def decode_request(key: bytes, line: bytes, *, local: str, nonces: NonceCache, n
         raise ProtocolError("stale", f"timestamp {now - ts:+.1f} s from this server's clock")
     if to != local:
         raise ProtocolError("wrong-host", f"meant for {to}, this is {local}")
-    if not nonces.add(nonce, float(ts), now):
+    if not nonces.add(nonce, ts, now):
         raise ProtocolError("replay", "nonce already used")
-    return Request(cmd, nonce, float(ts), to, gen, params)
+    return Request(cmd, nonce, ts, to, gen, params)
 
 
 def encode_reply(key: bytes, nonce: str, body: dict[str, Any]) -> bytes:

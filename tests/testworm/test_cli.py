@@ -6,11 +6,14 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.testworm.test_interlocks import ROUTE_ROOT
 from testworm import cli, interlocks
 from testworm import params as P
 from testworm.addrs import AddressSet
+from testworm.errors import WormError
 from testworm.interlocks import Environment, parse_route_table
 from testworm.scanner import wire_params
 from testworm.server import params_argv
@@ -130,3 +133,28 @@ def test_hit_list_from_a_file(tmp_path):
     f.write_text("# the hit list\n198.18.0.9\n198.18.0.3  # second\n\n")
     a = cli.build_parser().parse_args(["scan", "--hit-list", f"@{f}", "--log", "-"])
     assert cli._raw_params(a)["hit_list"] == ["198.18.0.9", "198.18.0.3"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats()
+    | st.text(max_size=20) | st.sampled_from(["198.18.0.0/16", "198.18.1.1", "tcp", "udp", "random", "self",
+                                             "nimda-like", "1,1,1", "1e400"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(P.KEYS), json_values, max_size=8))
+def test_any_wire_params_are_accepted_or_refused_never_crash(raw):
+    # what a server does with the params of an authenticated trigger
+    raw = {**raw, "allow": raw.get("allow", ["198.18.0.0/16"])}
+    try:
+        P.resolve(raw)
+    except WormError:
+        pass
+
+
+def test_huge_numbers_are_refused_not_crashed(capsys):
+    code, _, err = run(capsys, ["scan", "--rate", "9" * 400, "--port", "1", "--allow", "198.18.0.0/24",
+                                "--log", "-"])
+    assert (code, err) == (2, "testworm: --rate out of range\n")

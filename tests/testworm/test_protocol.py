@@ -154,3 +154,21 @@ def test_key_files(tmp_path):
     good.write_text("  " + "ab" * 16 + "\n")
     assert load_key(str(good)) == b"ab" * 16
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "cmd", "nonce", "ts", "to", "generation", "params", "x"]),
+                       st.none() | st.booleans() | st.integers(min_value=-(10**400), max_value=10**400)
+                       | st.floats() | st.text(max_size=40) | st.lists(st.integers(), max_size=3)
+                       | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)))
+def test_authenticated_garbage_is_refused_by_reason_never_crashes(body):
+    import hashlib
+    import hmac
+    data = json.dumps(body).encode()
+    mac = hmac.new(KEY, b"testworm/1 request\n" + data, hashlib.sha256).digest()
+    line = b" ".join((b"TWRM1", base64.urlsafe_b64encode(data).rstrip(b"="),
+                      base64.urlsafe_b64encode(mac).rstrip(b"="))) + b"\n"
+    try:
+        decode(line)
+    except ProtocolError as exc:
+        assert exc.reason in {"bad-request", "stale", "wrong-host", "oversized"}
