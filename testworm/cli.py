@@ -181,7 +181,8 @@ def cmd_trigger(a: argparse.Namespace) -> int:
     probe = {**raw, "port": raw["port"] or "1", "allow": raw["allow"] or raw["lab_ranges"]
              or list(P.DEFAULT_LAB_RANGES)}
     p = P.resolve(probe)
-    return _client(a, "trigger", given, p.generation)
+    typed = p.to_dict()  # send the validated values (numbers as numbers), only for the options given
+    return _client(a, "trigger", {k: typed[k] for k in given}, p.generation)
 
 
 def cmd_keygen(a: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ class EventLog:
             self._owned = True
         self._buf: list[str] = []
         self._lock = threading.Lock()
+        self.closed = False
 
     def event(self, event: str, **fields: Any) -> None:
         """Write one event now (and everything buffered before it)."""
@@ -51,13 +52,16 @@ class EventLog:
 
     def _flush_locked(self) -> None:
         buf, self._buf = self._buf, []
-        self._fh.write("".join(buf))
-        self._fh.flush()
+        if not self.closed:  # a straggling thread writing after close() is dropped, not an error
+            self._fh.write("".join(buf))
+            self._fh.flush()
 
     def close(self) -> None:
-        self.flush()
-        if self._owned:
-            self._fh.close()
+        with self._lock:
+            self._flush_locked()
+            self.closed = True
+            if self._owned:
+                self._fh.close()
 
 
 def read_events(path: str) -> list[dict[str, Any]]:

@@ -71,6 +71,7 @@ class Infector:
     def __init__(self, key: bytes, p: ScanParams, own: int, log: EventLog):
         self.key, self.p, self.own, self.log = key, p, own, log
         self.seen: set[int] = set()
+        self.closing = False
         self.q: queue.Queue = queue.Queue(maxsize=256)
         self.thread = threading.Thread(target=self._run, name="testworm-infector", daemon=True)
         self.thread.start()
@@ -87,6 +88,9 @@ class Infector:
 
     def _run(self) -> None:
         while (item := self.q.get()) is not None:
+            if self.closing:  # the scan has ended: drop what is left, do not start new exchanges
+                item[0].close()
+                continue
             self._infect(*item)
 
     def _infect(self, sock: socket.socket, dst: int) -> None:
@@ -109,12 +113,15 @@ class Infector:
             sock.close()
         self.log.event("infect", dst=dst_s, dport=self.p.port, generation=gen, ok=ok, reply=detail)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, drain: bool, timeout: float = 5.0) -> None:
+        """Finish the triggers already queued (drain, within `timeout`) or only the one under way."""
+        self.closing = not drain
         try:
             self.q.put(None, timeout=timeout)
         except queue.Full:
-            return
+            pass
         self.thread.join(timeout)
+        self.closing = True
 
 
 class _Stop:
@@ -168,8 +175,8 @@ def run_scan(p: ScanParams, log_path: str, *, key: bytes | None = None, source: 
         raise
     finally:
         driver.close()
-        if infector:
-            infector.close()
+        if infector:  # a scan that ran its course finishes its triggers; a stopped one does not
+            infector.close(drain=reason in ("max_attempts", "targets_exhausted"))
         log.event("stop", reason=reason, attempts=n, **extra)
         log.close()
     return reason, n
