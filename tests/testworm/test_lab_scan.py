@@ -30,7 +30,7 @@ def check_log_shape(log, n, rate):
         for k, typ in ATTEMPT_KEYS.items():
             assert isinstance(e[k], typ), (k, e)
         assert e["t_done_mono"] >= e["t_mono"] >= e["due_mono"] - 1e-9
-        assert abs(e["t_wall"] - e["t_mono"] - (att[0]["t_wall"] - att[0]["t_mono"])) < 0.05
+        assert abs(e["t_wall"] - e["t_mono"] - (att[0]["t_wall"] - att[0]["t_mono"])) < 0.2
     for a, b in zip(att, att[1:], strict=False):
         assert abs(b["due_mono"] - a["due_mono"] - 1 / rate) < 1e-9
     assert evs[-1]["attempts"] == n
@@ -54,8 +54,8 @@ def test_tcp_scan_logs_each_outcome(tmp_path):
             [(lab.addr("b"), "connected"), (lab.addr("c"), "refused"), ("198.18.201.9", "timeout")]
         assert all(e["src"] == lab.addr("a") and e["dport"] == 7000 and e["protocol"] == "tcp" for e in att)
         assert len({e["sport"] for e in att}) == 3 and all(1024 <= e["sport"] <= 65535 for e in att)
-        assert 0.29 < att[2]["t_done_mono"] - att[2]["t_mono"] < 0.4
-        assert att[1]["t_done_mono"] - att[1]["t_mono"] < 0.05
+        assert 0.29 < att[2]["t_done_mono"] - att[2]["t_mono"] < 0.6  # the connect timeout
+        assert att[1]["t_done_mono"] - att[1]["t_mono"] < 0.25  # a RST, long before it
         assert stop["reason"] == "targets_exhausted"
 
 
@@ -109,13 +109,13 @@ def test_lifetime_bounds_the_scan(tmp_path):
         stop = evs[-1]
         att = [e for e in evs if e["event"] == "attempt"]
         assert stop["reason"] == "lifetime"
-        assert 48 <= stop["attempts"] <= 51 and len(att) == stop["attempts"]
+        assert 40 <= stop["attempts"] <= 50 and len(att) == stop["attempts"]  # 50 fall due within 1 s
         first = min(e["due_mono"] for e in att)
         assert max(e["t_mono"] for e in att) < first + 1.0
-        assert stop["t_mono"] - first < 1.1
+        assert stop["t_mono"] - first < 1.5  # it did not wait for the 3 s connect timeouts
         aborted = [e for e in att if e.get("aborted")]
-        assert aborted and all(e["outcome"] == "timeout" for e in aborted)
-        assert wall < 4.0  # python start-up + 1 s of scanning; nothing waits for the 3 s connect timeout
+        assert aborted and all(e["outcome"] == "timeout" and e["t_done_mono"] < first + 1.5 for e in aborted)
+        assert wall < 10.0
 
 
 def _in_root_netns() -> bool:
