@@ -144,10 +144,11 @@ def main() -> int:
                 res = one_run(lab, work, proto, rate, seconds, seed=k + 1)
                 res["tolerance"] = tol
                 res["pass"] = (abs(res["rate_log"] / rate - 1) <= tol and abs(res["rate_wire"] / rate - 1) <= tol
-                               and res["on_wire"] == res["attempts"] == res["planned"])
+                               and res["on_wire"] == res["attempts"] == res["planned"] == res["wire_matches_log"])
                 results.append(res)
                 print(f"  {proto} {rate:>6}/s run {k + 1}: log {res['rate_log']:.2f}/s, wire {res['rate_wire']:.2f}/s, "
-                      f"{res['on_wire']}/{res['attempts']} on wire, start error p50 {res['p50_us']:.0f} µs "
+                      f"{res['on_wire']}/{res['attempts']} on wire ({res['wire_matches_log']} matching the log's "
+                      f"sport+dst), start error p50 {res['p50_us']:.0f} µs "
                       f"p99 {res['p99_us']:.0f} µs, {'ok' if res['pass'] else 'MISSED'}", flush=True)
     print()
     print("| proto | configured /s | achieved, log /s (worst) | achieved, wire /s (worst) | worst error | "
