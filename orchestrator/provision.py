@@ -124,7 +124,8 @@ def gateway_ruleset(lab: Lab, empty: str) -> str:
     udp = "reject with icmp type port-unreachable" if empty == "reset" else "drop"
     return ("table inet wt_gateway {\n"
             f"  set lab_hosts {{ type ipv4_addr; elements = {{ {', '.join(present)} }} }}\n"
-            "  chain forward {\n    type filter hook forward priority -10; policy accept;\n"
+            # priority 10: after iptables' filter FORWARD (0), so a throttle on the gateway decides first
+            "  chain forward {\n    type filter hook forward priority 10; policy accept;\n"
             f"    iifname \"exp*\" ip daddr != @lab_hosts meta l4proto tcp {tcp}\n"
             f"    iifname \"exp*\" ip daddr != @lab_hosts meta l4proto udp {udp}\n"
             "  }\n}\n")
