@@ -14,7 +14,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,6 +270,9 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
         return True
 
     started = time.monotonic()
+    # ansible-runner installs its own SIGINT/SIGTERM handlers and never puts the caller's back
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         r = ansible_runner.run(
             private_data_dir=str(pdd), project_dir=str(PLAYBOOKS), playbook="site.yml",
@@ -278,6 +283,8 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
             ident="run",
         )
     finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
         if bar:
             bar.close()
     duration = time.monotonic() - started

@@ -161,7 +161,8 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
             ax.set_ylabel("delay-queue length")
             ax.set_title(f"Queue length over time ({p})")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         save(fig, "queue-length")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
