@@ -252,8 +252,11 @@ class _SweepBar:
         m = rec.get("measured") or {}
         stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.get("reason") or ""
         agree = (rec.get("agreement") or {}).get("ok")
-        err.print(f"  {t.id}: {rec['status']} {stop}" + ("" if agree is None else
-                  " · agrees with the model" if agree else " · DISAGREES with the model"), highlight=False)
+        if rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
+            verdict = f" · {m.get('wire_attempts')} attempts on the wire at {m.get('achieved_rate') or 0:.1f}/s"
+        else:
+            verdict = "" if agree is None else " · agrees with the model" if agree else " · DISAGREES with the model"
+        err.print(f"  {t.id}: {rec['status']} {stop}{verdict}", highlight=False)
 
     def close(self) -> None:
         self.p.stop()

@@ -344,8 +344,9 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
                         packets_out_before_block=wire["packets_out_before_block"],
                         out_after_block=wire["out_after_block"])
     else:
-        measured["achieved_rate_wire"] = wire.get("wire_rate")
         measured.update(out_before_block=None, out_after_block=None)
+    if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
+        measured["achieved_rate_wire"] = wire.get("wire_rate")
     rec["measured"] = {k: finite(v) for k, v in measured.items()}
     rec["findings"] = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                        for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
