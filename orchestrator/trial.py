@@ -212,6 +212,10 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
         # -- wait for the stop condition: blocked, the worm's own bounds, or the trial timeout
         rec["status"], rec["reason"] = wait_stop(st, tlog, state_dirs[st.infected], s.timeout_s)
         phase("run")
+        if rec["status"] == "interrupted":       # not a result: stop what runs, and let --resume redo it
+            stop_all(st, started)
+            cap.stop(check=False)
+            return rec
 
         # -- stop everything, the worm first; collect
         stop_all(st, started)

@@ -174,3 +174,25 @@ def test_an_unreachable_host_is_named(speed, store):
         provision_lab(name, roles=["common"], store=store)
     assert "target2: unreachable over SSH" in exc.value.message
     assert "target1" not in exc.value.message
+
+
+@pytest.mark.slow
+def test_the_paper_testbed_provisions_fully_and_a_second_run_changes_nothing(paper, store):
+    name, lab = paper
+    with Access(name, store) as acc:
+        acc.wait_reachable(timeout=30)
+    first = provision_lab(name, store=store)
+    assert set(first.role_seconds) == {"common", "testworm", "throttle", "sniffer", "gateway", "injector"}
+    assert all(first.changed[h.name] >= 1 for h in lab.hosts)
+    again = provision_lab(name, store=store)
+    assert again.total_changed == 0, {h: n for h, n in again.changed.items() if n}
+    with Access(name, store) as acc:
+        prefix = f"{store.host_dir(name, 'blade3')}/opt"
+        # the worm and the throttle run from the host's prefix with the host's own python3
+        r = acc.run("blade3", f"PYTHONPATH={prefix}/lib python3 -m throttle predict --rate 20 --json")
+        assert r.exit_code == 0 and '"stop_s"' in r.stdout
+        r = acc.run("blade3", f"PYTHONPATH={prefix}/lib python3 -c 'import testworm, netfilterqueue, hostagent'")
+        assert r.exit_code == 0, r.stderr
+        assert acc.run("blade3", f"stat -c %a {prefix}/etc/worm.key").stdout.strip() == "600"
+        assert acc.run("injector", f"test -s {store.host_dir(name, 'injector')}/opt/etc/worm.key").ok
+        assert not acc.run("sniffer", f"test -e {store.host_dir(name, 'sniffer')}/opt/etc/worm.key").ok
