@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -196,3 +197,18 @@ def test_the_paper_testbed_provisions_fully_and_a_second_run_changes_nothing(pap
         assert acc.run("blade3", f"stat -c %a {prefix}/etc/worm.key").stdout.strip() == "600"
         assert acc.run("injector", f"test -s {store.host_dir(name, 'injector')}/opt/etc/worm.key").ok
         assert not acc.run("sniffer", f"test -e {store.host_dir(name, 'sniffer')}/opt/etc/worm.key").ok
+
+
+def test_up_with_provision_from_the_command_line(store):
+    name = f"u{secrets.token_hex(3)}"
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", str(LABS / "stopping-speed.yaml"), "--name",
+                        name, "--provision"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"lab {name} is up: 7 hosts on 4 segments" in r.stdout
+    assert f"provisioned lab {name} in " in r.stdout and "per role: common" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "provision", name, "--roles", "common,gateway",
+                        "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["roles"] == ["common", "gateway"] and rep["lab"] == name
+    assert sum(rep["changed"].values()) == 0            # `up --provision` already applied them
