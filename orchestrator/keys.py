@@ -69,10 +69,11 @@ def ensure_lab_keys(store: StateStore, lab: Lab) -> LabKeys:
     for h in lab.hosts:
         path = keys.host_key(h.name)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # no fsync: a host key cannot outlive the lab it belongs to, and a lab does not survive a reboot
+            os.makedirs(path.parent, exist_ok=True)
             private, public = _keypair(f"root@{h.name}")
-            atomic_write_text(path, private, mode=0o600)
-            atomic_write_text(path.with_name(path.name + ".pub"), public + "\n")
+            atomic_write_text(path, private, mode=0o600, fsync=False)
+            atomic_write_text(path.with_name(path.name + ".pub"), public + "\n", fsync=False)
         pub = keys.host_public_key(h.name).split()
         addr = h.ip("admin")
         if addr:

@@ -157,16 +157,17 @@ class NetnsProvider(Provider):
         authorized = keys.public_key + "\n"
         for h in lab.hosts:
             d = self.store.host_dir(lab.name, h.name)
-            for sub in ("run/sshd", "home", "log", "procs", "etc", "opt"):
-                (d / sub).mkdir(parents=True, exist_ok=True)
+            os.makedirs(d, exist_ok=True)
+            for sub in ("run", "run/sshd", "home", "log", "procs", "etc"):
+                os.mkdir(d / sub)     # a new lab's directories: nothing there yet
             os.chmod(d / "home", 0o700)
             if not h.ip("admin"):
                 continue
             (d / "etc" / "authorized_keys").write_text(authorized)
             (d / "etc" / "sshd_config").write_text(sshd_config(h.ip("admin"), keys.host_key(h.name),
                                                                d / "etc" / "authorized_keys"))
-            self.spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
-                       service=True)
+            self._spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
+                        service=True)
 
     def _apply_isolation(self, lab: Lab) -> None:
         """Load each dual-homed host's isolation table (orchestrator.isolation)."""
@@ -370,6 +371,10 @@ class NetnsProvider(Provider):
         """Start a long-running process in a host; its output goes to the host's log/<pname>.log.
         A service (sshd) is started again when the host is powered on."""
         self._check_host(name, host)
+        return self._spawn(name, host, pname, argv, env=env, service=service)
+
+    def _spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
+               env: dict[str, str] | None = None, service: bool = False) -> int:
         hdir = self.store.host_dir(name, host)
         log = hdir / "log" / f"{pname}.log"
         with open(log, "ab") as fh:
