@@ -18,19 +18,11 @@ from orchestrator.errors import AccessError, ProvisionError
 from orchestrator.keys import _keypair, lab_keys
 from orchestrator.providers.netns import NetnsProvider
 from orchestrator.provision import provision_lab
-from orchestrator.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
 pytestmark = pytest.mark.root
 
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
-    st = StateStore(tmp_path / "state")
-    yield st
-    core.down_all(store=st)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from orchestrator import nsutil
 from orchestrator.errors import LabExistsError, NotRootError, ProviderError
 from orchestrator.proc import pid_start_time
 from orchestrator.providers.netns import NetnsProvider, ns_name, switch_name
-from orchestrator.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -36,13 +35,6 @@ def root_links() -> set[str]:
 def lab_namespaces(name: str) -> set[str]:
     return {n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")}
 
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
-    st = StateStore(tmp_path / "state")
-    yield st
-    core.down_all(store=st)
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
