@@ -56,8 +56,12 @@ class Recipe(BaseModel):
     packages: list[str] = []
     wheels: list[str] = []
     initrd_modules: list[str] = []
+    initrd: Literal["distribution", "minimal"] = Field(
+        "minimal", description="minimal: our own initrd (busybox-static + initrd_modules, no udev): it only "
+                               "mounts /dev/vda; distribution: the one the kernel package made")
     mask: list[str] = []
     enable: list[str] = []
+    mask_generators: list[str] = []
     disk_mib: int = Field(1024, ge=256, le=65536)
     # import: a disk the user brings (qcow2 or raw), optionally with a kernel for direct boot
     disk: str | None = None
@@ -389,7 +393,11 @@ def _build_mmdebstrap(recipe: Recipe, rdir: Path, work: Path, mirrors: list[str]
     if not kernel or not initrd:
         raise ImageError(f"image '{recipe.name}': no kernel/initrd in /boot; add a linux-image package to 'packages'")
     shutil.copyfile(kernel[-1], work / "vmlinuz")
-    shutil.copyfile(initrd[-1], work / "initrd.img")
+    if recipe.initrd == "minimal":
+        (work / "initrd.img").write_bytes(minimal_initrd(rootfs, kernel[-1].name.removeprefix("vmlinuz-"),
+                                                         recipe.initrd_modules))
+    else:
+        shutil.copyfile(initrd[-1], work / "initrd.img")
 
     progress("packing the root file system (mkfs.ext4 -d)", 4, total)
     raw = work / "disk.raw"
@@ -404,6 +412,81 @@ def _build_mmdebstrap(recipe: Recipe, rdir: Path, work: Path, mirrors: list[str]
     return {"disk": "disk.qcow2", "disk_format": "qcow2", "kernel": "vmlinuz", "initrd": "initrd.img",
             "cmdline": recipe.cmdline, "packages": recipe.packages, "wheels": [w.name for w in wheels],
             "kernel_version": kernel[-1].name.removeprefix("vmlinuz-")}
+
+
+# ---------------------------------------------------------------- a minimal initrd
+
+_INIT = """#!/bin/busybox sh
+# worm-testbed minimal initrd: load the virtio modules, mount the root disk, hand over to /sbin/init.
+B=/bin/busybox
+$B mount -t devtmpfs devtmpfs /dev
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+for m in $($B cat /modules); do $B insmod "/lib/modules/$m" || echo "wt-initrd: insmod $m failed"; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do $B sleep 0.05; i=$((i + 1)); done
+$B mount -t ext4 -o rw,noatime /dev/vda /root || { echo "wt-initrd: cannot mount /dev/vda"; exec $B sh; }
+$B umount /proc /sys
+$B mount --move /dev /root/dev
+exec $B switch_root /root /sbin/init
+"""
+
+
+def module_order(modules_dep: str, wanted: list[str]) -> list[str]:
+    """Module files (relative paths) for `wanted` names, dependencies first, each once (pure)."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.splitlines():
+        if ":" not in line:
+            continue
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+        by_name[Path(mod).name.split(".ko")[0].replace("-", "_")] = mod
+    out: list[str] = []
+
+    def visit(mod: str) -> None:
+        for d in deps.get(mod, []):
+            visit(d)
+        if mod not in out:
+            out.append(mod)
+
+    for name in wanted:
+        key = name.replace("-", "_")
+        if key not in by_name:
+            raise ImageError(f"initrd module '{name}' is not a module of this kernel (built in, or misspelt?)")
+        visit(by_name[key])
+    return out
+
+
+def cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """An uncompressed cpio archive (newc) of (path, mode, data); directories have mode 0o040755 (pure)."""
+    out = bytearray()
+
+    def pad(n: int) -> None:
+        out.extend(b"\0" * ((4 - n % 4) % 4))
+
+    for ino, (path, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        name = path.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1 if mode & 0o040000 == 0 else 2, 0, len(data), 0, 0, 0, 0, len(name), 0]
+        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + name)
+        pad(110 + len(name))
+        out.extend(data)
+        pad(len(data))
+    return bytes(out)
+
+
+def minimal_initrd(rootfs: Path, kver: str, modules: list[str]) -> bytes:
+    busybox = rootfs / "bin/busybox"
+    if not busybox.is_file():
+        raise ImageError("a minimal initrd needs busybox-static in the image's packages")
+    moddir = rootfs / "lib/modules" / kver
+    files = module_order((moddir / "modules.dep").read_text(), modules)
+    entries: list[tuple[str, int, bytes]] = [(d, 0o040755, b"") for d in ("bin", "dev", "proc", "sys", "root",
+                                                                            "lib", "lib/modules")]
+    entries += [("bin/busybox", 0o100755, busybox.read_bytes()), ("init", 0o100755, _INIT.encode()),
+                ("modules", 0o100644, "\n".join(Path(f).name for f in files).encode() + b"\n")]
+    entries += [(f"lib/modules/{Path(f).name}", 0o100644, (moddir / f).read_bytes()) for f in files]
+    return cpio_newc(entries)
 
 
 def _wheels(recipe: Recipe, dest: Path) -> list[Path]:
@@ -452,6 +535,12 @@ def _customize(recipe: Recipe, rdir: Path, rootfs: Path, wheels: list[Path]) -> 
         run(["systemctl", f"--root={rootfs}", "mask", *recipe.mask], timeout=60).check("masking units")
     if recipe.enable:
         run(["systemctl", f"--root={rootfs}", "enable", *recipe.enable], timeout=60).check("enabling units")
+    if recipe.mask_generators:
+        gdir = rootfs / "etc/systemd/system-generators"
+        gdir.mkdir(parents=True, exist_ok=True)
+        for g in recipe.mask_generators:
+            (gdir / g).unlink(missing_ok=True)
+            (gdir / g).symlink_to("/dev/null")
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()              # each host gets its own from the lab's seed; none is baked into the image
     (rootfs / "etc/machine-id").write_text("")

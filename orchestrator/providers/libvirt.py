@@ -117,6 +117,9 @@ class LibvirtProvider(Provider):
                 except BaseException as exc:
                     rec.state, rec.error = "failed", str(exc)
                     self.store.save(rec)
+                    if os.environ.get("TESTBED_KEEP_FAILED") == "1" and not isinstance(exc, KeyboardInterrupt):
+                        raise ProviderError(f"{exc}\nthe failed lab is kept for inspection "
+                                            f"(TESTBED_KEEP_FAILED=1); `testbed down {lab.name}` removes it") from exc
                     try:
                         self._teardown(rec, no_progress, conn=conn)
                     except Exception as clean_exc:   # keep the state so `down` can retry; report both

@@ -20,7 +20,8 @@ SEED_SIZE = 1 << 20        # the seed volume's capacity; a seed is ~10 KiB
 
 
 def apply_script(host: Host) -> str:
-    """The shell script the guest runs from the seed (POSIX sh, busybox-free Debian tools)."""
+    """The shell script the guest runs from the seed (POSIX sh). Under software emulation every process costs
+    tens of milliseconds, so it forks little: shell builtins to find NICs, one `ip -batch`, one `sysctl`."""
     q = shlex.quote
     lines = [
         "#!/bin/sh",
@@ -30,42 +31,41 @@ def apply_script(host: Host) -> str:
         f"hostname {q(host.name)}",
         f"echo {q(host.name)} > /etc/hostname",
         f"printf '127.0.0.1 localhost\\n127.0.1.1 %s\\n' {q(host.name)} > /etc/hosts",
-        "install -d -m 700 /root/.ssh",
-        'install -m 600 "$S/authorized_keys" /root/.ssh/authorized_keys',
-        'install -m 600 "$S/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key',
-        'install -m 644 "$S/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub',
-        "sysctl -q -w net.ipv4.ip_forward=0",
+        "mkdir -p -m 700 /root/.ssh",
+        'cp "$S/authorized_keys" /root/.ssh/authorized_keys',
+        'cp "$S/ssh_host_ed25519_key" "$S/ssh_host_ed25519_key.pub" /etc/ssh/',
+        "chmod 600 /root/.ssh/authorized_keys /etc/ssh/ssh_host_ed25519_key",
     ]
     if isolation.ruleset(host):
         lines.append('nft -f "$S/isolation.nft"                       # before any link is up')
-    # wait for every NIC (by MAC), then give each the lab's name for it
-    macs = " ".join(i.mac for i in host.interfaces)
+    sysctls = ["net.ipv4.ip_forward=1" if host.forwarding else "net.ipv4.ip_forward=0"]
+    # wait for every NIC (by MAC; builtins only), then give each the lab's name for it
     lines += [
-        "find_if() { for d in /sys/class/net/*; do [ \"$(cat \"$d/address\")\" = \"$1\" ] && "
-        "{ echo \"${d##*/}\"; return 0; }; done; return 1; }",
+        'find_if() { for d in /sys/class/net/*; do read -r a < "$d/address" || continue; '
+        '[ "$a" = "$1" ] && { IF=${d##*/}; return 0; }; done; return 1; }',
         "n=0",
-        f"for mac in {macs}; do",
-        '  until find_if "$mac" >/dev/null; do n=$((n + 1)); [ $n -lt 300 ] || '
+        f"for mac in {' '.join(i.mac for i in host.interfaces)}; do",
+        '  until find_if "$mac"; do n=$((n + 1)); [ $n -lt 300 ] || '
         '{ echo "wt-seed: no NIC with MAC $mac" >&2; exit 1; }; sleep 0.1; done',
         "done",
+        "{",
     ]
     for i in host.interfaces:
-        lines += [f"cur=$(find_if {i.mac})",
-                  f'[ "$cur" = {q(i.ifname)} ] || ip link set dev "$cur" name {q(i.ifname)}']
-    lines.append("ip link set lo up")
+        lines.append(f'  find_if {i.mac}; [ "$IF" = {q(i.ifname)} ] || echo "link set dev $IF name {i.ifname}"')
+    batch = ["link set lo up"]
     for i in host.interfaces:
         if i.mirror:
-            lines += [f"ip link set {q(i.ifname)} arp off multicast off",
-                      f"sysctl -q -w net.ipv4.conf.{i.ifname}.rp_filter=0",
-                      f"ip link set {q(i.ifname)} promisc on up"]
+            batch += [f"link set {i.ifname} arp off multicast off promisc on up"]
         else:
-            lines += [f"ip addr add {q(i.address or '')} dev {q(i.ifname)}", f"ip link set {q(i.ifname)} up"]
-    if host.forwarding:
-        lines.append("sysctl -q -w net.ipv4.ip_forward=1")
-        lines += [f"sysctl -q -w net.ipv4.conf.{i.ifname}.forwarding=0" for i in host.interfaces
-                  if not i.segment.startswith("experimental")]
+            batch += [f"addr add {i.address} dev {i.ifname}", f"link set {i.ifname} up"]
     if host.default_via:
-        lines.append(f"ip route add default via {q(host.default_via)}")
+        batch.append(f"route add default via {host.default_via}")
+    lines += [f"  echo {q(b)}" for b in batch]
+    lines.append("} | ip -batch -")
+    if host.forwarding:
+        sysctls += [f"net.ipv4.conf.{i.ifname}.forwarding=0" for i in host.interfaces
+                    if not i.segment.startswith("experimental")]
+    lines.append("sysctl -q -w " + " ".join(sysctls))
     lines.append(f"echo 'wt-seed: {host.name} configured: "
                  + ", ".join(f"{i.ifname}={i.address or 'passive'}" for i in host.interfaces) + "'")
     return "\n".join(lines) + "\n"
