@@ -225,3 +225,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+from .cli_vm import register as _register_vm  # noqa: E402, I001
+_register_vm(app)

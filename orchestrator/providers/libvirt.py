@@ -165,7 +165,7 @@ class LibvirtProvider(Provider):
         if dtype == "auto":
             kernel = next((b["kernel"] for b in base.values() if "kernel" in b), None)
             ok, why = (False, "no kernel to probe with") if kernel is None else \
-                H.probe_kvm(conn, hv, kernel, self.store.root / "kvm-probe.json")
+                H.probe_kvm(conn, hv, kernel, images.image_root().parent / "kvm-probe.json")
             dtype = "kvm" if ok else "qemu"
             rec.extra["domain_type_reason"] = why
         rec.extra["domain_type"] = dtype
