@@ -58,7 +58,7 @@ def env(tmp_path_factory):
             "TESTBED_BOOT_TIMEOUT": os.environ.get("TESTBED_BOOT_TIMEOUT", "420")}
 
 
-def testbed(env, *args, timeout=900, check=True):
+def tb(env, *args, timeout=900, check=True):
     cp = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
     if check and cp.returncode != 0:
@@ -106,11 +106,11 @@ def leftovers(name: str, state_dir: str) -> list[str]:
 def test_vm_lab_up_check_ssh_exec_power_down(env):
     name = f"vm{secrets.token_hex(3)}"
     t0 = time.monotonic()
-    up = testbed(env, "up", str(LAB), "--name", name)
+    up = tb(env, "up", str(LAB), "--name", name)
     try:
         assert f"lab {name} is up" in up.stdout
         up_s = time.monotonic() - t0
-        chk = testbed(env, "check", name, "--json", check=False)
+        chk = tb(env, "check", name, "--json", check=False)
         assert chk.returncode == 0, chk.stdout + chk.stderr
 
         from orchestrator.providers.libvirt import LibvirtProvider
@@ -133,17 +133,17 @@ def test_vm_lab_up_check_ssh_exec_power_down(env):
             # out of band, through the guest agent: exit codes and stdin pass through
             res = prov.exec(name, h.name, ["sh", "-c", "cat; exit 7"], input="hello", timeout=60)
             assert (res.exit_code, res.stdout) == (7, "hello")
-        cli_exec = testbed(env, "exec", name, "blade", "--", "ip", "-4", "-o", "addr", "show", "exp0", check=False)
+        cli_exec = tb(env, "exec", name, "blade", "--", "ip", "-4", "-o", "addr", "show", "exp0", check=False)
         assert cli_exec.returncode == 0 and "198.18.8." in cli_exec.stdout
 
-        off = testbed(env, "power", name, "injector", "off")
+        off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
-        assert "down" in testbed(env, "status", name, "--json").stdout
-        assert "off -> on" in testbed(env, "power", name, "injector", "on").stdout
+        assert "down" in tb(env, "status", name, "--json").stdout
+        assert "off -> on" in tb(env, "power", name, "injector", "on").stdout
         print(f"\nVM lab up to SSH-ready in {up_s:.1f} s")
     finally:
         t1 = time.monotonic()
-        testbed(env, "down", name)
+        tb(env, "down", name)
         print(f"VM lab down in {time.monotonic() - t1:.1f} s")
     assert leftovers(name, env["TESTBED_STATE_DIR"]) == []
 
@@ -166,7 +166,7 @@ def test_sigkill_during_up_then_down_cleans_up(env):
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
     assert leftovers(name, env["TESTBED_STATE_DIR"]) != []          # it had made things
-    down = testbed(env, "down", name)
+    down = tb(env, "down", name)
     assert f"lab {name} removed" in down.stdout
     assert leftovers(name, env["TESTBED_STATE_DIR"]) == []
 
@@ -176,7 +176,7 @@ def test_a_vm_that_never_answers_ssh_is_reported_and_rolled_back(env, tmp_path):
     lab.write_text("name: one\nprovider: libvirt\nhosts:\n  admin-server: {role: admin-server}\n"
                    "  blade: {role: blade, lans: [admin, experimental]}\n")
     name = f"vs{secrets.token_hex(3)}"
-    cp = testbed({**env, "TESTBED_BOOT_TIMEOUT": "3"}, "up", str(lab), "--name", name, check=False)
+    cp = tb({**env, "TESTBED_BOOT_TIMEOUT": "3"}, "up", str(lab), "--name", name, check=False)
     assert cp.returncode == 1
     assert "did not answer SSH within 3 s" in cp.stderr and "serial console" in cp.stderr
     assert "Traceback" not in cp.stderr
