@@ -40,7 +40,7 @@ demo: setup
 	@scripts/demo.sh
 
 lint: venv
-	$(PY) -m ruff check orchestrator testworm throttle tests benchmarks
+	$(PY) -m ruff check orchestrator testworm throttle hostagent tests benchmarks playbooks/library
 
 bench: setup
 	@scripts/setup-system.sh mininet bridge-utils   # the lab benchmark compares with Mininet 2.3

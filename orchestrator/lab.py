@@ -5,6 +5,7 @@ A lab that is up is found by name in the state store; its record says which prov
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from .errors import LabNotFoundError
 from .proc import Result
 from .providers import get_provider
 from .providers.base import LabStatus, Progress, Provider, Resource, no_progress
+from .provision import control_dir
 from .spec import load_lab
 from .state import StateStore
 from .topology import Lab
@@ -41,7 +43,9 @@ def down(name: str, *, store: StateStore | None = None, progress: Progress = no_
     rec = store.load(name)
     if rec is None:
         return None
-    return get_provider(rec.provider, store).destroy(name, progress)
+    removed = get_provider(rec.provider, store).destroy(name, progress)
+    shutil.rmtree(control_dir(store, name), ignore_errors=True)   # Ansible's SSH control sockets, if any
+    return removed
 
 
 def down_all(*, store: StateStore | None = None, progress: Progress = no_progress) -> dict[str, list[Resource]]:

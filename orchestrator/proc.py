@@ -100,7 +100,8 @@ def run_batch(tool: Sequence[str], lines: Sequence[str], *, netns: str | None = 
 
 
 def pid_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot), to tell a PID from a reused one."""
+    """The kernel's start time of a running process (clock ticks since boot), to tell a PID from a reused
+    one; None when there is no such process or it has exited and is only waiting to be reaped (a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
@@ -108,6 +109,8 @@ def pid_start_time(pid: int) -> int | None:
         return None
     # comm may contain spaces and parentheses; fields resume after the last ')'
     rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
     return int(rest[19])
 
 

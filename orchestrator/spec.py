@@ -172,9 +172,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int], _Problems
     return data, lines, problems
 
 
+def _union_tag(part: Any) -> bool:
+    """pydantic puts the union member it tried into the error path (ThrottleSpec, literal['none'], …)."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
+
+
 def _pydantic_problems(exc: ValidationError, problems: _Problems, model: type[BaseModel]) -> None:
-    for err in exc.errors():
-        loc = tuple(err["loc"])
+    errors = [{**e, "loc": tuple(p for p in e["loc"] if not _union_tag(p))} for e in exc.errors()]
+    # a value that failed as a mapping and as a literal alternative (throttle: {…} | none): the mapping's
+    # complaints, deeper in the path, say more than "should be 'none'"
+    deeper = {e["loc"][:i] for e in errors if e["type"] != "literal_error" for i in range(len(e["loc"]))}
+    errors = [e for e in errors if not (e["type"] == "literal_error" and e["loc"] in deeper)]
+    for err in errors:
+        loc = err["loc"]
         kind = err["type"]
         if kind == "extra_forbidden":
             known = _known_keys(model, loc[:-1])

@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on the namespace provider. Until the experiment runner lands this builds the
-# paper's testbed, audits its isolation, shows its status, and tears it down (also on failure).
+# `make demo`: the main job on the namespace provider — a short stopping-speed sweep (labs/demo-sweep.yaml:
+# rates 5, 20, 100, 1000 attempts/s, TCP and UDP) on the paper's §4.2.1 set-up: the lab is built,
+# provisioned, swept, reported and torn down. Prints where the report is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=".venv/bin/testbed"
-LAB=paper-testbed
-trap '$T down $LAB >/dev/null 2>&1 || true' EXIT
-$T down $LAB >/dev/null            # a lab of that name left by an interrupted demo
-$T up labs/paper-testbed.yaml
-$T check $LAB
-$T status $LAB
-$T down $LAB
-trap - EXIT
+OUT="results/demo-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/testbed run labs/demo-sweep.yaml --out "$OUT"     # prints the table and where the report is

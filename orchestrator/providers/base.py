@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from ..proc import Result
 from ..state import StateStore
-from ..topology import Lab
+from ..topology import Host, Lab
 
 # progress(step, done, total): providers report long work through this; the CLI draws it.
 Progress = Callable[[str, int, int], None]
@@ -104,6 +104,12 @@ class Provider(ABC):
     @abstractmethod
     def control_argv(self, name: str) -> list[str]:
         """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
+
+    def host_vars(self, name: str, host: Host) -> dict[str, Any]:
+        """Inventory variables that differ by provider: where a host installs the testbed, which Python runs
+        Ansible's modules and ours. VMs and other real machines use /opt/testbed and the system python3."""
+        return {"testbed_prefix": "/opt/testbed", "testbed_python": "/usr/bin/python3",
+                "ansible_python_interpreter": "/usr/bin/python3"}
 
     def power(self, name: str, host: str, action: str) -> str:
         """Out-of-band power control (on, off, cycle) — the paper's remote management cards."""

@@ -19,15 +19,18 @@ from collections.abc import Sequence
 from .. import isolation, nftables, nsutil
 from ..errors import LabExistsError, NotRootError, ProviderError
 from ..files import atomic_write_json, read_json
+from ..keys import ensure_lab_keys
 from ..proc import Result, is_root, pid_start_time, run, run_batch
 from ..state import LabRecord
 from ..topology import Host, Lab
 from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
 
 PREFIX = "wt."
-# runs a command as the host: its own /run and /tmp, its own hostname (a private mount and UTS namespace)
-_HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/tmp" /tmp && hostname "$2" '
+# runs a command as the host: its own /run, its own /root (so root's shell start-up files on this machine
+# do not run in the lab), its own hostname — a private mount and UTS namespace. /tmp is shared.
+_HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/home" /root && hostname "$2" '
                  '&& shift 2 && exec "$@"')
+_SHADOWED = ("/run", "/root")   # what each host replaces: the state directory must not live there
 
 def ns_name(lab: str, host: str) -> str:
     return f"{PREFIX}{lab}.{host}"
@@ -60,6 +63,12 @@ class NetnsProvider(Provider):
         return out
 
     def require(self) -> None:
+        root = str(self.store.root.resolve())
+        for shadowed in _SHADOWED:
+            if root == shadowed or root.startswith(shadowed + "/"):
+                raise ProviderError(f"the state directory {root} is under {shadowed}, which every lab host "
+                                    "replaces with its own", hint="set TESTBED_STATE_DIR elsewhere "
+                                    "(default /var/lib/worm-testbed)")
         failed = [p for p in self.prerequisites() if not p.ok]
         if not failed:
             return
@@ -101,7 +110,7 @@ class NetnsProvider(Provider):
 
     def _build(self, lab: Lab, rec: LabRecord, progress: Progress) -> None:
         sw = switch_name(lab.name)
-        total = 5
+        total = 6
         progress("namespaces", 0, total)
         run_batch(["ip"], [f"netns add {n}" for n in rec.owns("netns")]).check("creating namespaces")
         _fault("after-netns")
@@ -137,12 +146,27 @@ class NetnsProvider(Provider):
                     f"ipv4.conf.{i.ifname}.forwarding": "0" for i in h.interfaces
                     if not i.segment.startswith("experimental")})
         self._apply_isolation(lab)
+        progress("boot", 5, total)
+        self._boot(lab)
+        progress("ready", total, total)
+
+    def _boot(self, lab: Lab) -> None:
+        """What a machine does when it starts: every host gets its state directories and an sshd on its
+        admin address, with the lab's pinned host key and the lab's client key as the only authorized key."""
+        keys = ensure_lab_keys(self.store, lab)
+        authorized = keys.public_key + "\n"
         for h in lab.hosts:
             d = self.store.host_dir(lab.name, h.name)
-            for sub in ("run", "tmp", "log", "procs"):
+            for sub in ("run/sshd", "home", "log", "procs", "etc", "opt"):
                 (d / sub).mkdir(parents=True, exist_ok=True)
-            os.chmod(d / "tmp", 0o1777)
-        progress("ready", total, total)
+            os.chmod(d / "home", 0o700)
+            if not h.ip("admin"):
+                continue
+            (d / "etc" / "authorized_keys").write_text(authorized)
+            (d / "etc" / "sshd_config").write_text(sshd_config(h.ip("admin"), keys.host_key(h.name),
+                                                               d / "etc" / "authorized_keys"))
+            self.spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
+                       service=True)
 
     def _apply_isolation(self, lab: Lab) -> None:
         """Load each dual-homed host's isolation table (orchestrator.isolation)."""
@@ -239,11 +263,13 @@ class NetnsProvider(Provider):
         names = rec.owns("netns")
         removed: list[Resource] = []
         progress("processes", 0, 3)
+        recorded = set()
         for pid, starttime, label in self._recorded_processes(rec):
             if _signal_if_same(pid, starttime, signal.SIGTERM):
+                recorded.add(pid)
                 removed.append(Resource("process", f"{pid}", True, label))
         # anything else still running inside the lab's namespaces was started in the lab: end it
-        _terminate({pid: ns for pid, ns in nsutil.pids_in_netns(names).items()}, removed)
+        _terminate({pid: ns for pid, ns in nsutil.pids_in_netns(names).items()}, removed, already=recorded)
         progress("namespaces", 1, 3)
         present = [n for n in names if n in nsutil.list_netns()]
         if present:
@@ -340,8 +366,9 @@ class NetnsProvider(Provider):
         return Result(tuple(argv), rc, "", "", time.monotonic() - started, host)
 
     def spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
-              env: dict[str, str] | None = None) -> int:
-        """Start a long-running process in a host; its output goes to the host's log/<pname>.log."""
+              env: dict[str, str] | None = None, service: bool = False) -> int:
+        """Start a long-running process in a host; its output goes to the host's log/<pname>.log.
+        A service (sshd) is started again when the host is powered on."""
         self._check_host(name, host)
         hdir = self.store.host_dir(name, host)
         log = hdir / "log" / f"{pname}.log"
@@ -350,8 +377,9 @@ class NetnsProvider(Provider):
                                  stderr=subprocess.STDOUT, start_new_session=True,
                                  env=None if env is None else {**os.environ, **env})
         atomic_write_json(hdir / "procs" / f"{pname}.json",
-                          {"name": pname, "pid": p.pid, "starttime": pid_start_time(p.pid),
-                           "argv": list(argv), "log": str(log), "started": time.time()})
+                          {"name": pname, "pid": p.pid, "starttime": pid_start_time(p.pid), "argv": list(argv),
+                           "log": str(log), "started": time.time(), "service": service, "env": env or {}},
+                          fsync=False)
         return p.pid
 
     def processes(self, name: str, host: str) -> list[dict]:
@@ -380,11 +408,16 @@ class NetnsProvider(Provider):
         return was
 
 
+    def host_vars(self, name: str, host: Host) -> dict:
+        # hosts share this machine's filesystem: each installs under its own state directory
+        return {**super().host_vars(name, host), "testbed_prefix": str(self.store.host_dir(name, host.name) / "opt")}
+
     # ------------------------------------------------------------ out-of-band management
 
     def power(self, name: str, host: str, action: str) -> str:
         """off: stop the host's processes (their records are kept) and take its links down; on: links up, the
-        default route back, and the recorded services restarted; cycle: both."""
+        default route back, and its recorded services (sshd, …; not one-off processes) started again, as a
+        machine's boot would; cycle: both."""
         if action not in ("on", "off", "cycle"):
             raise ProviderError(f"power action '{action}': use on, off or cycle")
         rec = self._check_host(name, host)
@@ -408,13 +441,13 @@ class NetnsProvider(Provider):
             run_batch(["ip", "-n", ns], lines).check(f"bringing {host}'s links up")
             self._wait_carrier(rec.topology, [f"{host}/{i.ifname}" for i in h.interfaces])
             for d in self.processes(name, host):
-                if d.get("powered_off") and not d["alive"]:
-                    self.spawn(name, host, d["name"], d["argv"])
+                if d.get("powered_off") and d.get("service") and not d["alive"]:
+                    self.spawn(name, host, d["name"], d["argv"], env=d.get("env") or None, service=True)
         now_on = action != "off"
         return f"{host}: {'on' if was_on else 'off'} -> {'on' if now_on else 'off'}"
 
     def console(self, name: str, host: str) -> int:
-        """A shell in the host (its namespace, /run, /tmp and hostname)."""
+        """A shell in the host (its namespace, /run, /root and hostname)."""
         self._check_host(name, host)
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
         return subprocess.call(self._host_argv(name, host, [shell, "-i"]))
@@ -438,6 +471,37 @@ class NetnsProvider(Provider):
         rec = self.store.require(name)
         admin = rec.topology.by_role("admin-server")[0].name
         return ["ip", "netns", "exec", ns_name(name, admin)]
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+def sshd_config(address: str, host_key, authorized_keys) -> str:
+    """A lab host's sshd: its admin address only, the lab's keys only, no passwords, no TTY, no forwarding."""
+    return f"""# written by worm-testbed; this host's sshd listens on the admin LAN only
+ListenAddress {address}:22
+HostKey {host_key}
+AuthorizedKeysFile {authorized_keys}
+PidFile /run/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitTTY no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+X11Forwarding no
+AllowTcpForwarding no
+AllowAgentForwarding no
+PermitTunnel no
+MaxStartups 200
+MaxSessions 100
+LogLevel ERROR
+Subsystem sftp internal-sftp
+"""
 
 
 def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
@@ -503,11 +567,11 @@ def _wait_gone(pids: dict[int, int | None], timeout: float, kill: bool) -> None:
         _wait_gone(pids, 2.0, kill=False)
 
 
-def _terminate(pids: dict[int, str], removed: list[Resource]) -> None:
+def _terminate(pids: dict[int, str], removed: list[Resource], already: set[int] = frozenset()) -> None:
     """End processes found inside the lab's namespaces: SIGTERM, then SIGKILL after 3 s."""
     known = {p: pid_start_time(p) for p in pids}
     for p, st in known.items():
-        if _signal_if_same(p, st, signal.SIGTERM):
+        if _signal_if_same(p, st, signal.SIGTERM) and p not in already:
             removed.append(Resource("process", str(p), True, f"in {pids[p]}"))
     _wait_gone(known, 3.0, kill=True)
 

@@ -80,8 +80,9 @@ def test_paper_testbed_up_check_status_exec_down(store):
         time.sleep(0.05)
     assert (store.host_dir(name, "expt-server") / "run" / "marker").read_text() == "private\n"
     assert not Path("/run/marker").exists()
-    procs = prov.processes(name, "expt-server")
-    assert [(p["name"], p["pid"], p["alive"]) for p in procs] == [("sleeper", pid, True)]
+    procs = {p["name"]: p for p in prov.processes(name, "expt-server")}
+    assert set(procs) == {"sleeper", "sshd"}                      # every host boots its sshd
+    assert (procs["sleeper"]["pid"], procs["sleeper"]["alive"], procs["sshd"]["alive"]) == (pid, True, True)
 
     removed = core.down(name, store=store)
     kinds = sorted({r.kind for r in removed})
@@ -204,14 +205,14 @@ def test_broken_lab_makes_check_fail_and_name_the_leak(store):
 
 
 def _capture(prov, name, host, iface, pname):
-    pcap = f"/tmp/{pname}.pcap"   # the host's private /tmp
+    pcap = f"/tmp/wt-{name}-{pname}.pcap"      # hosts share this machine's /tmp
     prov.spawn(name, host, pname, ["tcpdump", "-i", iface, "-nn", "--immediate-mode", "-U", "-w", pcap, "udp port 5555"])
     log = prov.store.host_dir(name, host) / "log" / f"{pname}.log"
     deadline = time.monotonic() + 10
     while "listening on" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "listening on" in log.read_text()
-    return prov.store.host_dir(name, host) / "tmp" / f"{pname}.pcap"
+    return Path(pcap)
 
 
 def _count(path: Path) -> int:
@@ -235,9 +236,10 @@ def test_sniffer_sees_each_frame_exactly_once_and_others_see_only_their_own(stor
     prov.stop(name, "sniffer", "snf")
     prov.stop(name, "blade3", "by")
     prov.stop(name, "blade2", "rx")
-    assert _count(receiver) == 25
-    assert _count(sniffed) == 25
-    assert _count(bystander) == 0
+    counts = [_count(receiver), _count(sniffed), _count(bystander)]
+    for f in (receiver, sniffed, bystander):
+        f.unlink()
+    assert counts == [25, 25, 0]
 
 
 def test_sniffer_has_one_passive_port_per_experimental_subnet(store):
@@ -250,8 +252,10 @@ def test_sniffer_has_one_passive_port_per_experimental_subnet(store):
     time.sleep(0.3)
     prov.stop(name, "sniffer", "s0")
     prov.stop(name, "sniffer", "s1")
-    assert _count(blades_side) == 10        # blade -> gateway on the blades' segment
-    assert _count(targets_side) == 10       # gateway -> target2 on the targets' segment
+    counts = [_count(blades_side), _count(targets_side)]
+    blades_side.unlink()
+    targets_side.unlink()
+    assert counts == [10, 10]     # blade -> gateway on the blades' segment; gateway -> target2 on the targets'
 
 
 def test_not_root_says_so_with_the_fix(store, monkeypatch):

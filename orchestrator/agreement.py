@@ -1,0 +1,114 @@
+"""Measured against predicted, for one trial (pure): the model fed from the worm's own log, the worm's
+attempts counted on the wire, and whether the two agree within the stated tolerance.
+
+The model never sees the throttle's event log — it is fed the worm's attempt times, destinations and source
+ports, the sender's retransmission schedule, and the initial working set the runner itself created — so a
+disagreement between the throttle and its model can show.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from throttle.core import ThrottleConfig
+from throttle.model import arrivals_from_worm_log, read_worm_log, replay
+
+STOP_TOL_ABS_S = 0.020      # the issue's max(20 ms, 3 %)
+STOP_TOL_REL = 0.03
+OUT_TOL = 1                 # attempts out before the block: ±1
+
+
+def throttle_config(spec: Any, initial_working_set: Iterable[str] = ()) -> ThrottleConfig:
+    return ThrottleConfig(working_set_size=spec.working_set_size, release_period_s=spec.release_period_s,
+                          delay_queue_limit=spec.delay_queue_limit, policy=spec.policy,
+                          initial_working_set=tuple(initial_working_set))
+
+
+def model_trial(worm_lines: Iterable[str | Mapping[str, Any]], *, src: str, config: ThrottleConfig,
+                placement: str, protocol: str, retransmit: str = "linux", curve_points: int = 400) -> dict[str, Any]:
+    """Replay the worm's logged attempts (from `src`) through the throttle's algorithm."""
+    wl = read_worm_log(worm_lines)
+    arrivals = [a for a in arrivals_from_worm_log(wl, retransmit if protocol == "tcp" else "none") if a.src == src]
+    if not arrivals:
+        return {"stop_s": None, "blocked": False, "out_before_block": 0, "packets_out_before_block": 0,
+                "attempts_before_block": 0, "arrivals": 0, "queue_curve": []}
+    rp = replay(arrivals, config, placement=placement)
+    sr = rp.sources[src]
+    t0 = sr.first_arrival
+    curve = [(round(t - t0, 6), q) for t, q in sr.queue_curve]
+    if len(curve) > curve_points:
+        step = len(curve) / curve_points
+        curve = [curve[int(i * step)] for i in range(curve_points)] + [curve[-1]]
+    return {"stop_s": sr.stop_s, "blocked": sr.blocked_at is not None, "out_before_block": sr.out_before_block,
+            "packets_out_before_block": sr.packets_out_before_block,
+            "attempts_before_block": sr.attempts_before_block, "arrivals": len(arrivals),
+            "suppressed_retransmits": sr.suppressed_retransmits, "queue_curve": curve}
+
+
+def wire_counts(att, *, src: str, scan: str, dport: int, protocol: str, block_wall: float | None,
+                first_wall: float | None, tolerance_s: float = 0.0) -> dict[str, Any]:
+    """The worm's attempts on the wire (from src, into the scanned range, on the worm's port), split at the
+    block: new attempts (retransmissions not counted) and packets, before and after."""
+    net = ipaddress.ip_network(scan)
+    lo, hi = int(net.network_address), int(net.broadcast_address)
+    proto = 6 if protocol == "tcp" else 17
+    mask = ((att.src == int(ipaddress.IPv4Address(src))) & (att.dst >= lo) & (att.dst <= hi)
+            & (att.dport == dport) & (att.proto == proto) & att.attempt)
+    ts, repeat = att.ts[mask], att.repeat[mask]
+    if first_wall is not None:
+        keep = ts >= first_wall - 1.0   # nothing of the worm's can precede its first attempt by much
+        ts, repeat = ts[keep], repeat[keep]
+    out: dict[str, Any] = {"wire_attempts": int((~repeat).sum()), "wire_packets": int(ts.size)}
+    if ts.size:
+        out["wire_first"], out["wire_last"] = float(ts.min()), float(ts.max())
+        new_ts = np.sort(ts[~repeat])
+        out["wire_rate"] = (float((new_ts.size - 1) / (new_ts[-1] - new_ts[0]))
+                            if new_ts.size > 1 and new_ts[-1] > new_ts[0] else None)
+    if block_wall is not None:
+        before = ts <= block_wall + tolerance_s
+        out["out_before_block"] = int((before & ~repeat).sum())
+        out["packets_out_before_block"] = int(before.sum())
+        out["out_after_block"] = int((~before).sum())
+    else:
+        out["out_before_block"] = out["wire_attempts"]
+        out["packets_out_before_block"] = out["wire_packets"]
+        out["out_after_block"] = 0
+    return out
+
+
+def judge(measured: Mapping[str, Any], model: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Do measurement and model agree? Stopping time within max(20 ms, 3 %), attempts out ±1, and no worm
+    attempt on the wire after the block."""
+    res: dict[str, Any] = {"tolerance": {"stop_abs_s": STOP_TOL_ABS_S, "stop_rel": STOP_TOL_REL, "out": OUT_TOL}}
+    leak = measured.get("out_after_block") or 0
+    res["leak_ok"] = leak == 0
+    if model is None:
+        res.update(ok=res["leak_ok"], stop_ok=None, out_ok=None)
+        return res
+    ms, ps = measured.get("stop_s"), model.get("stop_s")
+    if ms is None and ps is None:
+        res["stop_ok"], res["stop_error_s"] = True, None
+    elif ms is None or ps is None:
+        res["stop_ok"], res["stop_error_s"] = False, None
+    else:
+        res["stop_error_s"] = ms - ps
+        res["stop_tolerance_s"] = max(STOP_TOL_ABS_S, STOP_TOL_REL * ps)
+        res["stop_ok"] = abs(ms - ps) <= res["stop_tolerance_s"]
+    mo, po = measured.get("out_before_block"), model.get("out_before_block")
+    res["out_error"] = None if mo is None or po is None else mo - po
+    res["out_ok"] = res["out_error"] is not None and abs(res["out_error"]) <= OUT_TOL
+    res["ok"] = bool(res["stop_ok"] and res["out_ok"] and res["leak_ok"])
+    reasons = []
+    if not res["stop_ok"]:
+        reasons.append(f"stopping time {ms} s vs model {ps} s" if ms is not None and ps is not None else
+                       f"blocked {'measured' if ms is not None else 'by the model'} only")
+    if not res["out_ok"]:
+        reasons.append(f"attempts out before the block {mo} vs model {po}")
+    if not res["leak_ok"]:
+        reasons.append(f"{leak} worm attempt(s) on the wire after the block")
+    res["reasons"] = reasons
+    return res

@@ -1,0 +1,26 @@
+"""Analysis of a trial: a fast pcap/pcapng reader (`pcap`), connection attempts on the wire (`attempts`),
+tolerant worm/throttle log readers (`logs`), stopping-speed metrics and cross-checks (`metrics`), one trial's
+analysis from its files (`trial`) and the `testbed analyse` command (`command`). See docs/analysis.md.
+"""
+
+from .attempts import Attempts, SourceTimeline, build_attempts, extract_attempts, source_timelines
+from .errors import CaptureReadError, LogReadError
+from .logs import (
+                   ThrottleLog,
+                   WormLog,
+                   merge_worm_logs,
+                   parse_throttle_log,
+                   parse_worm_log,
+                   read_throttle_log,
+                   read_worm_log,
+)
+from .metrics import Finding, MetricsResult, MetricsSettings, SourceMetrics, compute_metrics
+from .pcap import Packets, read_capture
+from .trial import TrialAnalysis, analyse_trial
+
+__all__ = [
+    "Attempts", "CaptureReadError", "Finding", "LogReadError", "MetricsResult", "MetricsSettings", "Packets",
+    "SourceMetrics", "SourceTimeline", "ThrottleLog", "TrialAnalysis", "WormLog", "analyse_trial",
+    "build_attempts", "compute_metrics", "extract_attempts", "merge_worm_logs", "parse_throttle_log",
+    "parse_worm_log", "read_capture", "read_throttle_log", "read_worm_log", "source_timelines",
+]

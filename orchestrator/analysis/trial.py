@@ -1,0 +1,99 @@
+"""One trial's analysis from its files: read the capture and the logs, extract attempts, compute metrics and
+cross-checks, and give the result as one JSON-ready dict. This is what `testbed analyse` and the experiment
+runner call; rendering lives in `command.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .attempts import Attempts, SourceTimeline, extract_attempts, source_timelines
+from .logs import ThrottleLog, WormLog, merge_worm_logs, read_throttle_log, read_worm_log
+from .metrics import Finding, MetricsResult, MetricsSettings, compute_metrics, error_count
+from .pcap import Packets, linktype_name, read_capture
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TrialAnalysis:
+    capture: Packets
+    attempts: Attempts
+    timelines: list[SourceTimeline]
+    metrics: MetricsResult
+    findings: list[Finding]  # capture findings, then the metrics' findings
+    worm: WormLog | None
+    throttle: ThrottleLog | None
+
+    @property
+    def partial(self) -> bool:
+        return self.capture.partial
+
+    @property
+    def errors(self) -> int:
+        return error_count(self.findings)
+
+    def to_dict(self) -> dict:
+        """The JSON shape of `testbed analyse --json` (see docs/analysis.md)."""
+        pk = self.capture
+        ts = pk.ts
+        known = ts[np.isfinite(ts)]
+        return _clean({
+            "schema": SCHEMA_VERSION,
+            "file": pk.path,
+            "format": pk.format,
+            "linktypes": [{"linktype": lt, "name": linktype_name(lt)} for lt in pk.linktypes],
+            **self.attempts.totals(),
+            "ipv4_packets": int(pk.ipv4.sum()),
+            "udp_mode": self.attempts.udp_mode,
+            "first_ts": float(known.min()) if len(known) else None,
+            "last_ts": float(known.max()) if len(known) else None,
+            "partial": pk.partial,
+            "partial_reasons": list(pk.problems),
+            "notes": list(pk.notes),
+            "sources": [t.to_dict() for t in self.timelines],
+            "metrics": self.metrics.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "errors": self.errors,
+            "logs": {"worm": self.worm.issues.to_dict() if self.worm else None,
+                     "throttle": self.throttle.issues.to_dict() if self.throttle else None},
+        })
+
+
+def analyse_trial(pcap: str | Path, *, throttle_log: str | Path | None = None,
+                  worm_logs: Sequence[str | Path] = (), settings: MetricsSettings | None = None,
+                  udp: str = "first_per_destination", bins: int = 24) -> TrialAnalysis:
+    """Analyse one trial. Raises CaptureReadError / LogReadError (exit code 2) when a file cannot be read at
+    all; a capture damaged part-way gives a result with `partial` set and a `capture_partial` finding."""
+    pk = read_capture(pcap)
+    worm = merge_worm_logs(read_worm_log(p) for p in worm_logs) if worm_logs else None
+    throttle = read_throttle_log(throttle_log) if throttle_log is not None else None
+    att = extract_attempts(pk, udp=udp)
+    ts = pk.ts
+    known = ts[np.isfinite(ts)]
+    span = (float(known.min()), float(known.max())) if len(known) else None
+    metrics = compute_metrics(att, worm, throttle, settings=settings, capture_span=span)
+    findings: list[Finding] = []
+    if pk.partial:
+        findings.append(Finding("capture_partial", "warning",
+                                f"{pk.path}: read partially: " + "; ".join(pk.problems), len(pk.problems)))
+    timelines = source_timelines(att, bins=bins, span=span)
+    return TrialAnalysis(pk, att, timelines, metrics, findings + metrics.findings, worm, throttle)
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become None, NumPy scalars become Python numbers, tuples become lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

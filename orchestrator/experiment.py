@@ -1,0 +1,226 @@
+"""`testbed run`: build the lab, provision it, sweep the scan rates with repeats, write the results, report.
+
+The lab is built and provisioned once per run and reused across trials; results are written after every
+trial (whole files, renamed into place), so an interrupted run keeps what it measured and `--resume`
+continues with the trials it has not done. Ctrl-C or SIGTERM stops after the current step, writes, and
+tears the lab down (unless --keep).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import lab as core
+from . import provision
+from .access import Access
+from .errors import ExperimentError
+from .experiment_spec import Experiment, load_experiment
+from .proc import run
+from .remote import LabHosts
+from .results import Index, RunDir, new_run_id, summarise
+from .state import StateStore
+from .trial import Setup, TrialSpec, run_trial
+
+OVERHEAD_S = 2.0      # planning figure per trial (reset + start + collect + analyse)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int | None = None) -> list[TrialSpec]:
+    s = exp.spec
+    out = []
+    for proto in s.worm.protocols:
+        for rate in rates or s.rates:
+            for rep in range(1, (repeats or s.repeats) + 1):
+                out.append(TrialSpec(len(out), proto, float(rate), rep))
+    return out
+
+
+def estimate_s(exp: Experiment, t: TrialSpec) -> float:
+    """Expected wall time of a trial: the model's stopping time (or the timeout), plus overhead."""
+    s = exp.spec
+    if not exp.throttled:
+        return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
+    from throttle.model import predict_constant_rate
+
+    from .agreement import throttle_config
+    p = predict_constant_rate(t.rate, protocol=t.protocol, config=throttle_config(s.throttle),
+                              initial_working_set=s.throttle.working_set_size if s.state == "full" else 0,
+                              placement=s.throttle.placement, horizon_s=s.timeout_s)
+    return min(p.stop_s if p.stop_s is not None else s.timeout_s, s.timeout_s) + OVERHEAD_S
+
+
+def versions() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"python": platform.python_version(), "kernel": platform.release()}
+    for pkg in ("worm-testbed", "ansible-core", "ansible-runner", "paramiko", "numpy", "NetfilterQueue"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    for tool, argv in (("tcpdump", ["tcpdump", "--version"]), ("iproute2", ["ip", "-V"]),
+                       ("iptables", ["iptables", "--version"])):
+        r = run(argv, timeout=10)
+        out[tool] = (r.stdout or r.stderr).strip().splitlines()[0] if r.ok and (r.stdout or r.stderr) else None
+    return out
+
+
+def git_info() -> dict[str, Any]:
+    head = run(["git", "-C", str(REPO), "rev-parse", "HEAD"], timeout=10)
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], timeout=10)
+    return {"commit": head.stdout.strip() if head.ok else None, "dirty": bool(dirty.stdout.strip()) if dirty.ok else None}
+
+
+def machine() -> dict[str, Any]:
+    mem = None
+    try:
+        mem = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) // 1024
+    except (OSError, StopIteration):
+        pass
+    return {"hostname": socket.gethostname(), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "memory_mib": mem}
+
+
+class _Stop:
+    """First SIGINT/SIGTERM: finish the current step, write, tear down. A second one: stop at once."""
+
+    def __init__(self, setup_ref: dict):
+        self.ref, self.count, self.saved = setup_ref, 0, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.count += 1
+        st = self.ref.get("setup")
+        if st is not None:
+            st.stop.set()
+        if self.count > 1 or st is None:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, h in self.saved.items():
+            signal.signal(sig, h)
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+
+def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat: int | None = None,
+                   out: str | Path | None = None, keep: bool = False, resume: str | Path | None = None,
+                   index_path: str | Path | None = "results/index.sqlite", store: StateStore | None = None,
+                   console=None, progress=None) -> RunDir:
+    store = store or StateStore()
+    exp = load_experiment(path)
+    if rates:
+        bad = [r for r in rates if not 0 < r <= 20000]
+        if bad:
+            raise ExperimentError(f"--rates {bad[0]:g} is not a usable scan rate (0 < rate ≤ 20000)")
+    if resume:
+        rdir = RunDir(resume)
+        man = rdir.manifest()
+        if man["spec_hash"] != exp.spec_hash:
+            raise ExperimentError(f"{path} changed since run {man['run_id']} started; resume needs the same file")
+        rates, repeat = man["plan"]["rates"], man["plan"]["repeats"]
+        trials = rdir.trials()
+        done = {t["trial"] for t in trials if t.get("status") in ("ok", "timeout", "error")}
+        trials = [t for t in trials if t["trial"] in done]
+    else:
+        run_id = new_run_id(exp.spec.experiment)
+        rdir = RunDir(out or Path("results") / run_id)
+        if rdir.exists():
+            raise ExperimentError(f"{rdir.path} already holds a run; use --resume {rdir.path} or another --out")
+        rdir.path.mkdir(parents=True, exist_ok=True)
+        man = {"run_id": run_id, "experiment": exp.spec.model_dump(mode="json"), "spec_hash": exp.spec_hash,
+               "source": exp.source, "lab": exp.lab.to_dict(), "seed": exp.spec.seed, "git": git_info(),
+               "versions": versions(), "machine": machine(), "argv": sys.argv,
+               "plan": {"rates": rates or exp.spec.rates, "repeats": repeat or exp.spec.repeats},
+               "started": time.time(), "status": "running"}
+        rdir.write_manifest(man)
+        trials, done = [], set()
+    plan = plan_trials(exp, rates, repeat)
+    todo = [t for t in plan if t.id not in done]
+
+    lab_name = exp.lab.name
+    reused = store.load(lab_name) is not None and store.load(lab_name).state == "up"
+    ref: dict[str, Any] = {}
+    status = "running"
+    try:
+        with _Stop(ref) as stopper:
+            if not reused:
+                _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
+                core.up(exp.lab.source, name=lab_name, store=store)
+            else:
+                _say(console, f"using lab {lab_name}, which is already up (it stays up)")
+            with Access(lab_name, store) as acc:
+                acc.wait_reachable(timeout=120)
+                _say(console, "provisioning …")
+                provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
+                lab = store.require(lab_name).topology
+                st = Setup.resolve(exp, lab, LabHosts(acc), rdir)
+                ref["setup"] = st
+                if stopper.requested:
+                    st.stop.set()
+                total_est = sum(estimate_s(exp, t) for t in todo)
+                bar = progress(len(plan), len(done), total_est) if progress else None
+                for t in todo:
+                    if st.stop.is_set():
+                        break
+                    if bar:
+                        bar.trial(t)
+                    rec = run_trial(st, t)
+                    if rec["status"] == "interrupted":
+                        break
+                    trials.append(rec)
+                    _write(rdir, trials)
+                    if bar:
+                        bar.done(t, rec, estimate_s(exp, t))
+                if bar:
+                    bar.close()
+            status = "interrupted" if len(trials) < len(plan) else "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        if not reused and not keep:
+            core.down(lab_name, store=store)
+        man = rdir.manifest()
+        man.update(status=status, finished=time.time(), trials=len(trials), planned=len(plan))
+        rdir.write_manifest(man)
+        _write(rdir, trials)
+    from .report import build_report
+    build_report(rdir)
+    if index_path:
+        idx = Index(index_path)
+        try:
+            idx.record(rdir)
+        finally:
+            idx.close()
+    if status == "interrupted":
+        raise ExperimentError(f"run interrupted after {len(trials)} of {len(plan)} trials; results so far are in "
+                              f"{rdir.path}", hint=f"continue with: testbed run {path} --resume {rdir.path}")
+    return rdir
+
+
+def _write(rdir: RunDir, trials: list[dict[str, Any]]) -> None:
+    rdir.write_trials(trials)
+    rdir.write_summary(summarise(trials))
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text, highlight=False)
+
+
+def trial_dict(t: TrialSpec) -> dict[str, Any]:
+    return asdict(t) | {"id": t.id}

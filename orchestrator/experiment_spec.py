@@ -1,0 +1,148 @@
+"""Experiment files (labs/*.yaml with `experiment:`): strict models and the semantic pass against their lab.
+
+`load_experiment(path)` returns an `Experiment` (the validated file plus its resolved lab) or raises SpecError
+with every problem, before anything is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import SpecError
+from .spec import _pydantic_problems, load_lab, parse_yaml
+from .topology import Lab
+
+STRATEGIES = ("sequential", "random", "local-preference", "hit-list")
+PROFILES = ("nimda-like", "codered2-like", "blaster-like", "slammer-like")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WormSpec(Strict):
+    profile: Literal["nimda-like", "codered2-like", "blaster-like", "slammer-like"] | None = Field(
+        None, description="a historical worm's scanning behaviour (sets strategy, port, protocol)")
+    strategy: Literal["sequential", "random", "local-preference", "hit-list"] = "sequential"
+    port: int = Field(8080, ge=1, le=65535, description="the port scanned (where the test-worm server listens)")
+    protocols: list[Literal["tcp", "udp"]] = Field(default_factory=lambda: ["tcp", "udp"], min_length=1)
+    scan: str = Field(description="the range the worm scans (CIDR, inside the lab's experimental subnets)")
+    max_attempts: int = Field(5000, ge=1, le=1_000_000)
+    lifetime_s: float = Field(120.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(3.0, gt=0, le=60)
+
+
+class ThrottleSpec(Strict):
+    placement: Literal["host", "gateway", "wire"] = Field(
+        "host", description="in the infected host, on the gateway, or on the wire outside the host (VMs)")
+    working_set_size: int = Field(5, ge=1, le=10_000)
+    delay_queue_limit: int = Field(100, ge=0, le=1_000_000)
+    release_period_s: float = Field(1.0, gt=0, le=3600)
+    policy: Literal["packets", "connections"] = "packets"
+
+
+class ExperimentFile(Strict):
+    """A worm-testbed experiment: which lab, which worm, which rates, against which throttle."""
+
+    experiment: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$", description="experiment name")
+    description: str | None = None
+    kind: Literal["stopping-speed", "baseline"] = Field(
+        "stopping-speed", description="stopping-speed (the paper's §4.2.1) or baseline (no throttle)")
+    lab: str = Field(description="the lab file, relative to this file")
+    worm: WormSpec
+    rates: list[float] = Field(min_length=1, description="scan rates, attempts per second")
+    repeats: int = Field(1, ge=1, le=100)
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="per trial")
+    throttle: ThrottleSpec | Literal["none"] = Field(default_factory=ThrottleSpec)
+    state: Literal["full", "fresh"] = Field(
+        "full", description="full: the host's normal traffic fills its working set before the worm starts "
+                            "(as on the paper's hosts); fresh: an empty working set")
+    infected: str | None = Field(None, description="the host the injector infects (default: the first blade)")
+    gateway_empty: Literal["reset", "blackhole"] = "reset"
+    seed: int = Field(1, ge=0)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    spec: ExperimentFile
+    lab: Lab
+    source: str
+    spec_hash: str
+
+    @property
+    def throttled(self) -> bool:
+        return self.spec.kind == "stopping-speed" and self.spec.throttle != "none"
+
+
+def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(source, [("<top>", "no such file" if isinstance(exc, FileNotFoundError)
+                                  else f"cannot read: {exc.strerror}")]) from None
+    data, lines, problems = parse_yaml(text, source)
+    if not isinstance(data, dict) or "experiment" not in data:
+        problems.add((), "an experiment file is a mapping that starts with 'experiment: NAME'")
+        problems.raise_if_any()
+    try:
+        spec = ExperimentFile.model_validate(data)
+    except ValidationError as exc:
+        _pydantic_problems(exc, problems, ExperimentFile)
+        problems.raise_if_any()
+        raise
+    lab_path = (path.parent / spec.lab) if not Path(spec.lab).is_absolute() else Path(spec.lab)
+    if not lab_path.is_file():
+        problems.add(("lab",), f"lab file {lab_path} does not exist")
+        problems.raise_if_any()
+    lab = load_lab(lab_path, machine_routes=machine_routes)     # its own SpecError names the lab file
+
+    for i, r in enumerate(spec.rates):
+        if not (r > 0) or r > 20000:
+            problems.add(("rates", i), f"rate {r} is not a usable scan rate (0 < rate ≤ 20000 per second)")
+    try:
+        scan = ipaddress.ip_network(spec.worm.scan, strict=True)
+    except ValueError as exc:
+        problems.add(("worm", "scan"), f"'{spec.worm.scan}' is not a valid CIDR ({exc})")
+        scan = None
+    if scan is not None:
+        exp = [ipaddress.ip_network(s.subnet) for s in lab.experimental_segments()]
+        if not any(scan.subnet_of(n) for n in exp):
+            problems.add(("worm", "scan"), f"{scan} is not inside the lab's experimental subnets "
+                         f"({', '.join(map(str, exp))}); the worm scans nothing else")
+    infected = spec.infected or (lab.by_role("blade")[0].name if lab.by_role("blade") else None)
+    if infected is None:
+        problems.add(("infected",), f"lab {lab.name} has no blade for the worm to infect")
+    else:
+        try:
+            if lab.host(infected).role != "blade":
+                problems.add(("infected",), f"{infected} is a {lab.host(infected).role}, not a blade")
+        except KeyError:
+            problems.add(("infected",), f"lab {lab.name} has no host '{infected}'")
+    if not lab.by_role("injector"):
+        problems.add(("lab",), f"lab {lab.name} has no injector to start the worm")
+    if not lab.by_role("sniffer"):
+        problems.add(("lab",), f"lab {lab.name} has no sniffer to capture the wire")
+    thr = spec.throttle
+    if spec.kind == "stopping-speed" and thr == "none":
+        problems.add(("throttle",), "a stopping-speed experiment needs a throttle; use kind: baseline for none")
+    if thr != "none" and thr.placement == "gateway" and not lab.by_role("gateway"):
+        problems.add(("throttle", "placement"), f"lab {lab.name} has no gateway to place the throttle on")
+    if thr != "none" and thr.placement == "wire" and lab.provider != "libvirt":
+        problems.add(("throttle", "placement"), "the wire placement needs VMs (provider: libvirt); "
+                     "a namespace host's own stack is the host placement")
+    problems.raise_if_any()
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return Experiment(spec, lab, source, digest)
+
+
+def experiment_schema() -> dict:
+    return ExperimentFile.model_json_schema()

@@ -1,0 +1,245 @@
+"""The one results writer: a run directory that holds everything needed to re-analyse a run without the lab,
+and the SQLite index of runs, trials and summaries.
+
+Run directory: manifest.json, trials.jsonl (one record per trial), summary.csv (one row per protocol and
+rate), trials/<id>/ (capture, logs, analysis), report.md/report.html/plots/. Every file is written whole and
+renamed into place; nothing is ever left half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import TestbedError
+from .files import atomic_write_json, atomic_write_text, read_json
+
+SUMMARY_COLUMNS = [
+    "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",
+    "stop_s_model", "out_before_block", "out_before_block_sd", "out_before_block_model", "out_after_block",
+    "repeats", "ok", "blocked", "agree",
+]
+
+
+class ResultsError(TestbedError):
+    exit_code = 2
+
+
+# ---------------------------------------------------------------- run directory
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def trial_dir(self, trial: str) -> Path:
+        d = self.path / "trials" / trial
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return read_json(self.manifest_path)
+        except FileNotFoundError:
+            raise ResultsError(f"{self.path} is not a run directory (no manifest.json)") from None
+        except ValueError as exc:
+            raise ResultsError(f"{self.manifest_path} is damaged: {exc}") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    def trials(self) -> list[dict[str, Any]]:
+        path = self.path / "trials.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    raise ResultsError(f"{path}:{n} is not JSON") from None
+        return out
+
+    def write_trials(self, trials: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path / "trials.jsonl", "".join(json.dumps(t, sort_keys=True) + "\n" for t in trials))
+
+    def write_summary(self, rows: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in SUMMARY_COLUMNS})
+        atomic_write_text(self.path / "summary.csv", buf.getvalue())
+
+    def summary(self) -> list[dict[str, Any]]:
+        path = self.path / "summary.csv"
+        if not path.exists():
+            return summarise(self.trials())
+        with open(path, newline="") as fh:
+            return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _parse(v: str) -> Any:
+    if v == "":
+        return None
+    if v in ("true", "false"):
+        return v == "true"
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+# ---------------------------------------------------------------- summary (pure)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _sd(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+
+
+def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (protocol, rate): means over repeats with their spread, the model's figures beside them."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for t in trials:
+        groups.setdefault((t["protocol"], float(t["rate"])), []).append(t)
+    rows = []
+    for (proto, rate), ts in sorted(groups.items()):
+        done = [t for t in ts if t.get("status") in ("ok", "timeout")]   # trials that measured something
+        m = [t.get("measured") or {} for t in done]
+        mo = [t.get("model") or {} for t in done]
+
+        def col(src, key):
+            return [float(x[key]) for x in src if x.get(key) is not None]
+        stops = col(m, "stop_s")
+        outs = col(m, "out_before_block")
+        rows.append({
+            "protocol": proto, "rate": rate,
+            "achieved_rate": _mean(col(m, "achieved_rate")), "achieved_rate_sd": _sd(col(m, "achieved_rate")),
+            "stop_s": _mean(stops), "stop_s_sd": _sd(stops),
+            "stop_s_min": min(stops) if stops else None, "stop_s_max": max(stops) if stops else None,
+            "stop_s_model": _mean(col(mo, "stop_s")),
+            "out_before_block": _mean(outs), "out_before_block_sd": _sd(outs),
+            "out_before_block_model": _mean(col(mo, "out_before_block")),
+            "out_after_block": max(col(m, "out_after_block"), default=None),
+            "repeats": len(ts), "ok": sum(1 for t in ts if t.get("status") == "ok"),
+            "blocked": sum(1 for x in m if x.get("blocked")),
+            "agree": all((t.get("agreement") or {}).get("ok") for t in done) if done else False,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- the index
+
+
+class Index:
+    """results/index.sqlite: every run, its trials and its summary rows, for listing and comparing runs."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, path TEXT, experiment TEXT, kind TEXT,
+        started REAL, finished REAL, status TEXT, spec_hash TEXT, lab_hash TEXT, git_commit TEXT, seed INTEGER,
+        trials INTEGER, ok INTEGER);
+    CREATE TABLE IF NOT EXISTS trials (run_id TEXT, trial TEXT, protocol TEXT, rate REAL, repeat INTEGER,
+        status TEXT, stop_s REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
+        out_after_block REAL, achieved_rate REAL, agree INTEGER, PRIMARY KEY (run_id, trial));
+    CREATE TABLE IF NOT EXISTS summary (run_id TEXT, protocol TEXT, rate REAL, achieved_rate REAL, stop_s REAL,
+        stop_s_sd REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
+        out_after_block REAL, repeats INTEGER, ok INTEGER, agree INTEGER, PRIMARY KEY (run_id, protocol, rate));
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=30)
+        self.db.executescript(self.SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def record(self, run: RunDir) -> str:
+        """(Re)index one run directory; returns its run id."""
+        man = run.manifest()
+        trials = run.trials()
+        summary = summarise(trials)
+        rid = man["run_id"]
+        with self.db:
+            self.db.execute("DELETE FROM trials WHERE run_id=?", (rid,))
+            self.db.execute("DELETE FROM summary WHERE run_id=?", (rid,))
+            self.db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rid, str(run.path.resolve()), man["experiment"]["experiment"], man["experiment"]["kind"],
+                 man.get("started"), man.get("finished"), man.get("status"), man.get("spec_hash"),
+                 man.get("lab", {}).get("spec_hash"), (man.get("git") or {}).get("commit"), man.get("seed"),
+                 len(trials), sum(1 for t in trials if t.get("status") == "ok")))
+            for t in trials:
+                m, mo = t.get("measured") or {}, t.get("model") or {}
+                self.db.execute("INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                (rid, t["trial"], t["protocol"], t["rate"], t.get("repeat"), t.get("status"),
+                                 m.get("stop_s"), mo.get("stop_s"), m.get("out_before_block"),
+                                 mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
+                                 int(bool((t.get("agreement") or {}).get("ok")))))
+            for r in summary:
+                self.db.execute("INSERT INTO summary VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                (rid, r["protocol"], r["rate"], r["achieved_rate"], r["stop_s"], r["stop_s_sd"],
+                                 r["stop_s_model"], r["out_before_block"], r["out_before_block_model"],
+                                 r["out_after_block"], r["repeats"], r["ok"], int(r["agree"])))
+        return rid
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM runs ORDER BY started DESC")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def find(self, ref: str) -> RunDir:
+        """A run by id, id prefix, or directory path."""
+        p = Path(ref)
+        if (p / "manifest.json").is_file():
+            return RunDir(p)
+        rows = self.db.execute("SELECT run_id, path FROM runs WHERE run_id LIKE ?", (ref + "%",)).fetchall()
+        if len(rows) == 1:
+            return RunDir(rows[0][1])
+        if not rows:
+            raise ResultsError(f"no run '{ref}' in {self.path} (and no run directory at that path)")
+        raise ResultsError(f"'{ref}' matches {len(rows)} runs: {', '.join(r[0] for r in rows[:5])}")
+
+
+def new_run_id(experiment: str) -> str:
+    import secrets
+    return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def finite(x: Any) -> Any:
+    """JSON has no NaN: map non-finite floats to None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

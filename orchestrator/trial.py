@@ -1,0 +1,366 @@
+"""One trial of an experiment, over SSH on a provisioned lab: capture, throttle, worm servers, the host's
+normal traffic, the injector's trigger, the stop condition, collection, analysis, and the model beside it.
+
+Every step goes through orchestrator.remote (host agent services, our modules) and orchestrator.capture, so
+the same code drives namespace hosts and VMs. The record it returns is what trials.jsonl holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import agreement
+from .analysis.attempts import extract_attempts
+from .analysis.metrics import MetricsSettings
+from .analysis.pcap import read_capture
+from .analysis.trial import analyse_trial
+from .capture import Capture
+from .errors import TestbedError
+from .experiment_spec import Experiment
+from .files import atomic_write_json
+from .remote import LabHosts, quote
+from .results import RunDir, finite
+from .topology import Lab
+
+AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    index: int
+    protocol: str
+    rate: float
+    repeat: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.protocol}-r{self.rate:g}-{self.repeat}".replace(".", "_")
+
+
+@dataclass
+class Setup:
+    """What every trial of a run shares (resolved once, after the lab is up and provisioned)."""
+
+    exp: Experiment
+    lab: Lab
+    hosts: LabHosts
+    run: RunDir
+    infected: str
+    injector: str
+    sniffer: str
+    gateway: str | None
+    servers: list[str]
+    segment: str
+    exp_ranges: list[str]
+    normal: list[str]
+    canary: tuple[str, str]
+    throttle_host: str | None = None
+    throttle_iface: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def resolve(cls, exp: Experiment, lab: Lab, hosts: LabHosts, run: RunDir) -> Setup:
+        s = exp.spec
+        infected = lab.host(s.infected or lab.by_role("blade")[0].name)
+        iface = next(i for i in infected.interfaces if i.segment.startswith("experimental"))
+        injector = lab.by_role("injector")[0]
+        gateway = lab.by_role("gateway")[0] if lab.by_role("gateway") else None
+        servers = [infected.name] + [h.name for h in lab.by_role("target")]
+        # the canary crosses the infected host's segment between two hosts that are not the worm
+        if injector.ip(iface.segment) and gateway and gateway.ip(iface.segment):
+            canary = (injector.name, gateway.ip(iface.segment))
+        elif gateway and gateway.ip(iface.segment):
+            canary = (gateway.name, infected.ip(iface.segment))
+        else:
+            canary = (injector.name, infected.ip(iface.segment))
+        setup = cls(exp, lab, hosts, run, infected.name, injector.name, lab.by_role("sniffer")[0].name,
+                    gateway.name if gateway else None, servers, iface.segment,
+                    [seg.subnet for seg in lab.experimental_segments()],
+                    normal_destinations(lab, infected.name, s.worm.scan, s.throttle.working_set_size
+                                        if s.throttle != "none" else 5) if s.state == "full" else [],
+                    canary)
+        if exp.throttled:
+            if s.throttle.placement == "host":
+                setup.throttle_host, setup.throttle_iface = infected.name, iface.ifname
+            elif s.throttle.placement == "gateway":
+                assert gateway is not None
+                setup.throttle_host = gateway.name
+                setup.throttle_iface = next(i.ifname for i in gateway.interfaces if i.segment == iface.segment)
+            else:
+                raise TestbedError("the wire placement is provided by the libvirt provider (VMs)")
+        return setup
+
+
+def normal_destinations(lab: Lab, host: str, scan: str, n: int) -> list[str]:
+    """The host's normal traffic before the worm: n destinations on its experimental subnet, outside the scan
+    range (from the top of the subnet down), so its working set is full when the worm starts."""
+    h = lab.host(host)
+    seg = next(i for i in h.interfaces if i.segment.startswith("experimental"))
+    net = ipaddress.ip_network(lab.segment(seg.segment).subnet)
+    scan_net = ipaddress.ip_network(scan)
+    out = []
+    for a in reversed(list(net.hosts())):
+        if a in scan_net or str(a) == seg.ip:
+            continue
+        out.append(str(a))
+        if len(out) == n:
+            return out
+    raise TestbedError(f"{host}'s subnet {net} has no room outside the scan range {scan} for its normal traffic")
+
+
+# the host's normal traffic, in the protocol under test (the paper's TCP and UDP throttles are separate):
+# web connections, or DNS-like datagrams
+_NORMAL = ("import socket,sys,time\nss=[]\nfor d in sys.argv[2:]:\n"
+           " if sys.argv[1]=='tcp':\n  s=socket.socket(); s.setblocking(False); s.connect_ex((d, 80))\n"
+           " else:\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'normal', (d, 53))\n"
+           " ss.append(s)\ntime.sleep(0.1)\n")
+
+
+def _ip(lab: Lab, host: str, segment: str) -> str:
+    ip = lab.host(host).ip(segment) or next(i.ip for i in lab.host(host).interfaces
+                                            if i.segment.startswith("experimental") and i.ip)
+    assert ip
+    return ip
+
+
+def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
+    """Run one trial; never raises for a trial that fails — its record says why."""
+    s = st.exp.spec
+    h = st.hosts
+    rec: dict[str, Any] = {"trial": t.id, "index": t.index, "protocol": t.protocol, "rate": t.rate,
+                           "repeat": t.repeat, "state": s.state, "initial_working_set": st.normal,
+                           "placement": s.throttle.placement if st.exp.throttled else None,
+                           "started": time.time(), "status": "error", "reason": None, "phases": {}}
+    tdir = st.run.trial_dir(t.id)
+    phases = rec["phases"]
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 3)
+        mark = now
+
+    cap = Capture(h, segment=st.segment, name="capture")
+    state_dirs = {srv: f"{h.prefix(srv)}/run/worm/{t.id}" for srv in st.servers}
+    tlog = f"{h.prefix(st.throttle_host)}/log/throttle-{t.id}.jsonl" if st.throttle_host else None
+    inj_if = next(i.ifname for i in st.lab.host(st.injector).interfaces if i.segment.startswith("experimental"))
+    started: list[tuple[str, str]] = []
+    try:
+        # -- reset: leftovers of an interrupted trial, the injector back on the experimental LAN
+        reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {inj_if} up", timeout=15).check()])
+        phase("reset")
+
+        # -- capture, throttle and worm servers (in parallel: they are independent)
+        def start_server(srv: str) -> None:
+            argv = h.module_argv(srv, "testworm", "server", "--listen", f"{_ip(st.lab, srv, st.segment)}:{s.worm.port}",
+                                 "--key", f"{h.prefix(srv)}/etc/worm.key", "--state-dir", state_dirs[srv],
+                                 "--lab-ranges", *st.exp_ranges, "--allow", s.worm.scan, "--max-generations", "0")
+            h.start(srv, "worm-server", argv)
+            started.append((srv, "worm-server"))
+
+        def start_throttle() -> None:
+            if not st.throttle_host:
+                return
+            th = s.throttle
+            argv = h.module_argv(st.throttle_host, "throttle", "run", "--mode",
+                                 "host" if th.placement == "host" else "gateway", "--interface", st.throttle_iface,
+                                 "--events", tlog, "--working-set", str(th.working_set_size), "--period",
+                                 str(th.release_period_s), "--limit", str(th.delay_queue_limit), "--policy",
+                                 th.policy, "--protocols", t.protocol)
+            h.start(st.throttle_host, "throttle", argv)
+            started.append((st.throttle_host, "throttle"))
+            deadline = time.monotonic() + 10       # ready once its rules are in: it logs its config then
+            while not _grep(h, st.throttle_host, '"event":"config"', tlog):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"the throttle on {st.throttle_host} did not come up within 10 s")
+                time.sleep(0.05)
+
+        started.append((st.sniffer, "capture"))
+        parallel([lambda srv=srv: start_server(srv) for srv in st.servers]
+                 + [start_throttle, lambda: cap.start(st.canary[0], st.canary[1])])
+        phase("start")
+
+        # -- the host's normal traffic fills its working set (state: full)
+        if st.normal:
+            h.access.run(st.infected, ["python3", "-c", _NORMAL, t.protocol, *st.normal], timeout=15, check=True)
+        # -- the injector triggers the worm on the infected host, then leaves the experiment
+        trig = h.module_argv(st.injector, "testworm", "trigger", f"{_ip(st.lab, st.infected, st.segment)}:{s.worm.port}",
+                             "--key", f"{h.prefix(st.injector)}/etc/worm.key", "--lab-ranges", *st.exp_ranges,
+                             "--rate", f"{t.rate:g}", "--protocol", t.protocol, "--port", str(s.worm.port),
+                             "--targets", s.worm.scan, "--allow", s.worm.scan, "--strategy", s.worm.strategy,
+                             "--seed", str(s.seed + t.index), "--max-attempts", str(s.worm.max_attempts),
+                             "--lifetime", f"{s.worm.lifetime_s:g}", "--connect-timeout",
+                             f"{s.worm.connect_timeout_s:g}", "--max-generations", "0")
+        if s.worm.profile:
+            trig[-2:-2] = ["--profile", s.worm.profile]
+        # one round trip: trigger, and on success take the injector off the experimental LAN
+        r = h.sh(st.injector, f"{quote(trig)} && ip link set {inj_if} down", timeout=30)
+        if not r.ok:
+            raise TestbedError(f"the injector's trigger was refused: {(r.stderr or r.stdout).strip()[-300:]}")
+        rec["triggered"] = time.time()
+        phase("trigger")
+
+        # -- wait for the stop condition: blocked, the worm's own bounds, or the trial timeout
+        rec["status"], rec["reason"] = wait_stop(st, tlog, state_dirs[st.infected], s.timeout_s)
+        phase("run")
+        if rec["status"] == "interrupted":       # not a result: stop what runs, and let --resume redo it
+            stop_all(st, started)
+            cap.stop(check=False)
+            return rec
+
+        # -- stop everything, the worm first; collect
+        stop_all(st, started)
+        stats = cap.stop(check=False)   # judged below, once the files are safe
+        rec["capture"] = stats.to_dict()
+        files = collect(st, t, tdir, cap, tlog, state_dirs)
+        rec["files"] = {k: str(Path(v).relative_to(st.run.path)) for k, v in files.items() if v}
+        phase("collect")
+        if stats.dropped > 0 or stats.if_dropped > 0 or stats.received > stats.captured:
+            raise TestbedError(f"the capture lost packets ({stats.dropped} dropped by the kernel of "
+                               f"{stats.received}): the trial's wire figures cannot be trusted")
+
+        # -- analyse and compare with the model
+        evaluate(st, t, rec, files, tdir)
+        phase("analyse")
+    except TestbedError as exc:
+        rec["status"], rec["reason"] = "error", exc.message
+    except Exception as exc:    # a trial that fails must not end the sweep
+        rec["status"], rec["reason"] = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        if rec["status"] == "error":          # leave nothing running behind a failed trial
+            try:
+                stop_all(st, started)
+                if "capture" not in rec and (st.sniffer, "capture") in started:
+                    cap.stop(check=False)
+            except Exception as exc:     # the failure is already recorded; say this too
+                rec["reason"] = f"{rec['reason']}; cleaning up also failed: {exc}"
+        rec["duration_s"] = round(time.time() - rec["started"], 3)
+    return rec
+
+
+def _grep(h: LabHosts, host: str, needle: str, path: str) -> bool:
+    """Does the file on host contain needle? (One SSH round trip.)"""
+    return h.access.run(host, ["grep", "-q", "-F", needle, path], timeout=15).ok
+
+
+def parallel(jobs) -> list:
+    """Run independent steps at once (each on its own SSH channel); the first failure is raised."""
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futs = [pool.submit(j) for j in jobs]
+        return [f.result() for f in futs]
+
+
+def reset(st: Setup, extra=()) -> None:
+    """Stop whatever a previous (interrupted) trial left running."""
+    h = st.hosts
+    jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, "capture")]
+    if st.throttle_host:
+        jobs.append((st.throttle_host, "throttle"))
+    parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + list(extra))
+
+
+def wait_stop(st: Setup, tlog: str | None, worm_dir: str, timeout: float) -> tuple[str, str | None]:
+    h = st.hosts
+    deadline = time.monotonic() + timeout
+    probe = f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"
+    while True:
+        if st.stop.is_set():
+            return "interrupted", "the run was interrupted"
+        if tlog and _grep(h, st.throttle_host, '"event":"blocked"', tlog):
+            time.sleep(AFTER_BLOCK_S)
+            return "ok", "blocked"
+        last = h.sh(st.infected, probe, timeout=15).stdout.strip()
+        if last:
+            try:
+                ev = json.loads(last)
+            except ValueError:
+                ev = {}
+            if ev.get("event") == "stop":
+                return "ok", f"worm stopped: {ev.get('reason')}"
+        if time.monotonic() > deadline:
+            return "timeout", f"not blocked within {timeout:g} s" if tlog else f"still scanning after {timeout:g} s"
+        time.sleep(POLL_S)
+
+
+def stop_all(st: Setup, started: list[tuple[str, str]]) -> None:
+    """The worm first (every server at once: a server stops its scanner), then the throttle."""
+    h = st.hosts
+    parallel([lambda j=j: h.stop(j[0], j[1], timeout=10) for j in started if j[1] == "worm-server"])
+    parallel([lambda j=j: h.stop(j[0], j[1], timeout=10) for j in started if j[1] == "throttle"])
+
+
+def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
+            state_dirs: dict[str, str]) -> dict[str, Path | None]:
+    h = st.hosts
+    files: dict[str, Path | None] = {}
+
+    def pcap() -> None:
+        files["pcap"] = cap.fetch(tdir / "capture.pcap")
+
+    def throttle_log() -> None:
+        files["throttle_log"] = tdir / "throttle.jsonl"
+        h.access.get(st.throttle_host, tlog, files["throttle_log"])
+
+    def worm_logs(srv: str) -> None:
+        listing = h.sh(srv, f"ls {state_dirs[srv]} 2>/dev/null").stdout.split()
+        for name in (n for n in listing if n.endswith(".jsonl")):
+            key = "worm_log" if (srv == st.infected and name.startswith("scan-")) else f"{srv}:{name}"
+            dest = tdir / (f"worm-{srv}-{name}" if key != "worm_log" else "worm.jsonl")
+            h.access.get(srv, f"{state_dirs[srv]}/{name}", dest)
+            files[key] = dest
+    parallel([pcap, *([throttle_log] if tlog else []), *(lambda srv=srv: worm_logs(srv) for srv in st.servers)])
+    return files
+
+
+def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path | None], tdir: Path) -> None:
+    s = st.exp.spec
+    src = _ip(st.lab, st.infected, st.segment)
+    if not files.get("worm_log"):
+        raise TestbedError(f"the worm on {st.infected} left no scan log: it never started scanning")
+    sniffer = "after" if (st.exp.throttled and s.throttle.placement == "host") or not st.exp.throttled else "before"
+    an = analyse_trial(files["pcap"], throttle_log=files.get("throttle_log"), worm_logs=[files["worm_log"]],
+                       settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25))
+    d = an.to_dict()
+    atomic_write_json(tdir / "analysis.json", d)
+    sm = next((x for x in d["metrics"]["sources"] if x["src"] == src), {})
+    att = extract_attempts(read_capture(files["pcap"]))
+    wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
+                                 block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
+    measured: dict[str, Any] = {
+        "blocked": bool(sm.get("blocked")), "stop_s": sm.get("stopping_time_s"),
+        "first_attempt_wall": sm.get("first_attempt_wall"), "blocked_wall": sm.get("blocked_wall"),
+        "achieved_rate": sm.get("worm_scan_rate"), "attempts": sm.get("worm_attempts"),
+        "distinct_destinations": sm.get("worm_distinct_destinations"),
+        "max_queue_len": sm.get("max_queue_len"), "throttle_events": sm.get("throttle_events"),
+        "wire_attempts": wire["wire_attempts"], "wire_packets": wire["wire_packets"],
+    }
+    if sniffer == "after":
+        measured.update(out_before_block=wire["out_before_block"],
+                        packets_out_before_block=wire["packets_out_before_block"],
+                        out_after_block=wire["out_after_block"])
+    else:
+        measured.update(out_before_block=None, out_after_block=None)
+    if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
+        measured["achieved_rate_wire"] = wire.get("wire_rate")
+    rec["measured"] = {k: finite(v) for k, v in measured.items()}
+    rec["findings"] = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
+                       for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
+    if st.exp.throttled:
+        worm_lines = Path(files["worm_log"]).read_text().splitlines()
+        cfg = agreement.throttle_config(s.throttle, st.normal)
+        model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
+                                      protocol=t.protocol)
+        rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
+        rec["agreement"] = agreement.judge(rec["measured"], rec["model"])
+    else:
+        rec["model"] = None
+        rec["agreement"] = agreement.judge(rec["measured"], None)

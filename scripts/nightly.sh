@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Nightly stopping-speed run: measure, keep the results, gate on regressions against the previous complete
+# run of the same experiment (or BASELINE). Exit codes: 0 fine, 1 regression or failed run, 2 bad input.
+#   scripts/nightly.sh [EXPERIMENT]        (default labs/nightly.yaml)
+#   env: RESULTS (default results/nightly), TOLERANCE (default 0.10), BASELINE (a run id or directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXP="${1:-labs/nightly.yaml}"
+RESULTS="${RESULTS:-results/nightly}"
+TOLERANCE="${TOLERANCE:-0.10}"
+STAMP="$(date +%Y%m%d-%H%M%S)"
+OUT="$RESULTS/$STAMP"
+INDEX="$RESULTS/index.sqlite"
+T=.venv/bin/testbed
+make -s setup
+mkdir -p "$RESULTS"
+NAME="$(.venv/bin/python -c 'import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))["experiment"])' "$EXP")"
+BASE="${BASELINE:-$($T results list --index "$INDEX" --json | .venv/bin/python -c '
+import json, sys
+runs = [r for r in json.load(sys.stdin) if r["experiment"] == sys.argv[1] and r["status"] == "complete"]
+print(runs[0]["path"] if runs else "")' "$NAME")}"
+$T run "$EXP" --out "$OUT" --index "$INDEX" --junit "$OUT/junit.xml"
+ln -sfn "$STAMP" "$RESULTS/latest"
+if [ -n "$BASE" ]; then
+  $T results compare "$BASE" "$OUT" --index "$INDEX" --tolerance "$TOLERANCE" --fail-on-regression
+else
+  echo "nightly: no earlier complete run of '$NAME' to compare with; this run is the baseline"
+fi

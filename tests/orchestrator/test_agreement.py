@@ -1,0 +1,113 @@
+"""Measured against predicted: the model fed from a worm log, the worm's attempts on the wire, the verdict."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import numpy as np
+import pytest
+
+from orchestrator import agreement
+from orchestrator.analysis.attempts import build_attempts
+from orchestrator.experiment_spec import ThrottleSpec
+from throttle.model import predict_constant_rate
+
+SRC = "198.18.8.2"
+NORMAL = ["198.18.8.254", "198.18.8.253", "198.18.8.252", "198.18.8.251", "198.18.8.250"]
+
+
+def worm_log(rate: float, n: int, protocol: str = "tcp", t0: float = 100.0) -> list[str]:
+    lines = [json.dumps({"event": "start", "t_mono": t0, "t_wall": 1e9 + t0, "params": {"rate": rate}})]
+    for i in range(n):
+        t = t0 + i / rate
+        lines.append(json.dumps({"event": "attempt", "i": i, "t_mono": t, "t_wall": 1e9 + t, "due_mono": t,
+                                 "t_done_mono": t + 3.0, "src": SRC, "sport": 40000 + i,
+                                 "dst": f"198.18.9.{i % 250 + 2}" if i < 250 else f"198.18.10.{i % 250}",
+                                 "dport": 8080, "protocol": protocol, "outcome": "timeout", "generation": 0}))
+    return lines
+
+
+@pytest.mark.parametrize("rate", [5, 20, 100, 1000])
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_model_from_a_worm_log_matches_the_constant_rate_prediction(rate, protocol):
+    cfg = agreement.throttle_config(ThrottleSpec(), NORMAL)
+    m = agreement.model_trial(worm_log(rate, 200), src=SRC, config=cfg, placement="host", protocol=protocol)
+    p = predict_constant_rate(rate, protocol=protocol, config=agreement.throttle_config(ThrottleSpec()),
+                              initial_working_set=5, placement="host", targets="silent")
+    assert m["blocked"] and m["stop_s"] == pytest.approx(p.stop_s, abs=1e-6)
+    assert m["out_before_block"] == p.out_before_block
+    assert m["queue_curve"][0] == (0.0, 0) and max(q for _, q in m["queue_curve"]) == 100
+
+
+def test_a_fresh_host_lets_five_out_at_once():
+    fresh = agreement.model_trial(worm_log(1000, 200), src=SRC, config=agreement.throttle_config(ThrottleSpec()),
+                                  placement="host", protocol="tcp")
+    full = agreement.model_trial(worm_log(1000, 200), src=SRC,
+                                 config=agreement.throttle_config(ThrottleSpec(), NORMAL), placement="host",
+                                 protocol="tcp")
+    assert fresh["out_before_block"] == 5 and full["out_before_block"] == 0
+    assert fresh["stop_s"] == pytest.approx(full["stop_s"] + 5 / 1000, abs=1e-9)
+
+
+def test_the_model_ignores_other_sources():
+    other = [json.loads(x) for x in worm_log(100, 50)]
+    for o in other[1:]:
+        o["src"] = "198.18.8.99"
+    m = agreement.model_trial([json.dumps(o) for o in other], src=SRC,
+                              config=agreement.throttle_config(ThrottleSpec()), placement="host", protocol="tcp")
+    assert m == {"stop_s": None, "blocked": False, "out_before_block": 0, "packets_out_before_block": 0,
+                 "attempts_before_block": 0, "arrivals": 0, "queue_curve": []}
+
+
+def _ip(s):
+    return int(ipaddress.IPv4Address(s))
+
+
+def test_wire_counts_split_the_worms_own_attempts_at_the_block():
+    rows = [  # (ts, src, dst, sport, dport, proto)
+        (10.00, SRC, "198.18.8.254", 50000, 80, 6),         # normal traffic: not the worm's
+        (10.10, SRC, "198.18.9.2", 40000, 8080, 6),
+        (10.20, SRC, "198.18.9.3", 40001, 8080, 6),
+        (11.20, SRC, "198.18.9.3", 40001, 8080, 6),         # its retransmission
+        (10.30, "198.18.8.3", "198.18.9.4", 40002, 8080, 6),  # another host
+        (10.40, SRC, "198.18.9.5", 40003, 9999, 6),         # another port
+        (12.00, SRC, "198.18.9.6", 40004, 8080, 6),         # after the block
+    ]
+    rows.sort()
+    att = build_attempts(np.array([r[0] for r in rows]), np.array([_ip(r[1]) for r in rows], dtype=np.uint32),
+                         np.array([_ip(r[2]) for r in rows], dtype=np.uint32),
+                         np.array([r[3] for r in rows], dtype=np.uint16), np.array([r[4] for r in rows], dtype=np.uint16),
+                         np.array([r[5] for r in rows], dtype=np.uint8))
+    w = agreement.wire_counts(att, src=SRC, scan="198.18.9.0/24", dport=8080, protocol="tcp", block_wall=11.5,
+                              first_wall=10.1)
+    assert (w["out_before_block"], w["packets_out_before_block"], w["out_after_block"]) == (2, 3, 1)
+    assert w["wire_attempts"] == 3 and w["wire_packets"] == 4
+    assert agreement.wire_counts(att, src=SRC, scan="198.18.9.0/24", dport=8080, protocol="udp", block_wall=None,
+                                 first_wall=None)["wire_attempts"] == 0
+
+
+@pytest.mark.parametrize("measured, model, ok, reason", [
+    ({"stop_s": 1.010, "out_before_block": 1, "out_after_block": 0}, {"stop_s": 1.005, "out_before_block": 1}, True, None),
+    ({"stop_s": 1.050, "out_before_block": 1, "out_after_block": 0}, {"stop_s": 1.010, "out_before_block": 1}, False,
+     "stopping time 1.05 s vs model 1.01 s"),
+    ({"stop_s": 24.9, "out_before_block": 24, "out_after_block": 0}, {"stop_s": 24.2, "out_before_block": 23}, True, None),
+    ({"stop_s": 0.1, "out_before_block": 2, "out_after_block": 0}, {"stop_s": 0.1, "out_before_block": 0}, False,
+     "attempts out before the block 2 vs model 0"),
+    ({"stop_s": 0.1, "out_before_block": 0, "out_after_block": 3}, {"stop_s": 0.1, "out_before_block": 0}, False,
+     "3 worm attempt(s) on the wire after the block"),
+    ({"stop_s": None, "out_before_block": 60, "out_after_block": 0}, {"stop_s": None, "out_before_block": 60}, True, None),
+    ({"stop_s": None, "out_before_block": 60, "out_after_block": 0}, {"stop_s": 30.0, "out_before_block": 60}, False,
+     "blocked by the model only"),
+])
+def test_judge(measured, model, ok, reason):
+    v = agreement.judge(measured, model)
+    assert v["ok"] is ok
+    if reason:
+        assert reason in v["reasons"]
+    assert v["tolerance"] == {"stop_abs_s": 0.02, "stop_rel": 0.03, "out": 1}
+
+
+def test_judge_without_a_model_checks_only_leaks():
+    assert agreement.judge({"out_after_block": 0}, None)["ok"] is True
+    assert agreement.judge({"out_after_block": 1}, None)["ok"] is False

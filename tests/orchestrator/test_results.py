@@ -1,0 +1,147 @@
+"""Results: summaries, the run directory, the index, regressions, JUnit and the report — from files alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from orchestrator.regress import compare, junit_xml
+from orchestrator.report import build_report
+from orchestrator.results import Index, ResultsError, RunDir, summarise
+
+
+def trial(proto, rate, rep, stop, out, *, status="ok", model_stop=None, model_out=None, after=0, ok=True,
+          achieved=None):
+    return {"trial": f"{proto}-r{rate:g}-{rep}", "protocol": proto, "rate": float(rate), "repeat": rep,
+            "status": status, "reason": None if status == "ok" else "not blocked within 5 s", "duration_s": 2.0,
+            "measured": {"stop_s": stop, "out_before_block": out, "out_after_block": after, "blocked": stop is not None,
+                         "achieved_rate": achieved or rate, "first_attempt_wall": 1000.0},
+            "model": {"stop_s": model_stop if model_stop is not None else stop,
+                      "out_before_block": model_out if model_out is not None else out},
+            "agreement": {"ok": ok, "reasons": [] if ok else ["stopping time off"]}}
+
+
+def manifest(run_id="exp-1", **kw):
+    return {"run_id": run_id, "experiment": {"experiment": "exp", "kind": "stopping-speed",
+                                             "worm": {"profile": None}, "state": "full", "timeout_s": 30,
+                                             "throttle": {"placement": "host", "working_set_size": 5,
+                                                          "delay_queue_limit": 100, "release_period_s": 1.0,
+                                                          "policy": "packets"}},
+            "spec_hash": "abc", "lab": {"name": "stopping-speed", "provider": "netns", "spec_hash": "def"},
+            "machine": {"hostname": "m", "cpus": 2}, "versions": {"kernel": "6.1"}, "git": {"commit": "1234567"},
+            "seed": 1, "started": 1_700_000_000.0, "status": "complete", "planned": 4, **kw}
+
+
+def make_run(path: Path, trials, **kw) -> RunDir:
+    run = RunDir(path)
+    path.mkdir(parents=True)
+    run.write_manifest(manifest(**kw))
+    run.write_trials(trials)
+    run.write_summary(summarise(trials))
+    return run
+
+
+def test_summary_means_spread_and_counts():
+    rows = summarise([trial("tcp", 20, 1, 5.0, 5), trial("tcp", 20, 2, 5.5, 4), trial("tcp", 20, 3, None, 9, status="timeout"),
+                      trial("tcp", 20, 4, None, None, status="error"), trial("udp", 5, 1, 24.8, 24)])
+    tcp = next(r for r in rows if r["protocol"] == "tcp")
+    assert tcp["stop_s"] == pytest.approx(5.25) and tcp["stop_s_min"] == 5.0 and tcp["stop_s_max"] == 5.5
+    assert tcp["stop_s_sd"] == pytest.approx(0.35355, abs=1e-4)
+    assert tcp["out_before_block"] == pytest.approx(6.0)           # the timed-out trial measured 9 out
+    assert (tcp["repeats"], tcp["ok"], tcp["blocked"]) == (4, 2, 2)
+    assert [r["protocol"] for r in rows] == ["tcp", "udp"]
+
+
+def test_run_dir_round_trip_and_csv(tmp_path):
+    run = make_run(tmp_path / "r", [trial("tcp", 100, 1, 1.01, 1), trial("udp", 100, 1, 1.01, 1)])
+    assert [t["trial"] for t in run.trials()] == ["tcp-r100-1", "udp-r100-1"]
+    with open(run.path / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:9] == ["protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd",
+                                 "stop_s_min", "stop_s_max", "stop_s_model"]
+    assert {"out_before_block", "out_before_block_model", "out_after_block", "repeats"} <= set(rows[0])
+    assert rows[0]["stop_s"] == "1.01" and rows[0]["agree"] == "true"
+    assert run.summary()[0]["stop_s"] == 1.01
+    assert not list(run.path.glob(".*.tmp"))                   # nothing half-written left behind
+    with pytest.raises(ResultsError, match="is not a run directory"):
+        RunDir(tmp_path / "nothing").manifest()
+
+
+def test_index_records_lists_and_finds(tmp_path):
+    idx = Index(tmp_path / "index.sqlite")
+    a = make_run(tmp_path / "a", [trial("tcp", 20, 1, 5.0, 5)], run_id="exp-20260101-000000-aaaa")
+    b = make_run(tmp_path / "b", [trial("tcp", 20, 1, 5.1, 5)], run_id="exp-20260102-000000-bbbb",
+                 started=1_800_000_000.0)
+    assert idx.record(a) == "exp-20260101-000000-aaaa"
+    idx.record(b)
+    idx.record(b)                                               # re-indexing replaces, never duplicates
+    assert [r["run_id"] for r in idx.runs()] == ["exp-20260102-000000-bbbb", "exp-20260101-000000-aaaa"]
+    assert idx.runs()[0]["ok"] == 1 and idx.runs()[0]["trials"] == 1
+    assert idx.find("exp-20260101").path.resolve() == a.path.resolve()
+    assert idx.find(str(b.path)).path == b.path
+    with pytest.raises(ResultsError, match="matches 2 runs"):
+        idx.find("exp-2026")
+    with pytest.raises(ResultsError, match="no run 'zzz'"):
+        idx.find("zzz")
+    rows = idx.db.execute("SELECT protocol, rate, stop_s, agree FROM summary WHERE run_id LIKE 'exp-20260102%'").fetchall()
+    assert rows == [("tcp", 20.0, 5.1, 1)]
+    idx.close()
+
+
+def test_compare_finds_regressions_and_improvements(tmp_path):
+    base = make_run(tmp_path / "base", [trial("tcp", 20, 1, 5.0, 5), trial("tcp", 100, 1, 1.0, 1),
+                                        trial("udp", 20, 1, 5.0, 5), trial("udp", 5, 1, 25.0, 24)])
+    new = make_run(tmp_path / "new", [trial("tcp", 20, 1, 5.8, 5), trial("tcp", 100, 1, 1.0, 4),
+                                      trial("udp", 20, 1, 4.0, 5, after=2, ok=False), trial("udp", 1, 1, None, 0)])
+    rows = {(c.protocol, c.rate): c for c in compare(base, new, tolerance=0.10)}
+    assert rows[("tcp", 20)].verdict == "regression" and rows[("tcp", 20)].reasons == ["stopping time 5.000 s → 5.800 s"]
+    assert rows[("tcp", 100)].reasons == ["attempts out before the block 1 → 4"]
+    assert set(rows[("udp", 20)].reasons) == {"the measurement no longer agrees with the model",
+                                              "2 worm attempt(s) on the wire after the block"}
+    assert rows[("udp", 5)].verdict == "missing" and rows[("udp", 1)].verdict == "missing"
+    same = {(c.protocol, c.rate): c.verdict for c in compare(base, base)}
+    assert set(same.values()) == {"ok"}
+    better = make_run(tmp_path / "better", [trial("tcp", 20, 1, 4.0, 5)])
+    assert {c.verdict for c in compare(base, better) if c.rate == 20 and c.protocol == "tcp"} == {"improved"}
+
+
+def test_junit_has_one_case_per_protocol_and_rate(tmp_path):
+    run = make_run(tmp_path / "r", [trial("tcp", 20, 1, 5.0, 5), trial("tcp", 20, 2, 5.1, 5, ok=False),
+                                    trial("udp", 20, 1, 5.0, 5), trial("udp", 100, 1, None, None, status="error")])
+    root = ET.fromstring(junit_xml(run))
+    assert root.tag == "testsuite" and root.get("name") == "exp" and root.get("tests") == "3"
+    assert root.get("failures") == "2"
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert set(cases) == {("exp.tcp", "rate 20/s"), ("exp.udp", "rate 20/s"), ("exp.udp", "rate 100/s")}
+    fail = cases[("exp.tcp", "rate 20/s")].find("failure")
+    assert fail is not None and fail.get("message") == "tcp-r20-2: stopping time off"
+    assert cases[("exp.udp", "rate 20/s")].find("failure") is None
+    assert "error: not blocked within 5 s" in cases[("exp.udp", "rate 100/s")].find("failure").text
+
+
+def test_report_is_rebuilt_from_the_run_directory_alone(tmp_path):
+    run = make_run(tmp_path / "r", [trial("tcp", 20, 1, 5.25, 5), trial("tcp", 1000, 1, 0.1, 0),
+                                    trial("udp", 20, 1, 5.25, 5), trial("udp", 1000, 1, 0.1, 0, ok=False)])
+    (run.path / "trials" / "tcp-r20-1").mkdir(parents=True)
+    (run.path / "trials" / "tcp-r20-1" / "throttle.jsonl").write_text(
+        "".join(json.dumps({"event": "queued", "t_wall": 1000.0 + i / 20, "queue_len": i}) + "\n" for i in range(1, 101)))
+    ts = run.trials()
+    ts[0]["files"] = {"throttle_log": "trials/tcp-r20-1/throttle.jsonl"}
+    run.write_trials(ts)
+    md, page = build_report(run)
+    text = md.read_text()
+    assert "| test worm | tcp | 20 | 20 | 5.250 | 5.250 | 5 | 5 | 0 | 1/1 | yes | < 5 s, ≤ 5 packets |" in text
+    assert "| test worm | udp | 1,000 | 1,000 | 0.100 | 0.100 | 0 | 0 | 0 | 1/1 | NO |" in text
+    assert "Trial udp-r1000-1: ok — stopping time off" in text
+    assert "400 attempts/s" in text
+    for name in ("stopping-time", "attempts-out", "queue-length", "achieved-rate"):
+        assert (run.path / "plots" / f"{name}.png").stat().st_size > 5000
+        assert f"](plots/{name}.png)" in text
+    html = page.read_text()
+    assert html.count('src="data:image/png;base64,') == 4 and "<table>" in html
+    assert not re.search(r'src="(?!data:)', html)               # self-contained: no external files

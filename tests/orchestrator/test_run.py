@@ -1,0 +1,172 @@
+"""`testbed run` end to end on namespace labs (root): results, timeouts, resume, reports rebuilt from files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from orchestrator import lab as core
+from orchestrator import nsutil
+from orchestrator.results import Index, RunDir
+from orchestrator.state import StateStore
+
+LABS = Path(__file__).resolve().parents[2] / "labs"
+REPO = LABS.parent
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
+    name = f"r{secrets.token_hex(3)}"
+    lab = tmp_path / "lab.yaml"
+    lab.write_text((LABS / "stopping-speed.yaml").read_text().replace("name: stopping-speed", f"name: {name}"))
+    yield tmp_path, name, lab
+    core.down_all(store=StateStore(tmp_path / "state"))
+
+
+def experiment(tmp_path: Path, lab: Path, **over) -> Path:
+    spec = {"experiment": "e2e", "kind": "stopping-speed", "lab": str(lab),
+            "worm": {"port": 8080, "protocols": ["tcp", "udp"], "scan": "198.18.9.0/24", "max_attempts": 3000,
+                     "lifetime_s": 60},
+            "rates": [200, 1000], "repeats": 1, "timeout_s": 20, **over}
+    p = tmp_path / "exp.yaml"
+    p.write_text(json.dumps(spec))       # JSON is YAML
+    return p
+
+
+def cli(*args, timeout=600, **kw):
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, **kw)
+
+
+def test_a_small_sweep_end_to_end(env):
+    tmp, name, lab = env
+    exp = experiment(tmp, lab)
+    out, index, junit = tmp / "run", tmp / "index.sqlite", tmp / "junit.xml"
+    r = cli("run", str(exp), "--out", str(out), "--index", str(index), "--junit", str(junit))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"report: {out / 'report.html'}" in r.stdout
+
+    run = RunDir(out)
+    man = run.manifest()
+    assert man["status"] == "complete" and man["trials"] == 4 and man["seed"] == 1
+    assert len(man["spec_hash"]) == 64 and man["lab"]["name"] == name and man["git"]["commit"]
+    assert man["versions"]["tcpdump"].startswith("tcpdump version") and man["machine"]["cpus"] >= 1
+
+    trials = run.trials()
+    assert [t["trial"] for t in trials] == ["tcp-r200-1", "tcp-r1000-1", "udp-r200-1", "udp-r1000-1"]
+    for t in trials:
+        assert t["status"] == "ok" and t["reason"] == "blocked", t
+        assert t["state"] == "full" and len(t["initial_working_set"]) == 5
+        m, mo, ag = t["measured"], t["model"], t["agreement"]
+        assert m["blocked"] and mo["blocked"]
+        assert abs(m["stop_s"] - mo["stop_s"]) <= max(0.020, 0.03 * mo["stop_s"]), t
+        assert abs(m["out_before_block"] - mo["out_before_block"]) <= 1 and m["out_after_block"] == 0
+        assert ag["ok"] is True
+        assert abs(m["achieved_rate"] - t["rate"]) / t["rate"] < 0.02
+        assert t["capture"]["dropped"] == 0 and t["capture"]["captured"] == t["capture"]["received"]
+        assert m["max_queue_len"] == 100 and m["throttle_events"]["blocked"] == 1
+        for f in ("pcap", "throttle_log", "worm_log"):
+            assert (out / t["files"][f]).stat().st_size > 0
+        # about 100 queued attempts at the block: the stopping time is 100/rate (the working set was full)
+        assert mo["stop_s"] == pytest.approx(100 / t["rate"] + (0.01 if t["rate"] < 101 else 0), abs=0.011)
+
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["protocol"], r["rate"]) for r in rows] == [("tcp", "200"), ("tcp", "1000"), ("udp", "200"), ("udp", "1000")]
+    assert all(r["agree"] == "true" and r["out_after_block"] == "0" and r["repeats"] == "1" for r in rows)
+
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    idx = Index(index)
+    assert [x["run_id"] for x in idx.runs()] == [man["run_id"]]
+    idx.close()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]      # the lab is gone
+
+    # the report is rebuilt from the run directory alone, elsewhere
+    copy = tmp / "copy"
+    shutil.copytree(out, copy)
+    for f in ("report.md", "report.html"):
+        (copy / f).unlink()
+    shutil.rmtree(copy / "plots")
+    r = cli("report", str(copy))
+    assert r.returncode == 0, r.stderr
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| test worm")]
+    assert [line for line in (copy / "report.md").read_text().splitlines() if line.startswith("| test worm")] == table
+    assert len(list((copy / "plots").glob("*.png"))) == 4
+
+
+def test_a_trial_that_times_out_is_recorded_and_the_sweep_goes_on(env):
+    tmp, name, lab = env
+    exp = experiment(tmp, lab, rates=[2, 1000], timeout_s=2,
+                     worm={"port": 8080, "protocols": ["tcp"], "scan": "198.18.9.0/24", "lifetime_s": 60})
+    out = tmp / "run"
+    r = cli("run", str(exp), "--out", str(out), "--index", str(tmp / "i.sqlite"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    slow, fast = RunDir(out).trials()
+    assert (slow["status"], slow["reason"]) == ("timeout", "not blocked within 2 s")
+    assert slow["measured"]["blocked"] is False and slow["measured"]["stop_s"] is None
+    assert slow["model"]["blocked"] is False          # nor does the model block 2/s within 2 s
+    assert (fast["status"], fast["reason"]) == ("ok", "blocked")
+    rows = RunDir(out).summary()
+    assert [(r["rate"], r["ok"], r["blocked"]) for r in rows] == [(2, 0, 0), (1000, 1, 1)]
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(env):
+    tmp, name, lab = env
+    exp = experiment(tmp, lab, rates=[1000, 500, 250],
+                     worm={"port": 8080, "protocols": ["tcp"], "scan": "198.18.9.0/24", "lifetime_s": 60})
+    out, index = tmp / "run", tmp / "i.sqlite"
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(exp), "--out", str(out), "--index",
+                          str(index)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "trials.jsonl").exists() and (out / "trials.jsonl").read_text().count("\n") >= 1:
+                break
+            assert p.poll() is None, p.stderr.read()
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        _, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1
+    assert "run interrupted after" in stderr and f"--resume {out}" in stderr
+    done = RunDir(out).trials()
+    assert 1 <= len(done) < 3 and RunDir(out).manifest()["status"] == "interrupted"
+    assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]      # torn down on SIGTERM
+
+    r = cli("run", str(exp), "--resume", str(out), "--index", str(index))
+    assert r.returncode == 0, r.stderr[-2000:]
+    trials = RunDir(out).trials()
+    assert [t["trial"] for t in trials] == ["tcp-r1000-1", "tcp-r500-1", "tcp-r250-1"]
+    assert trials[0] == done[0]                                   # what was measured is kept, not redone
+    assert [(t["trial"], t["status"], t["reason"]) for t in trials] == [
+        (t["trial"], "ok", "blocked") for t in trials]
+    assert RunDir(out).manifest()["status"] == "complete"
+
+
+def test_a_bad_experiment_file_builds_nothing(env, tmp_path):
+    tmp, name, lab = env
+    exp = experiment(tmp, lab, rates=[0])
+    before = nsutil.list_netns()
+    r = cli("run", str(exp), "--out", str(tmp / "run"))
+    assert r.returncode == 2
+    assert f"error: {exp}: 1 problem" in r.stderr and "rates.0 (line 1): rate 0.0 is not a usable scan rate" in r.stderr
+    assert nsutil.list_netns() == before and not (tmp / "run").exists()

@@ -1,0 +1,168 @@
+"""The daemon's iptables rules: one chain of its own plus one jump from OUTPUT (host) or FORWARD (gateway),
+every rule tagged with a comment marker, installed and removed atomically with `iptables-restore --noflush`.
+
+Exactly one set exists at any time: installing first removes every tagged rule (a stale set left by a
+SIGKILLed daemon) in the same transaction, unless the daemon named in the stale tag is still alive in this
+network namespace — then installing is refused rather than stealing its traffic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .core import ThrottleError
+
+MARKER = "wtb-throttle"
+CHAIN = "WTB-THROTTLE"
+HOOKS = {"host": "OUTPUT", "gateway": "FORWARD"}
+
+
+class RuleError(ThrottleError):
+    """iptables is missing or refused."""
+
+
+class RulesOwnedError(RuleError):
+    """Another throttle daemon, still alive in this network namespace, owns the rules (left untouched)."""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    mode: str
+    queue_num: int
+    protocols: tuple[str, ...] = ("tcp", "udp")
+    interface: str | None = None
+    fail_closed: bool = False
+    pid: int = 0
+
+    def lines(self) -> list[str]:
+        """The rules as iptables-restore lines (without table header/COMMIT)."""
+        tag = f"{MARKER} pid={self.pid} q={self.queue_num} mode={self.mode}"
+        comment = f'-m comment --comment "{tag}"'
+        target = f"-j NFQUEUE --queue-num {self.queue_num}" + ("" if self.fail_closed else " --queue-bypass")
+        out = [f":{CHAIN} - [0:0]"]
+        for proto in self.protocols:
+            match = "-p tcp --syn" if proto == "tcp" else "-p udp"
+            out.append(f"-A {CHAIN} {match} -m conntrack --ctstate NEW {comment} {target}")
+        hook = HOOKS[self.mode]
+        if self.mode == "host":
+            iface = f"-o {self.interface}" if self.interface else "! -o lo"
+        else:
+            iface = f"-i {self.interface}" if self.interface else ""
+        out.append(f"-I {hook} 1 {iface} {comment} -j {CHAIN}".replace("  ", " "))
+        return out
+
+
+def _run(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise RuleError(f"{argv[0]} not found: install iptables (iptables-nft or legacy)") from None
+    except subprocess.TimeoutExpired:
+        raise RuleError(f"{' '.join(argv)} did not finish within 30 s") from None
+
+
+def check_tools() -> None:
+    for tool in ("iptables", "iptables-restore"):
+        if shutil.which(tool) is None:
+            raise RuleError(f"{tool} not found: install iptables (iptables-nft or legacy)")
+
+
+def _fail(what: str, cp: subprocess.CompletedProcess) -> RuleError:
+    detail = (cp.stderr or cp.stdout).strip().splitlines()
+    hint = ""
+    if any("Permission denied" in d or "you must be root" in d for d in detail):
+        hint = " (needs root / CAP_NET_ADMIN)"
+    return RuleError(f"{what} failed (exit {cp.returncode}){hint}: {detail[-1] if detail else 'no message'}")
+
+
+def listing() -> list[str]:
+    """`iptables -S` of the filter table."""
+    cp = _run(["iptables", "-w", "5", "-t", "filter", "-S"])
+    if cp.returncode != 0:
+        raise _fail("iptables -S", cp)
+    return cp.stdout.splitlines()
+
+
+def ours(lines: Sequence[str] | None = None) -> list[str]:
+    """Every rule line (`iptables -S` form) that belongs to a throttle: tagged, or in our chain."""
+    lines = listing() if lines is None else lines
+    return [ln for ln in lines if MARKER in ln or ln.split()[:2] in (["-N", CHAIN], ["-A", CHAIN])]
+
+
+_PID = re.compile(MARKER + r" pid=(\d+)")
+
+
+def _netns_inode(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def live_owner(lines: Sequence[str] | None = None) -> int | None:
+    """PID of another throttle daemon, alive in this network namespace, that installed the current rules."""
+    me = os.getpid()
+    here = _netns_inode("self")
+    for ln in ours(lines):
+        m = _PID.search(ln)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid in (0, me):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"throttle" in cmd and _netns_inode(pid) == here:
+            return pid
+    return None
+
+
+def _removal(lines: Sequence[str]) -> list[str]:
+    out = []
+    has_chain = False
+    for ln in lines:
+        parts = ln.split(None, 2)
+        if parts[:2] == ["-N", CHAIN]:
+            has_chain = True
+        elif parts[0] == "-A" and parts[1] != CHAIN and len(parts) == 3:
+            out.append(f"-D {parts[1]} {parts[2]}")
+    if has_chain:
+        out += [f"-F {CHAIN}", f"-X {CHAIN}"]
+    return out
+
+
+def _restore(body: list[str], what: str) -> None:
+    script = "*filter\n" + "\n".join(body) + "\nCOMMIT\n"
+    cp = _run(["iptables-restore", "-w", "5", "--noflush"], input=script)
+    if cp.returncode != 0:
+        raise _fail(what, cp)
+
+
+def install(spec: RuleSpec) -> list[str]:
+    """Replace any stale throttle rules with `spec`'s, in one transaction. Returns the stale lines removed."""
+    check_tools()
+    current = listing()
+    owner = live_owner(current)
+    if owner is not None:
+        raise RulesOwnedError(f"another throttle daemon (pid {owner}) is running in this network namespace "
+                        "and owns the rules; stop it first")
+    stale = ours(current)
+    _restore(_removal(stale) + spec.lines(), "installing the throttle's iptables rules")
+    return stale
+
+
+def remove() -> bool:
+    """Remove every throttle rule in this namespace (ours or stale). True when something was removed."""
+    current = ours()
+    if not current:
+        return False
+    _restore(_removal(current), "removing the throttle's iptables rules")
+    return True
