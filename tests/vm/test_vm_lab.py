@@ -124,12 +124,11 @@ def test_vm_lab_up_check_ssh_exec_power_down(env):
             if h.role == "admin-server":
                 continue
             # over the admin LAN, from the admin server's side, with the host key pinned (no trust on first use)
-            ssh = subprocess.run([*prov.control_argv(name), "ssh", "-i", str(keys / "id_ed25519"), "-o",
-                                  f"UserKnownHostsFile={keys / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
-                                  "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", f"root@{h.ip('admin')}",
-                                  "hostname; python3 -c 'import netfilterqueue'; tcpdump --version >/dev/null"],
-                                 capture_output=True, text=True, timeout=120)
+            ssh = tb(env, "exec", name, h.name, "--via", "ssh", "--", "sh", "-c",
+                     "hostname; python3 -c 'import netfilterqueue'; tcpdump --version >/dev/null", check=False)
             assert ssh.returncode == 0 and ssh.stdout.strip() == h.name, ssh.stderr
+            known = (keys / "known_hosts").read_text()
+            assert h.ip("admin") in known
             # out of band, through the guest agent: exit codes and stdin pass through
             res = prov.exec(name, h.name, ["sh", "-c", "cat; exit 7"], input="hello", timeout=60)
             assert (res.exit_code, res.stdout) == (7, "hello")
