@@ -17,6 +17,7 @@ setup: system venv
 
 system:
 	@scripts/setup-system.sh
+	@scripts/setup-libvirt.sh
 
 venv: $(STAMP)
 

@@ -98,8 +98,16 @@ def plan(lab: Lab, uplinks: list[str]) -> dict[str, dict[str, Any]]:
             probes.append({"addr": admin_server.ip("admin"), "port": PROBE_PORT, "segment": "admin",
                            "expect": "reachable", "purpose": "admin-server"})
         plans[h.name] = {"probes": probes, "uplinks": uplinks, "timeout": PROBE_TIMEOUT,
-                         "nft": isolation.ruleset(h) is not None}
+                         "nft": isolation.ruleset(h) is not None, "machine_boot_id": _boot_id()}
     return plans
+
+
+def _boot_id() -> str:
+    """This machine's kernel boot id: a VM's root namespace is not the machine's (it has its own kernel)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------- judging (pure)

@@ -443,5 +443,10 @@ def main() -> None:
     app()
 
 
+from .cli_vm import register as _register_vm  # noqa: E402, I001
+_register_vm(app)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -117,11 +117,20 @@ def in_root_netns():
     return mine == 0xEFFFFFF9  # the kernel's fixed inode of the initial network namespace
 
 
+def same_kernel(boot_id):
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return not boot_id or fh.read().strip() == boot_id
+    except OSError:
+        return True
+
+
 def main():
     plan = json.loads(sys.argv[1])
     ifs = interfaces()
     res = {
-        "netns_is_root": in_root_netns(),
+        # the machine's root namespace: ours, on the machine's own kernel (a VM's root namespace is its own)
+        "netns_is_root": in_root_netns() and same_kernel(plan.get("machine_boot_id")),
         "routes": ip_json(["-4", "route", "show", "table", "all"]),
         "sysctl": sysctls([i["name"] for i in ifs]),
         "isolation_table": sh(["nft", "list", "table", "inet", "wt_isolation"])[0] == 0 if plan.get("nft") else None,

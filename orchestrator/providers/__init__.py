@@ -10,6 +10,7 @@ from .base import Provider
 
 _REGISTRY: dict[str, str] = {
     "netns": "orchestrator.providers.netns:NetnsProvider",
+    "libvirt": "orchestrator.providers.libvirt:LibvirtProvider",
 }
 
 

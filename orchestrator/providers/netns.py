@@ -417,6 +417,46 @@ class NetnsProvider(Provider):
         # hosts share this machine's filesystem: each installs under its own state directory
         return {**super().host_vars(name, host), "testbed_prefix": str(self.store.host_dir(name, host.name) / "opt")}
 
+    # ------------------------------------------------------------ out-of-band management
+
+    def power(self, name: str, host: str, action: str) -> str:
+        """off: stop the host's processes (their records are kept) and take its links down; on: links up, the
+        default route back, and its recorded services (sshd, …; not one-off processes) started again, as a
+        machine's boot would; cycle: both."""
+        if action not in ("on", "off", "cycle"):
+            raise ProviderError(f"power action '{action}': use on, off or cycle")
+        rec = self._check_host(name, host)
+        h = rec.topology.host(host)
+        ns = ns_name(name, host)
+        links = _inspect_links([ns]).get(ns, {})
+        was_on = all(links.get(i.ifname, {}).get("state") == "UP" for i in h.interfaces)
+        if action in ("off", "cycle"):
+            pdir = self.store.host_dir(name, host) / "procs"
+            for d in self.processes(name, host):
+                if d.pop("alive"):
+                    self.stop(name, host, d["name"])
+                    atomic_write_json(pdir / f"{d['name']}.json", {**d, "powered_off": time.time()})
+            _terminate(nsutil.pids_in_netns([ns]), [])
+            run_batch(["ip", "-n", ns], [f"link set {i.ifname} down" for i in h.interfaces]).check(
+                f"taking {host}'s links down")
+        if action in ("on", "cycle"):
+            lines = [f"link set {i.ifname} up" for i in h.interfaces]
+            if h.default_via:
+                lines.append(f"route replace default via {h.default_via}")
+            run_batch(["ip", "-n", ns], lines).check(f"bringing {host}'s links up")
+            self._wait_carrier(rec.topology, [f"{host}/{i.ifname}" for i in h.interfaces])
+            for d in self.processes(name, host):
+                if d.get("powered_off") and d.get("service") and not d["alive"]:
+                    self.spawn(name, host, d["name"], d["argv"], env=d.get("env") or None, service=True)
+        now_on = action != "off"
+        return f"{host}: {'on' if was_on else 'off'} -> {'on' if now_on else 'off'}"
+
+    def console(self, name: str, host: str) -> int:
+        """A shell in the host (its namespace, /run, /root and hostname)."""
+        self._check_host(name, host)
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        return subprocess.call(self._host_argv(name, host, [shell, "-i"]))
+
     # ------------------------------------------------------------ control traffic
 
     def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:

@@ -1,0 +1,633 @@
+"""The libvirt provider: every lab host a virtual machine (KVM where it works, QEMU's software emulation where
+not), every LAN an isolated libvirt network, through libvirt-python — the same lab files as `netns`.
+
+- LANs: networks `wt-<lab>-<mgmt|admin|exp0…>` with no <forward> and no <ip>: bridges and nothing else.
+- The admin server is not a VM: it is the hypervisor's side, a network namespace `wt.<lab>.admin-server` on the
+  hypervisor plugged into the admin (and management) bridge with the lab's admin-server addresses. Control
+  traffic (SSH, Ansible) stands there; the hypervisor's own root namespace has no address on any lab LAN.
+- Hosts: domains `wt-<lab>-<host>` booting the image's kernel directly from a per-host qcow2 overlay, with a
+  read-only seed disk (libvirt_seed) that gives each its name, keys, addresses and isolation rules at boot.
+- The sniffer's experimental NIC is a tap of our own on no bridge; tc mirrors every experimental VM tap's
+  ingress into it, so each frame is seen exactly once.
+- Every network and domain carries <wt:lab> metadata, every resource is journalled before it is made, and
+  `down` removes exactly the journalled resources that still carry this lab's tag.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import images, nsutil
+from ..errors import LabExistsError, NotRootError, ProviderError
+from ..keys import ensure_lab_keys
+from ..proc import Result, is_root
+from ..spec import LibvirtOptions
+from ..state import LabRecord
+from ..topology import Host, Lab
+from . import libvirt_host as H
+from . import libvirt_seed as seed
+from . import libvirt_xml as X
+from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
+from .netns import _fault, ns_name
+
+BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
+CONSOLE_LINES = 12
+
+
+def options(lab: Lab) -> LibvirtOptions:
+    return LibvirtOptions.model_validate(lab.options or {})
+
+
+def _uri(rec: LabRecord) -> str:
+    return rec.extra.get("uri") or options(rec.topology).uri
+
+
+class LibvirtProvider(Provider):
+    name = "libvirt"
+
+    # ------------------------------------------------------------ prerequisites
+
+    def prerequisites(self, lab: Lab | None = None) -> list[Prerequisite]:
+        opts = options(lab) if lab else LibvirtOptions()
+        out = []
+        try:
+            H._libvirt()
+            out.append(Prerequisite("libvirt-python", True, "the libvirt binding is installed"))
+        except ProviderError as exc:
+            out.append(Prerequisite("libvirt-python", False, exc.message, exc.hint or ""))
+            return out
+        local = not H.is_remote(opts.uri) and not H.is_simulated(opts.uri)
+        if local:
+            out.append(Prerequisite("root", is_root(), "the libvirt provider needs root here (qemu:///system, "
+                                    "taps, tc, namespaces)", "run as root, e.g. sudo testbed …"))
+        try:
+            H.connect(opts.uri).close()
+            out.append(Prerequisite("daemon", True, f"libvirt answers at {opts.uri}"))
+        except ProviderError as exc:
+            out.append(Prerequisite("daemon", False, exc.message, exc.hint or ""))
+        for h in X.vm_hosts(lab) if lab else []:
+            name = h.options.get("image", opts.image)
+            try:
+                images.require(name)
+            except images.ImageError as exc:
+                out.append(Prerequisite(f"image {name}", False, exc.message, exc.hint or ""))
+                break
+        return out
+
+    def _validate(self, lab: Lab, opts: LibvirtOptions) -> None:
+        if opts.network is not None:
+            raise ProviderError(f"lab '{lab.name}': libvirt.network is set to '{opts.network}'; a lab never uses "
+                                "an existing libvirt network (least of all 'default', libvirt's NAT network that "
+                                "forwards to the uplink): its LANs are isolated networks it makes itself",
+                                hint="remove libvirt.network from the lab file")
+        if "session" in opts.uri:
+            raise ProviderError(f"{opts.uri}: a session (unprivileged) libvirt cannot make bridges and taps",
+                                hint="use qemu:///system (as root) or qemu+ssh://root@host/system")
+
+    # ------------------------------------------------------------ create
+
+    def create(self, lab: Lab, progress: Progress = no_progress) -> None:
+        opts = options(lab)
+        self._validate(lab, opts)
+        sim = H.is_simulated(opts.uri)
+        hv = H.Hypervisor(opts.uri)
+        if not sim and not hv.remote and not is_root():
+            raise NotRootError("the libvirt provider needs root on this machine (qemu:///system, taps, tc, "
+                               "namespaces)", hint="run as root, e.g. sudo testbed up …")
+        imgs = {h.name: images.require(h.options.get("image", opts.image)) for h in X.vm_hosts(lab)}
+        with self.store.locked(lab.name):
+            existing = self.store.load(lab.name)
+            if existing is not None:
+                raise LabExistsError(f"lab '{lab.name}' is {'already up' if existing.state == 'up' else 'left ' + existing.state}"
+                                     f"; run `testbed down {lab.name}` first")
+            conn = H.connect(opts.uri)
+            try:
+                self._refuse_clashes(conn, lab, hv, sim)
+                rec = LabRecord(lab.name, self.name, "creating", lab.to_dict(), extra={"uri": opts.uri})
+                self.store.save(rec)
+                try:
+                    self._build(conn, hv, lab, opts, imgs, rec, progress, sim)
+                except BaseException as exc:
+                    rec.state, rec.error = "failed", str(exc)
+                    self.store.save(rec)
+                    if os.environ.get("TESTBED_KEEP_FAILED") == "1" and not isinstance(exc, KeyboardInterrupt):
+                        raise ProviderError(f"{exc}\nthe failed lab is kept for inspection "
+                                            f"(TESTBED_KEEP_FAILED=1); `testbed down {lab.name}` removes it") from exc
+                    try:
+                        self._teardown(rec, no_progress, conn=conn)
+                    except Exception as clean_exc:   # keep the state so `down` can retry; report both
+                        raise ProviderError(f"{exc}\nrolling back also failed: {clean_exc}; "
+                                            f"run `testbed down {lab.name}`") from exc
+                    if isinstance(exc, ProviderError | KeyboardInterrupt | NotRootError):
+                        raise
+                    raise ProviderError(f"building lab '{lab.name}' failed and was rolled back: {exc}") from exc
+                rec.state = "up"
+                self.store.save(rec)
+            finally:
+                conn.close()
+
+    def _refuse_clashes(self, conn, lab: Lab, hv: H.Hypervisor, sim: bool) -> None:
+        names = {X.domain_name(lab.name, h.name) for h in X.vm_hosts(lab)}
+        have = set(conn.listDefinedDomains()) | {d.name() for d in conn.listAllDomains(0)}
+        nets = {X.network_name(lab.name, X.seg_short(s.key, lab)) for s in lab.segments}
+        clash = sorted((names & have) | (nets & {n.name() for n in conn.listAllNetworks(0)}))
+        if not sim and ns_name(lab.name, "admin-server") in nsutil.list_netns() and not hv.remote:
+            clash.append(ns_name(lab.name, "admin-server"))
+        if clash:
+            raise ProviderError(f"{', '.join(clash)} already exist(s) at {hv.uri} and no lab here recorded them; "
+                                "nothing was created",
+                                hint="another state directory may own them (TESTBED_STATE_DIR), or remove them "
+                                     "by hand (virsh undefine / net-undefine) if you know they are stale")
+
+    def _build(self, conn, hv: H.Hypervisor, lab: Lab, opts: LibvirtOptions, imgs: dict, rec: LabRecord,
+               progress: Progress, sim: bool) -> None:
+        libvirt = H._libvirt()
+        state_dir = str(self.store.root)
+        vms = X.vm_hosts(lab)
+        total = 8
+        progress("keys", 0, total)
+        keys = ensure_lab_keys(self.store, lab)
+
+        progress("image volumes", 1, total)
+        pool = H.ensure_pool(conn)
+        base: dict[str, dict[str, str]] = {}
+        for img in {i.key: i for i in imgs.values()}.values():
+            base[img.key] = H.ensure_base_volumes(conn, pool, img, sim)
+
+        dtype = opts.domain_type
+        if dtype == "auto":
+            kernel = next((b["kernel"] for b in base.values() if "kernel" in b), None)
+            ok, why = (False, "no kernel to probe with") if kernel is None else \
+                H.probe_kvm(conn, hv, kernel, images.image_root().parent / "kvm-probe.json")
+            dtype = "kvm" if ok else "qemu"
+            rec.extra["domain_type_reason"] = why
+        rec.extra["domain_type"] = dtype
+        self.store.save(rec)
+
+        progress("networks", 2, total)
+        if not sim and not H.chains_present(hv):
+            self.store.journal(rec, "chains", ["LIBVIRT_*"])       # this lab is why they exist
+            H.ensure_chains(hv)
+        segs = [s.key for s in lab.segments]
+        nets = [X.network_name(lab.name, X.seg_short(k, lab)) for k in segs]
+        self.store.journal(rec, "network", nets)
+        for key in segs:
+            xml = X.network_xml(lab, key, state_dir)
+            X.assert_isolated(xml)
+            net = conn.networkDefineXML(xml)
+            net.create()
+        _fault("after-networks")
+
+        progress("admin server", 3, total)
+        if not sim:
+            self._admin_side(hv, lab, rec)
+
+        progress("volumes", 4, total)
+        self.store.journal(rec, "volume", [v for h in vms for v in (X.overlay_volume(lab.name, h.name),
+                                                                   X.seed_volume(lab.name, h.name))])
+        for h in vms:
+            img = imgs[h.name]
+            disk = base[img.key]["disk"]
+            cap = pool.storageVolLookupByName(X.base_volume(img.name, img.key, "disk")).info()[1] if not sim else 1 << 30
+            pool.createXML(X.volume_xml(X.overlay_volume(lab.name, h.name), cap, "qcow2", backing=disk,
+                                        backing_fmt=img.disk_format), 0)
+            sv = pool.createXML(X.volume_xml(X.seed_volume(lab.name, h.name), seed.SEED_SIZE), 0)
+            files = seed.seed_files(h, keys.public_key, keys.host_key(h.name).read_text(),
+                                    keys.host_public_key(h.name))
+            H.upload(conn, sv, seed.seed_tar(files), sim)
+        _fault("after-volumes")
+
+        progress("domains", 5, total)
+        taps = [X.tap_name(lab.name, h.name, i.ifname) for h in vms for i in h.interfaces if i.mirror]
+        self.store.journal(rec, "tap", taps)
+        if not sim:
+            for t in taps:     # no IPv6 (nothing of the hypervisor's own may reach the sniffer), then up
+                hv.run(["ip", "tuntap", "add", "dev", t, "mode", "tap", "vnet_hdr"], timeout=15).check(f"creating {t}")
+                hv.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{t}.disable_ipv6=1"], timeout=15)
+                hv.run(["ip", "link", "set", t, "up"], timeout=15).check(f"setting {t} up")
+        doms = [X.domain_name(lab.name, h.name) for h in vms]
+        self.store.journal(rec, "file", [f for h in vms for f in (X.serial_log(lab.name, h.name),
+                                                                   X.domain_log(X.domain_name(lab.name, h.name)))])
+        self.store.journal(rec, "domain", doms)
+        for h in vms:
+            img = imgs[h.name]
+            b = base[img.key]
+            boot = X.BootSpec(X.overlay_volume(lab.name, h.name), X.seed_volume(lab.name, h.name) if img.seed else None,
+                              b.get("kernel"), b.get("initrd"), img.cmdline)
+            xml = X.domain_xml(lab, h, boot, domain_type=dtype, memory_mib=h.options.get("memory_mib", opts.memory_mib),
+                               vcpus=h.options.get("vcpus", opts.vcpus), tb_cache_mib=opts.tb_cache_mib,
+                               state_dir=state_dir)
+            conn.defineXML(xml)
+        _fault("after-define")
+        progress("starting VMs", 6, total)
+
+        def start(name: str) -> None:
+            try:
+                conn.lookupByName(name).create()
+            except libvirt.libvirtError as exc:
+                raise ProviderError(f"starting {name} failed: {str(exc).strip().splitlines()[0]}") from None
+
+        with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool_ex:
+            list(pool_ex.map(start, doms))
+        if not sim:
+            self._after_start(hv, lab)
+        _fault("after-start")
+        progress("waiting for SSH", 7, total)
+        if not sim:
+            self._wait_ssh(hv, lab, progress, total)
+        progress("ready", total, total)
+
+    def _admin_side(self, hv: H.Hypervisor, lab: Lab, rec: LabRecord) -> None:
+        """The admin server as the hypervisor's side: a namespace with veths into the admin/management bridges."""
+        adm = X.admin_server(lab)
+        ns = ns_name(lab.name, adm.name)
+        veths = [X.veth_name(lab.name, adm.name, i.ifname) for i in adm.interfaces]
+        self.store.journal(rec, "netns", [ns])
+        self.store.journal(rec, "veth", veths)
+        hv.run(["ip", "netns", "add", ns], timeout=15).check(f"creating namespace {ns}")
+        root_lines, ns_lines = [], ["link set lo up"]
+        for i, v in zip(adm.interfaces, veths, strict=True):
+            root_lines.append(f"link add {v} type veth peer name {i.ifname} netns {ns} address {i.mac}")
+            ns_lines += [f"addr add {i.address} dev {i.ifname}", f"link set {i.ifname} up"]
+        hv.batch(["ip"], root_lines).check("creating the admin server's links")
+        sysctls = [f"net.ipv6.conf.{v}.disable_ipv6=1" for v in veths]
+        hv.run(["sysctl", "-q", "-w", *sysctls], timeout=15)
+        hv.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=0"], timeout=15)
+        hv.batch(["ip"], [f"link set {v} master {X.bridge_name(lab.name, X.seg_short(i.segment, lab))} up"
+                          for i, v in zip(adm.interfaces, veths, strict=True)]).check("plugging the admin server in")
+        hv.batch(["ip", "-n", ns], ns_lines).check("addressing the admin server")
+
+    def _after_start(self, hv: H.Hypervisor, lab: Lab) -> None:
+        """After (re)starting VMs: no IPv6 on their taps (the hypervisor sends nothing into the lab), and the
+        sniffer's mirror from every experimental tap."""
+        have = hv.links()
+        taps = [X.tap_name(lab.name, h.name, i.ifname) for h in X.vm_hosts(lab) for i in h.interfaces]
+        sysctls = [f"net.ipv6.conf.{t}.disable_ipv6=1" for t in taps if t in have]
+        if sysctls:
+            hv.run(["sysctl", "-q", "-w", *sysctls], timeout=15)
+        pairs = [(s, d) for s, d in X.mirror_plan(lab) if s in have and d in have]
+        H.install_mirror(hv, pairs)
+
+    def _wait_ssh(self, hv: H.Hypervisor, lab: Lab, progress: Progress, total: int) -> None:
+        vms = X.vm_hosts(lab)
+        pending = {h.name: h.ip("admin") for h in vms}
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        lock = threading.Lock()
+        ready: list[str] = []
+
+        def wait_one(host: str, addr: str) -> None:
+            while time.monotonic() < deadline:
+                try:
+                    with self.control_socket(lab.name, addr, 22, timeout=3) as s:
+                        s.settimeout(5)
+                        if s.recv(64).startswith(b"SSH-"):
+                            with lock:
+                                ready.append(host)
+                                progress(f"SSH ready {len(ready)}/{len(vms)} ({host})", 7, total)
+                            return
+                except OSError:
+                    pass
+                time.sleep(1.0)
+
+        with ThreadPoolExecutor(max_workers=len(vms) or 1) as ex:
+            list(ex.map(lambda kv: wait_one(*kv), pending.items()))
+        missing = [h for h in pending if h not in ready]
+        if missing:
+            parts = []
+            for h in missing:
+                tail = self._console_tail(hv, lab.name, h)
+                parts.append(f"{h} ({pending[h]}): last lines of its serial console:\n    " + "\n    ".join(tail))
+            raise ProviderError(f"{len(missing)} VM(s) did not answer SSH within {BOOT_TIMEOUT:.0f} s: "
+                                + "\n  ".join(parts),
+                                hint="under software emulation a loaded machine boots slowly: TESTBED_BOOT_TIMEOUT "
+                                     "raises the limit; a seed or image problem shows in the lines above")
+
+    def _console_tail(self, hv: H.Hypervisor, lab: str, host: str) -> list[str]:
+        text = hv.read_file(X.serial_log(lab, host))
+        lines = [ln.rstrip("\r") for ln in text.replace("\x1b", "").splitlines() if ln.strip()]
+        return lines[-CONSOLE_LINES:] or ["(nothing on the serial console)"]
+
+    # ------------------------------------------------------------ destroy
+
+    def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
+        with self.store.locked(name):
+            rec = self.store.load(name)
+            if rec is None:
+                return []
+            rec.state = "destroying"
+            self.store.save(rec)
+            return self._teardown(rec, progress)
+
+    def _ours(self, xml: str, lab: str) -> bool:
+        meta = X.parse_metadata(xml)
+        return meta is not None and meta.get("lab") == lab and meta.get("state-dir") == str(self.store.root)
+
+    def _teardown(self, rec: LabRecord, progress: Progress, conn=None) -> list[Resource]:
+        libvirt = H._libvirt()
+        uri = _uri(rec)
+        sim = H.is_simulated(uri)
+        hv = H.Hypervisor(uri)
+        own_conn = conn is None
+        conn = conn or H.connect(uri)
+        removed: list[Resource] = []
+        failed: list[str] = []
+        try:
+            progress("domains", 0, 6)
+            doms = []
+            for dname in rec.owns("domain"):
+                try:
+                    dom = conn.lookupByName(dname)
+                except libvirt.libvirtError:
+                    continue
+                if not self._ours(dom.XMLDesc(0), rec.name):
+                    failed.append(f"domain {dname} exists but is not tagged as lab {rec.name}'s; left alone")
+                    continue
+                doms.append(dom)
+
+            def remove(dom) -> str | None:      # in parallel: a QEMU takes a second or two to go
+                try:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+                    return None
+                except libvirt.libvirtError as exc:
+                    return f"domain {dom.name()}: {str(exc).splitlines()[0]}"
+
+            with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:
+                for dom, problem in zip(doms, ex.map(remove, doms), strict=True):
+                    if problem:
+                        failed.append(problem)
+                    else:
+                        removed.append(Resource("domain", dom.name(), True))
+            progress("taps", 1, 6)
+            if not sim:
+                have = hv.links()
+                for t in rec.owns("tap"):
+                    if t in have:
+                        if hv.run(["ip", "link", "del", t], timeout=15).ok:
+                            removed.append(Resource("tap", t, True))
+                        else:
+                            failed.append(f"tap {t}")
+            progress("networks", 2, 6)
+            for nname in rec.owns("network"):
+                try:
+                    net = conn.networkLookupByName(nname)
+                except libvirt.libvirtError:
+                    continue
+                if not self._ours(net.XMLDesc(0), rec.name):
+                    failed.append(f"network {nname} exists but is not tagged as lab {rec.name}'s; left alone")
+                    continue
+                try:
+                    if net.isActive():
+                        net.destroy()
+                    net.undefine()
+                    removed.append(Resource("network", nname, True))
+                except libvirt.libvirtError as exc:
+                    failed.append(f"network {nname}: {str(exc).splitlines()[0]}")
+            progress("volumes", 3, 6)
+            vols = [v for v in rec.owns("volume") if v.startswith(X.volume_prefix(rec.name))]
+            if vols:
+                try:
+                    pool = conn.storagePoolLookupByName(X.POOL)
+                    pool.refresh(0)
+                except libvirt.libvirtError:
+                    pool = None
+                for v in vols:
+                    vol = H.lookup_volume(pool, v) if pool is not None else None
+                    if vol is None:
+                        continue
+                    try:
+                        vol.delete(0)
+                        removed.append(Resource("volume", v, True))
+                    except libvirt.libvirtError as exc:
+                        failed.append(f"volume {v}: {str(exc).splitlines()[0]}")
+            progress("admin server", 4, 6)
+            if not sim:
+                removed += self._remove_host_side(hv, rec, failed)
+                if rec.owns("chains") or (self.store.root / "libvirt-chains").exists():
+                    active = [n for n in conn.listAllNetworks(0) if n.isActive()]
+                    if not active:
+                        removed += [Resource("chain", c, True) for c in H.remove_empty_chains(hv)]
+        finally:
+            if own_conn:
+                conn.close()
+        if failed:
+            rec.error = "; ".join(failed)
+            self.store.save(rec)
+            raise ProviderError(f"lab '{rec.name}' was not removed completely: " + "; ".join(failed),
+                                hint=f"the lab's state is kept; fix the cause and run `testbed down {rec.name}` again")
+        progress("state", 5, 6)
+        self.store.remove(rec.name)
+        progress("done", 6, 6)
+        return removed
+
+    def _remove_host_side(self, hv: H.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
+        removed = []
+        spaces = set(nsutil.list_netns()) if not hv.remote else set(
+            hv.run(["ip", "netns", "list"], timeout=15).stdout.split())
+        for ns in rec.owns("netns"):
+            if ns in spaces:
+                if hv.run(["ip", "netns", "del", ns], timeout=15).ok:
+                    removed.append(Resource("netns", ns, True))
+                else:
+                    failed.append(f"namespace {ns}")
+        have = hv.links()
+        for v in rec.owns("veth"):
+            if v in have and not hv.run(["ip", "link", "del", v], timeout=15).ok:
+                failed.append(f"veth {v}")
+        files = rec.owns("file")
+        if files:
+            hv.run(["rm", "-f", "--", *files], timeout=15)
+            removed += [Resource("file", f, True) for f in files]
+        return removed
+
+    # ------------------------------------------------------------ inspection
+
+    def resources(self, name: str) -> list[Resource]:
+        rec = self.store.require(name)
+        libvirt = H._libvirt()
+        uri = _uri(rec)
+        conn = H.connect(uri)
+        hv = H.Hypervisor(uri)
+        try:
+            doms = {d.name() for d in conn.listAllDomains(0)}
+            nets = {n.name() for n in conn.listAllNetworks(0)}
+            try:
+                pool = conn.storagePoolLookupByName(X.POOL)
+                vols = set(pool.listVolumes()) if pool.isActive() else set()
+            except libvirt.libvirtError:
+                vols = set()
+        finally:
+            conn.close()
+        links = hv.links() if not H.is_simulated(uri) else set()
+        spaces = nsutil.list_netns() if not hv.remote else set()
+        present = {"domain": doms, "network": nets, "volume": vols, "tap": links, "veth": links, "netns": spaces}
+        out = []
+        for e in rec.journal:
+            kind, n = e["kind"], e["name"]
+            if kind in present:
+                out.append(Resource(kind, n, n in present[kind]))
+            elif kind == "file":
+                out.append(Resource(kind, n, os.path.exists(n) if not hv.remote else False))
+            else:
+                out.append(Resource(kind, n, H.chains_present(hv) if kind == "chains" and not
+                                    H.is_simulated(uri) else False))
+        return out
+
+    def status(self, name: str) -> LabStatus:
+        rec = self.store.require(name)
+        lab = rec.topology
+        st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
+        libvirt = H._libvirt()
+        conn = H.connect(_uri(rec))
+        try:
+            for h in lab.hosts:
+                addrs = {i.ifname: i.address or "" for i in h.interfaces}
+                if h.role == "admin-server":
+                    up = H.is_simulated(_uri(rec)) or ns_name(name, h.name) in nsutil.list_netns()
+                    state = "up" if up else "missing"
+                    st.hosts.append(HostStatus(h.name, h.role, state, addrs, {k: "UP" for k in addrs} if up else {}))
+                    continue
+                try:
+                    dom = conn.lookupByName(X.domain_name(name, h.name))
+                    state = "up" if dom.isActive() else "down"
+                except libvirt.libvirtError:
+                    state = "missing"
+                st.hosts.append(HostStatus(h.name, h.role, state, addrs,
+                                           {k: "UP" if state == "up" else "DOWN" for k in addrs}))
+        finally:
+            conn.close()
+        if rec.state == "up" and any(h.state != "up" for h in st.hosts):
+            st.state = "degraded"
+        st.notes.append(f"{rec.extra.get('domain_type', '?')} guests at {_uri(rec)}"
+                        + (f" ({rec.extra['domain_type_reason']})" if rec.extra.get("domain_type_reason") else ""))
+        if rec.state != "up":
+            st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
+        return st
+
+    # ------------------------------------------------------------ running things in hosts
+
+    def _host(self, name: str, host: str) -> tuple[LabRecord, Host]:
+        rec = self.store.require(name)
+        try:
+            return rec, rec.topology.host(host)
+        except KeyError:
+            hosts = ", ".join(h.name for h in rec.topology.hosts)
+            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
+
+    def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
+             input: str | None = None, capture: bool = True) -> Result:
+        rec, h = self._host(name, host)
+        uri = _uri(rec)
+        if h.role == "admin-server":
+            hv = H.Hypervisor(uri)
+            full = hv.argv(["ip", "netns", "exec", ns_name(name, host), *argv])
+            if capture:
+                from ..proc import run
+                res = run(full, timeout=timeout, input=input, host=host)
+                return Result(tuple(argv), res.exit_code, res.stdout, res.stderr, res.duration_s, host, res.timed_out)
+            started = time.monotonic()
+            try:
+                rc = subprocess.run(full, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = 124
+            return Result(tuple(argv), rc, "", "", time.monotonic() - started, host)
+        conn = H.connect(uri)
+        try:
+            dom = conn.lookupByName(X.domain_name(name, host))
+            res = H.agent_exec(dom, argv, timeout=timeout, input=input, host=host)
+        finally:
+            conn.close()
+        if not capture:
+            sys.stdout.write(res.stdout)
+            sys.stdout.flush()
+            sys.stderr.write(res.stderr)
+        return res
+
+    # ------------------------------------------------------------ control traffic
+
+    def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
+        rec = self.store.require(name)
+        lab = rec.topology
+        ns = ns_name(name, X.admin_server(lab).name)
+        hv = H.Hypervisor(_uri(rec))
+        if hv.remote:
+            return _relay_socket(hv, ns, address, port, timeout)
+        with nsutil.entered(ns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # belongs to the admin server's namespace
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def control_argv(self, name: str) -> list[str]:
+        rec = self.store.require(name)
+        ns = ns_name(name, X.admin_server(rec.topology).name)
+        hv = H.Hypervisor(_uri(rec))
+        return [*hv.ssh, "--", "ip", "netns", "exec", ns] if hv.remote else ["ip", "netns", "exec", ns]
+
+    # ------------------------------------------------------------ out-of-band management
+
+    def power(self, name: str, host: str, action: str) -> str:
+        rec, h = self._host(name, host)
+        if action not in ("on", "off", "cycle"):
+            raise ProviderError(f"power action '{action}': use on, off or cycle")
+        if h.role == "admin-server":
+            raise ProviderError(f"{host} is the hypervisor's own side of lab {name}, not a VM; it has no power "
+                                "control")
+        libvirt = H._libvirt()
+        uri = _uri(rec)
+        conn = H.connect(uri)
+        try:
+            dom = conn.lookupByName(X.domain_name(name, host))
+            was = bool(dom.isActive())
+            if action in ("off", "cycle") and dom.isActive():
+                dom.destroy()                      # a remote management card's hard power-off
+            if action in ("on", "cycle") and not dom.isActive():
+                dom.create()
+                if not H.is_simulated(uri):
+                    self._after_start(H.Hypervisor(uri), rec.topology)
+            now = bool(dom.isActive())
+        except libvirt.libvirtError as exc:
+            raise ProviderError(f"power {action} of {host} failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            conn.close()
+        return f"{host}: {'on' if was else 'off'} -> {'on' if now else 'off'}"
+
+    def console(self, name: str, host: str) -> int:
+        rec, h = self._host(name, host)
+        uri = _uri(rec)
+        if h.role == "admin-server":
+            hv = H.Hypervisor(uri)
+            return subprocess.call(hv.argv(["ip", "netns", "exec", ns_name(name, host), "/bin/bash", "-i"]))
+        print(f"console of {host} (serial ttyS0); leave with Ctrl+]", file=sys.stderr)
+        return subprocess.call(["virsh", "-c", uri, "console", "--force", X.domain_name(name, host)])
+
+
+_RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]));"
+          "i,o=sys.stdin.buffer.raw,sys.stdout.buffer.raw\n"
+          "def up():\n while (d:=i.read(65536)):s.sendall(d)\n s.shutdown(1)\n"
+          "threading.Thread(target=up,daemon=True).start()\n"
+          "while (d:=s.recv(65536)):o.write(d)\n")
+
+
+def _relay_socket(hv: H.Hypervisor, ns: str, address: str, port: int, timeout: float) -> socket.socket:
+    """A socket whose other end is a TCP connection made inside the admin-server namespace of a remote
+    hypervisor (ssh + a small python3 relay there)."""
+    mine, theirs = socket.socketpair()
+    argv = hv.argv(["ip", "netns", "exec", ns, "python3", "-c", _RELAY, address, str(port), str(timeout)])
+    subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, start_new_session=True)
+    theirs.close()
+    mine.settimeout(timeout)
+    return mine

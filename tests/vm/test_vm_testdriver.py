@@ -1,0 +1,179 @@
+"""The libvirt provider against libvirt's test driver (test:///default): no daemon, no QEMU, no root.
+
+Covers what the provider defines (XML, tags), what it journals before making anything, that `down` removes
+exactly the lab's own resources and nothing else, and the refusals that must leave nothing defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+from orchestrator import images  # noqa: E402
+from orchestrator.errors import LabExistsError, ProviderError  # noqa: E402
+from orchestrator.proc import is_root  # noqa: E402
+from orchestrator.providers import libvirt_xml as X  # noqa: E402
+from orchestrator.providers.libvirt import LibvirtProvider  # noqa: E402
+from orchestrator.spec import load_lab  # noqa: E402
+from orchestrator.state import StateStore  # noqa: E402
+
+LABS = Path(__file__).resolve().parents[2] / "labs"
+URI = "test:///default"
+
+
+@pytest.fixture
+def conn():
+    c = libvirt.open(URI)        # held open: the test driver keeps its state while a connection lives
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TESTBED_IMAGE_DIR", str(tmp_path / "images"))
+    img_dir = tmp_path / "images" / "debian" / "k1"
+    img_dir.mkdir(parents=True)
+    for f in ("disk.qcow2", "vmlinuz", "initrd.img"):
+        (img_dir / f).write_bytes(b"x" * 1024)
+    fake = images.BuiltImage("debian", "k1", img_dir, {"disk": "disk.qcow2", "kernel": "vmlinuz",
+                                                        "initrd": "initrd.img", "cmdline": "root=/dev/vda"})
+
+    def require(name):
+        if name != "debian":
+            raise images.ImageError(f"guest image '{name}' is not built", hint="testbed image build")
+        return fake
+
+    monkeypatch.setattr(images, "require", require)
+    return StateStore(tmp_path / "state")
+
+
+def test_lab(name="tdlab", **opts):
+    lab = load_lab(LABS / "vm-stopping-speed.yaml", machine_routes=[], name_override=name)
+    return dataclasses.replace(lab, options={**lab.options, "uri": URI, **opts})
+
+
+test_lab.__test__ = False  # a helper, not a test
+
+
+def names(conn):
+    return ({d.name() for d in conn.listAllDomains(0)}, {n.name() for n in conn.listAllNetworks(0)})
+
+
+def test_up_defines_tagged_networks_and_domains_and_journals_them_first(conn, store):
+    before_doms, before_nets = names(conn)
+    prov = LibvirtProvider(store)
+    lab = test_lab()
+    prov.create(lab)
+    doms, nets = names(conn)
+    assert doms - before_doms == {f"wt-tdlab-{h}" for h in ("gateway", "blade", "sniffer", "injector")}
+    assert nets - before_nets == {f"wt-tdlab-{s}" for s in ("mgmt", "admin", "exp0", "exp1")}
+    for d in doms - before_doms:
+        meta = X.parse_metadata(conn.lookupByName(d).XMLDesc(0))
+        assert meta["lab"] == "tdlab" and meta["state-dir"] == str(store.root)
+    for n in nets - before_nets:
+        xml = conn.networkLookupByName(n).XMLDesc(0)
+        assert X.parse_metadata(xml)["lab"] == "tdlab" and "<forward" not in xml
+        assert conn.networkLookupByName(n).isActive()
+    rec = store.require("tdlab")
+    assert rec.state == "up" and rec.extra["domain_type"] == "qemu"
+    kinds = {e["kind"] for e in rec.journal}
+    assert {"network", "volume", "domain", "tap", "file"} <= kinds
+    assert set(rec.owns("domain")) == doms - before_doms
+    pool = conn.storagePoolLookupByName(X.POOL)
+    vols = set(pool.listVolumes())
+    assert {v for v in vols if v.startswith("wt-tdlab--")} == set(rec.owns("volume"))
+    assert prov.status("tdlab").state == "up"
+    with pytest.raises(LabExistsError):
+        prov.create(lab)
+
+    removed = prov.destroy("tdlab")
+    assert {r.kind for r in removed} >= {"domain", "network", "volume"}
+    assert names(conn) == (before_doms, before_nets)           # the driver's own 'test' and 'default' remain
+    assert not [v for v in pool.listVolumes() if v.startswith("wt-tdlab--")]
+    assert any(v.startswith("wt-image-debian-k1") for v in pool.listVolumes())   # shared, not the lab's
+    assert store.load("tdlab") is None
+    assert prov.destroy("tdlab") == []                           # idempotent
+
+
+def test_down_leaves_a_same_named_resource_it_did_not_tag(conn, store):
+    prov = LibvirtProvider(store)
+    prov.create(test_lab("tdown"))
+    # someone replaces one domain with their own of the same name
+    dom = conn.lookupByName("wt-tdown-blade")
+    dom.destroy()
+    dom.undefine()
+    foreign = conn.defineXML("<domain type='test'><name>wt-tdown-blade</name><memory>65536</memory>"
+                             "<os><type>hvm</type></os></domain>")
+    with pytest.raises(ProviderError, match="not tagged"):
+        prov.destroy("tdown")
+    assert conn.lookupByName("wt-tdown-blade").UUIDString() == foreign.UUIDString()
+    assert "wt-tdown-gateway" not in names(conn)[0]             # everything else of the lab is gone
+    assert store.load("tdown") is not None                      # the state is kept to retry
+    foreign.undefine()
+    prov.destroy("tdown")
+    assert store.load("tdown") is None
+
+
+def test_failure_half_way_rolls_back_everything(conn, store, monkeypatch):
+    before = names(conn)
+    monkeypatch.setenv("TESTBED_FAULT_FAIL", "after-define")
+    with pytest.raises(ProviderError, match="injected failure"):
+        LibvirtProvider(store).create(test_lab("tfail"))
+    assert names(conn) == before
+    assert store.load("tfail") is None
+    pool = conn.storagePoolLookupByName(X.POOL)
+    assert not [v for v in pool.listVolumes() if v.startswith("wt-tfail--")]
+
+
+def test_refusals_leave_nothing_defined(conn, store):
+    before = names(conn)
+    prov = LibvirtProvider(store)
+    with pytest.raises(ProviderError, match="default"):
+        prov.create(test_lab("tref", network="default"))
+    with pytest.raises(ProviderError, match="session"):
+        prov.create(test_lab("tref", uri="qemu:///session"))
+    lab = test_lab("tref")
+    hosts = tuple(dataclasses.replace(h, options={"image": "nosuch"}) if h.name == "blade" else h
+                  for h in lab.hosts)
+    with pytest.raises(images.ImageError, match="not built"):
+        prov.create(dataclasses.replace(lab, hosts=hosts))
+    # a name clash with something no lab recorded: refused before anything is made
+    conn.defineXML("<domain type='test'><name>wt-tref-gateway</name><memory>65536</memory>"
+                   "<os><type>hvm</type></os></domain>")
+    try:
+        with pytest.raises(ProviderError, match="already exist"):
+            prov.create(lab)
+        assert names(conn)[1] == before[1]
+    finally:
+        conn.lookupByName("wt-tref-gateway").undefine()
+    assert names(conn) == before
+    assert store.names() == []
+
+
+def test_unreachable_daemon_is_explained(store):
+    if not is_root():
+        pytest.skip("as a user, the provider first asks for root")
+    lab = test_lab("tdead", uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    with pytest.raises(ProviderError) as exc:
+        LibvirtProvider(store).create(lab)
+    assert "no libvirt daemon" in exc.value.message and "libvirtd" in (exc.value.hint or "")
+    assert store.names() == []
+
+
+def test_cli_refuses_the_default_network_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    lab = tmp_path / "bad.yaml"
+    lab.write_text("name: bad\nprovider: libvirt\nlibvirt: {network: default}\nhosts:\n"
+                   "  admin-server: {role: admin-server}\n  blade: {role: blade}\n")
+    cp = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", str(lab)], capture_output=True, text=True,
+                        env={**os.environ, "TESTBED_STATE_DIR": str(tmp_path / "s")}, timeout=60,
+                        cwd=LABS.parent)
+    assert cp.returncode == 1 and "default" in cp.stderr and "hint:" in cp.stderr
+    assert "Traceback" not in cp.stderr
