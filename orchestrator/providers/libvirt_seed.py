@@ -35,6 +35,9 @@ def apply_script(host: Host) -> str:
         'cp "$S/authorized_keys" /root/.ssh/authorized_keys',
         'cp "$S/ssh_host_ed25519_key" "$S/ssh_host_ed25519_key.pub" /etc/ssh/',
         "chmod 600 /root/.ssh/authorized_keys /etc/ssh/ssh_host_ed25519_key",
+        # this VM's own root namespace is a lab host: the test worm runs here only with this marker
+        # (root-owned, not writable by others; namespace hosts never get it — they share the machine's /etc)
+        "mkdir -p -m 755 /etc/testworm && : > /etc/testworm/lab-guest && chmod 644 /etc/testworm/lab-guest",
     ]
     if isolation.ruleset(host):
         lines.append('nft -f "$S/isolation.nft"                       # before any link is up')

@@ -109,6 +109,7 @@ def test_seed_holds_keys_addresses_and_isolation_and_is_deterministic(lab):
     assert "addr add 198.18.8.1/24 dev exp0" in script and "addr add 198.18.9.1/24 dev exp1" in script
     assert "net.ipv4.ip_forward=1" in script and "net.ipv4.conf.admin0.forwarding=0" in script
     assert script.index("isolation.nft") < script.index("ip -batch")      # filter before any link is up
+    assert ": > /etc/testworm/lab-guest && chmod 644 /etc/testworm/lab-guest" in script   # the worm's marker
     blob = seed.seed_tar(files)
     assert blob == seed.seed_tar(files) and len(blob) % 512 == 0
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
