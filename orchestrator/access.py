@@ -210,7 +210,7 @@ class Access:
     def wait_reachable(self, hosts: Iterable[str] | None = None, timeout: float = 30.0,
                        progress: Callable[[int, int], None] | None = None) -> None:
         """Wait until every host accepts the lab's key (backoff 50 ms → 1 s); AccessError naming the stragglers."""
-        hosts = [h.name for h in self.lab.hosts if h.ip("admin")] if hosts is None else list(hosts)
+        hosts = self.provider.ssh_hosts(self.lab) if hosts is None else list(hosts)
         deadline = time.monotonic() + timeout
         pending = set(hosts)
         last: dict[str, str] = {}

@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from . import agreement, provision
 from . import lab as core
-from . import provision
 from .access import Access
 from .errors import ExperimentError
 from .experiment_spec import Experiment, load_experiment
@@ -167,8 +167,15 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 acc.wait_reachable(timeout=120)
                 _say(console, "provisioning …")
                 provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
-                lab = store.require(lab_name).topology
+                rec = store.require(lab_name)
+                lab = rec.topology
                 st = Setup.resolve(exp, lab, LabHosts(acc), rdir)
+                # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
+                emulated = rec.provider == "libvirt" and rec.extra.get("domain_type") == "qemu"
+                st.tolerance = agreement.tolerance(emulated)
+                man = rdir.manifest()
+                man.update(emulated=emulated, domain_type=rec.extra.get("domain_type"), tolerance=st.tolerance)
+                rdir.write_manifest(man)
                 ref["setup"] = st
                 if stopper.requested:
                     st.stop.set()

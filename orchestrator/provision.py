@@ -92,8 +92,9 @@ def inventory(lab: Lab, provider: Provider) -> dict[str, Any]:
     hosts: dict[str, Any] = {}
     groups: dict[str, Any] = {}
     exp_subnets = [s.subnet for s in lab.experimental_segments()]
+    reachable = set(provider.ssh_hosts(lab))
     for h in lab.hosts:
-        if not h.ip("admin"):
+        if h.name not in reachable:
             continue
         hv = provider.host_vars(lab.name, h)
         host_json = {
@@ -211,12 +212,12 @@ def _selected(roles: list[str] | None) -> list[str]:
     return roles
 
 
-def expected_results(lab: Lab, roles: list[str]) -> int:
+def expected_results(lab: Lab, roles: list[str], hosts: list[str]) -> int:
     """How many host×task results a run produces (one task per role), for the progress bar."""
     n = 0
     for role in roles:
         groups = ROLE_GROUPS[role]
-        n += sum(1 for h in lab.hosts if h.ip("admin") and (groups is None or group_name(h.role) in groups))
+        n += sum(1 for h in lab.hosts if h.name in hosts and (groups is None or group_name(h.role) in groups))
     return n
 
 
@@ -234,10 +235,10 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
     if gateway_empty not in GATEWAY_EMPTY:
         raise UsageError(f"gateway_empty is one of {', '.join(GATEWAY_EMPTY)}")
     pdd = _prepare(store, lab, provider)
-    total = expected_results(lab, roles)
+    total = expected_results(lab, roles, provider.ssh_hosts(lab))
     done = 0
     failures: list[str] = []
-    changed: dict[str, int] = {h.name: 0 for h in lab.hosts if h.ip("admin")}
+    changed: dict[str, int] = {h: 0 for h in provider.ssh_hosts(lab)}
     role_span: dict[str, list[float]] = {}
     current = {"task": ""}
     bar = _Bar(console, total) if console is not None and on_event is None else None

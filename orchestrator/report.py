@@ -192,7 +192,7 @@ def _content(run: RunDir) -> dict[str, Any]:
     trials = run.trials()
     rows = summarise(trials)
     e = man["experiment"]
-    emulated = man["lab"].get("provider") == "libvirt"
+    emulated = bool(man.get("emulated"))
     return {"man": man, "trials": trials, "rows": rows, "e": e, "emulated": emulated}
 
 
@@ -215,7 +215,7 @@ def _table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _notes(c: dict[str, Any]) -> list[str]:
-    e = c["e"]
+    e, man = c["e"], c["man"]
     th = e.get("throttle")
     notes = []
     if isinstance(th, dict):
@@ -224,9 +224,11 @@ def _notes(c: dict[str, Any]) -> list[str]:
     notes.append(f"State the worm met: **{e['state']}** "
                  + ("(the host's normal traffic filled its working set first, as on the paper's hosts)."
                     if e["state"] == "full" else "(an empty working set)."))
+    tol = man.get("tolerance") or {"stop_abs_s": 0.02, "stop_rel": 0.03}
     notes.append("The model is fed from the worm's own attempt log and the sender's measured retransmission "
-                 "schedule, never from the throttle's event log. Agreement: stopping time within max(20 ms, 3 %), "
-                 "attempts out ±1, and no worm attempt on the wire after the block.")
+                 f"schedule, never from the throttle's event log. Agreement: stopping time within "
+                 f"max({tol['stop_abs_s'] * 1000:g} ms, {tol['stop_rel'] * 100:g} %), attempts out ±1, and no worm "
+                 "attempt on the wire after the block.")
     if isinstance(th, dict) and th.get("placement") == "host":
         notes.append("In the host, Linux does not retransmit a SYN while the throttle holds it (measured), so "
                      "retransmissions do not grow the queue here; the paper's module, outside the guest's stack, "
@@ -235,7 +237,8 @@ def _notes(c: dict[str, Any]) -> list[str]:
                  "wire, twice Nimda's nominal ~200 connections/s — which is why this report shows the achieved rate "
                  "measured, not only the configured one.")
     if c["emulated"]:
-        notes.append("**Timings came from emulated guests** (QEMU software emulation where KVM was unavailable).")
+        notes.append("**Timings came from emulated guests** (QEMU software emulation: KVM was not usable here), "
+                     "so the agreement tolerance is wider.")
     bad = [t for t in c["trials"] if t.get("status") == "error" or not (t.get("agreement") or {}).get("ok", True)]
     for t in bad:
         why = t.get("reason") if t.get("status") == "error" else "; ".join((t.get("agreement") or {}).get("reasons", []))

@@ -64,6 +64,7 @@ class Setup:
     canary: tuple[str, str]
     throttle_host: str | None = None
     throttle_iface: str | None = None
+    tolerance: dict = field(default_factory=lambda: agreement.tolerance(False))
     stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -156,7 +157,12 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
     started: list[tuple[str, str]] = []
     try:
         # -- reset: leftovers of an interrupted trial, the injector back on the experimental LAN
-        reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {inj_if} up", timeout=15).check()])
+        # a trial's files from an earlier run on the same lab must not be read as this trial's (the throttle
+        # appends to its log: an old "blocked" line would end this trial at once)
+        stale = [lambda srv=srv: h.sh(srv, f"rm -rf {state_dirs[srv]}", timeout=15).check() for srv in st.servers]
+        if tlog:
+            stale.append(lambda: h.sh(st.throttle_host, f"rm -f {tlog}", timeout=15).check())
+        reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {inj_if} up", timeout=15).check(), *stale])
         phase("reset")
 
         # -- capture, throttle and worm servers (in parallel: they are independent)
@@ -327,12 +333,20 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     if not files.get("worm_log"):
         raise TestbedError(f"the worm on {st.infected} left no scan log: it never started scanning")
     sniffer = "after" if (st.exp.throttled and s.throttle.placement == "host") or not st.exp.throttled else "before"
+    # the logs are on the infected host's clock, the capture on the sniffer's: VMs keep their own clocks, so
+    # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
+    att = extract_attempts(read_capture(files["pcap"]))
+    offset, matched = 0.0, 0
+    if files.get("throttle_log") and sniffer == "after":
+        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
+        found, matched = agreement.clock_offset(att, verdicts, src=src)
+        offset = found or 0.0
     an = analyse_trial(files["pcap"], throttle_log=files.get("throttle_log"), worm_logs=[files["worm_log"]],
-                       settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25))
+                       settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
     d = an.to_dict()
     atomic_write_json(tdir / "analysis.json", d)
     sm = next((x for x in d["metrics"]["sources"] if x["src"] == src), {})
-    att = extract_attempts(read_capture(files["pcap"]))
+    att.ts = att.ts - offset
     wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
                                  block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
     measured: dict[str, Any] = {
@@ -342,6 +356,7 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         "distinct_destinations": sm.get("worm_distinct_destinations"),
         "max_queue_len": sm.get("max_queue_len"), "throttle_events": sm.get("throttle_events"),
         "wire_attempts": wire["wire_attempts"], "wire_packets": wire["wire_packets"],
+        "capture_clock_offset_s": offset, "capture_clock_matches": matched,
     }
     if sniffer == "after":
         measured.update(out_before_block=wire["out_before_block"],
@@ -360,7 +375,7 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
                                       protocol=t.protocol)
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
-        rec["agreement"] = agreement.judge(rec["measured"], rec["model"])
+        rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:
         rec["model"] = None
-        rec["agreement"] = agreement.judge(rec["measured"], None)
+        rec["agreement"] = agreement.judge(rec["measured"], None, **st.tolerance)

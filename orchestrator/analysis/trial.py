@@ -67,14 +67,20 @@ class TrialAnalysis:
 
 def analyse_trial(pcap: str | Path, *, throttle_log: str | Path | None = None,
                   worm_logs: Sequence[str | Path] = (), settings: MetricsSettings | None = None,
-                  udp: str = "first_per_destination", bins: int = 24) -> TrialAnalysis:
+                  udp: str = "first_per_destination", bins: int = 24,
+                  capture_offset_s: float = 0.0) -> TrialAnalysis:
     """Analyse one trial. Raises CaptureReadError / LogReadError (exit code 2) when a file cannot be read at
-    all; a capture damaged part-way gives a result with `partial` set and a `capture_partial` finding."""
+    all; a capture damaged part-way gives a result with `partial` set and a `capture_partial` finding.
+    `capture_offset_s`: how far the capture's clock is ahead of the logs' (VMs keep their own clocks); the
+    capture's timestamps are moved onto the logs' clock before anything is compared."""
     pk = read_capture(pcap)
     worm = merge_worm_logs(read_worm_log(p) for p in worm_logs) if worm_logs else None
     throttle = read_throttle_log(throttle_log) if throttle_log is not None else None
     att = extract_attempts(pk, udp=udp)
     ts = pk.ts
+    if capture_offset_s:
+        att.ts = att.ts - capture_offset_s
+        ts = ts - capture_offset_s
     known = ts[np.isfinite(ts)]
     span = (float(known.min()), float(known.max())) if len(known) else None
     metrics = compute_metrics(att, worm, throttle, settings=settings, capture_span=span)

@@ -105,6 +105,11 @@ class Provider(ABC):
     def control_argv(self, name: str) -> list[str]:
         """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
 
+    def ssh_hosts(self, lab: Lab) -> list[str]:
+        """The hosts reached (and provisioned) over SSH on the admin LAN: every host with an admin address.
+        A provider whose admin server is where control traffic starts, not a machine, leaves it out."""
+        return [h.name for h in lab.hosts if h.ip("admin")]
+
     def host_vars(self, name: str, host: Host) -> dict[str, Any]:
         """Inventory variables that differ by provider: where a host installs the testbed, which Python runs
         Ansible's modules and ours. VMs and other real machines use /opt/testbed and the system python3."""

@@ -571,6 +571,10 @@ class LibvirtProvider(Provider):
             raise
         return sock
 
+    def ssh_hosts(self, lab: Lab) -> list[str]:
+        # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
+        return [h.name for h in lab.hosts if h.ip("admin") and h.role != "admin-server"]
+
     def control_argv(self, name: str) -> list[str]:
         rec = self.store.require(name)
         ns = ns_name(name, X.admin_server(rec.topology).name)

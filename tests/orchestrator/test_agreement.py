@@ -111,3 +111,21 @@ def test_judge(measured, model, ok, reason):
 def test_judge_without_a_model_checks_only_leaks():
     assert agreement.judge({"out_after_block": 0}, None)["ok"] is True
     assert agreement.judge({"out_after_block": 1}, None)["ok"] is False
+
+
+def test_clock_offset_from_the_packets_the_throttle_accepted():
+    rows = [(100.30, SRC, "198.18.9.2", 40000, 8080), (101.31, SRC, "198.18.9.3", 40001, 8080),
+            (102.29, SRC, "198.18.9.4", 40002, 8080), (102.50, "198.18.8.3", "198.18.9.5", 40003, 8080)]
+    att = build_attempts(np.array([r[0] for r in rows]), np.array([_ip(r[1]) for r in rows], dtype=np.uint32),
+                         np.array([_ip(r[2]) for r in rows], dtype=np.uint32),
+                         np.array([r[3] for r in rows], dtype=np.uint16), np.array([r[4] for r in rows], dtype=np.uint16),
+                         np.array([6] * len(rows), dtype=np.uint8))
+    verdicts = [{"event": "config", "t_wall": 90.0},
+                {"event": "released", "t_wall": 100.0, "src": SRC, "dst": "198.18.9.2", "sport": 40000, "dport": 8080, "proto": "tcp"},
+                {"event": "passed", "t_wall": 101.0, "src": SRC, "dst": "198.18.9.3", "sport": 40001, "dport": 8080, "proto": "tcp"},
+                {"event": "released", "t_wall": 102.0, "src": SRC, "dst": "198.18.9.4", "sport": 40002, "dport": 8080, "proto": "tcp"},
+                {"event": "queued", "t_wall": 102.4, "src": SRC, "dst": "198.18.9.9", "sport": 40009, "dport": 8080, "proto": "tcp"},
+                {"event": "released", "t_wall": 103.0, "src": SRC, "dst": "198.18.9.7", "sport": 40007, "dport": 8080, "proto": "tcp"}]
+    offset, matched = agreement.clock_offset(att, verdicts, src=SRC)
+    assert matched == 3 and offset == pytest.approx(0.30)      # the median of 0.30, 0.31, 0.29
+    assert agreement.clock_offset(att, [], src=SRC) == (None, 0)

@@ -8,6 +8,7 @@ libvirt, QEMU or root are missing.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -103,10 +104,12 @@ def leftovers(name: str, state_dir: str) -> list[str]:
     return out
 
 
-def test_vm_lab_up_check_ssh_exec_power_down(env):
+def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
     name = f"vm{secrets.token_hex(3)}"
+    lab_file = tmp_path / "lab.yaml"        # the lab under this test's name, for the experiment to find
+    lab_file.write_text(LAB.read_text().replace("name: vm-stopping-speed", f"name: {name}"))
     t0 = time.monotonic()
-    up = tb(env, "up", str(LAB), "--name", name)
+    up = tb(env, "up", str(lab_file))
     try:
         assert f"lab {name} is up" in up.stdout
         up_s = time.monotonic() - t0
@@ -134,6 +137,33 @@ def test_vm_lab_up_check_ssh_exec_power_down(env):
             assert (res.exit_code, res.stdout) == (7, "hello")
         cli_exec = tb(env, "exec", name, "blade", "--", "ip", "-4", "-o", "addr", "show", "exp0", check=False)
         assert cli_exec.returncode == 0 and "198.18.8." in cli_exec.stdout
+
+        # the main job on VMs: provisioned with the same playbooks, TCP and UDP at 20 and 100 attempts/s,
+        # the throttle in the blade; emulated guests are judged within max(50 ms, 5 %)
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(json.dumps({
+            "experiment": "vm-must-show", "lab": str(lab_file), "rates": [20, 100], "timeout_s": 60,
+            "worm": {"scan": "198.18.9.0/24", "protocols": ["tcp", "udp"], "lifetime_s": 90}}))
+        run = tb(env, "run", str(exp), "--out", str(tmp_path / "run"), "--index", str(tmp_path / "i.sqlite"),
+                 timeout=1200)
+        assert f"using lab {name}, which is already up" in run.stderr
+        from orchestrator.results import RunDir
+        rd = RunDir(tmp_path / "run")
+        man = rd.manifest()
+        assert man["emulated"] is (man["domain_type"] == "qemu")
+        assert man["tolerance"] == ({"stop_abs_s": 0.05, "stop_rel": 0.05} if man["emulated"]
+                                    else {"stop_abs_s": 0.02, "stop_rel": 0.03})
+        trials = rd.trials()
+        assert [t["trial"] for t in trials] == ["tcp-r20-1", "tcp-r100-1", "udp-r20-1", "udp-r100-1"]
+        for t in trials:
+            m, mo = t["measured"], t["model"]
+            assert t["status"] == "ok" and m["blocked"], t
+            assert m["out_after_block"] == 0
+            assert abs(m["stop_s"] - mo["stop_s"]) <= max(man["tolerance"]["stop_abs_s"],
+                                                          man["tolerance"]["stop_rel"] * mo["stop_s"]), t
+            assert abs(m["out_before_block"] - mo["out_before_block"]) <= 1, t
+        if man["emulated"]:
+            assert "Timings came from emulated guests" in (tmp_path / "run" / "report.md").read_text()
 
         off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
