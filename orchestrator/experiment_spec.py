@@ -41,7 +41,8 @@ class WormSpec(Strict):
 
 class ThrottleSpec(Strict):
     placement: Literal["host", "gateway", "wire"] = Field(
-        "host", description="in the infected host, on the gateway, or on the wire outside the host (VMs)")
+        "host", description="in the infected host; on the gateway; or on the wire outside the host (the switch "
+                            "side of a namespace host's veth, the hypervisor side of a VM's tap)")
     working_set_size: int = Field(5, ge=1, le=10_000)
     delay_queue_limit: int = Field(100, ge=0, le=1_000_000)
     release_period_s: float = Field(1.0, gt=0, le=3600)
@@ -136,9 +137,6 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
         problems.add(("throttle",), "a stopping-speed experiment needs a throttle; use kind: baseline for none")
     if thr != "none" and thr.placement == "gateway" and not lab.by_role("gateway"):
         problems.add(("throttle", "placement"), f"lab {lab.name} has no gateway to place the throttle on")
-    if thr != "none" and thr.placement == "wire" and lab.provider != "libvirt":
-        problems.add(("throttle", "placement"), "the wire placement needs VMs (provider: libvirt); "
-                     "a namespace host's own stack is the host placement")
     problems.raise_if_any()
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     return Experiment(spec, lab, source, digest)

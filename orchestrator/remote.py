@@ -90,3 +90,79 @@ class LabHosts:
 
 def quote(argv: Sequence[str]) -> str:
     return shlex.join(argv)
+
+
+class HostPlace:
+    """Where a program of ours runs: a lab host, over SSH."""
+
+    def __init__(self, hosts: LabHosts, host: str):
+        self.hosts, self.host = hosts, host
+        self.prefix = hosts.prefix(host)
+        self.label = host
+
+    def module_argv(self, module: str, *args: str) -> list[str]:
+        return self.hosts.module_argv(self.host, module, *args)
+
+    def start(self, name: str, argv: Sequence[str], **kw) -> dict[str, Any]:
+        return self.hosts.start(self.host, name, argv, **kw)
+
+    def stop(self, name: str, **kw) -> dict[str, Any]:
+        return self.hosts.stop(self.host, name, **kw)
+
+    def sh(self, script: str, timeout: float | None = 60.0) -> Result:
+        return self.hosts.sh(self.host, script, timeout=timeout)
+
+    def contains(self, path: str, needle: str) -> bool:
+        return self.hosts.access.run(self.host, ["grep", "-q", "-F", needle, path], timeout=15).ok
+
+    def fetch(self, path: str, local) -> None:
+        self.hosts.access.get(self.host, path, local)
+
+
+class LocalPlace:
+    """Where a program of ours runs: this machine, inside what `argv_prefix` enters (the lab's switch
+    namespace for a namespace host's wire; nothing for a VM's tap on the local hypervisor). Files are local."""
+
+    def __init__(self, argv_prefix: Sequence[str], prefix, label: str):
+        from pathlib import Path
+        self.argv_prefix, self.prefix, self.label = list(argv_prefix), str(prefix), label
+        Path(self.prefix, "log").mkdir(parents=True, exist_ok=True)
+
+    def module_argv(self, module: str, *args: str) -> list[str]:
+        import sys
+        return [*self.argv_prefix, "env", f"TESTBED_PREFIX={self.prefix}", sys.executable, "-m", module, *args]
+
+    def _agent(self, *args: str, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+        from .proc import run
+        res = run(self.module_argv("hostagent", *args), timeout=timeout)
+        try:
+            data = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
+        except ValueError:
+            data = {}
+        if res.exit_code not in (0, 1, 3) or (not data and res.exit_code != 0):
+            raise AccessError(f"host agent on {self.label} failed ({res.exit_code}): {res.stderr.strip()[-300:]}")
+        return res.exit_code, data
+
+    def start(self, name: str, argv: Sequence[str], *, log: str | None = None, env=None) -> dict[str, Any]:
+        code, data = self._agent("start", name, *(["--log", log] if log else []), "--", *argv)
+        if code != 0:
+            raise AccessError(f"{name} on {self.label} did not start: {data.get('error', '?')}")
+        return data
+
+    def stop(self, name: str, *, signal: str = "TERM", timeout: float = 10.0) -> dict[str, Any]:
+        return self._agent("stop", name, "--signal", signal, "--timeout", str(timeout), timeout=timeout + 15)[1]
+
+    def sh(self, script: str, timeout: float | None = 60.0) -> Result:
+        from .proc import run
+        return run([*self.argv_prefix, "sh", "-c", script], timeout=timeout)
+
+    def contains(self, path: str, needle: str) -> bool:
+        try:
+            with open(path, errors="replace") as fh:
+                return needle in fh.read()
+        except OSError:
+            return False
+
+    def fetch(self, path: str, local) -> None:
+        import shutil
+        shutil.copyfile(path, local)

@@ -145,7 +145,11 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
         ax.set_ylabel("attempts out before the block")
         ax.set_title("Attempts that reached the wire")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured: the capture stands in front of the throttle\n(gateway and wire placements)",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9)
         save(fig, "attempts-out")
 
         fig, axes = plt.subplots(1, len(protos), figsize=(6.4 * len(protos) / 1.3, 4.2), squeeze=False)

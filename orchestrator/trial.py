@@ -25,10 +25,11 @@ from .capture import Capture
 from .errors import TestbedError
 from .experiment_spec import Experiment
 from .files import atomic_write_json
-from .remote import LabHosts, quote
+from .remote import HostPlace, LabHosts, LocalPlace, quote
 from .results import RunDir, finite
 from .topology import Lab
 
+THROTTLE = "<throttle>"     # the throttle's entry in a trial's list of what it started (its place says where)
 AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak
 POLL_S = 0.2
 
@@ -62,7 +63,7 @@ class Setup:
     exp_ranges: list[str]
     normal: list[str]
     canary: tuple[str, str]
-    throttle_host: str | None = None
+    throttle: HostPlace | LocalPlace | None = None     # where the throttle runs
     throttle_iface: str | None = None
     tolerance: dict = field(default_factory=lambda: agreement.tolerance(False))
     stop: threading.Event = field(default_factory=threading.Event)
@@ -90,31 +91,40 @@ class Setup:
                     canary)
         if exp.throttled:
             if s.throttle.placement == "host":
-                setup.throttle_host, setup.throttle_iface = infected.name, iface.ifname
+                setup.throttle, setup.throttle_iface = HostPlace(hosts, infected.name), iface.ifname
             elif s.throttle.placement == "gateway":
                 assert gateway is not None
-                setup.throttle_host = gateway.name
+                setup.throttle = HostPlace(hosts, gateway.name)
                 setup.throttle_iface = next(i.ifname for i in gateway.interfaces if i.segment == iface.segment)
-            else:
-                raise TestbedError("the wire placement is provided by the libvirt provider (VMs)")
+            else:   # wire: outside the unmodified host, where its frames enter the lab's switch
+                acc = hosts.access
+                argv, port = acc.provider.wire_point(lab.name, infected.name)
+                setup.throttle = LocalPlace(argv, acc.store.lab_dir(lab.name) / "wire", f"the wire of {infected.name}")
+                setup.throttle_iface = port
         return setup
 
 
 def normal_destinations(lab: Lab, host: str, scan: str, n: int) -> list[str]:
-    """The host's normal traffic before the worm: n destinations on its experimental subnet, outside the scan
-    range (from the top of the subnet down), so its working set is full when the worm starts."""
+    """The host's normal traffic before the worm: n destinations outside the scan range, so its working set is
+    full when the worm starts. Taken from the top of the experimental subnets the host reaches through the
+    gateway, so the traffic crosses its wire and any throttle outside the host sees it too (a SYN to an
+    empty address on the host's own subnet never leaves the host: ARP fails); the host's own subnet is the
+    last resort, and then only a throttle in the host sees it."""
     h = lab.host(host)
     seg = next(i for i in h.interfaces if i.segment.startswith("experimental"))
-    net = ipaddress.ip_network(lab.segment(seg.segment).subnet)
+    own = lab.segment(seg.segment)
+    routed = [s for s in lab.experimental_segments() if s.key != own.key] if h.default_via else []
+    taken = {i.ip for x in lab.hosts for i in x.interfaces if i.ip}
     scan_net = ipaddress.ip_network(scan)
-    out = []
-    for a in reversed(list(net.hosts())):
-        if a in scan_net or str(a) == seg.ip:
-            continue
-        out.append(str(a))
-        if len(out) == n:
-            return out
-    raise TestbedError(f"{host}'s subnet {net} has no room outside the scan range {scan} for its normal traffic")
+    out: list[str] = []
+    for s in [*routed, own]:
+        for a in reversed(list(ipaddress.ip_network(s.subnet).hosts())):
+            if a in scan_net or str(a) in taken:
+                continue
+            out.append(str(a))
+            if len(out) == n:
+                return out
+    raise TestbedError(f"{host} can reach no room outside the scan range {scan} for its normal traffic")
 
 
 # the host's normal traffic, in the protocol under test (the paper's TCP and UDP throttles are separate):
@@ -152,7 +162,7 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
 
     cap = Capture(h, segment=st.segment, name="capture")
     state_dirs = {srv: f"{h.prefix(srv)}/run/worm/{t.id}" for srv in st.servers}
-    tlog = f"{h.prefix(st.throttle_host)}/log/throttle-{t.id}.jsonl" if st.throttle_host else None
+    tlog = f"{st.throttle.prefix}/log/throttle-{t.id}.jsonl" if st.throttle else None
     inj_if = next(i.ifname for i in st.lab.host(st.injector).interfaces if i.segment.startswith("experimental"))
     started: list[tuple[str, str]] = []
     try:
@@ -161,7 +171,7 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
         # appends to its log: an old "blocked" line would end this trial at once)
         stale = [lambda srv=srv: h.sh(srv, f"rm -rf {state_dirs[srv]}", timeout=15).check() for srv in st.servers]
         if tlog:
-            stale.append(lambda: h.sh(st.throttle_host, f"rm -f {tlog}", timeout=15).check())
+            stale.append(lambda: st.throttle.sh(f"rm -f {tlog}", timeout=15).check())
         reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {inj_if} up", timeout=15).check(), *stale])
         phase("reset")
 
@@ -174,20 +184,20 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
             started.append((srv, "worm-server"))
 
         def start_throttle() -> None:
-            if not st.throttle_host:
+            if not st.throttle:
                 return
             th = s.throttle
-            argv = h.module_argv(st.throttle_host, "throttle", "run", "--mode",
-                                 "host" if th.placement == "host" else "gateway", "--interface", st.throttle_iface,
-                                 "--events", tlog, "--working-set", str(th.working_set_size), "--period",
-                                 str(th.release_period_s), "--limit", str(th.delay_queue_limit), "--policy",
-                                 th.policy, "--protocols", t.protocol)
-            h.start(st.throttle_host, "throttle", argv)
-            started.append((st.throttle_host, "throttle"))
+            argv = st.throttle.module_argv("throttle", "run", "--mode", th.placement, "--interface",
+                                           st.throttle_iface, "--events", tlog, "--working-set",
+                                           str(th.working_set_size), "--period", str(th.release_period_s),
+                                           "--limit", str(th.delay_queue_limit), "--policy", th.policy,
+                                           "--protocols", t.protocol)
+            st.throttle.start("throttle", argv)
+            started.append((THROTTLE, "throttle"))
             deadline = time.monotonic() + 10       # ready once its rules are in: it logs its config then
-            while not _grep(h, st.throttle_host, '"event":"config"', tlog):
+            while not st.throttle.contains(tlog, '"event":"config"'):
                 if time.monotonic() > deadline:
-                    raise TestbedError(f"the throttle on {st.throttle_host} did not come up within 10 s")
+                    raise TestbedError(f"the throttle on {st.throttle.label} did not come up within 10 s")
                 time.sleep(0.05)
 
         started.append((st.sniffer, "capture"))
@@ -253,11 +263,6 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
     return rec
 
 
-def _grep(h: LabHosts, host: str, needle: str, path: str) -> bool:
-    """Does the file on host contain needle? (One SSH round trip.)"""
-    return h.access.run(host, ["grep", "-q", "-F", needle, path], timeout=15).ok
-
-
 def parallel(jobs) -> list:
     """Run independent steps at once (each on its own SSH channel); the first failure is raised."""
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
@@ -269,9 +274,8 @@ def reset(st: Setup, extra=()) -> None:
     """Stop whatever a previous (interrupted) trial left running."""
     h = st.hosts
     jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, "capture")]
-    if st.throttle_host:
-        jobs.append((st.throttle_host, "throttle"))
-    parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + list(extra))
+    more = [lambda: st.throttle.stop("throttle", timeout=5)] if st.throttle else []
+    parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + more + list(extra))
 
 
 def wait_stop(st: Setup, tlog: str | None, worm_dir: str, timeout: float) -> tuple[str, str | None]:
@@ -281,7 +285,7 @@ def wait_stop(st: Setup, tlog: str | None, worm_dir: str, timeout: float) -> tup
     while True:
         if st.stop.is_set():
             return "interrupted", "the run was interrupted"
-        if tlog and _grep(h, st.throttle_host, '"event":"blocked"', tlog):
+        if tlog and st.throttle.contains(tlog, '"event":"blocked"'):
             time.sleep(AFTER_BLOCK_S)
             return "ok", "blocked"
         last = h.sh(st.infected, probe, timeout=15).stdout.strip()
@@ -301,7 +305,8 @@ def stop_all(st: Setup, started: list[tuple[str, str]]) -> None:
     """The worm first (every server at once: a server stops its scanner), then the throttle."""
     h = st.hosts
     parallel([lambda j=j: h.stop(j[0], j[1], timeout=10) for j in started if j[1] == "worm-server"])
-    parallel([lambda j=j: h.stop(j[0], j[1], timeout=10) for j in started if j[1] == "throttle"])
+    if (THROTTLE, "throttle") in started:
+        st.throttle.stop("throttle", timeout=10)
 
 
 def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
@@ -314,7 +319,7 @@ def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
 
     def throttle_log() -> None:
         files["throttle_log"] = tdir / "throttle.jsonl"
-        h.access.get(st.throttle_host, tlog, files["throttle_log"])
+        st.throttle.fetch(tlog, files["throttle_log"])
 
     def worm_logs(srv: str) -> None:
         listing = h.sh(srv, f"ls {state_dirs[srv]} 2>/dev/null").stdout.split()
@@ -349,8 +354,17 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     att.ts = att.ts - offset
     wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
                                  block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
+    stop_s = sm.get("stopping_time_s")
+    if stop_s is not None and sm.get("stopping_time_clock") == "wall" and files.get("throttle_log"):
+        # worm and throttle on different kernels (a VM and its hypervisor): their wall clocks disagree
+        lines = Path(files["worm_log"]).read_text().splitlines()
+        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
+        skew, _ = agreement.send_offset(lines, verdicts, src=src)
+        if skew is not None:
+            stop_s -= skew
+            rec["worm_throttle_clock_offset_s"] = skew
     measured: dict[str, Any] = {
-        "blocked": bool(sm.get("blocked")), "stop_s": sm.get("stopping_time_s"),
+        "blocked": bool(sm.get("blocked")), "stop_s": stop_s,
         "first_attempt_wall": sm.get("first_attempt_wall"), "blocked_wall": sm.get("blocked_wall"),
         "achieved_rate": sm.get("worm_scan_rate"), "attempts": sm.get("worm_attempts"),
         "distinct_destinations": sm.get("worm_distinct_destinations"),

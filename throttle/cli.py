@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--curve", action="store_true", help="with --json: include the queue-length curve")
 
     run = sub.add_parser("run", help="run the NFQUEUE daemon (root)")
-    run.add_argument("--mode", required=True, help="host (OUTPUT) | gateway (FORWARD)")
+    run.add_argument("--mode", required=True, help="host (OUTPUT) | gateway (FORWARD) | wire (FORWARD on a "
+                     "bridge port, via bridge netfilter: outside an unmodified host)")
     run.add_argument("--queue-num", type=int, default=0, metavar="N", help="NFQUEUE number (default 0)")
     run.add_argument("--events", metavar="FILE", help="JSON-lines event log (appended; '-' for stdout)")
     run.add_argument("--control", default=control.DEFAULT_CONTROL, metavar="SOCKET",

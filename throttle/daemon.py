@@ -35,7 +35,7 @@ class DaemonError(ThrottleError):
 
 @dataclass(frozen=True)
 class DaemonOptions:
-    mode: str                               # host | gateway
+    mode: str                               # host | gateway | wire
     queue_num: int = 0
     events: str | None = None               # JSON-lines path, "-" for stdout, None for no log
     control: str = control.DEFAULT_CONTROL
@@ -50,7 +50,10 @@ class DaemonOptions:
     def validate(self) -> None:
         """Raise ConfigError for an invalid option (before anything is acquired)."""
         if self.mode not in rules.HOOKS:
-            raise ConfigError(f"unknown mode {self.mode!r}; known: host, gateway")
+            raise ConfigError(f"unknown mode {self.mode!r}; known: host, gateway, wire")
+        if self.mode == "wire" and not self.interface:
+            raise ConfigError("wire mode needs --interface: the bridge port the host's frames enter by "
+                              "(a VM's tap, or a namespace host's switch-side veth)")
         if isinstance(self.queue_num, bool) or not 0 <= self.queue_num <= 65535:
             raise ConfigError(f"queue number must be in 0..65535, got {self.queue_num}")
         if not self.protocols or any(p not in ("tcp", "udp") for p in self.protocols):

@@ -1,4 +1,5 @@
-"""The daemon's iptables rules: one chain of its own plus one jump from OUTPUT (host) or FORWARD (gateway),
+"""The daemon's iptables rules: one chain of its own plus one jump from OUTPUT (host), FORWARD (gateway), or
+FORWARD matched on the bridge port a host's frames enter by (wire: bridge netfilter, `-m physdev`),
 every rule tagged with a comment marker, installed and removed atomically with `iptables-restore --noflush`.
 
 Exactly one set exists at any time: installing first removes every tagged rule (a stale set left by a
@@ -19,7 +20,7 @@ from .core import ThrottleError
 
 MARKER = "wtb-throttle"
 CHAIN = "WTB-THROTTLE"
-HOOKS = {"host": "OUTPUT", "gateway": "FORWARD"}
+HOOKS = {"host": "OUTPUT", "gateway": "FORWARD", "wire": "FORWARD"}
 
 
 class RuleError(ThrottleError):
@@ -51,6 +52,8 @@ class RuleSpec:
         hook = HOOKS[self.mode]
         if self.mode == "host":
             iface = f"-o {self.interface}" if self.interface else "! -o lo"
+        elif self.mode == "wire":       # frames a host sends into a bridge, seen by bridge netfilter
+            iface = f"-m physdev --physdev-in {self.interface}"
         else:
             iface = f"-i {self.interface}" if self.interface else ""
         out.append(f"-I {hook} 1 {iface} {comment} -j {CHAIN}".replace("  ", " "))

@@ -105,6 +105,11 @@ class Provider(ABC):
     def control_argv(self, name: str) -> list[str]:
         """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
 
+    def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
+        """Where a host's experimental traffic can be throttled *outside* the host (the wire placement):
+        (argv prefix that runs a program there, on this machine; the bridge port its frames enter by)."""
+        raise NotImplementedError(f"the {self.name} provider offers no wire placement")
+
     def ssh_hosts(self, lab: Lab) -> list[str]:
         """The hosts reached (and provisioned) over SSH on the admin LAN: every host with an admin address.
         A provider whose admin server is where control traffic starts, not a machine, leaves it out."""

@@ -571,6 +571,18 @@ class LibvirtProvider(Provider):
             raise
         return sock
 
+    def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
+        # the hypervisor's side of the VM's experimental tap (bridge netfilter sees its frames in FORWARD)
+        rec = self.store.require(name)
+        if H.is_remote(rec.lab.get("options", {}).get("uri", "qemu:///system")):
+            raise ProviderError("the wire placement runs the throttle on the hypervisor; it needs a local one "
+                                "(qemu:///system), not a remote URI")
+        h = rec.topology.host(host)
+        iface = next((i for i in h.interfaces if i.segment.startswith("experimental") and not i.mirror), None)
+        if iface is None:
+            raise ProviderError(f"{host} has no experimental interface to throttle on the wire")
+        return [], X.tap_name(name, host, iface.ifname)
+
     def ssh_hosts(self, lab: Lab) -> list[str]:
         # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
         return [h.name for h in lab.hosts if h.ip("admin") and h.role != "admin-server"]

@@ -413,6 +413,15 @@ class NetnsProvider(Provider):
         return was
 
 
+    def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
+        # the switch side of the host's experimental veth, inside the lab's own switch namespace
+        rec = self._check_host(name, host)
+        port = next((i.port for i in rec.topology.host(host).interfaces
+                     if i.segment.startswith("experimental") and not i.mirror), None)
+        if port is None:
+            raise ProviderError(f"{host} has no experimental interface to throttle on the wire")
+        return ["ip", "netns", "exec", switch_name(name)], port
+
     def host_vars(self, name: str, host: Host) -> dict:
         # hosts share this machine's filesystem: each installs under its own state directory
         return {**super().host_vars(name, host), "testbed_prefix": str(self.store.host_dir(name, host.name) / "opt")}

@@ -196,7 +196,7 @@ def test_up_with_provision_from_the_command_line(store):
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", str(LABS / "stopping-speed.yaml"), "--name",
                         name, "--provision"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"lab {name} is up: 7 hosts on 4 segments" in r.stdout
+    assert f"lab {name} is up: 7 hosts on 5 segments" in r.stdout
     assert f"provisioned lab {name} in " in r.stdout and "per role: common" in r.stdout
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "provision", name, "--roles", "common,gateway",
                         "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)

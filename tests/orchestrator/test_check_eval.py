@@ -61,7 +61,7 @@ def test_plan_probes_lans_a_host_is_not_on(lab):
     plans = check.plan(lab, UPLINKS)
     admin = plans["admin-server"]["probes"]
     assert {p["segment"] for p in admin if p["expect"] == "unreachable"} == {
-        "experimental.blades", "experimental.targets"}
+        "experimental.blades", "experimental.targets", "experimental.normal"}
     # the blade reaches the targets' subnet through the gateway; that is meant
     blade = plans["blade"]["probes"]
     assert all(p["expect"] == "reachable" for p in blade if p["segment"] == "experimental.targets")
@@ -142,10 +142,10 @@ def test_a_host_that_cannot_be_probed_is_reported(lab):
 
 def test_isolation_ruleset_for_gateway_and_sniffer(lab):
     gw = isolation.ruleset(lab.host("gateway"))
-    assert 'iifname { "exp0", "exp1" } ip daddr != { 198.18.8.1, 198.18.9.1 } drop' in gw
+    assert 'iifname { "exp0", "exp1", "exp2" } ip daddr != { 198.18.10.1, 198.18.8.1, 198.18.9.1 } drop' in gw
     assert 'iifname "exp*" oifname "exp*" accept' in gw and "policy drop" in gw
     sn = isolation.ruleset(lab.host("sniffer"))
-    assert 'iifname { "exp0", "exp1" } drop' in sn and "forward" not in sn
+    assert 'iifname { "exp0", "exp1", "exp2" } drop' in sn and "forward" not in sn
     assert isolation.ruleset(lab.host("admin-server")) is None
     blade = isolation.ruleset(lab.host("blade"))
     assert 'iifname { "mgmt0", "admin0" } ip daddr { 198.18.8.2 } drop' in blade

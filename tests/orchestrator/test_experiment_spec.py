@@ -61,11 +61,10 @@ def test_overrides_and_defaults(tmp_path):
     (GOOD.replace("rates: [20, 1000]", "rates: [20, -3]"), "rates.1: rate -3.0 is not a usable scan rate"),
     (GOOD.replace("rates: [20, 1000]", "rates: []"), "rates: "),
     (GOOD.replace("198.18.9.0/24", "10.1.0.0/16"), "worm.scan: 10.1.0.0/16 is not inside the lab's experimental "
-     "subnets (198.18.8.0/24, 198.18.9.0/24); the worm scans nothing else"),
+     "subnets (198.18.8.0/24, 198.18.9.0/24, 198.18.10.0/24); the worm scans nothing else"),
     (GOOD.replace("198.18.9.0/24", "198.18.9.1/24"), "worm.scan: '198.18.9.1/24' is not a valid CIDR"),
     (GOOD.replace(str(LABS / "stopping-speed.yaml"), "nowhere.yaml"), "lab: lab file "),
     (GOOD + "throttle: none\n", "throttle: a stopping-speed experiment needs a throttle; use kind: baseline"),
-    (GOOD + "throttle: {placement: wire}\n", "throttle.placement: the wire placement needs VMs (provider: libvirt)"),
     (GOOD + "throttle: {working_set_size: 0}\n", "throttle.working_set_size: Input should be greater than or equal to 1"),
     (GOOD + "throttle: {release_period_s: 0}\n", "throttle.release_period_s: Input should be greater than 0"),
     (GOOD + "infected: target1\n", "infected: target1 is a target, not a blade"),
@@ -77,6 +76,11 @@ def test_overrides_and_defaults(tmp_path):
 def test_bad_experiment_files(tmp_path, change, expected):
     found = problems(tmp_path, change)
     assert any(expected in p for p in found), found
+
+
+def test_the_wire_placement_is_offered_on_namespaces_too(tmp_path):
+    _, e = load(tmp_path, GOOD + "throttle: {placement: wire}\n")
+    assert e.spec.throttle.placement == "wire" and e.lab.provider == "netns"
 
 
 def test_a_baseline_needs_no_throttle(tmp_path):

@@ -170,3 +170,24 @@ def test_a_bad_experiment_file_builds_nothing(env, tmp_path):
     assert r.returncode == 2
     assert f"error: {exp}: 1 problem" in r.stderr and "rates.0 (line 1): rate 0.0 is not a usable scan rate" in r.stderr
     assert nsutil.list_netns() == before and not (tmp / "run").exists()
+
+
+def test_the_wire_placement_outside_an_unmodified_host(env):
+    """The throttle on the switch side of the blade's veth (bridge netfilter): the host's own stack does not
+    know its SYNs are held, retransmits them, and the retransmissions count — the paper's physics."""
+    tmp, name, lab = env
+    exp = experiment(tmp, lab, rates=[20, 1000], throttle={"placement": "wire"},
+                     worm={"port": 8080, "protocols": ["tcp"], "scan": "198.18.9.0/24", "lifetime_s": 60})
+    out = tmp / "run"
+    r = cli("run", str(exp), "--out", str(out), "--index", str(tmp / "i.sqlite"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    slow, fast = RunDir(out).trials()
+    for t in (slow, fast):
+        assert t["status"] == "ok" and t["placement"] == "wire" and t["agreement"]["ok"], t
+        assert t["measured"]["out_before_block"] is None      # the capture stands in front of the throttle
+        assert t["measured"]["achieved_rate_wire"] == pytest.approx(t["rate"], rel=0.02)
+        assert t["initial_working_set"][0].startswith("198.18.10.")   # normal traffic crossed the wire
+    # at 20/s in the host it takes 100 queue entries of new attempts: 5.25 s; on the wire the retransmitted
+    # SYNs fill the queue too, and the worm is stopped sooner
+    assert slow["model"]["stop_s"] < 3.5 and slow["measured"]["stop_s"] < 3.5
+    assert slow["measured"]["throttle_events"]["queued"] >= 100

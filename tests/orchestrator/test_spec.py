@@ -83,13 +83,15 @@ def test_snapshot_round_trips():
 def test_stopping_speed_lab_is_one_blade_behind_a_gateway():
     lab = load_lab(LABS / "stopping-speed.yaml", machine_routes=ROUTES)
     assert lab.name == "stopping-speed"
-    assert [s.key for s in lab.experimental_segments()] == ["experimental.blades", "experimental.targets"]
+    assert [s.key for s in lab.experimental_segments()] == ["experimental.blades", "experimental.targets",
+                                                            "experimental.normal"]
     assert len(lab.by_role("blade")) == 1
     gw = lab.host("gateway")
     assert gw.ip("experimental.blades") == "198.18.8.1" and gw.ip("experimental.targets") == "198.18.9.1"
     assert lab.host("blade").default_via == "198.18.8.1"
     assert lab.host("target1").default_via == "198.18.9.1"
-    assert [i.ifname for i in lab.host("sniffer").interfaces if i.mirror] == ["exp0", "exp1"]
+    assert [i.ifname for i in lab.host("sniffer").interfaces if i.mirror] == ["exp0", "exp1", "exp2"]
+    assert lab.host("gateway").ip("experimental.normal") == "198.18.10.1"   # the blade's normal traffic goes there
     assert {h.role for h in lab.hosts} == {"admin-server", "gateway", "blade", "target", "sniffer", "injector"}
 
 

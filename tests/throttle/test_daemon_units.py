@@ -72,6 +72,22 @@ SAVED = """-P INPUT ACCEPT
 """.splitlines()
 
 
+def test_rule_text_wire():
+    wire = rules.RuleSpec("wire", 2, ("tcp",), "x0-4", False, 9).lines()
+    assert wire[-1] == ('-I FORWARD 1 -m physdev --physdev-in x0-4 -m comment --comment "wtb-throttle pid=9 q=2 '
+                        'mode=wire" -j WTB-THROTTLE')
+    assert "--queue-bypass" in wire[1]
+
+
+def test_wire_mode_needs_the_bridge_port():
+    from throttle.core import ConfigError
+    from throttle.daemon import DaemonOptions
+    with pytest.raises(ConfigError, match="wire mode needs --interface: the bridge port"):
+        DaemonOptions(mode="wire").validate()
+    with pytest.raises(ConfigError, match="unknown mode 'hub'; known: host, gateway, wire"):
+        DaemonOptions(mode="hub").validate()
+
+
 def test_stale_rules_are_found_and_removed_by_text():
     ours = rules.ours(SAVED)
     assert len(ours) == 3 and not any("OTHER" in ln for ln in ours)

@@ -75,7 +75,7 @@ def test_the_sniffer_listens_on_taps_of_its_own_fed_by_the_mirror(lab):
     xml = X.domain_xml(lab, sniffer, X.BootSpec("ov", None, None, None, ""), domain_type="qemu",
                        memory_mib=192, vcpus=1, tb_cache_mib=96, state_dir="/s")
     passive = [n for n in ET.fromstring(xml).findall("devices/interface") if n.get("type") == "ethernet"]
-    assert len(passive) == 2 and all(n.find("target").get("managed") == "no" for n in passive)
+    assert len(passive) == 3 and all(n.find("target").get("managed") == "no" for n in passive)
     plan = X.mirror_plan(lab)
     sniffer_taps = {X.tap_name(lab.name, "sniffer", i.ifname) for i in sniffer.interfaces if i.mirror}
     # every experimental port of every other VM, exactly once, into the sniffer's tap on its segment

@@ -71,7 +71,7 @@ def test_up_defines_tagged_networks_and_domains_and_journals_them_first(conn, st
     prov.create(lab)
     doms, nets = names(conn)
     assert doms - before_doms == {f"wt-tdlab-{h}" for h in ("gateway", "blade", "sniffer", "injector")}
-    assert nets - before_nets == {f"wt-tdlab-{s}" for s in ("mgmt", "admin", "exp0", "exp1")}
+    assert nets - before_nets == {f"wt-tdlab-{s}" for s in ("mgmt", "admin", "exp0", "exp1", "exp2")}
     for d in doms - before_doms:
         meta = X.parse_metadata(conn.lookupByName(d).XMLDesc(0))
         assert meta["lab"] == "tdlab" and meta["state-dir"] == str(store.root)
