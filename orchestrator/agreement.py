@@ -29,6 +29,18 @@ def tolerance(emulated: bool) -> dict[str, float]:
             else {"stop_abs_s": STOP_TOL_ABS_S, "stop_rel": STOP_TOL_REL})
 
 
+def sender_schedule(linear_timeouts: str | None) -> tuple[str, str]:
+    """The infected host's SYN retransmission schedule, from its net.ipv4.tcp_syn_linear_timeouts: Linux
+    6.x kernels with linear SYN timeouts (4 by default) retry every second five times before doubling; older
+    kernels (absent, or 0) double from the start. Returns (schedule name for the model, why)."""
+    v = (linear_timeouts or "").strip()
+    if v in ("", "0"):
+        return "linux-classic", "tcp_syn_linear_timeouts " + ("0" if v == "0" else "absent") + ": 1, 3, 7, 15 s…"
+    if v == "4":
+        return "linux", "tcp_syn_linear_timeouts 4: every second five times, then doubling"
+    return "linux", f"tcp_syn_linear_timeouts {v}: not measured here; modelled as 4"
+
+
 def throttle_config(spec: Any, initial_working_set: Iterable[str] = ()) -> ThrottleConfig:
     return ThrottleConfig(working_set_size=spec.working_set_size, release_period_s=spec.release_period_s,
                           delay_queue_limit=spec.delay_queue_limit, policy=spec.policy,

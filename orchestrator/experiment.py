@@ -174,7 +174,8 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 emulated = rec.provider == "libvirt" and rec.extra.get("domain_type") == "qemu"
                 st.tolerance = agreement.tolerance(emulated)
                 man = rdir.manifest()
-                man.update(emulated=emulated, domain_type=rec.extra.get("domain_type"), tolerance=st.tolerance)
+                man.update(emulated=emulated, domain_type=rec.extra.get("domain_type"), tolerance=st.tolerance,
+                           retransmit=st.retransmit, retransmit_why=st.retransmit_why)
                 rdir.write_manifest(man)
                 ref["setup"] = st
                 if stopper.requested:

@@ -67,7 +67,8 @@ def model_curve(man: dict[str, Any], protocol: str, rates: list[float]) -> list[
     for r in grid:
         p = predict_constant_rate(r, protocol=protocol, config=cfg,
                                   initial_working_set=th["working_set_size"] if e.get("state") == "full" else 0,
-                                  placement=th["placement"], horizon_s=float(e.get("timeout_s", 60)))
+                                  placement=th["placement"], horizon_s=float(e.get("timeout_s", 60)),
+                                  retransmit=man.get("retransmit", "linux"))
         out.append((r, p.stop_s, p.out_before_block))
     return out
 
@@ -233,6 +234,8 @@ def _notes(c: dict[str, Any]) -> list[str]:
                  f"schedule, never from the throttle's event log. Agreement: stopping time within "
                  f"max({tol['stop_abs_s'] * 1000:g} ms, {tol['stop_rel'] * 100:g} %), attempts out ±1, and no worm "
                  "attempt on the wire after the block.")
+    if man.get("retransmit_why"):
+        notes.append(f"The infected host's SYN retransmissions, as the model takes them: {man['retransmit_why']}.")
     if isinstance(th, dict) and th.get("placement") == "host":
         notes.append("In the host, Linux does not retransmit a SYN while the throttle holds it (measured), so "
                      "retransmissions do not grow the queue here; the paper's module, outside the guest's stack, "

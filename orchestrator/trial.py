@@ -66,6 +66,8 @@ class Setup:
     throttle: HostPlace | LocalPlace | None = None     # where the throttle runs
     throttle_iface: str | None = None
     tolerance: dict = field(default_factory=lambda: agreement.tolerance(False))
+    retransmit: str = "linux"         # the infected host's SYN retransmission schedule (for the model)
+    retransmit_why: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -89,6 +91,8 @@ class Setup:
                     normal_destinations(lab, infected.name, s.worm.scan, s.throttle.working_set_size
                                         if s.throttle != "none" else 5) if s.state == "full" else [],
                     canary)
+        setup.retransmit, setup.retransmit_why = agreement.sender_schedule(hosts.sh(
+            infected.name, "cat /proc/sys/net/ipv4/tcp_syn_linear_timeouts 2>/dev/null", timeout=30).stdout)
         if exp.throttled:
             if s.throttle.placement == "host":
                 setup.throttle, setup.throttle_iface = HostPlace(hosts, infected.name), iface.ifname
@@ -387,7 +391,7 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         worm_lines = Path(files["worm_log"]).read_text().splitlines()
         cfg = agreement.throttle_config(s.throttle, st.normal)
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
-                                      protocol=t.protocol)
+                                      protocol=t.protocol, retransmit=st.retransmit)
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
         rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:

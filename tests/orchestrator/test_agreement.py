@@ -129,3 +129,10 @@ def test_clock_offset_from_the_packets_the_throttle_accepted():
     offset, matched = agreement.clock_offset(att, verdicts, src=SRC)
     assert matched == 3 and offset == pytest.approx(0.30)      # the median of 0.30, 0.31, 0.29
     assert agreement.clock_offset(att, [], src=SRC) == (None, 0)
+
+
+def test_the_senders_schedule_follows_its_kernel():
+    assert agreement.sender_schedule("4\n")[0] == "linux"
+    assert agreement.sender_schedule("")[0] == "linux-classic"          # Debian 12's 6.1 kernel: no such sysctl
+    assert agreement.sender_schedule("0") == ("linux-classic", "tcp_syn_linear_timeouts 0: 1, 3, 7, 15 s…")
+    assert "not measured here" in agreement.sender_schedule("2")[1]

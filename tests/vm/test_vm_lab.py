@@ -164,6 +164,19 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
             assert abs(m["out_before_block"] - mo["out_before_block"]) <= 1, t
         if man["emulated"]:
             assert "Timings came from emulated guests" in (tmp_path / "run" / "report.md").read_text()
+        # Debian 12's guest kernel backs SYNs off classically; the model takes the guest's own schedule
+        assert man["retransmit"] == "linux-classic", man.get("retransmit_why")
+
+        # the wire: the throttle on the hypervisor's side of the blade's tap, under an unmodified guest
+        exp.write_text(json.dumps({
+            "experiment": "vm-wire", "lab": str(lab_file), "rates": [20], "timeout_s": 60,
+            "throttle": {"placement": "wire"},
+            "worm": {"scan": "198.18.9.0/24", "protocols": ["tcp"], "lifetime_s": 90}}))
+        tb(env, "run", str(exp), "--out", str(tmp_path / "wire"), "--index", str(tmp_path / "i.sqlite"), timeout=1200)
+        (wt,) = RunDir(tmp_path / "wire").trials()
+        assert wt["status"] == "ok" and wt["placement"] == "wire" and wt["agreement"]["ok"], wt
+        assert wt["measured"]["stop_s"] < 4.0          # the guest's retransmitted SYNs join the queue on the wire
+        assert abs(wt["worm_throttle_clock_offset_s"]) < 30    # two kernels, two clocks: measured, recorded
 
         off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
