@@ -77,6 +77,9 @@ class Access:
         try:
             sock = self.provider.control_socket(self.lab.name, addr, SSH_PORT, timeout)
         except ConnectionRefusedError:
+            if getattr(self.provider, "boot_state", lambda n: "booted")(self.lab.name) == "booting":
+                self.provider.wait_booted(self.lab.name)      # a namespace lab just built: its sshds are starting
+                return self.connect(host, timeout)
             raise AccessError(f"{host} ({addr}) refused the SSH connection: is its sshd running?") from None
         except TimeoutError:
             raise AccessError(f"{host} ({addr}) did not answer on port {SSH_PORT} within {timeout:.0f} s") from None

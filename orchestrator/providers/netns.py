@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -147,8 +148,46 @@ class NetnsProvider(Provider):
                     if not i.segment.startswith("experimental")})
         self._apply_isolation(lab)
         progress("boot", 5, total)
-        self._boot(lab)
+        for h in lab.hosts:      # what running anything in a host needs (its private /run and /root): now
+            d = self.store.host_dir(lab.name, h.name)
+            os.makedirs(d / "run", exist_ok=True)
+            os.mkdir(d / "home", 0o700)
+        self._start_boot(lab, rec)
         progress("ready", total, total)
+
+    def _start_boot(self, lab: Lab, rec: LabRecord) -> None:
+        """Hand the hosts' booting (keys, state directories, sshd) to a detached process: `up` is done when
+        the network is; the hosts come up within seconds, and whatever needs SSH waits for them."""
+        d = self.store.lab_dir(lab.name)
+        with open(d / "boot.log", "ab") as log:
+            p = subprocess.Popen([sys.executable, "-m", "orchestrator.providers.netns_boot", lab.name],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, "TESTBED_STATE_DIR": str(self.store.root)})
+        rec.extra["booter"] = {"pid": p.pid, "starttime": pid_start_time(p.pid)}
+        self.store.save(rec)
+
+    def boot_state(self, name: str) -> str:
+        """booted | booting | failed: <why> (the hosts' sshd and state directories)."""
+        d = self.store.lab_dir(name)
+        if (d / "booted").exists():
+            return "booted"
+        if (d / "boot-failed").exists():
+            return "failed: " + (d / "boot-failed").read_text().strip()
+        rec = self.store.load(name)
+        b = (rec.extra.get("booter") if rec else None) or {}
+        if b and pid_start_time(b["pid"]) == b.get("starttime") is not None:
+            return "booting"
+        return "failed: the boot process ended without finishing (see boot.log)" if b else "booted"
+
+    def wait_booted(self, name: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (state := self.boot_state(name)) == "booting":
+            if time.monotonic() > deadline:
+                raise ProviderError(f"lab '{name}' is still booting after {timeout:.0f} s "
+                                    f"(see {self.store.lab_dir(name) / 'boot.log'})")
+            time.sleep(0.05)
+        if state != "booted":
+            raise ProviderError(f"lab '{name}' did not boot: {state.removeprefix('failed: ')}")
 
     def _boot(self, lab: Lab) -> None:
         """What a machine does when it starts: every host gets its state directories and an sshd on its
@@ -157,9 +196,8 @@ class NetnsProvider(Provider):
         authorized = keys.public_key + "\n"
         for h in lab.hosts:
             d = self.store.host_dir(lab.name, h.name)
-            os.makedirs(d, exist_ok=True)
-            for sub in ("run", "run/sshd", "home", "log", "procs", "etc"):
-                os.mkdir(d / sub)     # a new lab's directories: nothing there yet
+            for sub in ("run/sshd", "home", "log", "procs", "etc"):
+                os.makedirs(d / sub, exist_ok=True)
             os.chmod(d / "home", 0o700)
             if not h.ip("admin"):
                 continue
@@ -264,6 +302,9 @@ class NetnsProvider(Provider):
         names = rec.owns("netns")
         removed: list[Resource] = []
         progress("processes", 0, 3)
+        booter = rec.extra.get("booter")        # first the boot process, so it starts nothing more
+        if booter and _signal_if_same(booter["pid"], booter.get("starttime"), signal.SIGTERM):
+            _wait_gone({booter["pid"]: booter.get("starttime")}, 3.0, kill=True)
         recorded = set()
         for pid, starttime, label in self._recorded_processes(rec):
             if _signal_if_same(pid, starttime, signal.SIGTERM):
@@ -334,6 +375,8 @@ class NetnsProvider(Provider):
             st.state = "degraded"
         if rec.state != "up":
             st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
+        elif (boot := self.boot_state(name)) != "booted":
+            st.notes.append(f"hosts {boot}" + ("" if boot == "booting" else f" — see {self.store.lab_dir(name) / 'boot.log'}"))
         return st
 
     # ------------------------------------------------------------ running things in hosts
@@ -376,6 +419,8 @@ class NetnsProvider(Provider):
     def _spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
                env: dict[str, str] | None = None, service: bool = False) -> int:
         hdir = self.store.host_dir(name, host)
+        for sub in ("log", "procs", "run", "home"):      # the host may still be booting
+            os.makedirs(hdir / sub, exist_ok=True)
         log = hdir / "log" / f"{pname}.log"
         with open(log, "ab") as fh:
             p = subprocess.Popen(self._host_argv(name, host, argv), stdin=subprocess.DEVNULL, stdout=fh,

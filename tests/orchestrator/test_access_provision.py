@@ -29,6 +29,7 @@ pytestmark = pytest.mark.root
 def paper(store):
     name = f"p{secrets.token_hex(3)}"
     lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    NetnsProvider(store).wait_booted(name)          # every host's sshd runs
     return name, lab
 
 
@@ -36,6 +37,7 @@ def paper(store):
 def speed(store):
     name = f"s{secrets.token_hex(3)}"
     lab = core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    NetnsProvider(store).wait_booted(name)
     return name, lab
 
 

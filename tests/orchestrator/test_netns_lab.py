@@ -59,6 +59,7 @@ def test_paper_testbed_up_check_status_exec_down(store):
     assert next(h for h in st.hosts if h.name == "sniffer").addresses["exp0"] == ""
 
     prov = NetnsProvider(store)
+    prov.wait_booted(name)                                       # every host's sshd is running
     res = prov.exec(name, "blade7", ["sh", "-c", "hostname; ip -4 -o addr show exp0; exit 3"])
     assert res.exit_code == 3
     assert res.stdout.splitlines()[0] == "blade7"
@@ -279,3 +280,32 @@ def test_cli_errors_and_idempotent_down(store, tmp_path):
     res = cli("status", name, "--json")
     assert res.returncode == 0 and '"name": "target2"' in res.stdout
     assert switch_name(name) in nsutil.list_netns()
+
+
+def test_hosts_boot_after_up_and_ssh_waits_for_them(store):
+    name = uniq()
+    core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    assert prov.boot_state(name) in ("booting", "booted")
+    # SSH right after `up` waits for the host's sshd instead of failing
+    from orchestrator.access import Access
+    with Access(name, store) as acc:
+        assert acc.run("blade16", "hostname", check=True).stdout == "blade16\n"
+    prov.wait_booted(name)
+    assert prov.boot_state(name) == "booted" and "booted 21 hosts in" in (store.lab_dir(name) / "boot.log").read_text()
+    assert all(any(p["name"] == "sshd" and p["alive"] for p in prov.processes(name, h))
+               for h in ("admin-server", "gateway", "sniffer", "blade1", "blade16"))
+    st = core.status(name, store=store)
+    assert not any("booting" in n for n in st.notes)
+
+
+def test_a_failed_boot_is_reported(store, monkeypatch):
+    name = uniq()
+    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    prov.wait_booted(name)
+    (store.lab_dir(name) / "booted").unlink()
+    (store.lab_dir(name) / "boot-failed").write_text("OSError: no space left on device\n")
+    with pytest.raises(ProviderError, match=f"lab '{name}' did not boot: OSError: no space left on device"):
+        prov.wait_booted(name)
+    assert any("failed: OSError: no space left on device" in n for n in core.status(name, store=store).notes)
