@@ -1,0 +1,186 @@
+"""The experiment verbs of `testbed`: run, report, results list|show|compare. Registered on the main app by
+orchestrator.cli (`register(app)`); each verb parses its arguments and calls one core function."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli import err, handles_errors, out
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="run")(handles_errors(run_))
+    app.command()(handles_errors(report))
+    results_app = typer.Typer(help="See and compare runs (the SQLite index, results/index.sqlite by default).",
+                              no_args_is_help=True)
+    results_app.command("list")(handles_errors(results_list))
+    results_app.command("show")(handles_errors(results_show))
+    results_app.command("compare")(handles_errors(results_compare))
+    app.add_typer(results_app, name="results")
+
+
+class _SweepBar:
+    """Trials done, the current protocol and rate, elapsed and expected time."""
+
+    def __init__(self, total: int, done: int, est_s: float):
+        from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("trials"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                          console=err, disable=not err.is_terminal)
+        self.p.start()
+        self.trials = self.p.add_task("sweep", total=total, completed=done)
+        self.time = self.p.add_task("time", total=max(est_s, 1.0), visible=False)
+
+    def trial(self, t) -> None:
+        self.p.update(self.trials, description=f"{t.protocol} {t.rate:g}/s #{t.repeat}")
+
+    def done(self, t, rec, est_s: float) -> None:
+        self.p.advance(self.trials)
+        self.p.advance(self.time, est_s)
+        m = rec.get("measured") or {}
+        stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.get("reason") or ""
+        agree = (rec.get("agreement") or {}).get("ok")
+        if rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
+            verdict = f" · {m.get('wire_attempts')} attempts on the wire at {m.get('achieved_rate') or 0:.1f}/s"
+        else:
+            verdict = "" if agree is None else " · agrees with the model" if agree else " · DISAGREES with the model"
+        err.print(f"  {t.id}: {rec['status']} {stop}{verdict}", highlight=False)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml with 'experiment:')")],
+         rates: Annotated[str | None, typer.Option(help="comma-separated scan rates, overriding the file's")] = None,
+         repeat: Annotated[int | None, typer.Option(help="repeats per rate, overriding the file's")] = None,
+         out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default results/<run id>)")] = None,
+         keep: Annotated[bool, typer.Option(help="leave the lab up afterwards")] = False,
+         resume: Annotated[Path | None, typer.Option(help="continue an interrupted run in this directory")] = None,
+         junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
+         index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite")):
+    """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model."""
+    from .experiment import run_experiment
+
+    rate_list = None
+    if rates:
+        try:
+            rate_list = [float(x) for x in rates.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--rates takes numbers separated by commas, not {rates!r}") from None
+    rdir = run_experiment(file, rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
+                          index_path=index, console=err, progress=_SweepBar)
+    _finish_run(rdir, junit)
+
+
+def _finish_run(rdir, junit: Path | None) -> None:
+    from .regress import junit_xml
+    from .results import RunDir
+
+    run = RunDir(rdir.path)
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(run))
+    rows = run.summary()
+    t = Table("protocol", "rate/s", "achieved/s", "stop s", "model s", "out", "model", "after", "agrees",
+              title=f"stopping speed — {run.path}")
+    for r in rows:
+        t.add_row(r["protocol"], f"{r['rate']:g}", _n(r["achieved_rate"]), _n(r["stop_s"]), _n(r["stop_s_model"]),
+                  _n(r["out_before_block"]), _n(r["out_before_block_model"]), _n(r["out_after_block"]),
+                  "yes" if r["agree"] else "[red]NO[/]")
+    out.print(t)
+    out.print(f"report: {run.path / 'report.html'}")
+
+
+def _n(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of runs")]
+
+
+def results_list(index: IndexOpt = Path("results/index.sqlite"),
+                 as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Every run in the index, newest first."""
+    from .results import Index
+
+    idx = Index(index)
+    runs = idx.runs()
+    idx.close()
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    t = Table("run", "experiment", "kind", "started", "status", "trials ok", "git", "path")
+    for r in runs:
+        t.add_row(r["run_id"], r["experiment"], r["kind"],
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"] or 0)), r["status"],
+                  f"{r['ok']}/{r['trials']}", (r["git_commit"] or "")[:10], r["path"])
+    out.print(t if runs else f"no runs in {index}")
+
+
+def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or run directory")],
+                 index: IndexOpt = Path("results/index.sqlite"),
+                 as_json: Annotated[bool, typer.Option("--json")] = False):
+    """One run's summary: stopping speed per protocol and rate, measured and predicted."""
+    from .results import Index
+
+    idx = Index(index)
+    rd = idx.find(run)
+    idx.close()
+    if as_json:
+        print(json.dumps({"manifest": rd.manifest(), "summary": rd.summary()}, indent=2, default=str))
+        return
+    _finish_run(rd, None)
+
+
+def results_compare(base: Annotated[str, typer.Argument(help="the reference run (id, prefix or directory)")],
+                    new: Annotated[str, typer.Argument(help="the run to judge")],
+                    tolerance: Annotated[float, typer.Option(help="relative tolerance on stopping time and "
+                                                                  "attempts out (0.10 = 10 %)")] = 0.10,
+                    fail_on_regression: Annotated[bool, typer.Option(
+                        "--fail-on-regression", help="exit 1 when anything got worse beyond the tolerance")] = False,
+                    index: IndexOpt = Path("results/index.sqlite"),
+                    as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks."""
+    from .regress import compare
+    from .results import Index
+
+    if tolerance < 0:
+        raise typer.BadParameter("--tolerance must be ≥ 0")
+    idx = Index(index)
+    b, n = idx.find(base), idx.find(new)
+    idx.close()
+    rows = compare(b, n, tolerance=tolerance)
+    regressions = [r for r in rows if r.verdict == "regression"]
+    if as_json:
+        print(json.dumps({"base": str(b.path), "new": str(n.path), "tolerance": tolerance,
+                          "regressions": len(regressions), "rows": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        t = Table("protocol", "rate/s", "stop s (base → new)", "out (base → new)", "verdict", "why",
+                  title=f"{b.path.name} → {n.path.name} (tolerance {tolerance:.0%})")
+        for r in rows:
+            colour = {"regression": "red", "improved": "green"}.get(r.verdict, "white")
+            t.add_row(r.protocol, f"{r.rate:g}", f"{_n(r.base.get('stop_s'))} → {_n(r.new.get('stop_s'))}",
+                      f"{_n(r.base.get('out_before_block'))} → {_n(r.new.get('out_before_block'))}",
+                      f"[{colour}]{r.verdict}[/]", "; ".join(r.reasons))
+        out.print(t)
+        out.print(f"{len(regressions)} regression(s)")
+    if fail_on_regression and regressions:
+        raise typer.Exit(1)
+
+
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
+    """Rebuild report.md and report.html (with plots) from a run directory's files alone."""
+    from .report import build_report
+    from .results import RunDir
+
+    md, page = build_report(RunDir(run_dir))
+    out.print(f"wrote {md} and {page}")
