@@ -30,7 +30,8 @@ class Strict(BaseModel):
 class WormSpec(Strict):
     profile: Literal["nimda-like", "codered2-like", "blaster-like", "slammer-like"] | None = Field(
         None, description="a historical worm's scanning behaviour (sets strategy, port, protocol)")
-    strategy: Literal["sequential", "random", "local-preference", "hit-list"] = "sequential"
+    strategy: Literal["sequential", "random", "local-preference", "hit-list"] = Field(
+        "sequential", description="target strategy (ignored with a profile, which chooses its own)")
     port: int = Field(8080, ge=1, le=65535, description="the port scanned (where the test-worm server listens)")
     protocols: list[Literal["tcp", "udp"]] = Field(default_factory=lambda: ["tcp", "udp"], min_length=1)
     scan: str = Field(description="the range the worm scans (CIDR, inside the lab's experimental subnets)")

@@ -220,8 +220,9 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
                              "--seed", str(s.seed + t.index), "--max-attempts", str(s.worm.max_attempts),
                              "--lifetime", f"{s.worm.lifetime_s:g}", "--connect-timeout",
                              f"{s.worm.connect_timeout_s:g}", "--max-generations", "0")
-        if s.worm.profile:
-            trig[-2:-2] = ["--profile", s.worm.profile]
+        if s.worm.profile:      # the profile chooses the strategy (explicit options override a profile's)
+            i = trig.index("--strategy")
+            trig[i:i + 2] = ["--profile", s.worm.profile]
         # one round trip: trigger, and on success take the injector off the experimental LAN
         r = h.sh(st.injector, f"{quote(trig)} && ip link set {inj_if} down", timeout=30)
         if not r.ok:
