@@ -155,7 +155,7 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
     lab_name = exp.lab.name
     reused = store.load(lab_name) is not None and store.load(lab_name).state == "up"
     ref: dict[str, Any] = {}
-    status = "running"
+    status, failure = "running", None
     try:
         with _Stop(ref) as stopper:
             if not reused:
@@ -167,14 +167,13 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 acc.wait_reachable(timeout=120)
                 _say(console, "provisioning …")
                 provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
-                rec = store.require(lab_name)
-                lab = rec.topology
-                st = Setup.resolve(exp, lab, LabHosts(acc), rdir)
+                lab_rec = store.require(lab_name)
+                st = Setup.resolve(exp, lab_rec.topology, LabHosts(acc), rdir)
                 # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
-                emulated = rec.provider == "libvirt" and rec.extra.get("domain_type") == "qemu"
+                emulated = lab_rec.provider == "libvirt" and lab_rec.extra.get("domain_type") == "qemu"
                 st.tolerance = agreement.tolerance(emulated)
                 man = rdir.manifest()
-                man.update(emulated=emulated, domain_type=rec.extra.get("domain_type"), tolerance=st.tolerance,
+                man.update(emulated=emulated, domain_type=lab_rec.extra.get("domain_type"), tolerance=st.tolerance,
                            retransmit=st.retransmit, retransmit_why=st.retransmit_why)
                 rdir.write_manifest(man)
                 ref["setup"] = st
@@ -199,11 +198,16 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
             status = "interrupted" if len(trials) < len(plan) else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
+    except BaseException as exc:       # the lab could not be built or provisioned, or the runner failed
+        status, failure = "failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         if not reused and not keep:
             core.down(lab_name, store=store)
         man = rdir.manifest()
         man.update(status=status, finished=time.time(), trials=len(trials), planned=len(plan))
+        if status == "failed":
+            man["error"] = failure
         rdir.write_manifest(man)
         _write(rdir, trials)
     from .report import build_report

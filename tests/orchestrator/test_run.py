@@ -191,3 +191,14 @@ def test_the_wire_placement_outside_an_unmodified_host(env):
     # SYNs fill the queue too, and the worm is stopped sooner
     assert slow["model"]["stop_s"] < 3.5 and slow["measured"]["stop_s"] < 3.5
     assert slow["measured"]["throttle_events"]["queued"] >= 100
+
+
+def test_a_lab_that_cannot_be_built_fails_the_run_and_says_why(env):
+    tmp, name, lab = env
+    exp = experiment(tmp, lab)
+    r = cli("run", str(exp), "--out", str(tmp / "run"), "--index", str(tmp / "i.sqlite"),
+            env={**os.environ, "TESTBED_FAULT_FAIL": "after-veth"})
+    assert r.returncode == 1 and "injected failure at step 'after-veth'" in r.stderr
+    man = RunDir(tmp / "run").manifest()
+    assert man["status"] == "failed" and "injected failure at step 'after-veth'" in man["error"]
+    assert man["trials"] == 0 and not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]
