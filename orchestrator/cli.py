@@ -272,7 +272,7 @@ def main() -> None:
 
 from .cli_results import register as _register_results  # noqa: E402, I001
 from .cli_vm import register as _register_vm  # noqa: E402, I001
-_register_results(app)
+_register_results(app, console=out, errors=err, handles_errors=handles_errors)
 _register_vm(app)
 
 

@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli import err, handles_errors, out
+out: Console       # given by orchestrator.cli when it registers these verbs
+err: Console
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, *, console: Console, errors: Console, handles_errors) -> None:
+    global out, err
+    out, err = console, errors
     app.command(name="run")(handles_errors(run_))
     app.command()(handles_errors(report))
     results_app = typer.Typer(help="See and compare runs (the SQLite index, results/index.sqlite by default).",
