@@ -93,6 +93,23 @@ def run(
     return res.check() if check else res
 
 
+def run_attached(full: Sequence[str], argv: Sequence[str], *, timeout: float | None = 60.0,
+                 input: str | None = None, capture: bool = True, host: str | None = None) -> Result:
+    """Run `full` (argv wrapped to reach a host) and report it as `argv` on `host`: captured, or with the
+    caller's terminal (capture=False: output streams through, the Result holds only the exit code)."""
+    if capture:
+        res = run(full, timeout=timeout, input=input, host=host)
+        return Result(tuple(argv), res.exit_code, res.stdout, res.stderr, res.duration_s, host, res.timed_out)
+    started = time.monotonic()
+    try:
+        rc, timed_out = subprocess.run(list(full), input=input, text=True, timeout=timeout).returncode, False
+    except subprocess.TimeoutExpired:
+        rc, timed_out = 124, True
+    except FileNotFoundError:
+        rc, timed_out = 127, False
+    return Result(tuple(argv), rc, "", "", time.monotonic() - started, host, timed_out)
+
+
 def run_batch(tool: Sequence[str], lines: Sequence[str], *, netns: str | None = None,
               timeout: float = 60.0) -> Result:
     """Feed `lines` to `tool -batch -` (ip, tc, bridge): one process for many commands; fails on the first error."""

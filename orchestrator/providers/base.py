@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..errors import ProviderError
 from ..proc import Result
-from ..state import StateStore
+from ..state import LabRecord, StateStore
 from ..topology import Host, Lab
 
 # progress(step, done, total): providers report long work through this; the CLI draws it.
@@ -68,6 +69,15 @@ class Provider(ABC):
 
     def __init__(self, store: StateStore | None = None):
         self.store = store or StateStore()
+
+    def lab_host(self, name: str, host: str) -> tuple[LabRecord, Host]:
+        """The record of lab `name` and its host `host`; an unknown host is an error that lists the lab's."""
+        rec = self.store.require(name)
+        try:
+            return rec, rec.topology.host(host)
+        except KeyError:
+            hosts = ", ".join(h.name for h in rec.topology.hosts)
+            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
 
     @abstractmethod
     def prerequisites(self, lab: Lab | None = None) -> list[Prerequisite]:

@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import images, nsutil
 from ..errors import LabExistsError, NotRootError, ProviderError
 from ..keys import ensure_lab_keys
-from ..proc import Result, is_root
+from ..proc import Result, is_root, run_attached
 from ..spec import LibvirtOptions
 from ..state import LabRecord
-from ..topology import Host, Lab
+from ..topology import Lab
 from . import libvirt_host as H
 from . import libvirt_seed as seed
 from . import libvirt_xml as X
@@ -515,31 +515,14 @@ class LibvirtProvider(Provider):
 
     # ------------------------------------------------------------ running things in hosts
 
-    def _host(self, name: str, host: str) -> tuple[LabRecord, Host]:
-        rec = self.store.require(name)
-        try:
-            return rec, rec.topology.host(host)
-        except KeyError:
-            hosts = ", ".join(h.name for h in rec.topology.hosts)
-            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
-
     def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
              input: str | None = None, capture: bool = True) -> Result:
-        rec, h = self._host(name, host)
+        rec, h = self.lab_host(name, host)
         uri = _uri(rec)
         if h.role == "admin-server":
             hv = H.Hypervisor(uri)
             full = hv.argv(["ip", "netns", "exec", ns_name(name, host), *argv])
-            if capture:
-                from ..proc import run
-                res = run(full, timeout=timeout, input=input, host=host)
-                return Result(tuple(argv), res.exit_code, res.stdout, res.stderr, res.duration_s, host, res.timed_out)
-            started = time.monotonic()
-            try:
-                rc = subprocess.run(full, timeout=timeout).returncode
-            except subprocess.TimeoutExpired:
-                rc = 124
-            return Result(tuple(argv), rc, "", "", time.monotonic() - started, host)
+            return run_attached(full, argv, timeout=timeout, input=input, capture=capture, host=host)
         conn = H.connect(uri)
         try:
             dom = conn.lookupByName(X.domain_name(name, host))
@@ -596,7 +579,7 @@ class LibvirtProvider(Provider):
     # ------------------------------------------------------------ out-of-band management
 
     def power(self, name: str, host: str, action: str) -> str:
-        rec, h = self._host(name, host)
+        rec, h = self.lab_host(name, host)
         if action not in ("on", "off", "cycle"):
             raise ProviderError(f"power action '{action}': use on, off or cycle")
         if h.role == "admin-server":
@@ -622,7 +605,7 @@ class LibvirtProvider(Provider):
         return f"{host}: {'on' if was else 'off'} -> {'on' if now else 'off'}"
 
     def console(self, name: str, host: str) -> int:
-        rec, h = self._host(name, host)
+        rec, h = self.lab_host(name, host)
         uri = _uri(rec)
         if h.role == "admin-server":
             hv = H.Hypervisor(uri)

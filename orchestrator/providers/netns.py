@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from .. import isolation, nftables, nsutil
 from ..errors import LabExistsError, NotRootError, ProviderError
 from ..files import atomic_write_json, read_json
 from ..keys import ensure_lab_keys
-from ..proc import Result, is_root, pid_start_time, run, run_batch
+from ..proc import Result, is_root, pid_start_time, run, run_attached, run_batch
 from ..state import LabRecord
 from ..topology import Host, Lab
 from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
@@ -194,6 +195,7 @@ class NetnsProvider(Provider):
         admin address, with the lab's pinned host key and the lab's client key as the only authorized key."""
         keys = ensure_lab_keys(self.store, lab)
         authorized = keys.public_key + "\n"
+        sshds: list[tuple[str, int, str]] = []
         for h in lab.hosts:
             d = self.store.host_dir(lab.name, h.name)
             for sub in ("run/sshd", "home", "log", "procs", "etc"):
@@ -204,8 +206,24 @@ class NetnsProvider(Provider):
             (d / "etc" / "authorized_keys").write_text(authorized)
             (d / "etc" / "sshd_config").write_text(sshd_config(h.ip("admin"), keys.host_key(h.name),
                                                                d / "etc" / "authorized_keys"))
-            self._spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
-                        service=True)
+            pid = self._spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
+                              service=True)
+            sshds.append((h.name, pid, h.ip("admin")))
+        # booted means reachable: wait until every sshd listens (read from its own namespace's TCP table)
+        deadline = time.monotonic() + SSHD_LISTEN_TIMEOUT_S
+        while sshds:
+            sshds = [(host, pid, addr) for host, pid, addr in sshds if not tcp_listening(pid, addr, 22)]
+            dead = [(host, pid) for host, pid, _ in sshds if pid_start_time(pid) is None]
+            if dead:
+                host = dead[0][0]
+                log = self.store.host_dir(lab.name, host) / "log" / "sshd.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise ProviderError(f"the sshd of {host} exited at boot" + (f": {tail[0]}" if tail else ""))
+            if sshds and time.monotonic() > deadline:
+                raise ProviderError(f"{len(sshds)} sshd(s) not listening after {SSHD_LISTEN_TIMEOUT_S:.0f} s: "
+                                    + ", ".join(host for host, _, _ in sshds[:5]))
+            if sshds:
+                time.sleep(0.02)
 
     def _apply_isolation(self, lab: Lab) -> None:
         """Load each dual-homed host's isolation table (orchestrator.isolation)."""
@@ -387,27 +405,13 @@ class NetnsProvider(Provider):
                 "private", "--", "/bin/sh", "-c", _HOST_WRAPPER, "sh", str(hdir), host, *argv]
 
     def _check_host(self, name: str, host: str) -> LabRecord:
-        rec = self.store.require(name)
-        try:
-            rec.topology.host(host)
-        except KeyError:
-            hosts = ", ".join(h.name for h in rec.topology.hosts)
-            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
-        return rec
+        return self.lab_host(name, host)[0]
 
     def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
              input: str | None = None, capture: bool = True) -> Result:
         self._check_host(name, host)
-        full = self._host_argv(name, host, argv)
-        if capture:
-            res = run(full, timeout=timeout, input=input, host=host)
-            return Result(tuple(argv), res.exit_code, res.stdout, res.stderr, res.duration_s, host, res.timed_out)
-        started = time.monotonic()
-        try:
-            rc = subprocess.run(full, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = 124
-        return Result(tuple(argv), rc, "", "", time.monotonic() - started, host)
+        return run_attached(self._host_argv(name, host, argv), argv, timeout=timeout, input=input,
+                            capture=capture, host=host)
 
     def spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
               env: dict[str, str] | None = None, service: bool = False) -> int:
@@ -533,6 +537,19 @@ class NetnsProvider(Provider):
 
 
 SSHD = "/usr/sbin/sshd"
+SSHD_LISTEN_TIMEOUT_S = 30.0      # a lab host is booted once its sshd listens
+
+
+def tcp_listening(pid: int, address: str, port: int) -> bool:
+    """Whether a TCP socket listens on address:port in the network namespace of process `pid`
+    (its /proc/PID/net/tcp: addresses in the kernel's byte order, state 0A = LISTEN)."""
+    want = f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}:{port:04X}"
+    try:
+        with open(f"/proc/{pid}/net/tcp") as fh:
+            next(fh, None)
+            return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in fh))
+    except OSError:
+        return False
 
 
 def sshd_config(address: str, host_key, authorized_keys) -> str:

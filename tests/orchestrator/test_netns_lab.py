@@ -16,7 +16,7 @@ from orchestrator import lab as core
 from orchestrator import nsutil
 from orchestrator.errors import LabExistsError, NotRootError, ProviderError
 from orchestrator.proc import pid_start_time
-from orchestrator.providers.netns import NetnsProvider, ns_name, switch_name
+from orchestrator.providers.netns import NetnsProvider, ns_name, switch_name, tcp_listening
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -295,8 +295,26 @@ def test_hosts_boot_after_up_and_ssh_waits_for_them(store):
     assert prov.boot_state(name) == "booted" and "booted 21 hosts in" in (store.lab_dir(name) / "boot.log").read_text()
     assert all(any(p["name"] == "sshd" and p["alive"] for p in prov.processes(name, h))
                for h in ("admin-server", "gateway", "sniffer", "blade1", "blade16"))
+    # booted means listening: every sshd's own namespace has its admin address:22 in LISTEN
+    lab = store.require(name).topology
+    for h in (h for h in lab.hosts if h.ip("admin")):
+        pid = next(p["pid"] for p in prov.processes(name, h.name) if p["name"] == "sshd")
+        assert tcp_listening(pid, h.ip("admin"), 22), h.name
+        assert not tcp_listening(pid, h.ip("admin"), 2222)
     st = core.status(name, store=store)
     assert not any("booting" in n for n in st.notes)
+
+
+def test_tcp_listening_reads_the_callers_namespace_table():
+    import socket
+    with socket.socket() as srv, socket.socket() as idle:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        idle.bind(("127.0.0.1", 0))            # bound, not listening
+        assert tcp_listening(os.getpid(), "127.0.0.1", srv.getsockname()[1])
+        assert not tcp_listening(os.getpid(), "127.0.0.1", idle.getsockname()[1])
+        assert not tcp_listening(os.getpid(), "127.0.0.2", srv.getsockname()[1])
+    assert not tcp_listening(2**22 + 12345, "127.0.0.1", 22)    # no such process
 
 
 def test_a_failed_boot_is_reported(store, monkeypatch):
