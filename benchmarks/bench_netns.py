@@ -62,7 +62,7 @@ print(f"{t1 - t0:.4f} {t2 - t1:.4f}")
 
 
 def measure_ours(lab_file: Path, runs: int, store: StateStore) -> tuple[list[float], list[float], list[float], int]:
-    """up (the network wired: what `testbed up` waits for), boot (until every host's sshd runs, after up),
+    """up (the network wired: what `testbed up` waits for), boot (until every host's sshd listens, after up),
     and down of a booted lab (every sshd ended too)."""
     ups, boots, downs, hosts = [], [], [], 0
     prov = NetnsProvider(store)
@@ -140,7 +140,7 @@ def main() -> None:
             mn_s = f"{mn[0]:>9.3f}s {mn[1]:>11.3f}s" if mn else f"{'(not installed)':>23}"
             ok = "ok" if up <= tu and down <= td else "MISSED"
             print(f"{label:<14} {hosts:>5}  {up:>7.3f}s {down:>8.3f}s  ≤{tu:.1f}/≤{td:.1f}s {ok:<3} {mn_s}"
-                  f"   (+{boot:.2f} s until every host's sshd runs)")
+                  f"   (+{boot:.2f} s until every host's sshd listens)")
         print(f"CLI wall time, paper-testbed (interpreter start included): up {cli_up:.3f} s, down {cli_down:.3f} s")
         print("ours: three LANs, a mirror port, routes, isolation filters; Mininet: one switch, no controller")
     finally:
