@@ -80,7 +80,9 @@ class Access:
             if getattr(self.provider, "boot_state", lambda n: "booted")(self.lab.name) == "booting":
                 self.provider.wait_booted(self.lab.name)      # a namespace lab just built: its sshds are starting
                 return self.connect(host, timeout)
-            raise AccessError(f"{host} ({addr}) refused the SSH connection: is its sshd running?") from None
+            raise AccessError(f"{host} ({addr}) refused the SSH connection: is its sshd running?",
+                              hint=f"`testbed status {self.lab.name}` shows its processes; "
+                                   f"`testbed power {self.lab.name} {host} on` starts its services again") from None
         except TimeoutError:
             raise AccessError(f"{host} ({addr}) did not answer on port {SSH_PORT} within {timeout:.0f} s") from None
         except OSError as exc:

@@ -163,6 +163,9 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 core.up(exp.lab.source, name=lab_name, store=store)
             else:
                 _say(console, f"using lab {lab_name}, which is already up (it stays up)")
+                revived = core.provider_for(lab_name, store)[0].revive(lab_name)
+                if revived:
+                    _say(console, f"restarted {len(revived)} service(s) that had died: {', '.join(revived)}")
             with Access(lab_name, store) as acc:
                 acc.wait_reachable(timeout=120)
                 _say(console, "provisioning …")

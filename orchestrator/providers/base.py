@@ -99,6 +99,11 @@ class Provider(ABC):
     def status(self, name: str) -> LabStatus:
         ...
 
+    def revive(self, name: str) -> list[str]:
+        """Start again what a lab's hosts run as services and lost without being told to stop (a namespace
+        lab's sshds die with the session that started them; a VM keeps its own). Returns "host/service"."""
+        return []
+
     @abstractmethod
     def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
              input: str | None = None, capture: bool = True) -> Result:

@@ -209,21 +209,41 @@ class NetnsProvider(Provider):
             pid = self._spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
                               service=True)
             sshds.append((h.name, pid, h.ip("admin")))
-        # booted means reachable: wait until every sshd listens (read from its own namespace's TCP table)
+        self._wait_listening(lab.name, sshds)     # booted means reachable
+
+    def _wait_listening(self, name: str, sshds: list[tuple[str, int, str]]) -> None:
+        """Wait until each (host, pid, admin address) sshd listens, read from its own namespace's TCP table."""
         deadline = time.monotonic() + SSHD_LISTEN_TIMEOUT_S
         while sshds:
             sshds = [(host, pid, addr) for host, pid, addr in sshds if not tcp_listening(pid, addr, 22)]
             dead = [(host, pid) for host, pid, _ in sshds if pid_start_time(pid) is None]
             if dead:
                 host = dead[0][0]
-                log = self.store.host_dir(lab.name, host) / "log" / "sshd.log"
+                log = self.store.host_dir(name, host) / "log" / "sshd.log"
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-                raise ProviderError(f"the sshd of {host} exited at boot" + (f": {tail[0]}" if tail else ""))
+                raise ProviderError(f"the sshd of {host} exited as it started" + (f": {tail[0]}" if tail else ""))
             if sshds and time.monotonic() > deadline:
                 raise ProviderError(f"{len(sshds)} sshd(s) not listening after {SSHD_LISTEN_TIMEOUT_S:.0f} s: "
                                     + ", ".join(host for host, _, _ in sshds[:5]))
             if sshds:
                 time.sleep(0.02)
+
+    def revive(self, name: str) -> list[str]:
+        """Start again the services (sshd, …) of powered-on hosts that died without being stopped — as when
+        the session or machine that started them ended — and wait for their sshds; returns "host/service"."""
+        rec = self.store.require(name)
+        if self.boot_state(name) == "booting":
+            self.wait_booted(name)
+        revived, sshds = [], []
+        for h in rec.topology.hosts:
+            for d in self.processes(name, h.name):
+                if d.get("service") and not d["alive"] and not d.get("powered_off"):
+                    pid = self.spawn(name, h.name, d["name"], d["argv"], env=d.get("env") or None, service=True)
+                    revived.append(f"{h.name}/{d['name']}")
+                    if d["name"] == "sshd" and h.ip("admin"):
+                        sshds.append((h.name, pid, h.ip("admin")))
+        self._wait_listening(name, sshds)
+        return revived
 
     def _apply_isolation(self, lab: Lab) -> None:
         """Load each dual-homed host's isolation table (orchestrator.isolation)."""
@@ -503,9 +523,13 @@ class NetnsProvider(Provider):
                 lines.append(f"route replace default via {h.default_via}")
             run_batch(["ip", "-n", ns], lines).check(f"bringing {host}'s links up")
             self._wait_carrier(rec.topology, [f"{host}/{i.ifname}" for i in h.interfaces])
+            sshds = []
             for d in self.processes(name, host):
-                if d.get("powered_off") and d.get("service") and not d["alive"]:
-                    self.spawn(name, host, d["name"], d["argv"], env=d.get("env") or None, service=True)
+                if d.get("service") and not d["alive"]:       # as a machine's boot starts its services
+                    pid = self.spawn(name, host, d["name"], d["argv"], env=d.get("env") or None, service=True)
+                    if d["name"] == "sshd" and h.ip("admin"):
+                        sshds.append((host, pid, h.ip("admin")))
+            self._wait_listening(name, sshds)
         now_on = action != "off"
         return f"{host}: {'on' if was_on else 'off'} -> {'on' if now_on else 'off'}"
 

@@ -317,6 +317,41 @@ def test_tcp_listening_reads_the_callers_namespace_table():
     assert not tcp_listening(2**22 + 12345, "127.0.0.1", 22)    # no such process
 
 
+def test_services_that_died_are_revived_and_power_on_restarts_them(store):
+    """A namespace lab's sshds die with the session that started them; a run on the lab later starts them again."""
+    name = uniq()
+    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    prov = NetnsProvider(store)
+    prov.wait_booted(name)
+    from orchestrator.access import Access
+    from orchestrator.errors import AccessError
+
+    def kill_sshd(host: str) -> None:
+        sshd = next(p for p in prov.processes(name, host) if p["name"] == "sshd")
+        os.kill(sshd["pid"], signal.SIGKILL)           # our lab's own sshd, by its recorded PID
+        deadline = time.monotonic() + 5
+        while next(p for p in prov.processes(name, host) if p["name"] == "sshd")["alive"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    try:
+        for host in ("blade", "gateway"):
+            kill_sshd(host)
+        with Access(name, store) as acc, pytest.raises(AccessError, match="blade .* refused the SSH connection") as ei:
+            acc.connect("blade", timeout=2)
+        assert f"testbed power {name} blade on" in str(ei.value)
+        assert sorted(prov.revive(name)) == ["blade/sshd", "gateway/sshd"]
+        assert prov.revive(name) == []                  # nothing else had died
+        with Access(name, store) as acc:
+            assert acc.run("blade", "hostname", check=True).stdout == "blade\n"
+        kill_sshd("blade")
+        assert prov.power(name, "blade", "on") == "blade: on -> on"
+        with Access(name, store) as acc:
+            assert acc.run("blade", "hostname", check=True).stdout == "blade\n"
+    finally:
+        core.down(name, store=store)
+
+
 def test_a_failed_boot_is_reported(store, monkeypatch):
     name = uniq()
     core.up(LABS / "stopping-speed.yaml", name=name, store=store)
