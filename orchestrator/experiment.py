@@ -162,6 +162,12 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
                 core.up(exp.lab.source, name=lab_name, store=store)
             else:
+                up_lab = store.require(lab_name).topology
+                if up_lab.spec_hash != exp.lab.spec_hash:
+                    raise ExperimentError(
+                        f"lab {lab_name} is up, built from another version of its lab file ({up_lab.source}, "
+                        f"spec {up_lab.spec_hash[:12]}; this experiment's is {exp.lab.spec_hash[:12]})",
+                        hint=f"`testbed down {lab_name}` and run again, so the run measures the lab it describes")
                 _say(console, f"using lab {lab_name}, which is already up (it stays up)")
                 revived = core.provider_for(lab_name, store)[0].revive(lab_name)
                 if revived:

@@ -202,3 +202,19 @@ def test_a_lab_that_cannot_be_built_fails_the_run_and_says_why(env):
     man = RunDir(tmp / "run").manifest()
     assert man["status"] == "failed" and "injected failure at step 'after-veth'" in man["error"]
     assert man["trials"] == 0 and not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]
+
+
+def test_a_lab_that_is_up_from_another_lab_file_is_not_measured(env):
+    tmp, name, lab = env
+    other = tmp / "other.yaml"
+    edited = lab.read_text().replace("count: 2", "count: 3")
+    assert edited != lab.read_text()
+    other.write_text(edited)
+    core.up(other, name=name, store=StateStore(tmp / "state"))
+    r = cli("run", str(experiment(tmp, lab)), "--out", str(tmp / "run"), "--index", str(tmp / "i.sqlite"))
+    assert r.returncode == 1, r.stdout[-2000:]
+    assert f"lab {name} is up, built from another version of its lab file ({other}" in r.stderr
+    assert f"`testbed down {name}` and run again" in r.stderr
+    man = RunDir(tmp / "run").manifest()
+    assert man["status"] == "failed" and man["trials"] == 0
+    assert core.status(name, store=StateStore(tmp / "state")).state == "up"     # not ours to take down
