@@ -36,6 +36,7 @@ DEFAULT_LANS: dict[str, list[str]] = {
     "sniffer": ["admin", "experimental"],
     "injector": ["admin", "experimental"],
 }
+LAB_RANGE = "198.18.0.0/15"     # RFC 2544 benchmark space: every lab address comes from here, nothing else
 DEFAULT_SUBNETS = {"management": "198.18.0.0/24", "admin": "198.18.1.0/24", "experimental": "198.18.8.0/22"}
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 HOST_PATTERN = r"^[a-z][a-z0-9-]{0,19}$"

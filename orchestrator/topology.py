@@ -157,10 +157,9 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
     if net.prefixlen > 30:
         problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
         return None
-    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
-        problems.add(path, f"'{cidr}' is a loopback, multicast or link-local range; use 198.18.0.0/15")
-        return None
-    return net
+    if not net.subnet_of(ipaddress.ip_network(S.LAB_RANGE)):
+        problems.add(path, f"{cidr} is outside {S.LAB_RANGE}, the benchmark range every lab address comes from")
+    return net          # still checked for overlaps with this machine's routes, so every problem is said
 
 
 def _segments(spec: S.LabFile, problems) -> list[tuple[Segment, ipaddress.IPv4Network | None]]:
@@ -236,7 +235,7 @@ def resolve(spec: S.LabFile, source: str, problems, *, machine_routes: list[str]
                  and net.overlaps(rn)]
         if clash:
             problems.add(_seg_path(key), f"{net} overlaps {', '.join(clash)}, route(s) this machine already "
-                         "uses; choose another range (198.18.0.0/15 is meant for labs)")
+                         f"uses; choose another part of {S.LAB_RANGE}")
 
     # expand hosts and templates, in file order
     expanded: list[_Entry] = []

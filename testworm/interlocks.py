@@ -1,7 +1,7 @@
 """Safety interlocks: which addresses the worm may ever touch, and whether this host is inside a lab at all.
 
-Range interlocks (pure): lab ranges must lie in private/benchmark blocks; the allow-list must lie inside the
-lab ranges; targets inside the allow-list; `TargetGuard` re-checks every single target before its socket is
+Range interlocks (pure): lab ranges must lie in the benchmark block 198.18.0.0/15; the allow-list must lie
+inside the lab ranges; targets inside the allow-list; `TargetGuard` re-checks every single target before its socket is
 created. Environment interlocks: not in the machine's root network namespace (unless this is a VM provisioned
 as a lab guest), no default route or gateway outside the lab ranges, and no route to the outside world. Only
 `--i-know-this-is-not-a-lab` (for tests) bypasses the environment checks; nothing bypasses the range checks.
@@ -21,8 +21,9 @@ from .errors import InterlockError
 
 OVERRIDE_FLAG = "--i-know-this-is-not-a-lab"
 
-# The only blocks a lab may use: RFC 1918 private, RFC 6598 shared, RFC 2544 benchmark. Never public space.
-LAB_BLOCKS_TEXT = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15")
+# The only block a lab may use: RFC 2544 benchmark space, as the testbed's labs do. Never public space, and
+# never private space either (RFC 1918, RFC 6598): that is where real networks live.
+LAB_BLOCKS_TEXT = ("198.18.0.0/15",)
 LAB_BLOCKS = AddressSet(parse_cidr(c) for c in LAB_BLOCKS_TEXT)
 
 # Route look-ups only (a UDP connect() sends nothing): documentation addresses stand for "the outside".

@@ -1,8 +1,9 @@
 """Scan parameters: one validation path for the command line and for a trigger arriving on the wire.
 
 `resolve(raw)` merges built-in defaults < profile < explicit values, checks every type and bound, parses the
-CIDR lists and applies the range interlocks (lab ranges private, allow ⊆ lab ranges, targets ⊆ allow). Any
-problem is a UsageError/InterlockError with a one-line message. Hard limits here cannot be raised by options.
+CIDR lists and applies the range interlocks (lab ranges inside 198.18.0.0/15, allow ⊆ lab ranges,
+targets ⊆ allow). Any problem is a UsageError/InterlockError with a one-line message. Hard limits here
+cannot be raised by options.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_overrides_and_defaults(tmp_path):
     (GOOD + "colour: red\n", "colour: unknown key 'colour'"),
     (GOOD.replace("rates: [20, 1000]", "rates: [20, -3]"), "rates.1: rate -3.0 is not a usable scan rate"),
     (GOOD.replace("rates: [20, 1000]", "rates: []"), "rates: "),
-    (GOOD.replace("198.18.9.0/24", "10.1.0.0/16"), "worm.scan: 10.1.0.0/16 is not inside the lab's experimental "
+    (GOOD.replace("198.18.9.0/24", "198.19.0.0/16"), "worm.scan: 198.19.0.0/16 is not inside the lab's experimental "
      "subnets (198.18.8.0/24, 198.18.9.0/24, 198.18.10.0/24); the worm scans nothing else"),
     (GOOD.replace("198.18.9.0/24", "198.18.9.1/24"), "worm.scan: '198.18.9.1/24' is not a valid CIDR"),
     (GOOD.replace(str(LABS / "stopping-speed.yaml"), "nowhere.yaml"), "lab: lab file "),

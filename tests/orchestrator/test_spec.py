@@ -174,6 +174,12 @@ def test_defaults_come_from_the_benchmark_range(tmp_path):
     ("- just\n- a list\n", "<top>: a lab file is a mapping with at least 'name' and 'hosts'"),
     ("name: t\nhosts: {a: [}\n", "line 2, column 13: not valid YAML"),
     (MINIMAL + "  switch: {role: blade}\n", "hosts.switch (line 5): 'switch' is reserved"),
+    ("name: t\nlans:\n  admin: {subnet: 203.0.113.0/24}\n" + MINIMAL.split("\n", 1)[1],
+     "lans.admin.subnet (line 3): 203.0.113.0/24 is outside 198.18.0.0/15, the benchmark range every lab address"),
+    ("name: t\nlans:\n  experimental:\n    subnets: {a: 198.18.8.0/24, b: 198.20.0.0/24}\n" + MINIMAL.split("\n", 1)[1],
+     "lans.experimental.subnets.b (line 4): 198.20.0.0/24 is outside 198.18.0.0/15"),
+    ("name: t\nlans:\n  admin: {subnet: 127.0.0.0/24}\n" + MINIMAL.split("\n", 1)[1],
+     "lans.admin.subnet (line 3): 127.0.0.0/24 is outside 198.18.0.0/15"),
 ])
 def test_bad_lab_files_name_key_path_and_reason(tmp_path, text, expected):
     path = write(tmp_path, text)

@@ -149,9 +149,13 @@ def test_any_wire_params_are_accepted_or_refused_never_crash(raw):
     # what a server does with the params of an authenticated trigger
     raw = {**raw, "allow": raw.get("allow", ["198.18.0.0/16"])}
     try:
-        P.resolve(raw)
+        p = P.resolve(raw)
     except WormError:
-        pass
+        return
+    # whatever was accepted nests inside the benchmark block: targets ⊆ allow ⊆ lab ranges ⊆ 198.18.0.0/15
+    bench = AddressSet.from_cidrs(["198.18.0.0/15"])
+    assert p.lab_ranges.outside(bench) is None
+    assert p.allow.outside(p.lab_ranges) is None and p.targets.outside(p.allow) is None
 
 
 def test_huge_numbers_are_refused_not_crashed(capsys):

@@ -44,15 +44,16 @@ def env(routes=ROUTE_LAB, v6="", own=(4, 2), roots=((4, 1),), guest=False, probe
 
 
 @pytest.mark.parametrize("cidr", ["8.8.8.0/24", "10.0.0.0/7", "192.0.2.0/24", "0.0.0.0/0", "127.0.0.0/8",
-                                  "224.0.0.0/4", "198.16.0.0/13"])
-def test_lab_ranges_must_be_private_or_benchmark_space(cidr):
-    with pytest.raises(InterlockError, match="outside the blocks a lab may use"):
+                                  "224.0.0.0/4", "198.16.0.0/13", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                  "100.64.0.0/10", "198.20.0.0/24"])
+def test_lab_ranges_must_be_benchmark_space_never_public_or_private(cidr):
+    with pytest.raises(InterlockError, match=r"outside the blocks a lab may use \(198\.18\.0\.0/15\)"):
         check_lab_ranges(AddressSet.from_cidrs([cidr]))
 
 
-def test_private_lab_ranges_are_accepted():
-    check_lab_ranges(AddressSet.from_cidrs(["198.18.0.0/15", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                            "100.64.0.0/10"]))
+def test_benchmark_lab_ranges_are_accepted():
+    check_lab_ranges(AddressSet.from_cidrs(["198.18.0.0/15"]))
+    check_lab_ranges(AddressSet.from_cidrs(["198.18.8.0/24", "198.19.255.0/24"]))
 
 
 def test_allow_list_and_targets_must_nest():

@@ -38,7 +38,7 @@ def one_error(r, status: int, text: str) -> None:
     (["--limit", "-1"], "delay_queue_limit must be >= 0, got -1"),
     (["--policy", "sessions"], "unknown policy 'sessions'; known: packets, connections"),
     (["--release-clock", "cron"], "unknown release_clock 'cron'"),
-    (["--initial-working-set", "10.0.0.300"], "not an IPv4 address: '10.0.0.300'"),
+    (["--initial-working-set", "198.18.0.300"], "not an IPv4 address: '198.18.0.300'"),
     (["--protocols", "tcp,icmp"], "protocols must be a non-empty subset of tcp,udp"),
     (["--queue-num", "70000"], "queue number must be in 0..65535"),
 ])
@@ -49,7 +49,7 @@ def test_invalid_parameters(lab, tmp_path, args, text):
 
 
 def test_unknown_mode(lab):
-    one_error(run_daemon_once(lab, "a", "--mode", "bridge"), 2, "unknown mode 'bridge'; known: host, gateway")
+    one_error(run_daemon_once(lab, "a", "--mode", "bridge"), 2, "unknown mode 'bridge'; known: host, gateway, wire")
 
 
 def test_missing_permission(lab, tmp_path):
