@@ -146,22 +146,18 @@ class Access:
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
+            streams = (("stdout", chan.recv_ready, chan.recv, out), ("stderr", chan.recv_stderr_ready, chan.recv_stderr, err))
             deadline = None if timeout is None else started + timeout
             timed_out = False
             while True:
                 got = False
-                while chan.recv_ready():
-                    data = chan.recv(65536)
-                    out += data
-                    got = True
-                    if on_output:
-                        on_output("stdout", data)
-                while chan.recv_stderr_ready():
-                    data = chan.recv_stderr(65536)
-                    err += data
-                    got = True
-                    if on_output:
-                        on_output("stderr", data)
+                for name, ready, recv, buf in streams:
+                    while ready():
+                        data = recv(65536)
+                        buf += data
+                        got = True
+                        if on_output:
+                            on_output(name, data)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if deadline is not None and time.monotonic() > deadline:

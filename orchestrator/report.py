@@ -123,13 +123,7 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
                      if s is not None]
             if curve:
                 ax.plot(*zip(*curve, strict=True), "-", color=colors.get(p), alpha=0.5, label=f"{p} model")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("scan rate (attempts/s)")
-        ax.set_ylabel("time to stop (s)")
-        ax.set_title("Stopping time against scan rate")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _frame(ax, "scan rate (attempts/s)", "time to stop (s)", "Stopping time against scan rate", loglog=True)
         save(fig, "stopping-time")
 
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -141,14 +135,8 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
                             capsize=3, label=f"{p} on the wire")
                 ax.plot([r["rate"] for r in pr], [r["out_before_block_model"] for r in pr], "x--",
                         color=colors.get(p), alpha=0.6, label=f"{p} model")
-        ax.set_xscale("log")
-        ax.set_xlabel("scan rate (attempts/s)")
-        ax.set_ylabel("attempts out before the block")
-        ax.set_title("Attempts that reached the wire")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        else:
+        _frame(ax, "scan rate (attempts/s)", "attempts out before the block", "Attempts that reached the wire")
+        if not ax.get_legend_handles_labels()[0]:
             ax.text(0.5, 0.5, "not measured: the capture stands in front of the throttle\n(gateway and wire placements)",
                     ha="center", va="center", transform=ax.transAxes, fontsize=9)
         save(fig, "attempts-out")
@@ -161,13 +149,8 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
                 if pts:
                     ax.step(*zip(*pts, strict=True), where="post", label=f"{t['rate']:g}/s #{t['repeat']}")
             ax.axhline(man["experiment"]["throttle"]["delay_queue_limit"], color="red", ls=":", lw=1)
-            ax.set_xscale("log")
-            ax.set_xlabel("time since the first attempt (s)")
-            ax.set_ylabel("delay-queue length")
-            ax.set_title(f"Queue length over time ({p})")
-            ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+            _frame(ax, "time since the first attempt (s)", "delay-queue length", f"Queue length over time ({p})",
+                   legend_size=7)
         save(fig, "queue-length")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -181,15 +164,23 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
                     mfc="none", color=colors.get(p), label=f"{p} (capture)")
     rates = [r["rate"] for r in rows] or [1, 10]
     ax.plot([min(rates), max(rates)], [min(rates), max(rates)], "k:", lw=1, label="configured")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("configured rate (attempts/s)")
-    ax.set_ylabel("achieved rate (attempts/s)")
-    ax.set_title("Achieved against configured rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _frame(ax, "configured rate (attempts/s)", "achieved rate (attempts/s)", "Achieved against configured rate",
+           loglog=True)
     save(fig, "achieved-rate")
     return out
+
+
+def _frame(ax, xlabel: str, ylabel: str, title: str, *, loglog: bool = False, legend_size: int = 8) -> None:
+    """The frame every plot shares: a log rate axis (both axes log with loglog), labels, grid, legend."""
+    ax.set_xscale("log")
+    if loglog:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size)
 
 
 def _content(run: RunDir) -> dict[str, Any]:

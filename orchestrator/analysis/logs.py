@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LogReadError
+from .errors import LogReadError, reading
 
 MAX_EXAMPLES = 5
 
@@ -110,15 +110,8 @@ class ThrottleLog:
 # ------------------------------------------------------------------------------------------------ reading
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            yield from enumerate(fh, start=1)
-    except FileNotFoundError:
-        raise LogReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise LogReadError(f"{path}: is a directory, not a log file") from None
-    except OSError as exc:
-        raise LogReadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with reading(path, LogReadError, "log file"), open(path, encoding="utf-8", errors="replace") as fh:
+        yield from enumerate(fh, start=1)
 
 
 def _objects(lines: Iterable[tuple[int, str]], issues: LogIssues) -> Iterable[tuple[int, dict]]:

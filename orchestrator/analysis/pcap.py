@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CaptureReadError
+from .errors import CaptureReadError, reading
 
 # link types we dissect (LINKTYPE_* values as stored in files) and a few names for those we do not
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
@@ -150,22 +150,15 @@ def read_capture(path: str | Path) -> Packets:
 
 def _load(p: Path) -> tuple[np.ndarray, int]:
     """The whole file in a uint8 array followed by _PAD zero bytes, and the file's size."""
-    try:
-        with open(p, "rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(0)
-            if size == 0:
-                raise CaptureReadError(f"{p}: empty file (0 bytes): no pcap or pcapng header",
-                                       hint="was the capture stopped before it wrote anything?")
-            buf = np.empty(size + _PAD, dtype=np.uint8)
-            got = fh.readinto(memoryview(buf)[:size]) or 0
-            buf[got:] = 0
-    except FileNotFoundError:
-        raise CaptureReadError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise CaptureReadError(f"{p}: is a directory, not a capture file") from None
-    except OSError as exc:
-        raise CaptureReadError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    with reading(p, CaptureReadError, "capture file"), open(p, "rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(0)
+        if size == 0:
+            raise CaptureReadError(f"{p}: empty file (0 bytes): no pcap or pcapng header",
+                                   hint="was the capture stopped before it wrote anything?")
+        buf = np.empty(size + _PAD, dtype=np.uint8)
+        got = fh.readinto(memoryview(buf)[:size]) or 0
+        buf[got:] = 0
     return buf, got
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..errors import ProviderError
+from ..errors import LabExistsError, ProviderError
 from ..proc import Result
 from ..state import LabRecord, StateStore
 from ..topology import Host, Lab
@@ -87,9 +87,30 @@ class Provider(ABC):
     def create(self, lab: Lab, progress: Progress = no_progress) -> None:
         """Build every network and host of `lab`. On failure, remove what was made and raise."""
 
-    @abstractmethod
+    def refuse_existing(self, name: str) -> None:
+        """Raise LabExistsError when lab `name` is recorded (up, or left half-made by an interrupted command).
+        Call with the lab's lock held."""
+        existing = self.store.load(name)
+        if existing is None:
+            return
+        if existing.state == "up":
+            raise LabExistsError(f"lab '{name}' is already up; run `testbed down {name}` first")
+        raise LabExistsError(f"lab '{name}' was left {existing.state} by an interrupted command; "
+                             f"run `testbed down {name}` first")
+
     def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
         """Remove everything lab `name` owns (from its journal), idempotently; return what was removed."""
+        with self.store.locked(name):
+            rec = self.store.load(name)
+            if rec is None:
+                return []
+            rec.state = "destroying"
+            self.store.save(rec)
+            return self._teardown(rec, progress)
+
+    @abstractmethod
+    def _teardown(self, rec: LabRecord, progress: Progress) -> list[Resource]:
+        """Remove every resource `rec` journals (the lab's lock is held), then the record itself."""
 
     @abstractmethod
     def resources(self, name: str) -> list[Resource]:

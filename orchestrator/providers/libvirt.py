@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import images, nsutil
-from ..errors import LabExistsError, NotRootError, ProviderError
+from ..errors import NotRootError, ProviderError
 from ..keys import ensure_lab_keys
 from ..proc import Result, is_root, run_attached
 from ..spec import LibvirtOptions
@@ -103,10 +103,7 @@ class LibvirtProvider(Provider):
                                "namespaces)", hint="run as root, e.g. sudo testbed up …")
         imgs = {h.name: images.require(h.options.get("image", opts.image)) for h in X.vm_hosts(lab)}
         with self.store.locked(lab.name):
-            existing = self.store.load(lab.name)
-            if existing is not None:
-                raise LabExistsError(f"lab '{lab.name}' is {'already up' if existing.state == 'up' else 'left ' + existing.state}"
-                                     f"; run `testbed down {lab.name}` first")
+            self.refuse_existing(lab.name)
             conn = H.connect(opts.uri)
             try:
                 self._refuse_clashes(conn, lab, hv, sim)
@@ -317,15 +314,6 @@ class LibvirtProvider(Provider):
 
     # ------------------------------------------------------------ destroy
 
-    def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
-        with self.store.locked(name):
-            rec = self.store.load(name)
-            if rec is None:
-                return []
-            rec.state = "destroying"
-            self.store.save(rec)
-            return self._teardown(rec, progress)
-
     def _ours(self, xml: str, lab: str) -> bool:
         meta = X.parse_metadata(xml)
         return meta is not None and meta.get("lab") == lab and meta.get("state-dir") == str(self.store.root)
@@ -352,17 +340,18 @@ class LibvirtProvider(Provider):
                     continue
                 doms.append(dom)
 
-            def remove(dom) -> str | None:      # in parallel: a QEMU takes a second or two to go
+            def remove(obj, what: str) -> str | None:     # a domain or a network: stop it, forget it
                 try:
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
+                    if obj.isActive():
+                        obj.destroy()
+                    obj.undefine()
                     return None
                 except libvirt.libvirtError as exc:
-                    return f"domain {dom.name()}: {str(exc).splitlines()[0]}"
+                    return f"{what}: {str(exc).splitlines()[0]}"
 
-            with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:
-                for dom, problem in zip(doms, ex.map(remove, doms), strict=True):
+            with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:   # a QEMU takes a second or two to go
+                problems = ex.map(lambda d: remove(d, f"domain {d.name()}"), doms)
+                for dom, problem in zip(doms, problems, strict=True):
                     if problem:
                         failed.append(problem)
                     else:
@@ -385,13 +374,11 @@ class LibvirtProvider(Provider):
                 if not self._ours(net.XMLDesc(0), rec.name):
                     failed.append(f"network {nname} exists but is not tagged as lab {rec.name}'s; left alone")
                     continue
-                try:
-                    if net.isActive():
-                        net.destroy()
-                    net.undefine()
+                problem = remove(net, f"network {nname}")
+                if problem:
+                    failed.append(problem)
+                else:
                     removed.append(Resource("network", nname, True))
-                except libvirt.libvirtError as exc:
-                    failed.append(f"network {nname}: {str(exc).splitlines()[0]}")
             progress("volumes", 3, 6)
             vols = [v for v in rec.owns("volume") if v.startswith(X.volume_prefix(rec.name))]
             if vols:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from .. import isolation, nftables, nsutil
-from ..errors import LabExistsError, NotRootError, ProviderError
+from ..errors import NotRootError, ProviderError
 from ..files import atomic_write_json, read_json
 from ..keys import ensure_lab_keys
 from ..proc import Result, is_root, pid_start_time, run, run_attached, run_batch
@@ -83,12 +83,7 @@ class NetnsProvider(Provider):
     def create(self, lab: Lab, progress: Progress = no_progress) -> None:
         self.require()
         with self.store.locked(lab.name):
-            existing = self.store.load(lab.name)
-            if existing is not None:
-                if existing.state == "up":
-                    raise LabExistsError(f"lab '{lab.name}' is already up; run `testbed down {lab.name}` first")
-                raise LabExistsError(f"lab '{lab.name}' was left {existing.state} by an interrupted command; "
-                                     f"run `testbed down {lab.name}` first")
+            self.refuse_existing(lab.name)
             names = [switch_name(lab.name)] + [ns_name(lab.name, h.name) for h in lab.hosts]
             clash = sorted(set(names) & nsutil.list_netns())
             if clash:
@@ -326,15 +321,6 @@ class NetnsProvider(Provider):
             raise ProviderError(f"no carrier after {timeout:.0f} s on {', '.join(pending[:5])}")
 
     # ------------------------------------------------------------ destroy
-
-    def destroy(self, name: str, progress: Progress = no_progress) -> list[Resource]:
-        with self.store.locked(name):
-            rec = self.store.load(name)
-            if rec is None:
-                return []
-            rec.state = "destroying"
-            self.store.save(rec)
-            return self._teardown(rec, progress)
 
     def _teardown(self, rec: LabRecord, progress: Progress) -> list[Resource]:
         names = rec.owns("netns")
