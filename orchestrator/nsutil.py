@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -44,6 +45,20 @@ def entered(name: str) -> Iterator[None]:
                 _setns(home)
         finally:
             os.close(home)
+
+
+def connect_from(name: str, address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to address:port opened inside namespace `name` (the socket keeps that namespace after
+    this thread leaves it): how the orchestrator's control traffic stands on the admin LAN."""
+    with entered(name):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def write_sysctls(name: str, values: dict[str, str]) -> None:

@@ -329,17 +329,20 @@ class LibvirtProvider(Provider):
         failed: list[str] = []
         try:
             progress("domains", 0, 6)
-            doms = []
-            for dname in rec.owns("domain"):
-                try:
-                    dom = conn.lookupByName(dname)
-                except libvirt.libvirtError:
-                    continue
-                if not self._ours(dom.XMLDesc(0), rec.name):
-                    failed.append(f"domain {dname} exists but is not tagged as lab {rec.name}'s; left alone")
-                    continue
-                doms.append(dom)
+            def owned(kind: str, lookup) -> list:   # what the journal names, exists, and carries our tag
+                found = []
+                for oname in rec.owns(kind):
+                    try:
+                        obj = lookup(oname)
+                    except libvirt.libvirtError:
+                        continue
+                    if self._ours(obj.XMLDesc(0), rec.name):
+                        found.append(obj)
+                    else:
+                        failed.append(f"{kind} {oname} exists but is not tagged as lab {rec.name}'s; left alone")
+                return found
 
+            doms = owned("domain", conn.lookupByName)
             def remove(obj, what: str) -> str | None:     # a domain or a network: stop it, forget it
                 try:
                     if obj.isActive():
@@ -366,19 +369,12 @@ class LibvirtProvider(Provider):
                         else:
                             failed.append(f"tap {t}")
             progress("networks", 2, 6)
-            for nname in rec.owns("network"):
-                try:
-                    net = conn.networkLookupByName(nname)
-                except libvirt.libvirtError:
-                    continue
-                if not self._ours(net.XMLDesc(0), rec.name):
-                    failed.append(f"network {nname} exists but is not tagged as lab {rec.name}'s; left alone")
-                    continue
-                problem = remove(net, f"network {nname}")
+            for net in owned("network", conn.networkLookupByName):
+                problem = remove(net, f"network {net.name()}")
                 if problem:
                     failed.append(problem)
                 else:
-                    removed.append(Resource("network", nname, True))
+                    removed.append(Resource("network", net.name(), True))
             progress("volumes", 3, 6)
             vols = [v for v in rec.owns("volume") if v.startswith(X.volume_prefix(rec.name))]
             if vols:
@@ -531,15 +527,7 @@ class LibvirtProvider(Provider):
         hv = H.Hypervisor(_uri(rec))
         if hv.remote:
             return _relay_socket(hv, ns, address, port, timeout)
-        with nsutil.entered(ns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # belongs to the admin server's namespace
-        try:
-            sock.settimeout(timeout)
-            sock.connect((address, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return nsutil.connect_from(ns, address, port, timeout)
 
     def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
         # the hypervisor's side of the VM's experimental tap (bridge netfilter sees its frames in FORWARD)

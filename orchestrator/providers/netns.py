@@ -530,15 +530,7 @@ class NetnsProvider(Provider):
     def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
         rec = self.store.require(name)
         admin = rec.topology.by_role("admin-server")[0].name
-        with nsutil.entered(ns_name(name, admin)):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # belongs to the admin server's namespace
-        try:
-            sock.settimeout(timeout)
-            sock.connect((address, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return nsutil.connect_from(ns_name(name, admin), address, port, timeout)
 
     def control_argv(self, name: str) -> list[str]:
         rec = self.store.require(name)
