@@ -9,7 +9,7 @@ disagreement between the throttle and its model can show.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -48,23 +48,28 @@ def throttle_config(spec: Any, initial_working_set: Iterable[str] = ()) -> Throt
 
 
 def model_trial(worm_lines: Iterable[str | Mapping[str, Any]], *, src: str, config: ThrottleConfig,
-                placement: str, protocol: str, retransmit: str = "linux", curve_points: int = 400) -> dict[str, Any]:
-    """Replay the worm's logged attempts (from `src`) through the throttle's algorithm."""
+                placement: str, protocol: str, retransmit: str = "linux", curve_points: int = 400,
+                unseen: Collection[str] = ()) -> dict[str, Any]:
+    """Replay the worm's logged attempts (from `src`) through the throttle's algorithm. Attempts to an
+    address in `unseen` never reach the throttle where it stands (a gateway's own addresses: delivered to
+    the gateway, not forwarded through its throttle); times stay relative to the worm's first attempt."""
     wl = read_worm_log(worm_lines)
-    arrivals = [a for a in arrivals_from_worm_log(wl, retransmit if protocol == "tcp" else "none") if a.src == src]
+    every = [a for a in arrivals_from_worm_log(wl, retransmit if protocol == "tcp" else "none") if a.src == src]
+    arrivals = [a for a in every if a.dst not in unseen]
     if not arrivals:
         return {"stop_s": None, "blocked": False, "out_before_block": 0, "packets_out_before_block": 0,
-                "attempts_before_block": 0, "arrivals": 0, "queue_curve": []}
+                "attempts_before_block": 0, "arrivals": 0, "unseen_arrivals": len(every), "queue_curve": []}
     rp = replay(arrivals, config, placement=placement)
     sr = rp.sources[src]
-    t0 = sr.first_arrival
+    t0 = every[0].t
     curve = [(round(t - t0, 6), q) for t, q in sr.queue_curve]
     if len(curve) > curve_points:
         step = len(curve) / curve_points
         curve = [curve[int(i * step)] for i in range(curve_points)] + [curve[-1]]
-    return {"stop_s": sr.stop_s, "blocked": sr.blocked_at is not None, "out_before_block": sr.out_before_block,
-            "packets_out_before_block": sr.packets_out_before_block,
+    return {"stop_s": None if sr.blocked_at is None else sr.blocked_at - t0, "blocked": sr.blocked_at is not None,
+            "out_before_block": sr.out_before_block, "packets_out_before_block": sr.packets_out_before_block,
             "attempts_before_block": sr.attempts_before_block, "arrivals": len(arrivals),
+            "unseen_arrivals": len(every) - len(arrivals),
             "suppressed_retransmits": sr.suppressed_retransmits, "queue_curve": curve}
 
 

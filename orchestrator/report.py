@@ -231,6 +231,15 @@ def _notes(c: dict[str, Any]) -> list[str]:
         notes.append("In the host, Linux does not retransmit a SYN while the throttle holds it (measured), so "
                      "retransmissions do not grow the queue here; the paper's module, outside the guest's stack, "
                      "saw them.")
+    if isinstance(th, dict) and th.get("placement") in ("gateway", "wire"):
+        notes.append("The sniffer's mirror of the infected host's segment stands in front of this throttle: it "
+                     "measures the worm's own rate on the wire and the stopping time, not the attempts let out "
+                     "(shown as –).")
+    unseen = sum(1 for t in c["trials"] if ((t.get("model") or {}).get("unseen_arrivals") or 0) > 0)
+    if unseen:
+        notes.append(f"In {unseen} trial(s) the scan hit the gateway's own addresses: the gateway takes those "
+                     "packets for itself instead of forwarding them through its throttle, so the model leaves "
+                     "them out.")
     notes.append("The paper's Nimda figure (0.25 s for 100 queue entries) implies about 400 attempts/s on the "
                  "wire, twice Nimda's nominal ~200 connections/s — which is why this report shows the achieved rate "
                  "measured, not only the configured one.")

@@ -146,6 +146,18 @@ def _ip(lab: Lab, host: str, segment: str) -> str:
     return ip
 
 
+def _delivered_to_gateway(lab: Lab) -> set[str]:
+    """Addresses a scan can hit that the gateway delivers to itself instead of forwarding — its own, and its
+    subnets' broadcast addresses —, so a throttle on its forwarded traffic never sees them (measured: the
+    worm's SYN to the gateway's address on the targets' subnet was answered, not queued)."""
+    out: set[str] = set()
+    for gw in lab.by_role("gateway"):
+        for i in gw.interfaces:
+            if i.address:
+                out |= {i.ip, str(ipaddress.ip_interface(i.address).network.broadcast_address)}
+    return out
+
+
 def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
     """Run one trial; never raises for a trial that fails — its record says why."""
     s = st.exp.spec
@@ -392,7 +404,9 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         worm_lines = Path(files["worm_log"]).read_text().splitlines()
         cfg = agreement.throttle_config(s.throttle, st.normal)
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
-                                      protocol=t.protocol, retransmit=st.retransmit)
+                                      protocol=t.protocol, retransmit=st.retransmit,
+                                      unseen=_delivered_to_gateway(st.lab) if s.throttle.placement == "gateway"
+                                      else ())
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
         rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:

@@ -57,7 +57,27 @@ def test_the_model_ignores_other_sources():
     m = agreement.model_trial([json.dumps(o) for o in other], src=SRC,
                               config=agreement.throttle_config(ThrottleSpec()), placement="host", protocol="tcp")
     assert m == {"stop_s": None, "blocked": False, "out_before_block": 0, "packets_out_before_block": 0,
-                 "attempts_before_block": 0, "arrivals": 0, "queue_curve": []}
+                 "attempts_before_block": 0, "arrivals": 0, "unseen_arrivals": 0, "queue_curve": []}
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_attempts_the_gateway_takes_for_itself_never_reach_its_throttle(protocol):
+    """A scan that hits the gateway's own address is delivered to the gateway, not forwarded through its
+    throttle: one queue entry fewer, so the block comes one attempt later — still timed from the worm's
+    first attempt, also when that first attempt is the unseen one."""
+    cfg = agreement.throttle_config(ThrottleSpec(placement="gateway"), NORMAL)
+    log = worm_log(100, 200, protocol)
+    every = agreement.model_trial(log, src=SRC, config=cfg, placement="gateway", protocol=protocol)
+    gw = agreement.model_trial(log, src=SRC, config=cfg, placement="gateway", protocol=protocol,
+                               unseen={"198.18.9.3"})
+    # UDP: one datagram; TCP: the SYN and the retransmissions that fall before the attempt ended (3 s)
+    assert every["unseen_arrivals"] == 0 and gw["unseen_arrivals"] == (1 if protocol == "udp" else 3)
+    assert gw["arrivals"] == every["arrivals"] - gw["unseen_arrivals"]
+    assert gw["stop_s"] == pytest.approx(every["stop_s"] + 1 / 100, abs=1e-9)
+    first = agreement.model_trial(log, src=SRC, config=cfg, placement="gateway", protocol=protocol,
+                                  unseen={"198.18.9.2"})           # the worm's very first target
+    assert first["stop_s"] == pytest.approx(gw["stop_s"], abs=1e-9)
+    assert first["queue_curve"][0][0] == pytest.approx(0.01)       # its first entry, 10 ms after the first attempt
 
 
 def _ip(s):
