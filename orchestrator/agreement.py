@@ -17,6 +17,8 @@ import numpy as np
 from throttle.core import ThrottleConfig
 from throttle.model import arrivals_from_worm_log, read_worm_log, replay
 
+from .analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
+
 STOP_TOL_ABS_S = 0.020      # max(20 ms, 3 %) on a real kernel (namespaces, KVM guests)
 STOP_TOL_REL = 0.03
 EMULATED_TOL_ABS_S = 0.050  # max(50 ms, 5 %) on guests under QEMU's software emulation
@@ -152,6 +154,38 @@ def wire_counts(att, *, src: str, scan: str, dport: int, protocol: str, block_wa
     return out
 
 
+ANSWER_TOL_S = 0.005   # a released SYN's answer reaches the capture within this of the release (measured ≤ 1 ms)
+
+
+def answered_counts(pk, *, src: str, scan: str, dport: int, block_wall: float | None,
+                    unseen: Collection[str] = (), tolerance_s: float = ANSWER_TOL_S) -> dict[str, Any]:
+    """Attempts out, seen from in front of the throttle: with the sniffer upstream of a gateway or wire
+    throttle, what got through shows as the answers coming back — the gateway's RST for an empty address
+    (`gateway_empty: reset`), a target's SYN-ACK or RST. `pk` is the capture's Packets; an attempt is a
+    (destination, source port) pair that got an answer (RST, or SYN+ACK) from the scanned range on the worm's
+    port back to `src`, timed by its first answer. Answers from addresses in `unseen` (the gateway's own: it
+    answers them itself, they never pass its throttle) are left out. TCP only (UDP's ICMP errors are rate
+    limited by the kernel), and only where capture and throttle share a clock."""
+    net = ipaddress.ip_network(scan)
+    lo, hi = int(net.network_address), int(net.broadcast_address)
+    flags = pk.tcp_flags
+    answer = ((flags & TCP_RST) != 0) | ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+    mask = (pk.tcp & (pk.dst == int(ipaddress.IPv4Address(src))) & (pk.src >= lo) & (pk.src <= hi)
+            & (pk.sport == dport) & answer)
+    if unseen:
+        mask &= ~np.isin(pk.src, np.array([int(ipaddress.IPv4Address(a)) for a in unseen], dtype=np.uint32))
+    first: dict[tuple[int, int], float] = {}
+    for a, sp, t in zip(pk.src[mask].tolist(), pk.dport[mask].tolist(), pk.ts[mask].tolist(), strict=True):
+        if (a, sp) not in first or t < first[(a, sp)]:
+            first[(a, sp)] = t
+    ts = np.array(sorted(first.values()), dtype=np.float64)
+    if block_wall is None:
+        return {"answered": int(ts.size), "out_before_block": int(ts.size), "out_after_block": 0}
+    before = int((ts <= block_wall + tolerance_s).sum())
+    return {"answered": int(ts.size), "out_before_block": before, "out_after_block": int(ts.size) - before,
+            "answer_tolerance_s": tolerance_s}
+
+
 def judge(measured: Mapping[str, Any], model: Mapping[str, Any] | None, *, stop_abs_s: float = STOP_TOL_ABS_S,
           stop_rel: float = STOP_TOL_REL) -> dict[str, Any]:
     """Do measurement and model agree? Stopping time within max(stop_abs_s, stop_rel) — 20 ms and 3 % by
@@ -173,8 +207,8 @@ def judge(measured: Mapping[str, Any], model: Mapping[str, Any] | None, *, stop_
         res["stop_ok"] = abs(ms - ps) <= res["stop_tolerance_s"]
     mo, po = measured.get("out_before_block"), model.get("out_before_block")
     res["out_error"] = None if mo is None or po is None else mo - po
-    # attempts out are measured only where the capture sees what left the throttle (host placement); with the
-    # capture in front of it (gateway, wire) they are not measured, and not judged
+    # attempts out are measured where the capture sees what left the throttle (host placement), or the answers
+    # to it (TCP in front of a gateway or wire throttle, on one clock); where neither, they are not judged
     res["out_ok"] = None if mo is None else (res["out_error"] is not None and abs(res["out_error"]) <= OUT_TOL)
     res["ok"] = bool(res["stop_ok"] and res["out_ok"] is not False and res["leak_ok"])
     reasons = []

@@ -68,6 +68,7 @@ class Setup:
     tolerance: dict = field(default_factory=lambda: agreement.tolerance(False))
     retransmit: str = "linux"         # the infected host's SYN retransmission schedule (for the model)
     retransmit_why: str = ""
+    shared_clock: bool = False        # capture, worm and throttle on one kernel's clock (the netns provider)
     stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -156,6 +157,19 @@ def _delivered_to_gateway(lab: Lab) -> set[str]:
             if i.address:
                 out |= {i.ip, str(ipaddress.ip_interface(i.address).network.broadcast_address)}
     return out
+
+
+def _unseen(st: Setup) -> set[str]:
+    th = st.exp.spec.throttle
+    return _delivered_to_gateway(st.lab) if st.exp.throttled and th.placement == "gateway" else set()
+
+
+def answers_measurable(st: Setup, t: TrialSpec) -> bool:
+    """Can the attempts out be counted from the answers, with the capture in front of the throttle? For TCP,
+    when the gateway answers every scan of an empty address (reset) and capture and throttle share one clock
+    (namespaces share the kernel's; a VM's sniffer and its hypervisor's throttle do not)."""
+    return (st.exp.throttled and st.exp.spec.throttle.placement in ("gateway", "wire") and t.protocol == "tcp"
+            and st.exp.spec.gateway_empty == "reset" and st.shared_clock)
 
 
 def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
@@ -357,7 +371,8 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     sniffer = "after" if (st.exp.throttled and s.throttle.placement == "host") or not st.exp.throttled else "before"
     # the logs are on the infected host's clock, the capture on the sniffer's: VMs keep their own clocks, so
     # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
-    att = extract_attempts(read_capture(files["pcap"]))
+    pk = read_capture(files["pcap"])
+    att = extract_attempts(pk)
     offset, matched = 0.0, 0
     if files.get("throttle_log") and sniffer == "after":
         verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
@@ -393,6 +408,12 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         measured.update(out_before_block=wire["out_before_block"],
                         packets_out_before_block=wire["packets_out_before_block"],
                         out_after_block=wire["out_after_block"])
+    elif answers_measurable(st, t):
+        # in front of the throttle: what got through shows as the answers coming back (the gateway's RSTs)
+        ans = agreement.answered_counts(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
+                                        block_wall=sm.get("blocked_wall"), unseen=_unseen(st))
+        measured.update(out_before_block=ans["out_before_block"], out_after_block=ans["out_after_block"],
+                        out_measured_from="answers")
     else:
         measured.update(out_before_block=None, out_after_block=None)
     if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
@@ -405,8 +426,7 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         cfg = agreement.throttle_config(s.throttle, st.normal)
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
                                       protocol=t.protocol, retransmit=st.retransmit,
-                                      unseen=_delivered_to_gateway(st.lab) if s.throttle.placement == "gateway"
-                                      else ())
+                                      unseen=_unseen(st))
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
         rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:

@@ -156,3 +156,54 @@ def test_the_senders_schedule_follows_its_kernel():
     assert agreement.sender_schedule("")[0] == "linux-classic"          # Debian 12's 6.1 kernel: no such sysctl
     assert agreement.sender_schedule("0") == ("linux-classic", "tcp_syn_linear_timeouts 0: 1, 3, 7, 15 s…")
     assert "not measured here" in agreement.sender_schedule("2")[1]
+
+
+def test_answers_count_what_got_through_a_throttle_the_capture_stands_in_front_of(tmp_path):
+    """In front of a gateway or wire throttle the capture sees every SYN the worm sent, so what got through
+    is counted from the answers coming back: one per (destination, source port), timed by its first answer,
+    split at the block; answers the gateway gives for its own address, other ports, other hosts, data
+    segments and SYNs are not answers to the worm's attempts."""
+    from orchestrator.analysis.pcap import read_capture
+    from tests.analysis.capgen import frames, syn, write_pcap
+
+    t0 = 1_764_050_000.0
+    pkts = []
+    for ts, s, d, sp, dp, flags in [
+        (0.000, SRC, "198.18.9.2", 40000, 8080, "S"),            # the worm's SYNs: not answers
+        (0.001, "198.18.9.2", SRC, 8080, 40000, "SA"),           # a target accepts: out
+        (0.002, "198.18.9.2", SRC, 8080, 40000, "R"),            # ... and resets the same connection: not again
+        (1.000, "198.18.9.7", SRC, 8080, 40001, "RA"),           # the gateway's RST for an empty address: out
+        (1.500, "198.18.9.1", SRC, 8080, 40002, "RA"),           # the gateway's own address: never throttled
+        (1.600, "198.18.10.5", SRC, 8080, 40003, "RA"),          # outside the scanned range
+        (1.700, "198.18.9.8", SRC, 80, 40004, "RA"),             # not the worm's port
+        (1.800, "198.18.9.8", "198.18.8.3", 8080, 40005, "RA"),  # to another host
+        (1.900, "198.18.9.8", SRC, 8080, 40006, "A"),            # a data segment, not an answer
+        (2.003, "198.18.9.9", SRC, 8080, 40007, "RA"),           # within 5 ms of the block: released before it
+        (2.500, "198.18.9.10", SRC, 8080, 40008, "RA"),          # after the block: a leak
+    ]:
+        p = syn(s, d, sp, dp, flags=flags)
+        p.time = t0 + ts
+        pkts.append(p)
+    pk = read_capture(write_pcap(tmp_path / "c.pcap", frames(pkts)))
+    got = agreement.answered_counts(pk, src=SRC, scan="198.18.9.0/24", dport=8080, block_wall=t0 + 2.0,
+                                    unseen={"198.18.9.1"})
+    assert got == {"answered": 4, "out_before_block": 3, "out_after_block": 1, "answer_tolerance_s": 0.005}
+    unblocked = agreement.answered_counts(pk, src=SRC, scan="198.18.9.0/24", dport=8080, block_wall=None)
+    assert unblocked == {"answered": 5, "out_before_block": 5, "out_after_block": 0}   # .1 counts when seen
+
+
+@pytest.mark.parametrize("placement,protocol,empty,shared,expect", [
+    ("gateway", "tcp", "reset", True, True),
+    ("wire", "tcp", "reset", True, True),
+    ("host", "tcp", "reset", True, False),        # the capture is after the throttle: SYNs are counted
+    ("gateway", "udp", "reset", True, False),     # ICMP errors are rate-limited by the kernel
+    ("gateway", "tcp", "blackhole", True, False),  # nothing answers an empty address
+    ("wire", "tcp", "reset", False, False),       # a VM's sniffer and the hypervisor's throttle: two clocks
+])
+def test_when_attempts_out_are_counted_from_answers(placement, protocol, empty, shared, expect):
+    from types import SimpleNamespace as NS
+
+    from orchestrator.trial import answers_measurable
+    st = NS(exp=NS(throttled=True, spec=NS(throttle=NS(placement=placement), gateway_empty=empty)),
+            shared_clock=shared)
+    assert answers_measurable(st, NS(protocol=protocol)) is expect

@@ -184,7 +184,10 @@ def test_the_wire_placement_outside_an_unmodified_host(env):
     slow, fast = RunDir(out).trials()
     for t in (slow, fast):
         assert t["status"] == "ok" and t["placement"] == "wire" and t["agreement"]["ok"], t
-        assert t["measured"]["out_before_block"] is None      # the capture stands in front of the throttle
+        # the capture stands in front of the throttle: what got through is counted from the gateway's RSTs
+        m, mo = t["measured"], t["model"]
+        assert m["out_measured_from"] == "answers" and m["out_after_block"] == 0, t
+        assert abs(m["out_before_block"] - mo["out_before_block"]) <= 1, t
         assert t["measured"]["achieved_rate_wire"] == pytest.approx(t["rate"], rel=0.02)
         assert t["initial_working_set"][0].startswith("198.18.10.")   # normal traffic crossed the wire
     # at 20/s in the host it takes 100 queue entries of new attempts: 5.25 s; on the wire the retransmitted
@@ -195,8 +198,8 @@ def test_the_wire_placement_outside_an_unmodified_host(env):
 
 def test_the_gateway_placement_throttles_forwarded_traffic(env):
     """The throttle on the gateway (the paper's per-source array, on forwarded traffic): the sniffer on the
-    blade's segment stands in front of it, so it measures the worm's own rate and the stopping time, not the
-    attempts out; the held SYNs are the blade's, which its stack retransmits, so TCP is stopped sooner than
+    blade's segment stands in front of it, so it measures the worm's own rate and the stopping time, and the
+    attempts out only from the answers that come back (TCP); the held SYNs are the blade's, which its stack retransmits, so TCP is stopped sooner than
     UDP at the same rate."""
     tmp, name, lab = env
     exp = experiment(tmp, lab, rates=[20, 100], throttle={"placement": "gateway"},
@@ -211,7 +214,11 @@ def test_the_gateway_placement_throttles_forwarded_traffic(env):
         assert t["status"] == "ok" and t["reason"] == "blocked" and t["placement"] == "gateway", t
         assert t["agreement"]["ok"] is True and m["blocked"] and m["throttle_events"]["blocked"] == 1, t
         assert abs(m["stop_s"] - mo["stop_s"]) <= max(0.020, 0.03 * mo["stop_s"]), t
-        assert m["out_before_block"] is None and m["out_after_block"] is None
+        if t["protocol"] == "tcp":     # counted from the answers that came back (the gateway's RSTs)
+            assert m["out_measured_from"] == "answers" and m["out_after_block"] == 0, t
+            assert abs(m["out_before_block"] - mo["out_before_block"]) <= 1, t
+        else:                          # ICMP errors are rate-limited by the kernel: not counted
+            assert m["out_before_block"] is None and m["out_after_block"] is None
         assert m["achieved_rate_wire"] == pytest.approx(t["rate"], rel=0.02)
         # the sequential scan hits the gateway's own address on the targets' subnet: delivered to the gateway,
         # never queued by its throttle, so the model leaves it out (with it, UDP at 20/s came out 50 ms early)
