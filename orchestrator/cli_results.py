@@ -94,7 +94,8 @@ def _finish_run(rdir, junit: Path | None) -> None:
         junit.write_text(junit_xml(run))
     rows = run.summary()
     t = Table("protocol", "rate/s", "achieved/s", "stop s", "model s", "out", "model", "after", "agrees",
-              title=f"stopping speed — {run.path}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # 80 columns, whole headers
+              title=f"stopping speed — {run.path}",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)     # fits 80 columns with whole headers
     for r in rows:
         t.add_row(r["protocol"], f"{r['rate']:g}", _n(r["achieved_rate"]), _n(r["stop_s"]), _n(r["stop_s_model"]),
                   _n(r["out_before_block"]), _n(r["out_before_block_model"]), _n(r["out_after_block"]),

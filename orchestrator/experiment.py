@@ -181,7 +181,7 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
                 emulated = lab_rec.provider == "libvirt" and lab_rec.extra.get("domain_type") == "qemu"
                 st.tolerance = agreement.tolerance(emulated)
-                st.shared_clock = lab_rec.provider == "netns"
+                st.shared_clock, st.emulated = lab_rec.provider == "netns", emulated
                 man = rdir.manifest()
                 man.update(emulated=emulated, domain_type=lab_rec.extra.get("domain_type"), tolerance=st.tolerance,
                            retransmit=st.retransmit, retransmit_why=st.retransmit_why)

@@ -235,8 +235,8 @@ def _notes(c: dict[str, Any]) -> list[str]:
         notes.append("The sniffer's mirror of the infected host's segment stands in front of this throttle: it "
                      "measures the worm's own rate on the wire and the stopping time; the attempts let out are "
                      "counted from the answers that came back (TCP, with the gateway answering scans of empty "
-                     "addresses with RSTs, capture and throttle on one clock), and shown as – where they cannot "
-                     "be (UDP, whose ICMP errors the kernel rate-limits; a black-holing gateway; a VM's sniffer).")
+                     "addresses with RSTs; a VM sniffer's clock tied to the throttle's first), and shown as – where "
+                     "they cannot be (UDP, whose ICMP errors the kernel rate-limits; a black-holing gateway).")
     unseen = sum(1 for t in c["trials"] if ((t.get("model") or {}).get("unseen_arrivals") or 0) > 0)
     if unseen:
         notes.append(f"In {unseen} trial(s) the scan hit the gateway's own addresses: the gateway takes those "

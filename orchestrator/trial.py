@@ -69,6 +69,7 @@ class Setup:
     retransmit: str = "linux"         # the infected host's SYN retransmission schedule (for the model)
     retransmit_why: str = ""
     shared_clock: bool = False        # capture, worm and throttle on one kernel's clock (the netns provider)
+    emulated: bool = False            # guests under QEMU's software emulation
     stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -166,10 +167,10 @@ def _unseen(st: Setup) -> set[str]:
 
 def answers_measurable(st: Setup, t: TrialSpec) -> bool:
     """Can the attempts out be counted from the answers, with the capture in front of the throttle? For TCP,
-    when the gateway answers every scan of an empty address (reset) and capture and throttle share one clock
-    (namespaces share the kernel's; a VM's sniffer and its hypervisor's throttle do not)."""
-    return (st.exp.throttled and st.exp.spec.throttle.placement in ("gateway", "wire") and t.protocol == "tcp"
-            and st.exp.spec.gateway_empty == "reset" and st.shared_clock)
+    when the gateway answers every scan of an empty address (reset); the capture's clock must then be tied to
+    the throttle's (one kernel on namespaces; measured from the packets it passed on VMs)."""
+    return bool(st.exp.throttled and st.exp.spec.throttle.placement in ("gateway", "wire")
+                and t.protocol == "tcp" and st.exp.spec.gateway_empty == "reset")
 
 
 def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
@@ -373,6 +374,12 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
     pk = read_capture(files["pcap"])
     att = extract_attempts(pk)
+    answers = answers_measurable(st, t)
+    if answers and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's first
+        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
+        link = agreement.answer_clock(att, verdicts, src=src)
+    else:
+        link = 0.0
     offset, matched = 0.0, 0
     if files.get("throttle_log") and sniffer == "after":
         verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
@@ -408,12 +415,15 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         measured.update(out_before_block=wire["out_before_block"],
                         packets_out_before_block=wire["packets_out_before_block"],
                         out_after_block=wire["out_after_block"])
-    elif answers_measurable(st, t):
-        # in front of the throttle: what got through shows as the answers coming back (the gateway's RSTs)
+    elif answers and link is not None:
+        # in front of the throttle: what got through shows as the answers coming back (the gateway's RSTs),
+        # on the capture's clock — the block placed there by the measured link between the two clocks
+        block = sm.get("blocked_wall")
         ans = agreement.answered_counts(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
-                                        block_wall=sm.get("blocked_wall"), unseen=_unseen(st))
+                                        block_wall=None if block is None else block + link, unseen=_unseen(st),
+                                        tolerance_s=agreement.answer_tolerance(st.emulated))
         measured.update(out_before_block=ans["out_before_block"], out_after_block=ans["out_after_block"],
-                        out_measured_from="answers")
+                        out_measured_from="answers", answer_clock_offset_s=link)
     else:
         measured.update(out_before_block=None, out_after_block=None)
     if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled

@@ -84,6 +84,13 @@ def _ip(s):
     return int(ipaddress.IPv4Address(s))
 
 
+def _columns(rows):
+    """(ts, src, dst, sport, dport, proto) rows as the capture's columns, for build_attempts."""
+    return (np.array([r[0] for r in rows]), np.array([_ip(r[1]) for r in rows], dtype=np.uint32),
+            np.array([_ip(r[2]) for r in rows], dtype=np.uint32), np.array([r[3] for r in rows], dtype=np.uint16),
+            np.array([r[4] for r in rows], dtype=np.uint16), np.array([r[5] for r in rows], dtype=np.uint8))
+
+
 def test_wire_counts_split_the_worms_own_attempts_at_the_block():
     rows = [  # (ts, src, dst, sport, dport, proto)
         (10.00, SRC, "198.18.8.254", 50000, 80, 6),         # normal traffic: not the worm's
@@ -95,10 +102,7 @@ def test_wire_counts_split_the_worms_own_attempts_at_the_block():
         (12.00, SRC, "198.18.9.6", 40004, 8080, 6),         # after the block
     ]
     rows.sort()
-    att = build_attempts(np.array([r[0] for r in rows]), np.array([_ip(r[1]) for r in rows], dtype=np.uint32),
-                         np.array([_ip(r[2]) for r in rows], dtype=np.uint32),
-                         np.array([r[3] for r in rows], dtype=np.uint16), np.array([r[4] for r in rows], dtype=np.uint16),
-                         np.array([r[5] for r in rows], dtype=np.uint8))
+    att = build_attempts(*_columns(rows))
     w = agreement.wire_counts(att, src=SRC, scan="198.18.9.0/24", dport=8080, protocol="tcp", block_wall=11.5,
                               first_wall=10.1)
     assert (w["out_before_block"], w["packets_out_before_block"], w["out_after_block"]) == (2, 3, 1)
@@ -192,18 +196,35 @@ def test_answers_count_what_got_through_a_throttle_the_capture_stands_in_front_o
     assert unblocked == {"answered": 5, "out_before_block": 5, "out_after_block": 0}   # .1 counts when seen
 
 
-@pytest.mark.parametrize("placement,protocol,empty,shared,expect", [
-    ("gateway", "tcp", "reset", True, True),
-    ("wire", "tcp", "reset", True, True),
-    ("host", "tcp", "reset", True, False),        # the capture is after the throttle: SYNs are counted
-    ("gateway", "udp", "reset", True, False),     # ICMP errors are rate-limited by the kernel
-    ("gateway", "tcp", "blackhole", True, False),  # nothing answers an empty address
-    ("wire", "tcp", "reset", False, False),       # a VM's sniffer and the hypervisor's throttle: two clocks
+@pytest.mark.parametrize("throttled,placement,protocol,empty,expect", [
+    (True, "gateway", "tcp", "reset", True),
+    (True, "wire", "tcp", "reset", True),
+    (True, "host", "tcp", "reset", False),        # the capture is after the throttle: SYNs are counted
+    (True, "gateway", "udp", "reset", False),     # ICMP errors are rate-limited by the kernel
+    (True, "gateway", "tcp", "blackhole", False),  # nothing answers an empty address
+    (False, "host", "tcp", "reset", False),       # a baseline: nothing to count through
 ])
-def test_when_attempts_out_are_counted_from_answers(placement, protocol, empty, shared, expect):
+def test_when_attempts_out_are_counted_from_answers(throttled, placement, protocol, empty, expect):
     from types import SimpleNamespace as NS
 
     from orchestrator.trial import answers_measurable
-    st = NS(exp=NS(throttled=True, spec=NS(throttle=NS(placement=placement), gateway_empty=empty)),
-            shared_clock=shared)
+    st = NS(exp=NS(throttled=throttled, spec=NS(throttle=NS(placement=placement), gateway_empty=empty)))
     assert answers_measurable(st, NS(protocol=protocol)) is expect
+
+
+def test_a_vm_sniffers_clock_is_tied_to_the_throttles_by_what_it_passed_at_once():
+    """Measured on a VM lab: the sniffer VM's clock ran 0.566 s behind the hypervisor's throttle. The first SYN
+    of each connection passed at once is on the wire as the throttle decides; a retransmission passed later
+    (its destination released meanwhile) is matched to its first SYN, an outlier the median ignores."""
+    rows = [(100.000 + k * 0.01, SRC, f"198.18.10.{250 + k}", 50000 + k, 80, 6) for k in range(5)]
+    rows.append((101.000, SRC, "198.18.9.0", 40000, 8080, 6))
+    att = build_attempts(*_columns(rows))
+    verdicts = [{"event": "passed", "src": SRC, "dst": f"198.18.10.{250 + k}", "sport": 50000 + k, "dport": 80,
+                 "proto": "tcp", "t_wall": 100.566 + k * 0.01} for k in range(5)]
+    verdicts += [{"event": "passed", "src": SRC, "dst": "198.18.9.0", "sport": 40000, "dport": 8080,
+                  "proto": "tcp", "t_wall": 103.0},                      # a retransmission, 2 s after the first
+                 {"event": "released", "src": SRC, "dst": "198.18.9.7", "sport": 40007, "dport": 8080,
+                  "proto": "tcp", "t_wall": 101.5}]                      # held: says nothing of the clocks
+    assert agreement.answer_clock(att, verdicts, src=SRC) == pytest.approx(-0.566, abs=1e-6)
+    assert agreement.answer_clock(att, verdicts[:2], src=SRC) is None     # too few to tie the clocks
+    assert agreement.answer_tolerance(False) == 0.005 and agreement.answer_tolerance(True) == 0.020

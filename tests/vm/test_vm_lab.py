@@ -177,6 +177,12 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         assert wt["status"] == "ok" and wt["placement"] == "wire" and wt["agreement"]["ok"], wt
         assert wt["measured"]["stop_s"] < 4.0          # the guest's retransmitted SYNs join the queue on the wire
         assert abs(wt["worm_throttle_clock_offset_s"]) < 30    # two kernels, two clocks: measured, recorded
+        # the sniffer VM stands in front of the throttle: what got through is counted from the gateway's RSTs,
+        # placed against the block through the sniffer's clock as tied to the hypervisor's
+        m = wt["measured"]
+        assert m["out_measured_from"] == "answers" and m["out_after_block"] == 0, wt
+        assert abs(m["out_before_block"] - wt["model"]["out_before_block"]) <= 1, wt
+        assert abs(m["answer_clock_offset_s"]) < 30
 
         off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
