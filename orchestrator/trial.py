@@ -375,11 +375,11 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     pk = read_capture(files["pcap"])
     att = extract_attempts(pk)
     answers = answers_measurable(st, t)
+    link: float | None = 0.0
     if answers and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's first
-        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
+        tlog = files.get("throttle_log")
+        verdicts = (json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()) if tlog else ()
         link = agreement.answer_clock(att, verdicts, src=src)
-    else:
-        link = 0.0
     offset, matched = 0.0, 0
     if files.get("throttle_log") and sniffer == "after":
         verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
