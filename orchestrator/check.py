@@ -22,6 +22,8 @@ from .topology import Host, Lab
 
 PROBE_PORT = 9          # discard: nothing listens, so a reachable address answers with RST at once
 PROBE_TIMEOUT = 0.6
+RETRY_TIMEOUT = 3.0     # a probe that should connect and timed out is tried once more, this long (a VM under
+                        # software emulation once took longer than PROBE_TIMEOUT to answer on its management LAN)
 PROBE_SRC = (Path(__file__).parent / "probe_host.py").read_text()
 
 
@@ -245,4 +247,17 @@ def run_check(provider: Provider, lab: Lab) -> CheckReport:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         observed = dict(pool.map(one, [h.name for h in lab.hosts]))
+        # an address that should answer and did not within PROBE_TIMEOUT gets one longer try before it is
+        # called broken; a leak probe is never retried (an answer there is a leak however late it came)
+        slow = {h: [p for p in o.get("probes", []) if p["expect"] == "reachable" and p.get("detail") == "timeout"]
+                for h, o in observed.items()}
+        slow = {h: ps for h, ps in slow.items() if ps}
+        for h, ps in slow.items():
+            plans[h] = {**plans[h], "timeout": RETRY_TIMEOUT,
+                        "probes": [{k: v for k, v in p.items() if k not in ("result", "detail")} for p in ps]}
+        for h, again in pool.map(one, list(slow)):
+            if "error" in again:
+                continue
+            redone = {(p["addr"], p.get("bind_dev")): p for p in again.get("probes", [])}
+            observed[h]["probes"] = [redone.get((p["addr"], p.get("bind_dev")), p) for p in observed[h]["probes"]]
     return evaluate(lab, observed)

@@ -150,3 +150,42 @@ def test_isolation_ruleset_for_gateway_and_sniffer(lab):
     blade = isolation.ruleset(lab.host("blade"))
     assert 'iifname { "mgmt0", "admin0" } ip daddr { 198.18.8.2 } drop' in blade
     assert copy.deepcopy(blade) == isolation.ruleset(lab.host("blade"))
+
+
+class _SlowThenFine:
+    """A provider whose probe program sees the blade's management address time out once, then answer."""
+
+    def __init__(self, lab, late: bool):
+        self.obs, self.late, self.plans = clean_observation(lab), late, []
+
+    def exec(self, lab, host, argv, *, input=None, timeout=None):
+        import json
+
+        from orchestrator.proc import Result
+        plan = json.loads(argv[-1])
+        self.plans.append((host, plan))
+        out = copy.deepcopy(self.obs[host])
+        if len([h for h, _ in self.plans if h == host]) > 1:     # the retry: only the probes it was given
+            out["probes"] = [{**p, "result": "refused" if self.late else "unreachable",
+                              "detail": "ECONNREFUSED" if self.late else "timeout"} for p in plan["probes"]]
+        elif host == "admin-server":
+            for p in out["probes"]:
+                if p["expect"] == "reachable" and p["segment"] == "management":
+                    p["result"], p["detail"] = "unreachable", "timeout"
+        return Result(argv, 0, json.dumps(out), "")
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_reachable_address_that_timed_out_is_tried_once_more(lab, late, monkeypatch):
+    monkeypatch.setattr(check, "machine_uplinks", lambda: UPLINKS)
+    prov = _SlowThenFine(lab, late)
+    rep = check.run_check(prov, lab)
+    retries = [(h, p) for h, p in prov.plans if p["timeout"] == check.RETRY_TIMEOUT]
+    assert [h for h, _ in retries] == ["admin-server"]       # only the host with a slow reachable probe
+    assert {q["expect"] for q in retries[0][1]["probes"]} == {"reachable"}
+    assert {q["segment"] for q in retries[0][1]["probes"]} == {"management"}
+    if late:      # it answered the second time: connected, not broken
+        assert rep.ok, failing(rep)
+    else:         # still silent: broken, and named
+        assert [(f.check, f.host, f.kind) for f in rep.problems] == [("connectivity", "admin-server", "broken")]
+        assert "cannot reach management address" in rep.problems[0].detail
