@@ -155,7 +155,7 @@ def wire_counts(att, *, src: str, scan: str, dport: int, protocol: str, block_wa
 
 
 ANSWER_TOL_S = 0.005   # a released SYN is answered on the capture within 0.2 ms of the verdict (55 measured)
-ANSWER_TOL_EMULATED_S = 0.020   # a VM's sniffer under QEMU's emulation: within 0.7 ms of it, and the clock link
+ANSWER_TOL_EMULATED_S = 0.020   # a sniffer VM under emulation: answers within 0.7 ms, plus the clock link's error
 
 
 def answer_tolerance(emulated: bool) -> float:
@@ -179,7 +179,7 @@ def answered_counts(pk, *, src: str, scan: str, dport: int, block_wall: float | 
     (destination, source port) pair that got an answer (RST, or SYN+ACK) from the scanned range on the worm's
     port back to `src`, timed by its first answer. Answers from addresses in `unseen` (the gateway's own: it
     answers them itself, they never pass its throttle) are left out. TCP only (UDP's ICMP errors are rate
-    limited by the kernel), and only where capture and throttle share a clock."""
+    limited by the kernel); `block_wall` must be on the capture's clock (see answer_clock)."""
     net = ipaddress.ip_network(scan)
     lo, hi = int(net.network_address), int(net.broadcast_address)
     flags = pk.tcp_flags
@@ -222,7 +222,7 @@ def judge(measured: Mapping[str, Any], model: Mapping[str, Any] | None, *, stop_
     mo, po = measured.get("out_before_block"), model.get("out_before_block")
     res["out_error"] = None if mo is None or po is None else mo - po
     # attempts out are measured where the capture sees what left the throttle (host placement), or the answers
-    # to it (TCP in front of a gateway or wire throttle, on one clock); where neither, they are not judged
+    # to it (TCP in front of a gateway or wire throttle); where neither, they are not judged
     res["out_ok"] = None if mo is None else (res["out_error"] is not None and abs(res["out_error"]) <= OUT_TOL)
     res["ok"] = bool(res["stop_ok"] and res["out_ok"] is not False and res["leak_ok"])
     reasons = []

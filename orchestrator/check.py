@@ -249,13 +249,12 @@ def run_check(provider: Provider, lab: Lab) -> CheckReport:
         observed = dict(pool.map(one, [h.name for h in lab.hosts]))
         # an address that should answer and did not within PROBE_TIMEOUT gets one longer try before it is
         # called broken; a leak probe is never retried (an answer there is a leak however late it came)
-        slow = {h: [p for p in o.get("probes", []) if p["expect"] == "reachable" and p.get("detail") == "timeout"]
-                for h, o in observed.items()}
-        slow = {h: ps for h, ps in slow.items() if ps}
-        for h, ps in slow.items():
-            plans[h] = {**plans[h], "timeout": RETRY_TIMEOUT,
-                        "probes": [{k: v for k, v in p.items() if k not in ("result", "detail")} for p in ps]}
-        for h, again in pool.map(one, list(slow)):
+        for h, o in observed.items():
+            slow = [{k: v for k, v in p.items() if k not in ("result", "detail")} for p in o.get("probes", [])
+                    if p["expect"] == "reachable" and p.get("detail") == "timeout"]
+            if slow:
+                plans[h] = {**plans[h], "timeout": RETRY_TIMEOUT, "probes": slow}
+        for h, again in pool.map(one, [h for h in plans if plans[h]["timeout"] == RETRY_TIMEOUT]):
             if "error" in again:
                 continue
             redone = {(p["addr"], p.get("bind_dev")): p for p in again.get("probes", [])}

@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import agreement, provision
 from . import lab as core
+from . import provision
 from .access import Access
 from .errors import ExperimentError
 from .experiment_spec import Experiment, load_experiment
@@ -180,7 +180,6 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                 st = Setup.resolve(exp, lab_rec.topology, LabHosts(acc), rdir)
                 # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
                 emulated = lab_rec.provider == "libvirt" and lab_rec.extra.get("domain_type") == "qemu"
-                st.tolerance = agreement.tolerance(emulated)
                 st.shared_clock, st.emulated = lab_rec.provider == "netns", emulated
                 man = rdir.manifest()
                 man.update(emulated=emulated, domain_type=lab_rec.extra.get("domain_type"), tolerance=st.tolerance,

@@ -65,12 +65,15 @@ class Setup:
     canary: tuple[str, str]
     throttle: HostPlace | LocalPlace | None = None     # where the throttle runs
     throttle_iface: str | None = None
-    tolerance: dict = field(default_factory=lambda: agreement.tolerance(False))
     retransmit: str = "linux"         # the infected host's SYN retransmission schedule (for the model)
     retransmit_why: str = ""
     shared_clock: bool = False        # capture, worm and throttle on one kernel's clock (the netns provider)
-    emulated: bool = False            # guests under QEMU's software emulation
+    emulated: bool = False            # guests under QEMU's software emulation: wider tolerances
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def tolerance(self) -> dict:
+        return agreement.tolerance(self.emulated)
 
     @classmethod
     def resolve(cls, exp: Experiment, lab: Lab, hosts: LabHosts, run: RunDir) -> Setup:
@@ -374,18 +377,19 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
     pk = read_capture(files["pcap"])
     att = extract_attempts(pk)
+    tlog = files.get("throttle_log")
+    verdicts = [json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()] if tlog else []
+    worm_lines = Path(files["worm_log"]).read_text().splitlines()
+    unseen = _unseen(st)
     answers = answers_measurable(st, t)
     link: float | None = 0.0
     if answers and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's first
-        tlog = files.get("throttle_log")
-        verdicts = (json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()) if tlog else ()
         link = agreement.answer_clock(att, verdicts, src=src)
     offset, matched = 0.0, 0
-    if files.get("throttle_log") and sniffer == "after":
-        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
+    if verdicts and sniffer == "after":
         found, matched = agreement.clock_offset(att, verdicts, src=src)
         offset = found or 0.0
-    an = analyse_trial(files["pcap"], throttle_log=files.get("throttle_log"), worm_logs=[files["worm_log"]],
+    an = analyse_trial(files["pcap"], throttle_log=tlog, worm_logs=[files["worm_log"]],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
     d = an.to_dict()
     atomic_write_json(tdir / "analysis.json", d)
@@ -394,11 +398,9 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
                                  block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
     stop_s = sm.get("stopping_time_s")
-    if stop_s is not None and sm.get("stopping_time_clock") == "wall" and files.get("throttle_log"):
+    if stop_s is not None and sm.get("stopping_time_clock") == "wall" and verdicts:
         # worm and throttle on different kernels (a VM and its hypervisor): their wall clocks disagree
-        lines = Path(files["worm_log"]).read_text().splitlines()
-        verdicts = (json.loads(x) for x in Path(files["throttle_log"]).read_text().splitlines() if x.strip())
-        skew, _ = agreement.send_offset(lines, verdicts, src=src)
+        skew, _ = agreement.send_offset(worm_lines, verdicts, src=src)
         if skew is not None:
             stop_s -= skew
             rec["worm_throttle_clock_offset_s"] = skew
@@ -420,7 +422,7 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
         # on the capture's clock — the block placed there by the measured link between the two clocks
         block = sm.get("blocked_wall")
         ans = agreement.answered_counts(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
-                                        block_wall=None if block is None else block + link, unseen=_unseen(st),
+                                        block_wall=None if block is None else block + link, unseen=unseen,
                                         tolerance_s=agreement.answer_tolerance(st.emulated))
         measured.update(out_before_block=ans["out_before_block"], out_after_block=ans["out_after_block"],
                         out_measured_from="answers", answer_clock_offset_s=link)
@@ -432,11 +434,9 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
     rec["findings"] = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                        for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
     if st.exp.throttled:
-        worm_lines = Path(files["worm_log"]).read_text().splitlines()
         cfg = agreement.throttle_config(s.throttle, st.normal)
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
-                                      protocol=t.protocol, retransmit=st.retransmit,
-                                      unseen=_unseen(st))
+                                      protocol=t.protocol, retransmit=st.retransmit, unseen=unseen)
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
         rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:
