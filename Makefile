@@ -10,7 +10,7 @@ help:
 	@echo "make demo   - set up, then run the main job on the namespace provider"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make setup  - install missing Debian packages and the .venv (idempotent)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, ansible-lint (production profile)"
 	@echo "make bench  - run every benchmark in benchmarks/"
 
 setup: system venv
@@ -41,6 +41,7 @@ demo: setup
 
 lint: venv
 	$(PY) -m ruff check orchestrator testworm throttle hostagent tests benchmarks playbooks/library
+	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q
 
 bench: setup
 	@scripts/setup-system.sh mininet bridge-utils   # the lab benchmark compares with Mininet 2.3

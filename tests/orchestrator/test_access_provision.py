@@ -158,7 +158,7 @@ def test_a_failing_task_names_host_task_and_message(speed, store):
     NetnsProvider(store).exec(name, "sniffer", ["ip", "addr", "add", "198.18.8.200/24", "dev", "exp0"]).check()
     with pytest.raises(ProvisionError) as exc:
         provision_lab(name, roles=["sniffer"], store=store)
-    assert ("sniffer: task 'a capture directory, tcpdump, and passive ports with no address' failed: "
+    assert ("sniffer: task 'A capture directory, tcpdump, and passive ports with no address' failed: "
             "interface exp0 must carry no address but has 198.18.8.200") in exc.value.message
 
 
