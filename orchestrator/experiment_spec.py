@@ -16,7 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
-from .spec import _pydantic_problems, load_lab, parse_yaml
+from .spec import _pydantic_problems, load_lab
+from .specfile import parse_yaml
 from .topology import Lab
 
 STRATEGIES = ("sequential", "random", "local-preference", "hit-list")

@@ -1,4 +1,4 @@
-"""Lab files: strict pydantic models, YAML loading with key paths and line numbers, and the semantic pass.
+"""Lab files: strict pydantic models and the semantic pass (the YAML with key paths and lines: specfile.py).
 
 `load_lab(path)` returns a resolved `topology.Lab` or raises SpecError listing every problem (file, key path,
 line, reason). Nothing here touches the network; the machine's routes are passed in for the overlap check.
@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
+from .specfile import Problems, parse_yaml
 
 ROLES = ("admin-server", "blade", "gateway", "target", "sniffer", "injector")
 Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
@@ -114,71 +114,12 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-# ---------------------------------------------------------------- YAML with paths and lines
-
-
-class _Problems:
-    def __init__(self, source: str, lines: dict[tuple, int]):
-        self.source, self.lines, self.items = source, lines, []
-
-    def add(self, path: Sequence[Any], reason: str) -> None:
-        key = tuple(path)
-        line = None
-        while key and line is None:
-            line = self.lines.get(key)
-            key = key[:-1]
-        where = ".".join(str(p) for p in path) or "<top>"
-        self.items.append((where + (f" (line {line})" if line else ""), reason))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise SpecError(self.source, self.items)
-
-
-def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, lines: dict, problems: _Problems) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)
-            if not isinstance(key, str | int):
-                problems.add(path, f"keys must be strings, not {type(key).__name__}")
-                continue
-            key = str(key)
-            if key in out:
-                problems.add((*path, key), f"duplicate key '{key}' (line {knode.start_mark.line + 1})")
-                continue
-            lines.setdefault((*path, key), knode.start_mark.line + 1)   # a key's line is where the key is
-            out[key] = _construct(loader, vnode, (*path, key), lines, problems)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, v, (*path, i), lines, problems) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int], _Problems]:
-    lines: dict[tuple, int] = {}
-    problems = _Problems(source, lines)
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = _construct(loader, node, (), lines, problems) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise SpecError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    return data, lines, problems
-
-
 def _union_tag(part: Any) -> bool:
     """pydantic puts the union member it tried into the error path (ThrottleSpec, literal['none'], …)."""
     return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
 
 
-def _pydantic_problems(exc: ValidationError, problems: _Problems, model: type[BaseModel]) -> None:
+def _pydantic_problems(exc: ValidationError, problems: Problems, model: type[BaseModel]) -> None:
     errors = [{**e, "loc": tuple(p for p in e["loc"] if not _union_tag(p))} for e in exc.errors()]
     # a value that failed as a mapping and as a literal alternative (throttle: {…} | none): the mapping's
     # complaints, deeper in the path, say more than "should be 'none'"
@@ -242,12 +183,12 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
-                  problems: _Problems | None = None, *, machine_routes: Iterable[str] = (),
+                  problems: Problems | None = None, *, machine_routes: Iterable[str] = (),
                   known_providers: Iterable[str] | None = None):
     """Validate parsed lab data; return the resolved topology.Lab or raise SpecError with every problem."""
     from . import topology  # late import: topology imports this module's constants
 
-    problems = problems or _Problems(source, lines or {})
+    problems = problems or Problems(source, lines or {})
     if not isinstance(data, dict):
         problems.add((), "a lab file is a mapping with at least 'name' and 'hosts'")
         problems.raise_if_any()
