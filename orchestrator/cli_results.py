@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .errors import UsageError
+
 out: Console       # given by orchestrator.cli when it registers these verbs
 err: Console
 
@@ -74,11 +76,11 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
     from .experiment import run_experiment
 
     rate_list = None
-    if rates:
+    if rates is not None:          # checked like a file's rates (0 < rate ≤ 20000), as is --repeat
         try:
             rate_list = [float(x) for x in rates.split(",") if x.strip()]
         except ValueError:
-            raise typer.BadParameter(f"--rates takes numbers separated by commas, not {rates!r}") from None
+            raise UsageError(f"--rates takes numbers separated by commas, not {rates!r}") from None
     rdir = run_experiment(file, rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
                           index_path=index, console=err, progress=_SweepBar)
     _finish_run(rdir, junit)

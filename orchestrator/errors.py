@@ -22,15 +22,19 @@ class TestbedError(Exception):
 
 
 class SpecError(TestbedError):
-    """A lab or experiment file is invalid. Carries every problem found, each with its key path."""
+    """A lab or experiment file is invalid. Carries every problem found, each with its key path; the message
+    lists the first SHOWN of them."""
 
     exit_code = 2
+    SHOWN = 100
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
-        lines += [f"  {path}: {reason}" for path, reason in problems]
+        lines = [f"{source}: {len(problems):,} problem{'s' if len(problems) != 1 else ''}"]
+        lines += [f"  {path}: {reason}" for path, reason in problems[:self.SHOWN]]
+        if len(problems) > self.SHOWN:
+            lines.append(f"  … and {len(problems) - self.SHOWN:,} more")
         super().__init__("\n".join(lines))
 
 

@@ -22,7 +22,7 @@ from . import lab as core
 from . import provision
 from .access import Access
 from .errors import ExperimentError
-from .experiment_spec import Experiment, load_experiment
+from .experiment_spec import Experiment, check_overrides, load_experiment
 from .proc import run
 from .remote import LabHosts
 from .results import Index, RunDir, new_run_id, summarise
@@ -37,8 +37,8 @@ def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int 
     s = exp.spec
     out = []
     for proto in s.worm.protocols:
-        for rate in rates or s.rates:
-            for rep in range(1, (repeats or s.repeats) + 1):
+        for rate in s.rates if rates is None else rates:
+            for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
                 out.append(TrialSpec(len(out), proto, float(rate), rep))
     return out
 
@@ -122,11 +122,8 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                    index_path: str | Path | None = "results/index.sqlite", store: StateStore | None = None,
                    console=None, progress=None) -> RunDir:
     store = store or StateStore()
+    check_overrides(rates, repeat)
     exp = load_experiment(path)
-    if rates:
-        bad = [r for r in rates if not 0 < r <= 20000]
-        if bad:
-            raise ExperimentError(f"--rates {bad[0]:g} is not a usable scan rate (0 < rate ≤ 20000)")
     if resume:
         rdir = RunDir(resume)
         man = rdir.manifest()
@@ -145,7 +142,8 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
         man = {"run_id": run_id, "experiment": exp.spec.model_dump(mode="json"), "spec_hash": exp.spec_hash,
                "source": exp.source, "lab": exp.lab.to_dict(), "seed": exp.spec.seed, "git": git_info(),
                "versions": versions(), "machine": machine(), "argv": sys.argv,
-               "plan": {"rates": rates or exp.spec.rates, "repeats": repeat or exp.spec.repeats},
+               "plan": {"rates": exp.spec.rates if rates is None else rates,
+                        "repeats": exp.spec.repeats if repeat is None else repeat},
                "started": time.time(), "status": "running"}
         rdir.write_manifest(man)
         trials, done = [], set()

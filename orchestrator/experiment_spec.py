@@ -11,17 +11,31 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
 from .spec import _pydantic_problems, load_lab
-from .specfile import parse_yaml
+from .specfile import read_spec_file
 from .topology import Lab
 
 STRATEGIES = ("sequential", "random", "local-preference", "hit-list")
 PROFILES = ("nimda-like", "codered2-like", "blaster-like", "slammer-like")
+MAX_RATE = 20000.0
+MAX_REPEATS = 100
+
+
+def _usable_rate(rate: float) -> float:
+    if not 0 < rate <= MAX_RATE:
+        raise ValueError(f"rate {rate} is not a usable scan rate (0 < rate ≤ {MAX_RATE:g} per second)")
+    return rate
+
+
+# a sweep's rates and repeats, checked alike in a file and on the command line (--rates, --repeat)
+Rate = Annotated[float, AfterValidator(_usable_rate)]
+Rates = Annotated[list[Rate], Field(min_length=1, description="scan rates, attempts per second")]
+Repeats = Annotated[int, Field(ge=1, le=MAX_REPEATS, description="trials per protocol and rate")]
 
 
 class Strict(BaseModel):
@@ -60,8 +74,8 @@ class ExperimentFile(Strict):
         "stopping-speed", description="stopping-speed (the paper's §4.2.1) or baseline (no throttle)")
     lab: str = Field(description="the lab file, relative to this file")
     worm: WormSpec
-    rates: list[float] = Field(min_length=1, description="scan rates, attempts per second")
-    repeats: int = Field(1, ge=1, le=100)
+    rates: Rates
+    repeats: Repeats = 1
     timeout_s: float = Field(60.0, gt=0, le=3600, description="per trial")
     throttle: ThrottleSpec | Literal["none"] = Field(default_factory=ThrottleSpec)
     state: Literal["full", "fresh"] = Field(
@@ -87,19 +101,14 @@ class Experiment:
 def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(source, [("<top>", "no such file" if isinstance(exc, FileNotFoundError)
-                                  else f"cannot read: {exc.strerror}")]) from None
-    data, lines, problems = parse_yaml(text, source)
+    data, lines, problems = read_spec_file(path)
     if not isinstance(data, dict) or "experiment" not in data:
         problems.add((), "an experiment file is a mapping that starts with 'experiment: NAME'")
         problems.raise_if_any()
     try:
         spec = ExperimentFile.model_validate(data)
     except ValidationError as exc:
-        _pydantic_problems(exc, problems, ExperimentFile)
+        _pydantic_problems(exc, problems, ExperimentFile, data)
         problems.raise_if_any()
         raise
     lab_path = (path.parent / spec.lab) if not Path(spec.lab).is_absolute() else Path(spec.lab)
@@ -108,9 +117,6 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
         problems.raise_if_any()
     lab = load_lab(lab_path, machine_routes=machine_routes)     # its own SpecError names the lab file
 
-    for i, r in enumerate(spec.rates):
-        if not (r > 0) or r > 20000:
-            problems.add(("rates", i), f"rate {r} is not a usable scan rate (0 < rate ≤ 20000 per second)")
     try:
         scan = ipaddress.ip_network(spec.worm.scan, strict=True)
     except ValueError as exc:
@@ -142,6 +148,22 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
     problems.raise_if_any()
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     return Experiment(spec, lab, source, digest)
+
+
+class SweepOverrides(Strict):
+    rates: Rates | None = None
+    repeats: Repeats | None = None
+
+
+def check_overrides(rates: list[float] | None, repeats: int | None) -> None:
+    """`--rates` and `--repeat` on the command line: SpecError (exit 2) for what the same values in a file
+    would be refused for."""
+    try:
+        SweepOverrides(rates=rates, repeats=repeats)
+    except ValidationError as exc:
+        flags = {"rates": "--rates", "repeats": "--repeat"}
+        raise SpecError("command line", [(flags[e["loc"][0]], e["msg"].removeprefix("Value error, "))
+                                         for e in exc.errors()]) from None
 
 
 def experiment_schema() -> dict:

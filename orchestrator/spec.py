@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import SpecError
-from .specfile import Problems, parse_yaml
+from .specfile import Problems, read_spec_file
 
 ROLES = ("admin-server", "blade", "gateway", "target", "sniffer", "injector")
 Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
@@ -119,8 +118,23 @@ def _union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
 
 
-def _pydantic_problems(exc: ValidationError, problems: Problems, model: type[BaseModel]) -> None:
-    errors = [{**e, "loc": tuple(p for p in e["loc"] if not _union_tag(p))} for e in exc.errors()]
+def _data_loc(loc: tuple, data: Any) -> tuple:
+    """pydantic's error location without the union tags it adds — a key the file has stays, even one that
+    looks like a tag (a host key 'A')."""
+    out, cur = [], data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur or isinstance(cur, list) and isinstance(part, int) \
+                and 0 <= part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif not _union_tag(part):
+            out.append(part)          # a key the file does not have (a missing one)
+            cur = None
+    return tuple(out)
+
+
+def _pydantic_problems(exc: ValidationError, problems: Problems, model: type[BaseModel], data: Any) -> None:
+    errors = [{**e, "loc": _data_loc(e["loc"], data)} for e in exc.errors()]
     # a value that failed as a mapping and as a literal alternative (throttle: {…} | none): the mapping's
     # complaints, deeper in the path, say more than "should be 'none'"
     deeper = {e["loc"][:i] for e in errors if e["type"] != "literal_error" for i in range(len(e["loc"]))}
@@ -140,7 +154,7 @@ def _pydantic_problems(exc: ValidationError, problems: Problems, model: type[Bas
             problems.add(loc, f"invalid lab name '{err['input']}': use 1-24 lower-case letters, digits and "
                               "dashes, starting with a letter")
         else:
-            problems.add(loc, err["msg"])
+            problems.add(loc, err["msg"].removeprefix("Value error, "))    # a validator's own message
 
 
 def _inner_model(annotation: Any) -> Any:
@@ -202,7 +216,7 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
     try:
         spec = LabFile.model_validate(data)
     except ValidationError as exc:
-        _pydantic_problems(exc, problems, LabFile)
+        _pydantic_problems(exc, problems, LabFile, data)
         problems.raise_if_any()
         raise  # unreachable: a ValidationError always carries at least one error
     lab = topology.resolve(spec, source, problems, machine_routes=list(machine_routes))
@@ -214,15 +228,8 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
 def load_lab(path: str | Path, *, machine_routes: Iterable[str] | None = None,
              provider_override: str | None = None, name_override: str | None = None):
     """Read, validate and resolve a lab file. machine_routes defaults to this machine's routes."""
-    path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(source, [("<top>", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError(source, [("<top>", f"cannot read: {exc.strerror}")]) from None
-    data, lines, problems = parse_yaml(text, source)
+    data, lines, problems = read_spec_file(path)
     if provider_override and isinstance(data, dict):
         data = {**data, "provider": provider_override}
     if name_override and isinstance(data, dict):
