@@ -1,11 +1,11 @@
 """The `testbed` command: thin typer verbs, each parsing its arguments and calling one core function.
 
-A user's mistake is a message and an exit code (2 for bad input), never a traceback.
+A user's mistake is a message and an exit code (2 for bad input), never a traceback; an unexpected exception
+is one line too, and `--debug` shows its traceback (cli_errors.py).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -17,32 +17,24 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import cli_errors
 from . import lab as core
-from .errors import TestbedError
+from .cli_errors import err, handles_errors
 
 app = typer.Typer(
     help="worm-testbed: build isolated labs, provision them, let a benign test worm loose, and measure how "
          "fast a containment mechanism (the Williamson virus throttle, or yours) stops it.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal; errors
+                                   # go to cli_errors.err (stderr)
 
 
-def handles_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TestbedError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
-            if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-    return wrapper
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="show the traceback of an error (also accepted after the verb; or TESTBED_DEBUG=1)")] = False):
+    if debug:
+        cli_errors.set_debug(True)
 
 
 class _Bar:
@@ -266,8 +258,8 @@ def _provision(name: str, roles: list[str] | None, gateway_empty: str = "reset",
         out.print(prov.describe(rep))
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    return cli_errors.main(app)
 
 
 from .cli_results import register as _register_results  # noqa: E402, I001

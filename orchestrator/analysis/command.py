@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.errors import TestbedError
+from orchestrator.cli_errors import report
+from orchestrator.errors import TestbedError, UsageError
 
 from .metrics import MetricsSettings
 from .trial import TrialAnalysis, analyse_trial
@@ -30,17 +31,14 @@ def analyse(pcap: Path, throttle_log: Path | None, worm_log: Path | None, as_jso
             sniffer: str | None = None, tolerance_s: float = 0.25, udp: str = "first_per_destination") -> int:
     """Run the analysis and print it (rich tables, or one JSON object with `as_json`). Returns the exit code."""
     try:
-        settings = MetricsSettings(sniffer=sniffer, tolerance_s=tolerance_s)
+        try:
+            settings = MetricsSettings(sniffer=sniffer, tolerance_s=tolerance_s)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         result = analyse_trial(pcap, throttle_log=throttle_log, worm_logs=[worm_log] if worm_log else [],
                                settings=settings, udp=udp)
-    except (TestbedError, ValueError) as exc:
-        code = getattr(exc, "exit_code", 2)
-        if as_json:
-            console.out(json.dumps({"error": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None),
-                                    "exit_code": code}), highlight=False)
-        else:
-            console.print(Text(f"error: {exc}", style="bold red"))
-        return code
+    except TestbedError as exc:
+        return report(exc, console, as_json=as_json)
     if as_json:
         console.out(json.dumps(result.to_dict(), allow_nan=False), highlight=False)
     else:

@@ -1,0 +1,92 @@
+"""How every `testbed` verb ends on an error: one line on stderr (and the error's hint), the error's exit code
+(2 for bad input), and no traceback unless asked for with `--debug` (or TESTBED_DEBUG=1).
+
+`handles_errors` wraps each verb; `report` prints one error (as text, or as one JSON object) and returns its
+exit code, for verbs that report errors themselves. A `TestbedError` is a failure we anticipated and can
+explain; any other exception is a bug, and still one line — its type, its message and a pointer to
+`--debug` — with exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.exceptions import TyperException
+
+from .errors import TestbedError
+
+err = Console(stderr=True, soft_wrap=True)
+_debug = os.environ.get("TESTBED_DEBUG") == "1"
+
+
+def set_debug(on: bool) -> None:
+    global _debug
+    _debug = on
+
+
+def debugging() -> bool:
+    return _debug
+
+
+def describe(exc: BaseException) -> tuple[str, str | None, int]:
+    """(message, hint, exit code) of an exception."""
+    if isinstance(exc, TestbedError):
+        return exc.message, exc.hint, exc.exit_code
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:300] + "…"
+    return (f"unexpected {type(exc).__name__}{': ' + text if text else ''} — a bug in worm-testbed; run it "
+            f"again with --debug for the traceback"), None, 1
+
+
+def report(exc: BaseException, console: Console = err, *, as_json: bool = False) -> int:
+    """Print `exc` (with its traceback first under --debug) and return the exit code it means."""
+    if _debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    message, hint, code = describe(exc)
+    if as_json:
+        console.out(json.dumps({"error": message, "hint": hint, "exit_code": code}), highlight=False)
+        return code
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    if hint:
+        console.print(Text.assemble(("hint:", "yellow"), " ", hint), highlight=False)
+    return code
+
+
+def handles_errors(fn):
+    """Wrap a typer verb: its errors become `report`'s line and exit code; Ctrl-C exits 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise                   # an exit code chosen by the verb, and typer's own usage errors (exit 2)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            raise typer.Exit(report(exc)) from None
+    return wrapper
+
+
+def main(app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run `app` on argv: `--debug` is taken anywhere before a `--`; anything that escapes a verb (a callback,
+    a verb registered without `handles_errors`) is still one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:cut]:
+        set_debug(True)
+        argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        return report(exc)
+    return 0
