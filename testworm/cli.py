@@ -1,14 +1,18 @@
 """`python -m testworm server|scan|trigger|kill|revive|status|keygen`: thin verbs over the modules.
 
 Every user mistake and every interlock refusal is one line on stderr and exit code 2; a refused or failed
-command at run time is exit code 1.
+command at run time is exit code 1. An unexpected exception (a bug) is one line too, with exit code 1;
+`--debug` (anywhere on the command line) prints its traceback first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -19,6 +23,8 @@ from .errors import InterlockError, ProtocolError, UsageError, WormError
 from .interlocks import OVERRIDE_FLAG, check_environment, check_lab_ranges
 from .protocol import DEFAULT_WINDOW_S, load_key, write_key
 from .strategies import STRATEGIES
+
+MAX_HIT_LIST_BYTES = 1 << 20      # 1024 addresses (the most a hit list may hold) with comments fit many times
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +65,7 @@ def _override(ap: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m testworm", description="The benign test worm (worm-testbed).")
     ap.add_argument("--version", action="version", version=__version__)
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error (a bug)")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     s = sub.add_parser("scan", help="scan in the foreground")
@@ -106,14 +113,33 @@ def _hit_list(values: list[str] | None) -> list[str] | None:
     out: list[str] = []
     for v in values:
         if v.startswith("@"):
-            try:
-                with open(v[1:]) as fh:
-                    out += [ln.split("#")[0].strip() for ln in fh if ln.split("#")[0].strip()]
-            except OSError as exc:
-                raise UsageError(f"cannot read hit list {v[1:]}: {exc.strerror}") from None
+            text = _read_hit_list(v[1:])
+            out += [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
         else:
             out.append(v)
     return out
+
+
+def _read_hit_list(path: str) -> str:
+    """A hit-list file, bounded: a regular file of at most MAX_HIT_LIST_BYTES of UTF-8 text."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)     # a FIFO must not hang the worm
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read hit list {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"hit list {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_HIT_LIST_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_HIT_LIST_BYTES:
+        raise UsageError(f"hit list {path} is larger than {MAX_HIT_LIST_BYTES:,} bytes (1024 addresses at most)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"hit list {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start:,})") from None
 
 
 def _raw_params(a: argparse.Namespace) -> dict[str, Any]:
@@ -195,6 +221,9 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [x for x in argv if x != "--debug"]
     try:
         a = build_parser().parse_args(argv)
         if a.cmd == "scan":
@@ -209,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WormError as exc:
         print(f"testworm: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # a bug: still one line, never a traceback
-        print(f"testworm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"testworm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; --debug "
+              "shows the traceback)", file=sys.stderr)
         return 1
 

@@ -1,7 +1,8 @@
 """`python -m throttle predict|run|status|reset`: thin verbs over the model, the daemon and its control socket.
 
 Exit status: 0 success, 1 a runtime failure (permission, iptables, queue bound, daemon unreachable),
-2 invalid arguments. Errors are one line on stderr, never a traceback.
+2 invalid arguments. Errors are one line on stderr; an unexpected exception (a bug) too, with exit 1 —
+`--debug` (anywhere on the command line) prints its traceback first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import ipaddress
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +45,7 @@ def _throttle_params(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m throttle", description="The reference virus throttle (worm-testbed).")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error (a bug)")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("predict", help="predicted stopping time for a constant scan rate")
@@ -144,7 +147,9 @@ def _fmt_status(st: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    a = build_parser().parse_args([x for x in argv if x != "--debug"])
     try:
         if a.verb == "predict":
             return _predict(a)
@@ -166,4 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:        # a bug: still one line
+        if debug:
+            traceback.print_exc()
+        print(f"throttle {a.verb}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; "
+              "--debug shows the traceback)", file=sys.stderr)
+        return 1
     return 2

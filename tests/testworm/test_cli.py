@@ -3,7 +3,9 @@ the parameters a server hands its scanner survive the trip through argv and thro
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -162,3 +164,33 @@ def test_huge_numbers_are_refused_not_crashed(capsys):
     code, _, err = run(capsys, ["scan", "--rate", "9" * 400, "--port", "1", "--allow", "198.18.0.0/24",
                                 "--log", "-"])
     assert (code, err) == (2, "testworm: --rate out of range\n")
+
+
+def test_a_hit_list_file_is_read_bounded(capsys, tmp_path):
+    """Binary, endless or huge hit-list files are one line and exit 2, never read whole or hung on."""
+    garbage, fifo, big = tmp_path / "garbage", tmp_path / "fifo", tmp_path / "big"
+    garbage.write_bytes(b"198.18.201.5\n\xf5\xb1 \n")
+    os.mkfifo(fifo)
+    with open(big, "wb") as fh:
+        fh.truncate(50_000_000)
+    for path, message in ((garbage, f"hit list {garbage} is not UTF-8 text (byte 0xf5 at offset 13)"),
+                          (fifo, f"hit list {fifo} is not a regular file"),
+                          (Path("/dev/zero"), "hit list /dev/zero is not a regular file"),
+                          (big, f"hit list {big} is larger than 1,048,576 bytes (1024 addresses at most)")):
+        code, _, err = run(capsys, BASE + ["--rate", "10", "--strategy", "hit-list", "--hit-list", f"@{path}"],
+                           tmp_path)
+        assert (code, err) == (2, f"testworm: {message}\n")
+    (tmp_path / "ok").write_text("198.18.201.5  # a comment\n\n198.18.201.9\n")
+    assert cli._hit_list(["@" + str(tmp_path / "ok"), "198.18.201.7"]) == ["198.18.201.5", "198.18.201.9",
+                                                                          "198.18.201.7"]
+
+
+def test_a_bug_is_one_line_and_debug_shows_its_traceback(capsys, monkeypatch, tmp_path):
+    def broken(a):
+        raise KeyError("rate")
+    monkeypatch.setattr(cli, "cmd_scan", broken)
+    line = "testworm: internal error: KeyError: 'rate' (a bug; --debug shows the traceback)\n"
+    code, _, err = run(capsys, BASE + ["--rate", "10"], tmp_path)
+    assert (code, err) == (1, line)
+    code, _, err = run(capsys, BASE + ["--rate", "10", "--debug"], tmp_path)
+    assert code == 1 and err.startswith("Traceback (most recent call last):") and err.endswith(line)

@@ -174,3 +174,18 @@ def test_predict_cli_bad_input_is_one_clear_line(args, msg):
     assert r.returncode == 2
     assert msg in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_bug_in_a_verb_is_one_line_and_debug_shows_its_traceback(capsys, monkeypatch):
+    from throttle import cli
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("float division by zero")
+    monkeypatch.setattr(cli, "predict_constant_rate", broken)
+    line = "throttle predict: internal error: ZeroDivisionError: float division by zero (a bug; --debug shows " \
+           "the traceback)\n"
+    assert cli.main(["predict", "--rate", "20"]) == 1
+    assert capsys.readouterr().err == line
+    assert cli.main(["predict", "--rate", "20", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "in broken" in err and err.endswith(line)
