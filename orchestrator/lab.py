@@ -42,7 +42,15 @@ def down(name: str, *, store: StateStore | None = None, progress: Progress = no_
     store = store or StateStore()
     rec = store.load(name)
     if rec is None:
-        return None
+        if not store.has_traces(name):
+            return None
+        with store.locked(name):        # waits for a command making it right now; the lock file goes after
+            rec = store.load(name)
+            if rec is None:
+                held = store.remove_unborn(name)
+                return None if held is None else [Resource(
+                    "state-dir", str(store.lab_dir(name)), True,
+                    f"no record, only {len(held)} temporary file(s): killed while writing its first record")]
     removed = get_provider(rec.provider, store).destroy(name, progress)
     shutil.rmtree(control_dir(store, name), ignore_errors=True)   # Ansible's SSH control sockets, if any
     return removed
@@ -51,7 +59,7 @@ def down(name: str, *, store: StateStore | None = None, progress: Progress = no_
 def down_all(*, store: StateStore | None = None, progress: Progress = no_progress) -> dict[str, list[Resource]]:
     store = store or StateStore()
     out: dict[str, list[Resource]] = {}
-    for name in store.names():
+    for name in sorted({*store.names(), *store.unborn(), *store.lock_names()}):
         removed = down(name, store=store, progress=progress)
         if removed is not None:
             out[name] = removed

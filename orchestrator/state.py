@@ -1,6 +1,8 @@
 """Where labs remember themselves: one directory per lab under the state root, holding a snapshot of the
 resolved lab and a journal of every resource a provider made (written *before* each step), per-host state
-directories, and the lab's keys. `down NAME` needs nothing else, even after the orchestrator was killed.
+directories, and the lab's keys. `down NAME` needs nothing else, even after the orchestrator was killed —
+also when it was killed while writing the lab's first record (the directory then holds only that record's
+temporary file, and nothing else exists yet: every resource is journaled before it is made).
 
 The state root is /var/lib/worm-testbed unless TESTBED_STATE_DIR says otherwise (tests use a private one).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LabNotFoundError, ProviderError
+from .errors import LabNotFoundError, ProviderError, UsageError
 from .files import atomic_write_json, read_json
+from .spec import NAME_PATTERN
 from .topology import Lab
 
 DEFAULT_ROOT = "/var/lib/worm-testbed"
+RECORD_TMP = re.compile(r"\.lab\.json\..+\.tmp")     # atomic_write_json's temporary file of lab.json
 
 
 def state_root() -> Path:
@@ -58,15 +63,51 @@ class StateStore:
         return self.root / "labs"
 
     def lab_dir(self, name: str) -> Path:
+        if not re.fullmatch(NAME_PATTERN, name):        # never a path out of labs/ (`down ../..`)
+            raise UsageError(f"'{name}' is not a lab name (1-24 lower-case letters, digits and dashes, "
+                             "starting with a letter)")
         return self.labs_dir / name
 
     def host_dir(self, lab: str, host: str) -> Path:
         return self.lab_dir(lab) / "hosts" / host
 
-    def names(self) -> list[str]:
+    def _dirs(self) -> list[Path]:
         if not self.labs_dir.is_dir():
             return []
-        return sorted(p.name for p in self.labs_dir.iterdir() if (p / "lab.json").is_file())
+        return sorted(p for p in self.labs_dir.iterdir() if re.fullmatch(NAME_PATTERN, p.name) and p.is_dir())
+
+    def names(self) -> list[str]:
+        return [p.name for p in self._dirs() if (p / "lab.json").is_file()]
+
+    def unborn(self) -> list[str]:
+        """Lab directories without a record: a command was killed while writing the lab's first one."""
+        return [p.name for p in self._dirs() if not (p / "lab.json").exists()]
+
+    def lock_names(self) -> list[str]:
+        """Labs with a lock file: held or waited for right now, or left by a command that was killed."""
+        d = self.root / "locks"
+        return sorted(p.stem for p in d.glob("*.lock") if re.fullmatch(NAME_PATTERN, p.stem)) if d.is_dir() else []
+
+    def has_traces(self, name: str) -> bool:
+        """Whether lab `name` left anything here: its directory, or its lock file."""
+        return self.lab_dir(name).exists() or self._lock_path(name).exists()
+
+    def remove_unborn(self, name: str) -> list[str] | None:
+        """Remove the directory of a lab that has no record (call with the lab's lock held). It may hold only
+        the temporary file of a first record never renamed into place: nothing of the lab can exist, as every
+        resource is journaled before it is made. Returns what it held; None when there is no such directory.
+        Anything else in it is not ours to remove: ProviderError."""
+        d = self.lab_dir(name)
+        if not d.is_dir() or (d / "lab.json").exists():
+            return None
+        held = sorted(p.name for p in d.iterdir())
+        other = [n for n in held if not RECORD_TMP.fullmatch(n)]
+        if other:
+            raise ProviderError(f"{d} holds no lab record (lab.json) but {', '.join(other[:5])}"
+                                f"{' …' if len(other) > 5 else ''}: not what an interrupted command leaves; "
+                                "inspect it and remove it by hand")
+        shutil.rmtree(d)
+        return held
 
     def load(self, name: str) -> LabRecord | None:
         path = self.lab_dir(name) / "lab.json"
@@ -95,25 +136,66 @@ class StateStore:
         self.save(rec)
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self.lab_dir(name), ignore_errors=True)
+        """Remove a lab's directory, its record (lab.json) last: a removal killed half-way leaves the record,
+        for `down` to finish the job, or an empty directory (which `down` removes as unborn)."""
+        d = self.lab_dir(name)
+        if not d.is_dir():
+            return
+        for p in d.iterdir():
+            if p.name == "lab.json":
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        (d / "lab.json").unlink(missing_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+    def _lock_path(self, name: str) -> Path:
+        if "/" in name or name.startswith("."):
+            raise UsageError(f"'{name}' cannot name a lock")
+        return self.root / "locks" / f"{name}.lock"
 
     @contextlib.contextmanager
     def locked(self, name: str, *, wait: float = 30.0) -> Iterator[None]:
-        """Serialise up/down/provision of one lab across processes."""
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_dir / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            deadline = time.monotonic() + wait
-            while True:
+        """Serialise up/down/provision of one lab across processes (not reentrant).
+
+        The lock file exists only while a command holds or waits for it: the holder unlinks it before it lets
+        go. A waiter that then gets the lock holds it on a file no longer at that path, sees so (the path is
+        gone or is another inode) and tries again on the path's current file — so two commands never both
+        think they hold the lock."""
+        path = self._lock_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise ProviderError(f"lab '{name}' is busy: another testbed command holds its "
+                                                f"lock ({path})") from None
+                        time.sleep(0.05)
+                held = os.fstat(fd)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ProviderError(f"lab '{name}' is busy: another testbed command holds its lock "
-                                            f"({lock_dir / (name + '.lock')})") from None
-                    time.sleep(0.05)
+                    now = os.stat(path)
+                    current = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                break
+            os.close(fd)            # unlinked by the command that held it: lock the path's new file
+        try:
             yield
         finally:
+            try:
+                os.unlink(path)     # while still holding it (see above)
+            except FileNotFoundError:
+                pass
             os.close(fd)
