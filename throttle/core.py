@@ -349,6 +349,24 @@ class Throttle:
                 self._flush(s, now, reason, events)
         return events
 
+    def clone(self) -> Throttle:
+        """An independent copy of the whole state, for what-if runs (the model deciding an arrival before a
+        release tick instead of after it). Requests are shared between the two: treat them as immutable."""
+        c = Throttle(self.config, self.clock)
+        c._now, c._heap, c.counts = self._now, list(self._heap), dict(self.counts)
+        for name, s in self._sources.items():
+            n = c._sources[name] = _Source(name, ())
+            n.ws = OrderedDict(s.ws)
+            copies: dict[int, _Entry] = {}
+            for e in s.queue:
+                x = copies[id(e)] = _Entry(e.dst, e.key, e.packets[0], e.t)
+                x.packets = list(e.packets)
+                n.queue.append(x)
+            n.by_key = {k: copies[id(e)] for k, e in s.by_key.items()}
+            n.blocked, n.blocked_at, n.arm, n.k = s.blocked, s.blocked_at, s.arm, s.k
+            n.next_release, n.npackets = s.next_release, s.npackets
+        return c
+
     # ---- inspection ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Per source: working set (least recently used first), queue length (entries and packets),

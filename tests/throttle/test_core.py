@@ -271,3 +271,18 @@ def test_config_dict_names_the_state():
     d = ThrottleConfig(initial_working_set=(dst(1),) * 1).to_dict()
     assert d == {"policy": "packets", "working_set_size": 5, "delay_queue_limit": 100, "release_period_s": 1.0,
                  "release_clock": "armed", "initial_working_set": [dst(1)], "initial_state": "partial"}
+
+
+def test_a_clone_goes_its_own_way():
+    """The model's what-if runs: a clone decides on from the same state, and neither changes the other."""
+    c = Throttle(ThrottleConfig(working_set_size=1, delay_queue_limit=2, policy="connections"))
+    sub(c, 0.0, "a", sport=1)
+    sub(c, 0.1, "b", sport=2)                   # queued, armed: release at 1.1
+    sub(c, 0.2, "c", sport=3)
+    k = c.clone()
+    assert k.status() == c.status() and k.counts == c.counts
+    assert [e.event for e in sub(k, 0.3, "d", sport=4).events] == ["blocked", "dropped", "dropped"]
+    assert c.status()[A]["queue_len"] == 2 and not c.is_blocked(A) and k.is_blocked(A)
+    assert sub(c, 0.4, "b", sport=2).verdict == "queue"           # joins its entry in the original only
+    assert [(e.event, e.dst, e.t) for e in c.advance(1.1)] == [("released", "b", 1.1), ("released", "b", 1.1)]
+    assert k.advance(5.0) == [] and k.counts["blocked"] == 1 and c.counts["blocked"] == 0
