@@ -10,10 +10,11 @@ documented behaviour of the paper's guest (initial RTO 3 s, doubled, TcpMaxConne
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -143,6 +144,55 @@ def arrivals_from_worm_log(source: WormLog | Iterable[str | Mapping[str, Any]], 
     return out
 
 
+ENDED_BY_ITSELF = ("max_attempts", "lifetime", "targets_exhausted", "error")
+
+
+def schedule_after_log(source: WormLog | Iterable[str | Mapping[str, Any]], *, src: str, retransmit: str = "linux",
+                       targets: Callable[[int], Iterator[str]] | None = None, answered: bool = True,
+                       unseen: Iterable[str] = ()) -> WormSchedule | None:
+    """The worm's schedule past the end of its log (see WormSchedule): its rate, bursts and bounds from the
+    log's `start` line, the schedule's origin from the due time of its last attempt, how late it sends from
+    the median of (t_mono − due_mono). None when there is nothing to continue: the worm ended by itself (its
+    `stop` line says max_attempts, lifetime, targets_exhausted or error), or the log has no start line with a
+    rate, or no attempt of `src`. `targets(first)` yields the destinations from attempt `first` on (the
+    worm's own generator); without it, new destinations never seen before."""
+    wl = source if isinstance(source, WormLog) else read_worm_log(source)
+    p = (wl.start or {}).get("params") or {}
+    rate = p.get("rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        return None
+    if wl.stop is not None and wl.stop.get("reason") in ENDED_BY_ITSELF:
+        return None
+    own = [a for a in wl.attempts if a["src"] == src and isinstance(a.get("i"), int)]
+    if not own:
+        return None
+    burst = p.get("burst") if isinstance(p.get("burst"), int) and p["burst"] >= 1 else 1
+    last = max(own, key=lambda a: a["i"])
+    due = last.get("due_mono")
+    origin = (float(due) if isinstance(due, (int, float)) else float(last["t_mono"])) \
+        - (last["i"] // burst) * burst / rate
+    late = sorted(float(a["t_mono"]) - float(a["due_mono"]) for a in own
+                  if isinstance(a.get("due_mono"), (int, float)))
+    cut = float(wl.stop["t_mono"]) if wl.stop is not None and isinstance(wl.stop.get("t_mono"), (int, float)) \
+        else max(float(a.get("t_done_mono") or a["t_mono"]) for a in wl.attempts)
+    protocol = str(p.get("protocol") or last.get("protocol", "tcp"))
+    lifetime = p.get("lifetime_s")
+    first = last["i"] + 1
+    timeout = p.get("connect_timeout_s")
+    return WormSchedule(
+        src=src, protocol=protocol, cut=cut, origin=origin, rate=float(rate), first=first,
+        max_attempts=int(p["max_attempts"]) if isinstance(p.get("max_attempts"), int) else 2**62,
+        end=origin + float(lifetime) if isinstance(lifetime, (int, float)) else math.inf,
+        targets=(lambda: targets(first)) if targets is not None else (lambda: (f"unlogged-{i}" for i in itertools.count(first))),
+        burst=burst, lateness=late[len(late) // 2] if late else 0.0,
+        sport=last.get("sport") if protocol == "udp" else None, dport=p.get("port", last.get("dport")),
+        offsets=retransmit_schedule(retransmit) if protocol == "tcp" else (),
+        connect_timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 3.0,
+        answered=answered, unseen=frozenset(unseen),
+        still_open=tuple((a["i"], float(a["t_mono"]), str(a["dst"]), a.get("sport")) for a in own
+                         if a.get("aborted") and protocol == "tcp"))
+
+
 # ---- replay ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -181,6 +231,9 @@ class Replay:
     sources: dict[str, SourceReplay]
     events: list[Event]
     placement: str = "gateway"
+    ties: list[Tie] = field(default_factory=list)     # arrivals within the tie window of a release tick
+    complex_ties: int = 0                              # of them, ties whose orders leave different states
+    unexplored: bool = False                           # the late run met an ordering no run of it can follow
 
 
 class _Tally:
@@ -240,36 +293,307 @@ class _Tally:
                 sr.attempts_before_block = len(self.seen_ids[src])
 
 
+# ---- ties at the release tick ---------------------------------------------------------------------------
+
+TIE_ORDERS = ("exact", "arrival", "release")
+BEFORE_TICK_S = 1e-6     # an arrival decided before its tick is decided this long before it
+
+
+@dataclass(frozen=True)
+class Ties:
+    """How the replay decides an arrival that falls within `window_s` of a release tick of its own source —
+    closer than the daemon's decision jitter, so that either may in truth have been decided first.
+
+    prefer: `exact` — by the exact times (the strict prediction; ties are only recorded); `arrival` — the
+    arrival first (the queue fills early); `release` — the release first (late; the arrival is then decided at
+    the tick itself, so the two orders leave the release clock in the same phase). A tie whose arrival's
+    destination is in the working set is *complex*: its two orders leave different working sets, so what
+    follows can differ; `choices` gives each complex tie's order by its turn (0: `prefer`, 1: the other; past
+    the end: `prefer`). Every other tie leaves the same state either way, except that an arrival decided
+    first sees the queue longer by what the tick releases (docs/throttle.md, "Ties at the release tick")."""
+
+    window_s: float
+    prefer: str = "exact"
+    choices: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        w = self.window_s
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"the tie window must be a finite number of seconds >= 0, got {w!r}")
+        if self.prefer not in TIE_ORDERS:
+            raise ConfigError(f"unknown tie order {self.prefer!r}; known: {', '.join(TIE_ORDERS)}")
+
+
+@dataclass
+class Tie:
+    """An arrival within the tie window of its source's release tick, and which the replay decided first.
+    `alternative`: the release went first here, but had the arrival gone first it would have blocked the
+    source — that block (`blocked_at`, and what was out by then)."""
+
+    t: float
+    tick: float
+    src: str
+    order: str
+    complex: bool = False
+    alternative: dict[str, Any] | None = None
+
+
+def _first(a: Arrival, tick: float, now: float) -> float:
+    """When an arrival decided before its tick is decided: at its own time if that is before the tick."""
+    return max(now, a.t if a.t < tick else tick - BEFORE_TICK_S)
+
+
+class _Probe:
+    """The late run's what-if for one tick: the arrivals tied to it decided *before* its release, on a clone
+    of the core taken just before it. The first of them that blocks is one more reachable outcome."""
+
+    def __init__(self, eng: _Engine, src: str, tick: float):
+        self.src, self.tick = src, tick
+        self.core = eng.core.clone()
+        self.held = dict(eng.tally.held)
+        self.out = set(eng.tally.out_ids.get(src, ()))
+        sr = eng.tally.sources.get(src)
+        self.packets = sr.packets_out_before_block if sr else 0
+        self.now = eng.now
+        self.done = False
+
+    def feed(self, a: Arrival, placement: str) -> dict[str, Any] | None:
+        ident = a.identity()
+        if self.done or (placement == "host" and a.retransmit and self.held.get(ident, 0) > 0):
+            return None
+        self.now = t = _first(a, self.tick, self.now)
+        for e in self.core.submit(Request(a.src, a.dst, a.sport, a.dport, a.proto, ref=a), t).events:
+            if e.event == "blocked":
+                self.done = True
+                return {"blocked_at": t, "out_before_block": len(self.out), "packets_out_before_block": self.packets}
+            if e.event == "queued" and ident is not None:
+                self.held[ident] = self.held.get(ident, 0) + 1
+            elif e.event in ("passed", "released"):
+                self.out.add(ident if ident is not None else object())
+                self.packets += 1
+        return None
+
+
+class _Engine:
+    """A fresh core on a virtual clock fed one arrival at a time, ties decided by a `Ties` rule."""
+
+    def __init__(self, config: ThrottleConfig, placement: str, ties: Ties | None):
+        self.core = Throttle(config, clock=lambda: 0.0)
+        self.tally = _Tally()
+        self.placement = placement
+        self.rule = ties if ties is not None and ties.window_s > 0 else None
+        self.now = -math.inf
+        self.ties: list[Tie] = []
+        self.complex = 0
+        self.unexplored = False     # an ordering this run's choices cannot reach (see _group_member)
+        self.probe: _Probe | None = None
+        self.observers: list[Callable[[list[Event]], None]] = []
+
+    def absorb(self, events: list[Event]) -> None:
+        self.tally.absorb(events)
+        for f in self.observers:
+            f(events)
+
+    def advance(self, t: float) -> None:
+        if t > self.now:
+            self.now = t
+            self.absorb(self.core.advance(t))
+
+    def blocked(self, src: str) -> bool:
+        sr = self.tally.sources.get(src)
+        return sr is not None and sr.blocked_at is not None
+
+    def suppressed(self, a: Arrival) -> bool:
+        """Host placement: the sender's stack does not retransmit a SYN while the throttle holds it."""
+        return self.placement == "host" and bool(a.retransmit) and self.tally.held.get(a.identity(), 0) > 0
+
+    def arrival(self, a: Arrival, valid: Callable[[Arrival], bool] | None = None) -> None:
+        rule = self.rule
+        self.advance(a.t - rule.window_s if rule else a.t)    # ticks before the window go first in any order
+        if valid is not None and not valid(a):
+            return
+        t = max(a.t, self.now)
+        if rule is not None:
+            tie = self._tie(a, rule)
+            if tie is not None:
+                self.ties.append(tie)
+                if tie.order == "release" and rule.prefer != "exact":
+                    t = max(tie.tick, self.now)
+                elif tie.order == "arrival":
+                    t = _first(a, tie.tick, self.now)
+            else:
+                self._group_member(a, rule)
+        self.advance(t)
+        sr = self.tally.arrival(a)
+        if self.suppressed(a):
+            sr.suppressed_retransmits += 1
+            return
+        self.absorb(self.core.submit(Request(a.src, a.dst, a.sport, a.dport, a.proto, ref=a), t).events)
+
+    def _tie(self, a: Arrival, rule: Ties) -> Tie | None:
+        due = self.core.next_due()
+        if due is None or due > a.t + rule.window_s:
+            return None
+        st = self.core.status().get(a.src)
+        tick = st["next_release"] if st else None
+        if tick is None or tick > a.t + rule.window_s:
+            return None
+        complex_ = a.dst in st["working_set"]
+        if rule.prefer == "exact":
+            order = "release" if a.t >= tick else "arrival"
+        else:
+            order = rule.prefer
+            if complex_:
+                k, self.complex = self.complex, self.complex + 1
+                if k < len(rule.choices) and rule.choices[k]:
+                    order = "arrival" if order == "release" else "release"
+        tie = Tie(a.t, tick, a.src, order, complex_)
+        if order == "release" and rule.prefer == "release":
+            self.probe = _Probe(self, a.src, tick)
+            tie.alternative = self.probe.feed(a, self.placement)
+        return tie
+
+    def _group_member(self, a: Arrival, rule: Ties) -> None:
+        """In the late run, an arrival within the window of a tick an earlier arrival already let go first:
+        the orders that decide both before that release are the probe's. If this one's destination was in the
+        working set, such an order also changes what follows — which no run follows (marked unexplored)."""
+        p = self.probe
+        if p is not None and a.t > p.tick + rule.window_s:
+            self.probe = p = None
+        if p is None or a.src != p.src:
+            return
+        if not p.done and a.dst in p.core.status()[a.src]["working_set"]:
+            self.unexplored = True
+        alt = p.feed(a, self.placement)
+        if alt is not None:
+            self.ties.append(Tie(a.t, p.tick, a.src, "release", False, alt))
+
+
 def replay(arrivals: Iterable[Arrival], config: ThrottleConfig | None = None, *, placement: str = "gateway",
-           until: float | None = None) -> Replay:
+           until: float | None = None, ties: Ties | None = None, more: WormSchedule | None = None) -> Replay:
     """Feed `arrivals` (sorted by time) through a fresh core on a virtual clock, then let it run to `until`
     (default: until every queue has drained). `placement="host"`: a retransmission is not sent while an
     earlier packet of its attempt is still held (what Linux does when the throttle sits in the sender's own
-    OUTPUT hook — measured, see docs/throttle.md); `gateway`/`wire`: every retransmission arrives."""
+    OUTPUT hook — measured, see docs/throttle.md); `gateway`/`wire`: every retransmission arrives.
+    `ties`: how arrivals within its window of a release tick are decided (default: by the exact times).
+    `more`: the worm's schedule after the arrivals end, followed until its source is blocked or it ends."""
     _check_placement(placement)
-    core = Throttle(config or ThrottleConfig(), clock=lambda: 0.0)
-    tally = _Tally()
+    eng = _Engine(config or ThrottleConfig(), placement, ties)
     last = -math.inf
     for a in arrivals:
         if a.t < last:
             raise ValueError(f"arrivals are not sorted by time ({a.t} after {last})")
         last = a.t
-        tally.absorb(core.advance(a.t))
-        sr = tally.arrival(a)
-        if placement == "host" and a.retransmit and tally.held.get(a.identity(), 0) > 0:
-            sr.suppressed_retransmits += 1
-            continue
-        req = Request(a.src, a.dst, a.sport, a.dport, a.proto, ref=a)
-        tally.absorb(core.submit(req, a.t).events)
-    end = until
-    if end is None:
+        eng.arrival(a)
+    if more is not None:
+        cont = _Continuation(more, eng)
+        while not eng.blocked(more.src) and (a := cont.next()) is not None:
+            eng.arrival(a, cont.valid)
+    core = eng.core
+    if until is None:
         while (due := core.next_due()) is not None:
-            tally.absorb(core.advance(due))
-    elif end >= last:
-        tally.absorb(core.advance(end))
-    tally.finish()
-    return Replay(core.config, tally.sources, tally.events, placement)
+            eng.absorb(core.advance(due))
+    elif until >= max(last, eng.now):
+        eng.absorb(core.advance(until))
+    eng.tally.finish()
+    return Replay(core.config, eng.tally.sources, eng.tally.events, placement, eng.ties, eng.complex,
+                  eng.unexplored)
 
+
+# ---- the worm's schedule past its log -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WormSchedule:
+    """The worm's own schedule after its log ends (the runner stops it once the throttle blocks, so a block
+    the model puts later can only come from here). Attempt i is due at origin + i/rate (in bursts of `burst`,
+    as the worm paces them) and sent `lateness` after that, never before `cut` (where the log ends): attempts
+    `first`, first + 1, … while i < max_attempts, the time is before `end` (the worm's lifetime) and
+    `targets()` yields destinations. TCP attempts are retransmitted at `offsets` while open — until a packet
+    of theirs leaves the throttle and is answered at once (`answered`), or `connect_timeout_s`; `still_open`
+    lists the log's attempts in flight when it ended, (attempt, first SYN time, dst, sport), retransmitted
+    likewise after `cut`. Destinations in `unseen` never reach the throttle (their attempts take their turn).
+    `sport` is the worm's one UDP socket's port; a TCP attempt after the log gets 65536 + i, standing for
+    the ephemeral port its kernel would have chosen."""
+
+    src: str
+    protocol: str
+    cut: float
+    origin: float
+    rate: float
+    first: int
+    max_attempts: int
+    end: float
+    targets: Callable[[], Iterator[str]]
+    burst: int = 1
+    lateness: float = 0.0
+    sport: int | None = None
+    dport: int | None = None
+    offsets: tuple[float, ...] = ()
+    connect_timeout_s: float = 3.0
+    answered: bool = True
+    still_open: tuple[tuple[Any, float, str, int | None], ...] = ()
+    unseen: frozenset[str] = frozenset()
+
+    def due(self, i: int) -> float:
+        return self.origin + (i // self.burst) * self.burst / self.rate
+
+
+class _Continuation:
+    """A WormSchedule run against an engine: closed loop, an attempt ends when the throttle lets it out."""
+
+    def __init__(self, s: WormSchedule, eng: _Engine):
+        self.s = s
+        self.heap: list[tuple[float, int, Any, int, str, int | None]] = []
+        self.seq = 0
+        self.open_until: dict[Any, float] = {}
+        self.targets = s.targets()
+        self.i = s.first
+        eng.observers.append(self._observe)
+        for ident, t0, dst, sport in s.still_open:
+            self.open_until[ident] = t0 + s.connect_timeout_s
+            for k, off in enumerate(s.offsets, 1):
+                if t0 + off >= s.cut and off < s.connect_timeout_s:
+                    self._push(t0 + off, ident, k, dst, sport)
+        self._launch()
+
+    def _push(self, t: float, ident: Any, k: int, dst: str, sport: int | None) -> None:
+        heapq.heappush(self.heap, (t, self.seq, ident, k, dst, sport))
+        self.seq += 1
+
+    def _launch(self) -> None:
+        s, i = self.s, self.i
+        t = max(s.due(i) + s.lateness, s.cut)
+        if i >= s.max_attempts or t >= s.end or (dst := next(self.targets, None)) is None:
+            return
+        self.i += 1
+        self._push(t, i, 0, dst, s.sport if s.protocol == "udp" else 65536 + i)
+
+    def _observe(self, events: list[Event]) -> None:
+        if not self.s.answered:
+            return
+        for e in events:
+            if e.event in ("passed", "released") and e.ref is not None:
+                ident = e.ref.attempt
+                if e.t < self.open_until.get(ident, -math.inf):
+                    self.open_until[ident] = e.t
+
+    def next(self) -> Arrival | None:
+        s = self.s
+        while self.heap:
+            t, _, ident, k, dst, sport = heapq.heappop(self.heap)
+            if k == 0:
+                self._launch()
+                if s.protocol == "tcp":
+                    self.open_until[ident] = t + s.connect_timeout_s
+                    for j, off in enumerate(s.offsets, 1):
+                        if off < s.connect_timeout_s:
+                            self._push(t + off, ident, j, dst, sport)
+            if dst not in s.unseen:
+                return Arrival(t, s.src, dst, sport, s.dport, s.protocol, ident, k)
+        return None
+
+    def valid(self, a: Arrival) -> bool:
+        return a.retransmit == 0 or a.t < self.open_until.get(a.attempt, math.inf)
 
 # ---- constant-rate prediction ------------------------------------------------------------------------
 
