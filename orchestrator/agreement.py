@@ -9,13 +9,15 @@ disagreement between the throttle and its model can show.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from throttle.core import ThrottleConfig
-from throttle.model import arrivals_from_worm_log, read_worm_log, replay
+from throttle.model import WormLog, arrivals_from_worm_log, read_worm_log, schedule_after_log
+from throttle.orderings import Outcome, orderings
 
 from .analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
 
@@ -49,30 +51,114 @@ def throttle_config(spec: Any, initial_working_set: Iterable[str] = ()) -> Throt
                           initial_working_set=tuple(initial_working_set))
 
 
+TIE_WINDOW_FLOOR_S = 0.0002   # the least tie window: 0.2 ms (flipped ties measured here lay within 0.06 ms)
+
+
+def decision_jitter(verdicts: Iterable[Mapping[str, Any]], *, period_s: float,
+                    floor_s: float = TIE_WINDOW_FLOOR_S) -> dict[str, Any]:
+    """The daemon's decision jitter, from its own event log: how long after the tick it was due at it gave each
+    release its verdict (t_mono − due_mono of its `released` events, in its last session). An arrival closer to
+    a tick than the worst of those may have been decided on either side of it; the tie window is that worst
+    lateness, at least `floor_s` (a trial blocked before its first release has none to measure), at most half
+    the release period."""
+    late: list[float] = []
+    for ev in verdicts:
+        if ev.get("event") == "config":      # a restarted daemon: its log's new session
+            late = []
+        elif ev.get("event") == "released" and isinstance(ev.get("t_mono"), (int, float)) \
+                and isinstance(ev.get("due_mono"), (int, float)):
+            late.append(max(0.0, float(ev["t_mono"]) - float(ev["due_mono"])))
+    late.sort()
+    worst = late[-1] if late else None
+    return {"window_s": min(period_s / 2, max(floor_s, worst or 0.0)), "releases": len(late),
+            "late_max_s": worst, "late_median_s": late[len(late) // 2] if late else None, "floor_s": floor_s}
+
+
+def worm_targets(wl: WormLog, *, src: str) -> tuple[Callable[[int], Iterator[str]] | None, str]:
+    """The worm's own target generator, rebuilt from its log's start line (the test worm's strategies are pure
+    and seeded) and checked against every destination it logged: (targets from attempt `first` on, how), or
+    (None, why not) — the model then takes the attempts after the log to new destinations."""
+    from testworm.addrs import AddressSet, ip_int, ip_str
+    from testworm.errors import UsageError
+    from testworm.strategies import START_KEYWORDS, make_targets
+
+    p = (wl.start or {}).get("params") or {}
+    try:
+        start = p.get("start")
+        if isinstance(start, str) and start not in START_KEYWORDS:
+            start = ip_int(start)
+        tset = AddressSet.from_cidrs(p["targets"])
+        own = ip_int(p["source"]) if p.get("source") else None
+        hits = [ip_int(h) for h in p.get("hit_list") or []]
+        weights = tuple(p.get("local_weights") or (0.5, 0.25, 0.25))
+
+        def gen() -> Iterator[int]:
+            return make_targets(p["strategy"], tset, seed=p["seed"], own=own, start=start, hits=hits, weights=weights)
+        logged = {a["i"]: a["dst"] for a in wl.attempts if a["src"] == src and isinstance(a.get("i"), int)}
+        n = max(logged, default=-1) + 1
+        for i, addr in enumerate(itertools.islice(gen(), n)):
+            if i in logged and logged[i] != ip_str(addr):
+                return None, f"the worm's {p['strategy']} targets do not give its logged attempt {i} ({logged[i]})"
+    except (KeyError, TypeError, ValueError, UsageError) as exc:
+        return None, f"the worm's targets cannot be rebuilt from its start line ({type(exc).__name__}: {exc})"
+    return (lambda first: (ip_str(a) for a in itertools.islice(gen(), first, None))), \
+        f"the worm's own {p['strategy']} targets (seed {p['seed']})"
+
+
+def _outcome_dict(o: Outcome, t0: float) -> dict[str, Any]:
+    """An outcome relative to the worm's first attempt. Never blocked, its attempts out are those by the end
+    of the worm's log (all a trial can have seen; the schedule after it runs on to the worm's own bounds)."""
+    d = {"stop_s": None if o.blocked_at is None else round(o.blocked_at - t0, 6), "blocked": o.blocked_at is not None,
+         "out_before_block": o.out_before_block if o.blocked_at is not None or o.out_at_cut is None else o.out_at_cut}
+    if o.out_at_cut is not None:
+        d["out_at_log_end"] = o.out_at_cut
+    return d
+
+
 def model_trial(worm_lines: Iterable[str | Mapping[str, Any]], *, src: str, config: ThrottleConfig,
                 placement: str, protocol: str, retransmit: str = "linux", curve_points: int = 400,
-                unseen: Collection[str] = ()) -> dict[str, Any]:
-    """Replay the worm's logged attempts (from `src`) through the throttle's algorithm. Attempts to an
-    address in `unseen` never reach the throttle where it stands (a gateway's own addresses: delivered to
-    the gateway, not forwarded through its throttle); times stay relative to the worm's first attempt."""
+                unseen: Collection[str] = (), tie_window_s: float = 0.0, answered: bool = True) -> dict[str, Any]:
+    """Replay the worm's logged attempts (from `src`) through the throttle's algorithm, and its schedule after
+    the log ends (when the runner stopped it) so that a block the model puts later is still found. Attempts
+    to an address in `unseen` never reach the throttle where it stands (a gateway's own addresses: delivered
+    to the gateway, not forwarded through its throttle); times stay relative to the worm's first attempt.
+    The figures are the strict prediction (the exact clock); `orderings` is the set of outcomes that every
+    ordering of the ties within `tie_window_s` allows (throttle.orderings). `answered`: a packet that leaves
+    the throttle is answered at once (the gateway resets scans of empty addresses), ending its attempt."""
     wl = read_worm_log(worm_lines)
     every = [a for a in arrivals_from_worm_log(wl, retransmit if protocol == "tcp" else "none") if a.src == src]
     arrivals = [a for a in every if a.dst not in unseen]
     if not arrivals:
         return {"stop_s": None, "blocked": False, "out_before_block": 0, "packets_out_before_block": 0,
                 "attempts_before_block": 0, "arrivals": 0, "unseen_arrivals": len(every), "queue_curve": []}
-    rp = replay(arrivals, config, placement=placement)
-    sr = rp.sources[src]
+    targets, how = worm_targets(wl, src=src)
+    more = schedule_after_log(wl, src=src, retransmit=retransmit, targets=targets, answered=answered,
+                              unseen=unseen)
+    os_ = orderings(arrivals, config, src=src, window_s=tie_window_s, placement=placement, more=more)
+    sr = os_.strict.sources[src]
     t0 = every[0].t
     curve = [(round(t - t0, 6), q) for t, q in sr.queue_curve]
     if len(curve) > curve_points:
         step = len(curve) / curve_points
         curve = [curve[int(i * step)] for i in range(curve_points)] + [curve[-1]]
+    outcomes = [_outcome_dict(o, t0) for o in os_.outcomes]
+    blocks = [o["stop_s"] for o in outcomes if o["blocked"]]
+    strict = _outcome_dict(os_.strict_outcome, t0)
     return {"stop_s": None if sr.blocked_at is None else sr.blocked_at - t0, "blocked": sr.blocked_at is not None,
-            "out_before_block": sr.out_before_block, "packets_out_before_block": sr.packets_out_before_block,
+            "out_before_block": strict["out_before_block"], "packets_out_before_block": sr.packets_out_before_block,
             "attempts_before_block": sr.attempts_before_block, "arrivals": len(arrivals),
             "unseen_arrivals": len(every) - len(arrivals),
-            "suppressed_retransmits": sr.suppressed_retransmits, "queue_curve": curve}
+            "suppressed_retransmits": sr.suppressed_retransmits, "queue_curve": curve,
+            "observed_until_s": None if more is None else round(more.cut - t0, 6),
+            "after_log": None if more is None else {"from_attempt": more.first, "targets": how if targets else
+                                                    f"new destinations: {how}"},
+            "orderings": {"window_s": tie_window_s, "ties": os_.ties, "decisive": os_.decisive,
+                          "complex": os_.complex_ties, "incomplete": os_.incomplete, "outcomes": outcomes,
+                          "strict": strict,
+                          "stop_s_min": min(blocks, default=None),
+                          "stop_s_max": None if not outcomes[-1]["blocked"] else max(blocks),
+                          "out_min": min(o["out_before_block"] for o in outcomes),
+                          "out_max": max(o["out_before_block"] for o in outcomes)}}
 
 
 def clock_offset(att, verdicts: Iterable[Mapping[str, Any]], *, src: str) -> tuple[float | None, int]:
@@ -200,37 +286,85 @@ def answered_counts(pk, *, src: str, scan: str, dport: int, block_wall: float | 
             "answer_tolerance_s": tolerance_s}
 
 
+def _against(measured: Mapping[str, Any], cand: Mapping[str, Any], observed_until: float | None,
+             stop_abs_s: float, stop_rel: float) -> dict[str, Any]:
+    """One predicted outcome against the measurement. A block predicted after the worm's log ended (when the
+    trial was stopped) cannot have been seen: against a measurement without a block it counts as none, with
+    the attempts out by the log's end."""
+    ms, ps = measured.get("stop_s"), cand.get("stop_s")
+    mo, po = measured.get("out_before_block"), cand.get("out_before_block")
+    if ms is None and ps is not None and observed_until is not None and ps > observed_until:
+        ps, po = None, cand.get("out_at_log_end", po)
+    v: dict[str, Any] = {"model_stop_s": ps, "model_out": po}
+    if ms is None and ps is None:
+        v["stop_ok"], v["stop_error_s"] = True, None
+    elif ms is None or ps is None:
+        v["stop_ok"], v["stop_error_s"] = False, None
+    else:
+        v["stop_error_s"] = ms - ps
+        v["stop_tolerance_s"] = max(stop_abs_s, stop_rel * ps)
+        v["stop_ok"] = abs(ms - ps) <= v["stop_tolerance_s"]
+    v["out_error"] = None if mo is None or po is None else mo - po
+    # attempts out are measured where the capture sees what left the throttle (host placement), or the answers
+    # to it (TCP in front of a gateway or wire throttle); where neither, they are not judged
+    v["out_ok"] = None if mo is None else (v["out_error"] is not None and abs(v["out_error"]) <= OUT_TOL)
+    v["agrees"] = bool(v["stop_ok"] and v["out_ok"] is not False)
+    return v
+
+
+def _miss(v: Mapping[str, Any]) -> tuple[float, int]:
+    """How far a verdict's outcome lies from the measurement (in tolerances, then attempts): the nearest wins."""
+    err, tol = v.get("stop_error_s"), v.get("stop_tolerance_s")
+    return (abs(err) / tol if err is not None and tol else 0.0, abs(v.get("out_error") or 0))
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any], window_s: float) -> bool:
+    if a.get("blocked") != b.get("blocked") or a.get("out_before_block") != b.get("out_before_block"):
+        return False
+    return not a.get("blocked") or abs(a["stop_s"] - b["stop_s"]) <= window_s + 1e-9
+
+
 def judge(measured: Mapping[str, Any], model: Mapping[str, Any] | None, *, stop_abs_s: float = STOP_TOL_ABS_S,
           stop_rel: float = STOP_TOL_REL) -> dict[str, Any]:
     """Do measurement and model agree? Stopping time within max(stop_abs_s, stop_rel) — 20 ms and 3 % by
-    default —, attempts out ±1, and no worm attempt on the wire after the block."""
+    default —, attempts out ±1, and no worm attempt on the wire after the block — against the strict
+    prediction, or against any other outcome the orderings of ties allow (model["orderings"]). `ordering`
+    says which the measurement matched: `strict`, or `other` (a tie went the other way: `tie_decided`)."""
     res: dict[str, Any] = {"tolerance": {"stop_abs_s": stop_abs_s, "stop_rel": stop_rel, "out": OUT_TOL}}
     leak = measured.get("out_after_block") or 0
     res["leak_ok"] = leak == 0
     if model is None:
         res.update(ok=res["leak_ok"], stop_ok=None, out_ok=None)
         return res
-    ms, ps = measured.get("stop_s"), model.get("stop_s")
-    if ms is None and ps is None:
-        res["stop_ok"], res["stop_error_s"] = True, None
-    elif ms is None or ps is None:
-        res["stop_ok"], res["stop_error_s"] = False, None
-    else:
-        res["stop_error_s"] = ms - ps
-        res["stop_tolerance_s"] = max(stop_abs_s, stop_rel * ps)
-        res["stop_ok"] = abs(ms - ps) <= res["stop_tolerance_s"]
-    mo, po = measured.get("out_before_block"), model.get("out_before_block")
-    res["out_error"] = None if mo is None or po is None else mo - po
-    # attempts out are measured where the capture sees what left the throttle (host placement), or the answers
-    # to it (TCP in front of a gateway or wire throttle); where neither, they are not judged
-    res["out_ok"] = None if mo is None else (res["out_error"] is not None and abs(res["out_error"]) <= OUT_TOL)
-    res["ok"] = bool(res["stop_ok"] and res["out_ok"] is not False and res["leak_ok"])
+    orders = model.get("orderings") or {}
+    until = model.get("observed_until_s")
+    strict = {**(orders.get("strict") or {}), "stop_s": model.get("stop_s"), "blocked": model.get("stop_s") is not None,
+              "out_before_block": model.get("out_before_block")}
+    cands = [("strict", strict)] + [("other", o) for o in orders.get("outcomes", [])
+                                    if not _same(o, strict, orders.get("window_s", 0.0))]
+    verdicts = [(how, c, _against(measured, c, until, stop_abs_s, stop_rel)) for how, c in cands]
+    agreeing = [x for x in verdicts if x[2]["agrees"]]
+    how, cand, best = min(agreeing, key=lambda x: _miss(x[2])) if agreeing else verdicts[0]
+    res.update({k: v for k, v in best.items() if k not in ("agrees", "model_stop_s", "model_out")})
+    res["ok"] = bool(best["agrees"] and res["leak_ok"])
+    res["ordering"] = how if agreeing else None
+    res["tie_decided"] = how == "other" and bool(agreeing)
+    if how == "other":
+        res["matched"] = dict(cand)
+    ms, mo = measured.get("stop_s"), measured.get("out_before_block")
+    ps, po = best["model_stop_s"], best["model_out"]
+    span = ""
+    if len(cands) > 1:
+        lo, hi = orders.get("stop_s_min"), orders.get("stop_s_max")
+        span = (f" (the orderings of {orders.get('ties')} tie(s) allow {'no block' if lo is None else f'{lo:.3f}'}"
+                f"–{'no block' if hi is None else f'{hi:.3f}'} s, {orders.get('out_min')}–{orders.get('out_max')} out)")
     reasons = []
     if not res["stop_ok"]:
-        reasons.append(f"stopping time {ms} s vs model {ps} s" if ms is not None and ps is not None else
-                       f"blocked {'measured' if ms is not None else 'by the model'} only")
+        reasons.append((f"stopping time {ms} s vs model {ps} s" if ms is not None and ps is not None else
+                        f"blocked {'measured' if ms is not None else 'by the model'} only") + span)
     if res["out_ok"] is False:
-        reasons.append(f"attempts out before the block {mo} vs model {po}")
+        reasons.append(f"attempts out {'before the block' if ms is not None else 'by the end'} {mo} vs model {po}"
+                       + (span if res["stop_ok"] else ""))
     if not res["leak_ok"]:
         reasons.append(f"{leak} worm attempt(s) on the wire after the block")
     res["reasons"] = reasons

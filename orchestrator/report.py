@@ -192,20 +192,53 @@ def _content(run: RunDir) -> dict[str, Any]:
     return {"man": man, "trials": trials, "rows": rows, "e": e, "emulated": emulated}
 
 
+def tie_summary(trials: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
+    """Per (protocol, rate): the span of the model's sets of outcomes over the repeats (earliest and latest
+    block, fewest and most attempts out), how many trials had ties that could decide the outcome, and how
+    many were decided by one (the measurement matched an ordering other than the strict prediction)."""
+    out: dict[tuple[str, float], dict[str, Any]] = {}
+    for t in trials:
+        o = (t.get("model") or {}).get("orderings")
+        if not o or t.get("status") not in ("ok", "timeout"):
+            continue
+        r = out.setdefault((t["protocol"], float(t["rate"])), {"stops": [], "never": False, "outs": [], "trials": 0,
+                                                               "decisive": 0, "decided": 0, "window_s": []})
+        r["trials"] += 1
+        r["stops"] += [x["stop_s"] for x in o["outcomes"] if x["blocked"]]
+        r["never"] |= any(not x["blocked"] for x in o["outcomes"])
+        r["outs"] += [o["out_min"], o["out_max"]]
+        r["decisive"] += o["decisive"] > 0
+        r["decided"] += bool((t.get("agreement") or {}).get("tie_decided"))
+        r["window_s"].append(o["window_s"])
+    return out
+
+
+def _span(lo: Any, hi: Any, open_end: bool = False) -> str:
+    if lo is None:
+        return ""
+    high = "no block" if open_end else _fmt(hi)
+    return "" if _fmt(lo) == high else f" ({_fmt(lo)}–{high})"
+
+
 def _table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     e = c["e"]
     worm = e["worm"].get("profile") or "test worm"
-    head = ["worm", "protocol", "scan rate (/s)", "achieved (/s)", "time to stop (s)", "model (s)",
-            "attempts out", "model", "after block", "repeats", "agrees", "paper"]
+    ties = tie_summary(c["trials"])
+    head = ["worm", "protocol", "scan rate (/s)", "achieved (/s)", "time to stop (s)", "model (s) (ties allow)",
+            "attempts out", "model (ties allow)", "after block", "repeats", "agrees", "decided by a tie", "paper"]
     body = []
     for r in c["rows"]:
         paper = _paper_for(e["worm"].get("profile"), r["rate"])
         spread = f" ± {_fmt(r['stop_s_sd'])}" if r["stop_s_sd"] else ""
+        tr = ties.get((r["protocol"], float(r["rate"])))
+        stop_set = _span(min(tr["stops"]), max(tr["stops"]), tr["never"]) if tr and tr["stops"] else ""
+        out_set = _span(min(tr["outs"]), max(tr["outs"])) if tr else ""
         body.append([worm, r["protocol"], _fmt(r["rate"]), _fmt(r["achieved_rate"]),
                      (_fmt(r["stop_s"]) + spread) if r["stop_s"] is not None else "not stopped",
-                     _fmt(r["stop_s_model"]) if r["stop_s_model"] is not None else "not stopped",
-                     _fmt(r["out_before_block"]), _fmt(r["out_before_block_model"]), _fmt(r["out_after_block"]),
-                     f"{r['ok']}/{r['repeats']}", "yes" if r["agree"] else "NO",
+                     (_fmt(r["stop_s_model"]) if r["stop_s_model"] is not None else "not stopped") + stop_set,
+                     _fmt(r["out_before_block"]), _fmt(r["out_before_block_model"]) + out_set,
+                     _fmt(r["out_after_block"]), f"{r['ok']}/{r['repeats']}", "yes" if r["agree"] else "NO",
+                     f"{tr['decided']}/{tr['trials']}" if tr else "–",
                      f"{paper['stop']}, {paper['out']}" if paper and r["protocol"] == "tcp" else ""])
     return head, body
 
@@ -221,10 +254,10 @@ def _notes(c: dict[str, Any]) -> list[str]:
                  + ("(the host's normal traffic filled its working set first, as on the paper's hosts)."
                     if e["state"] == "full" else "(an empty working set)."))
     tol = man.get("tolerance") or {"stop_abs_s": 0.02, "stop_rel": 0.03}
-    notes.append("The model is fed from the worm's own attempt log and the sender's measured retransmission "
-                 f"schedule, never from the throttle's event log. Agreement: stopping time within "
-                 f"max({tol['stop_abs_s'] * 1000:g} ms, {tol['stop_rel'] * 100:g} %), attempts out ±1, and no worm "
-                 "attempt on the wire after the block.")
+    notes.append("The model is fed from the worm's own attempt log (and its schedule past the log's end) and the "
+                 "sender's measured retransmission schedule, never from the throttle's decisions. Agreement: "
+                 f"stopping time within max({tol['stop_abs_s'] * 1000:g} ms, {tol['stop_rel'] * 100:g} %), "
+                 "attempts out ±1, and no worm attempt on the wire after the block.")
     if man.get("retransmit_why"):
         notes.append(f"The infected host's SYN retransmissions, as the model takes them: {man['retransmit_why']}.")
     if isinstance(th, dict) and th.get("placement") == "host":
@@ -237,6 +270,20 @@ def _notes(c: dict[str, Any]) -> list[str]:
                      "counted from the answers that came back (TCP, with the gateway answering scans of empty "
                      "addresses with RSTs; a VM sniffer's clock tied to the throttle's first), and shown as – where "
                      "they cannot be (UDP, whose ICMP errors the kernel rate-limits; a black-holing gateway).")
+    ties = tie_summary(c["trials"])
+    if ties:
+        n = sum(r["trials"] for r in ties.values())
+        decisive = sum(r["decisive"] for r in ties.values())
+        decided = sum(r["decided"] for r in ties.values())
+        windows = [w for r in ties.values() for w in r["window_s"]]
+        notes.append(f"Ties at the release tick: an arrival closer to a release tick than the daemon's decision "
+                     f"jitter (measured per trial from its own log, how late it released what was due: here a window "
+                     f"of {min(windows) * 1e3:.2g}–{max(windows) * 1e3:.2g} ms) may be decided on either side of it. "
+                     f"The model column is the strict prediction (the exact clock), with the span of what every "
+                     f"ordering of the ties allows in brackets; a trial agrees if its measurement matches any of "
+                     f"them. In {decisive} of {n} trial(s) the ties could decide the outcome; **{decided}** "
+                     f"{'was' if decided == 1 else 'were'} decided by one (the measurement matched another "
+                     f"ordering than the strict one).")
     unseen = sum(1 for t in c["trials"] if ((t.get("model") or {}).get("unseen_arrivals") or 0) > 0)
     if unseen:
         notes.append(f"In {unseen} trial(s) the scan hit the gateway's own addresses: the gateway takes those "

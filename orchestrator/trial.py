@@ -435,8 +435,14 @@ def evaluate(st: Setup, t: TrialSpec, rec: dict[str, Any], files: dict[str, Path
                        for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
     if st.exp.throttled:
         cfg = agreement.throttle_config(s.throttle, st.normal)
+        # arrivals closer to a release tick than the daemon's own measured decision jitter are ties: the model
+        # gives every outcome their orderings allow, beside its strict (exact-clock) prediction
+        jitter = agreement.decision_jitter(verdicts, period_s=s.throttle.release_period_s)
         model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
-                                      protocol=t.protocol, retransmit=st.retransmit, unseen=unseen)
+                                      protocol=t.protocol, retransmit=st.retransmit, unseen=unseen,
+                                      tie_window_s=jitter["window_s"], answered=s.gateway_empty == "reset")
+        if "orderings" in model:
+            model["orderings"]["jitter"] = jitter
         rec["model"] = {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
         rec["agreement"] = agreement.judge(rec["measured"], rec["model"], **st.tolerance)
     else:

@@ -135,8 +135,8 @@ def test_report_is_rebuilt_from_the_run_directory_alone(tmp_path):
     run.write_trials(ts)
     md, page = build_report(run)
     text = md.read_text()
-    assert "| test worm | tcp | 20 | 20 | 5.250 | 5.250 | 5 | 5 | 0 | 1/1 | yes | < 5 s, ≤ 5 packets |" in text
-    assert "| test worm | udp | 1,000 | 1,000 | 0.100 | 0.100 | 0 | 0 | 0 | 1/1 | NO |" in text
+    assert "| test worm | tcp | 20 | 20 | 5.250 | 5.250 | 5 | 5 | 0 | 1/1 | yes | – | < 5 s, ≤ 5 packets |" in text
+    assert "| test worm | udp | 1,000 | 1,000 | 0.100 | 0.100 | 0 | 0 | 0 | 1/1 | NO | – |" in text
     assert "Trial udp-r1000-1: ok — stopping time off" in text
     assert "400 attempts/s" in text
     for name in ("stopping-time", "attempts-out", "queue-length", "achieved-rate"):
@@ -145,3 +145,22 @@ def test_report_is_rebuilt_from_the_run_directory_alone(tmp_path):
     html = page.read_text()
     assert html.count('src="data:image/png;base64,') == 4 and "<table>" in html
     assert not re.search(r'src="(?!data:)', html)               # self-contained: no external files
+
+
+def test_the_report_shows_what_the_ties_allow_and_how_many_trials_a_tie_decided(tmp_path):
+    def tied(rep, stop, out, decided):
+        t = trial("udp", 2, rep, stop, out, model_stop=9.5, model_out=9)
+        t["model"]["orderings"] = {"window_s": 0.0002 * rep, "ties": 9, "decisive": 1, "out_min": 8, "out_max": 9,
+                                   "outcomes": [{"stop_s": 9.0, "blocked": True, "out_before_block": 8},
+                                                {"stop_s": 9.5, "blocked": True, "out_before_block": 9}]}
+        t["agreement"].update(ordering="other" if decided else "strict", tie_decided=decided)
+        return t
+    never = trial("udp", 1, 1, None, 30)
+    never["model"]["orderings"] = {"window_s": 0.0002, "ties": 30, "decisive": 0, "out_min": 30, "out_max": 30,
+                                   "outcomes": [{"stop_s": None, "blocked": False, "out_before_block": 30}]}
+    run = make_run(tmp_path / "r", [tied(1, 9.0, 8, True), tied(2, 9.5, 9, False), tied(3, 9.5, 9, False), never])
+    text = build_report(run)[0].read_text()
+    assert "| test worm | udp | 2 | 2 | 9.333 ± 0.289 | 9.500 (9–9.500) | 8.667 | 9 (8–9) | 0 | 3/3 | yes | 1/3 |" in text
+    assert "| test worm | udp | 1 | 1 | not stopped | not stopped | 30 | 30 | 0 | 1/1 | yes | 0/1 |" in text
+    assert "a window of 0.2–0.6 ms" in text
+    assert "In 3 of 4 trial(s) the ties could decide the outcome; **1** was decided by one" in text
