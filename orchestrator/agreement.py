@@ -1,9 +1,11 @@
 """Measured against predicted, for one trial (pure): the model fed from the worm's own log, the worm's
 attempts counted on the wire, and whether the two agree within the stated tolerance.
 
-The model never sees the throttle's event log — it is fed the worm's attempt times, destinations and source
-ports, the sender's retransmission schedule, and the initial working set the runner itself created — so a
-disagreement between the throttle and its model can show.
+The model never sees the throttle's decisions — it is fed the worm's attempt times, destinations and source
+ports (and its schedule past the end of its log), the sender's retransmission schedule, and the initial
+working set the runner itself created — so a disagreement between the throttle and its model can show. From
+the throttle's event log it takes one figure, the daemon's decision jitter: arrivals closer than that to a
+release tick are ties, and the model gives every outcome their orderings allow (throttle.orderings).
 """
 
 from __future__ import annotations
