@@ -1,0 +1,213 @@
+"""Parsed packet headers: the `Packets` table (NumPy columns, one row per packet record), the link types and
+constants the readers share, and the vectorised dissection of Ethernet (+802.1Q/QinQ), Linux cooked (SLL,
+SLL2), raw IPv4 and BSD loopback frames, IPv4, TCP and UDP headers over all the records of a buffer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# link types we dissect (LINKTYPE_* values as stored in files) and a few names for those we do not
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
+LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_LINUX_SLL2 = 113, 228, 276
+SUPPORTED_LINKTYPES = {
+    LINKTYPE_NULL: "NULL (BSD loopback)",
+    LINKTYPE_ETHERNET: "ETHERNET",
+    LINKTYPE_RAW: "RAW (IP)",
+    LINKTYPE_LOOP: "LOOP (OpenBSD loopback)",
+    LINKTYPE_LINUX_SLL: "LINUX_SLL (cooked)",
+    LINKTYPE_IPV4: "IPV4",
+    LINKTYPE_LINUX_SLL2: "LINUX_SLL2 (cooked v2)",
+}
+OTHER_LINKTYPE_NAMES = {
+    6: "IEEE802_5", 9: "PPP", 10: "FDDI", 50: "PPP_HDLC", 104: "C_HDLC", 105: "IEEE802_11",
+    127: "IEEE802_11_RADIOTAP", 147: "USER0", 192: "PPI", 195: "IEEE802_15_4", 220: "USB_LINUX_MMAPPED",
+    229: "IPV6", 249: "NETLINK", 253: "NFLOG",
+}
+
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+ETHERTYPE_IPV4 = 0x0800
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+FRAG_NONE, FRAG_FIRST, FRAG_LATER = 0, 1, 2
+
+PCAPNG_SHB, PCAPNG_IDB, PCAPNG_OPB, PCAPNG_SPB, PCAPNG_EPB = 0x0A0D0D0A, 1, 2, 3, 6
+MAX_CAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN; larger record lengths mean a corrupt header
+_PAD = 160  # zero bytes after the file so fixed-size header windows never run off the buffer
+TS_UNKNOWN = np.iinfo(np.int64).min  # pcapng Simple Packet Blocks carry no timestamp
+
+
+def linktype_name(lt: int) -> str:
+    return SUPPORTED_LINKTYPES.get(lt) or OTHER_LINKTYPE_NAMES.get(lt) or "unknown"
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One capture interface: a pcap file has one, a pcapng file one per Interface Description Block."""
+
+    linktype: int
+    snaplen: int
+    tsresol: str = "us"  # "us", "ns", "10^-k" or "2^-k"
+    name: str | None = None
+
+    @property
+    def supported(self) -> bool:
+        return self.linktype in SUPPORTED_LINKTYPES
+
+
+@dataclass
+class Packets:
+    """Parsed header fields of every packet record in a capture, as NumPy columns in file order.
+
+    Fields that a packet does not have are 0 (addresses, ports, flags) or -1 (VLAN ids); the boolean
+    columns `ipv4` and `l4` say which rows carry a readable IPv4 header and readable TCP/UDP ports.
+    Non-first IP fragments have `frag == FRAG_LATER` and never `l4` (their payload is not a header).
+    """
+
+    path: str
+    format: str  # "pcap" | "pcapng"
+    interfaces: list[Interface]
+    ts_ns: np.ndarray  # int64 ns since the epoch; TS_UNKNOWN where the file has no timestamp
+    caplen: np.ndarray  # uint32
+    wirelen: np.ndarray  # uint32
+    iface: np.ndarray  # uint16 index into interfaces
+    vlan: np.ndarray  # int32 outermost 802.1Q/802.1ad VLAN id, -1 untagged
+    vlan_inner: np.ndarray  # int32 second tag's VLAN id (QinQ), -1 if none
+    ipv4: np.ndarray  # bool
+    src: np.ndarray  # uint32 IPv4 source, host order
+    dst: np.ndarray  # uint32
+    proto: np.ndarray  # uint8 IP protocol
+    ttl: np.ndarray  # uint8
+    frag: np.ndarray  # uint8 FRAG_NONE / FRAG_FIRST / FRAG_LATER
+    l4: np.ndarray  # bool: sport/dport are valid (TCP or UDP header present)
+    sport: np.ndarray  # uint16
+    dport: np.ndarray  # uint16
+    tcp_flags: np.ndarray  # uint8, 0 unless a TCP header is present
+    partial: bool = False
+    problems: list[str] = field(default_factory=list)  # why the read is partial
+    notes: list[str] = field(default_factory=list)  # worth saying, but the read is complete
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+    @property
+    def ts(self) -> np.ndarray:
+        """Timestamps as float64 seconds since the epoch (NaN where unknown)."""
+        out = self.ts_ns.astype(np.float64) / 1e9
+        out[self.ts_ns == TS_UNKNOWN] = np.nan
+        return out
+
+    @property
+    def linktypes(self) -> list[int]:
+        return sorted({i.linktype for i in self.interfaces})
+
+    @property
+    def tcp(self) -> np.ndarray:
+        return self.l4 & (self.proto == 6)
+
+    @property
+    def udp(self) -> np.ndarray:
+        return self.l4 & (self.proto == 17)
+
+    @property
+    def syn(self) -> np.ndarray:
+        """TCP SYN without ACK: a connection attempt (first transmission or retransmission)."""
+        return self.tcp & ((self.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+
+
+
+
+def _gather(arr: np.ndarray, offs: np.ndarray, width: int) -> np.ndarray:
+    """`width` bytes starting at each offset, as an (n, width) uint8 array (one vectorised copy)."""
+    rows = np.ndarray(shape=(arr.size - width + 1,), dtype=np.dtype((np.void, width)), buffer=arr,
+                      offset=0, strides=(1,))
+    return rows[offs].view(np.uint8).reshape(-1, width)
+
+
+def _be16(a: np.ndarray, k: int) -> np.ndarray:
+    return (a[:, k].astype(np.uint16) << 8) | a[:, k + 1]
+
+
+def _u32(a: np.ndarray, k: int, endian: str) -> np.ndarray:
+    return np.ascontiguousarray(a[:, k:k + 4]).view(endian + "u4").ravel()
+
+
+
+# -------------------------------------------------------------------------------------- header dissection
+
+def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, data_off: np.ndarray,
+             caplen: np.ndarray, wirelen: np.ndarray, ts_ns: np.ndarray, iface: np.ndarray,
+             linktype: np.ndarray) -> Packets:
+    n = len(data_off)
+    caplen = caplen.astype(np.int64)
+    et = np.zeros(n, np.int64)
+    l3 = np.zeros(n, np.int64)
+    vlan = np.full(n, -1, np.int32)
+    vlan2 = np.full(n, -1, np.int32)
+    present = np.unique(linktype) if n else np.zeros(0, np.uint16)
+    for lt in present:
+        lt = int(lt)
+        if lt not in SUPPORTED_LINKTYPES:
+            continue
+        sel = slice(None) if len(present) == 1 else np.flatnonzero(linktype == lt)
+        w = _gather(arr, data_off[sel], 24)
+        if lt == LINKTYPE_ETHERNET:
+            e = _be16(w, 12).astype(np.int64)
+            t1 = np.isin(e, VLAN_TPIDS) & (caplen[sel] >= 18)
+            v1 = np.where(t1, (_be16(w, 14) & 0x0FFF).astype(np.int32), -1)
+            e = np.where(t1, _be16(w, 16), e)
+            t2 = t1 & np.isin(e, VLAN_TPIDS) & (caplen[sel] >= 22)
+            v2 = np.where(t2, (_be16(w, 18) & 0x0FFF).astype(np.int32), -1)
+            e = np.where(t2, _be16(w, 20), e)
+            et[sel], vlan[sel], vlan2[sel] = e, v1, v2
+            l3[sel] = np.where(t2, 22, np.where(t1, 18, 14))
+        elif lt == LINKTYPE_LINUX_SLL:
+            et[sel], l3[sel] = _be16(w, 14), 16
+        elif lt == LINKTYPE_LINUX_SLL2:
+            et[sel], l3[sel] = _be16(w, 0), 20
+        elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4):
+            et[sel], l3[sel] = np.where((w[:, 0] >> 4) == 4, ETHERTYPE_IPV4, 0), 0
+        else:  # NULL / LOOP: a 4-byte address family, AF_INET == 2 (host byte order for NULL)
+            fam_le, fam_be = _u32(w, 0, "<"), _u32(w, 0, ">")
+            et[sel], l3[sel] = np.where((fam_le == 2) | (fam_be == 2), ETHERTYPE_IPV4, 0), 4
+
+    ip = _gather(arr, data_off + l3, 20)
+    ihl = (ip[:, 0] & 0x0F).astype(np.int64) * 4
+    ipv4 = (et == ETHERTYPE_IPV4) & ((ip[:, 0] >> 4) == 4) & (ihl >= 20) & (caplen >= l3 + 20)
+    tot = _be16(ip, 2).astype(np.int64)
+    fr = _be16(ip, 6)
+    foff = fr & 0x1FFF
+    frag = np.where(~ipv4, FRAG_NONE, np.where(foff > 0, FRAG_LATER,
+                                               np.where(fr & 0x2000, FRAG_FIRST, FRAG_NONE))).astype(np.uint8)
+    proto = np.where(ipv4, ip[:, 9], 0).astype(np.uint8)
+    src = np.where(ipv4, _u32(ip, 12, ">"), 0).astype(np.uint32)
+    dst = np.where(ipv4, _u32(ip, 16, ">"), 0).astype(np.uint32)
+    ttl = np.where(ipv4, ip[:, 8], 0).astype(np.uint8)
+
+    l4off = l3 + np.where(ipv4, ihl, 0)
+    l4w = _gather(arr, data_off + l4off, 14)
+    # bytes of transport header really there: captured, and inside the IP datagram (not Ethernet padding);
+    # total length 0 is what TSO-offloaded packets captured on the sender show: trust the capture then
+    avail = np.minimum(caplen - l4off, np.where(tot == 0, caplen, tot - ihl))
+    first = ipv4 & (foff == 0) & (caplen >= l4off)
+    is_tcp = first & (proto == 6) & (avail >= 20)
+    is_udp = first & (proto == 17) & (avail >= 8)
+    l4 = is_tcp | is_udp
+    sport = np.where(l4, _be16(l4w, 0), 0).astype(np.uint16)
+    dport = np.where(l4, _be16(l4w, 2), 0).astype(np.uint16)
+    flags = np.where(is_tcp, l4w[:, 13], 0).astype(np.uint8)
+    return Packets(
+        path=str(p), format=fmt, interfaces=interfaces, ts_ns=ts_ns.astype(np.int64),
+        caplen=caplen.astype(np.uint32), wirelen=np.asarray(wirelen).astype(np.uint32), iface=iface,
+        vlan=vlan, vlan_inner=vlan2, ipv4=ipv4, src=src, dst=dst, proto=proto, ttl=ttl, frag=frag,
+        l4=l4, sport=sport, dport=dport, tcp_flags=flags)
+
+
+
+def _finish(pk: Packets, problems: list[str]) -> None:
+    pk.problems.extend(problems)
+    pk.partial = bool(pk.problems)
+    if len(pk) == 0 and not pk.partial:
+        pk.notes.append("the capture contains no packets (only its file header)")
