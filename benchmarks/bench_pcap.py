@@ -1,133 +1,144 @@
-"""Benchmark: attempt extraction from a 1,000,000-packet pcap, beside dpkt's full dissection and tshark's count.
+"""Benchmark: `testbed analyse` on 1,000,000- and 3,000,000-packet pcaps, beside tcpdump's BPF count of the same
+SYNs in the same run (and dpkt's full dissection of a sample, for scale).
 
-Writes the capture itself (NumPy scatter of a few frame templates with per-packet addresses, ports and
-timestamps; no scapy), in a temporary directory that is removed afterwards. Prints packets/s for each reader.
+Writes the captures itself (tests/support/bulkpcap.py: a NumPy scatter of a few frame templates with per-packet
+addresses, ports and timestamps; no scapy), in a temporary directory that is removed afterwards. Every measurement of ours runs in
+a child process of its own, and its peak memory is that process's ru_maxrss (from wait4), so nothing one
+measurement allocated is counted in another:
 
-    .venv/bin/python benchmarks/bench_pcap.py [--packets N] [--dpkt-sample N] [--no-tshark]
+- `count`: the streamed reader alone counting SYNs without ACK (what tcpdump's filter does);
+- `analyse`: `analyse_trial(file).to_dict()` — the whole analysis `testbed analyse --json` prints;
+- `cli`: the command itself, `testbed analyse --json FILE`, interpreter start and imports included;
+- `read_capture`: the whole-file table (`read_capture` + `extract_attempts`), kept for callers that need
+  every row — its memory grows with the file, by design.
+
+    .venv/bin/python benchmarks/bench_pcap.py [--packets N ...] [--repeats N] [--dpkt-sample N] [--tshark]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from orchestrator.analysis.attempts import extract_attempts  # noqa: E402
-from orchestrator.analysis.pcap import read_capture  # noqa: E402
-
-MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+# tcpdump's BPF filter for a SYN without ACK, untagged or under one 802.1Q tag (ours counts both)
+TCPDUMP_SYN = ("tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn or "
+               "(vlan and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn)")
 
 
-def _ip_frame(proto: int, l4: bytes, payload: int = 0, vlan: int | None = None) -> bytes:
-    ip_len = 20 + len(l4) + payload
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, ip_len, 1, 0x4000, 64, proto, 0, bytes(4), bytes(4))
-    tag = struct.pack(">HH", 0x8100, vlan) if vlan is not None else b""
-    frame = MAC_B + MAC_A + tag + b"\x08\x00" + ip + l4 + bytes(payload)
-    return frame + bytes(max(0, 60 - len(frame)))
+# ----------------------------------------------------------------------------------------------- measuring
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "count":
+    import numpy as np
+    from orchestrator.analysis.pcap import CaptureReader
+    t1 = time.perf_counter()
+    reader = CaptureReader(path)
+    syn = sum(int(np.count_nonzero(chunk.syn)) for chunk in reader)
+    out = {"packets": reader.packets, "syn_attempts": syn}
+elif mode == "analyse":
+    from orchestrator.analysis.trial import analyse_trial
+    t1 = time.perf_counter()
+    d = analyse_trial(path).to_dict()
+    out = {k: d[k] for k in ("packets", "syn_attempts", "syn_retransmissions", "udp_attempts")}
+else:
+    from orchestrator.analysis.attempts import extract_attempts
+    from orchestrator.analysis.pcap import read_capture
+    t1 = time.perf_counter()
+    out = extract_attempts(read_capture(path)).totals()
+print(json.dumps({"import_s": t1 - t0, "work_s": time.perf_counter() - t1, **out}))
+"""
 
 
-def _tcp(flags: int) -> bytes:
-    return struct.pack(">HHIIBBHHH", 0, 0, 1, 0, 0x50, flags, 64240, 0, 0)
+def _run(argv: list[str], timeout: float = 600) -> tuple[float, int, str]:
+    """Run a child process; (wall seconds, its peak RSS in bytes, stdout). Linux carries the peak RSS of the
+    process that forked a child over its exec, so this process stays small (no NumPy here: the captures are
+    written by a child too) and the figure is the child's own."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=REPO)
+        deadline = t0 + timeout
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                raise SystemExit(f"{argv[:3]} did not finish within {timeout:.0f} s")
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed ({proc.returncode}): {err.strip()[-2000:]}")
+    return wall, ru.ru_maxrss * 1024, text
 
 
-# (name, frame, share of packets, offset of the IPv4 header)
-TEMPLATES = [
-    ("tcp-syn", _ip_frame(6, _tcp(0x02)), 0.40, 14),
-    ("tcp-syn-vlan", _ip_frame(6, _tcp(0x02), vlan=42), 0.05, 18),
-    ("tcp-synack", _ip_frame(6, _tcp(0x12)), 0.15, 14),
-    ("tcp-data", _ip_frame(6, _tcp(0x18), payload=120), 0.20, 14),
-    ("udp", _ip_frame(17, struct.pack(">HHHH", 0, 0, 8 + 30, 0), payload=30), 0.15, 14),
-    ("arp", MAC_B + MAC_A + b"\x08\x06" + bytes(46), 0.05, None),
-]
-
-
-def write_capture(path: Path, n: int, seed: int = 1) -> dict[str, int]:
-    """A little-endian µs pcap of n Ethernet packets; returns how many of each template it holds."""
-    rng = np.random.default_rng(seed)
-    shares = np.array([t[2] for t in TEMPLATES])
-    kind = rng.choice(len(TEMPLATES), size=n, p=shares / shares.sum())
-    lens = np.array([len(t[1]) for t in TEMPLATES])[kind]
-    rec_off = 24 + np.concatenate(([0], np.cumsum(16 + lens)[:-1]))
-    size = int(rec_off[-1] + 16 + lens[-1])
-    buf = np.zeros(size + 256, np.uint8)
-
-    def put(offs: np.ndarray, values: np.ndarray) -> None:
-        """Write values[i] at byte offset offs[i] (a 1-d uint8 array is one value written at every offset)."""
-        width = values.size if values.dtype == np.uint8 else values.dtype.itemsize
-        view = np.ndarray(shape=(buf.size - width + 1,), dtype=np.dtype((np.void, width)), buffer=buf,
-                          strides=(1,))
-        view[offs] = np.ascontiguousarray(values).view(np.dtype((np.void, width)))
-
-    ts = 1_764_050_000_000_000 + np.cumsum(rng.integers(1, 20, n))  # µs, strictly increasing
-    put(rec_off, (ts // 1_000_000).astype("<u4"))
-    put(rec_off + 4, (ts % 1_000_000).astype("<u4"))
-    put(rec_off + 8, lens.astype("<u4"))
-    put(rec_off + 12, lens.astype("<u4"))
-    counts = {}
-    for k, (name, frame, _share, l3) in enumerate(TEMPLATES):
-        sel = np.flatnonzero(kind == k)
-        counts[name] = len(sel)
-        data = rec_off[sel] + 16
-        put(data, np.frombuffer(frame, dtype=np.uint8))
-        if l3 is None:
-            continue
-        # 64 infected sources scanning a /16; about 1 SYN in 10 repeats (same 4-tuple) an earlier one
-        src = (0xC6120000 + rng.integers(1, 65, len(sel))).astype(">u4")
-        dst = (0xC6130000 + rng.integers(0, 65536, len(sel))).astype(">u4")
-        sport = rng.integers(32768, 61000, len(sel)).astype(">u2")
-        dport = rng.choice(np.array([80, 443, 8080, 53], ">u2"), len(sel))
-        if name.startswith("tcp-syn") and len(sel) > 10:
-            rep = rng.random(len(sel)) < 0.1
-            rep[:10] = False
-            j = np.flatnonzero(rep)
-            earlier = (j * rng.random(len(j))).astype(np.int64)
-            src[j], dst[j], sport[j], dport[j] = src[earlier], dst[earlier], sport[earlier], dport[earlier]
-        put(data + l3 + 12, src)
-        put(data + l3 + 16, dst)
-        put(data + l3 + 20, sport)
-        put(data + l3 + 22, dport)
-    buf[:24] = np.frombuffer(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1), np.uint8)
-    path.write_bytes(buf[:size].tobytes())
-    return counts
-
-
-def bench_ours(path: Path, repeats: int = 3) -> tuple[float, dict[str, int]]:
-    best = float("inf")
-    totals: dict[str, int] = {}
+def ours(mode: str, path: Path, repeats: int) -> dict:
+    """Best-of-`repeats` time and the largest peak RSS of one mode, each run in a fresh child process."""
+    best: dict | None = None
+    peak = 0
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        att = extract_attempts(read_capture(path))
-        best = min(best, time.perf_counter() - t0)
-        totals = att.totals()
-    return best, totals
+        if mode == "cli":
+            wall, rss, text = _run([sys.executable, "-m", "orchestrator.cli", "analyse", "--json", str(path)])
+            d = json.loads(text)
+            res = {"s": wall, **{k: d[k] for k in ("packets", "syn_attempts", "syn_retransmissions",
+                                                   "udp_attempts")}}
+        else:
+            wall, rss, text = _run([sys.executable, "-c", CHILD, mode, str(path)])
+            d = json.loads(text)
+            res = {"s": d.pop("work_s"), **d}
+        peak = max(peak, rss)
+        if best is None or res["s"] < best["s"]:
+            best = res
+    assert best is not None
+    return best | {"rss": peak}
 
 
-def bench_dpkt(path: Path, sample: int | None) -> tuple[float, int, int]:
-    """dpkt: frame every record with dpkt.pcap.Reader and fully dissect Ethernet/IP/TCP/UDP objects."""
+def tcpdump(path: Path, repeats: int) -> dict | None:
+    exe = shutil.which("tcpdump")
+    if not exe:
+        return None
+    best: dict | None = None
+    for _ in range(repeats):
+        wall, rss, text = _run([exe, "-r", str(path), "-nn", "--count", TCPDUMP_SYN])
+        n = int(text.split()[0])  # "1350693 packets"
+        if best is None or wall < best["s"]:
+            best = {"s": wall, "syn_attempts": n, "rss": rss}
+    return best
+
+
+def bench_dpkt(path: Path, sample: int) -> tuple[float, int]:
+    """dpkt: frame the first `sample` records with dpkt.pcap.Reader and fully dissect Ethernet/IP/TCP/UDP."""
     import dpkt
 
     t0 = time.perf_counter()
-    n = syn = 0
+    n = 0
     with open(path, "rb") as fh:
         for _ts, raw in dpkt.pcap.Reader(fh):
             eth = dpkt.ethernet.Ethernet(raw)
             ip = eth.data
             if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP):
-                if ip.data.flags & dpkt.tcp.TH_SYN and not ip.data.flags & dpkt.tcp.TH_ACK:
-                    syn += 1
+                _ = ip.data.flags & dpkt.tcp.TH_SYN and not ip.data.flags & dpkt.tcp.TH_ACK
             n += 1
-            if sample and n >= sample:
+            if n >= sample:
                 break
-    return time.perf_counter() - t0, n, syn
+    return time.perf_counter() - t0, n
 
 
 def bench_tshark(path: Path) -> tuple[float, int] | None:
@@ -137,39 +148,72 @@ def bench_tshark(path: Path) -> tuple[float, int] | None:
     t0 = time.perf_counter()
     r = subprocess.run([exe, "-n", "-r", str(path), "-Y", "tcp.flags.syn==1 && tcp.flags.ack==0",
                         "-T", "fields", "-e", "frame.number"], capture_output=True, text=True, timeout=900)
-    dt = time.perf_counter() - t0
-    return dt, r.stdout.count("\n")
+    return time.perf_counter() - t0, r.stdout.count("\n")
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:7.0f} MiB"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--packets", type=int, default=1_000_000)
-    ap.add_argument("--dpkt-sample", type=int, default=200_000,
-                    help="dissect only the first N packets with dpkt and extrapolate (0: the whole file)")
-    ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--packets", type=int, nargs="+", default=[1_000_000, 3_000_000])
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement (best time, largest memory)")
+    ap.add_argument("--modes", nargs="+", default=["count", "analyse", "cli", "read_capture"],
+                    choices=["count", "analyse", "cli", "read_capture"])
+    ap.add_argument("--dpkt-sample", type=int, default=200_000, help="packets dpkt dissects (0: skip dpkt)")
+    ap.add_argument("--tshark", action="store_true", help="also time tshark's SYN count (slow: ~45 s per 1 M)")
+    ap.add_argument("--write", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--dpkt", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write:  # the child that writes a capture
+        from tests.support.bulkpcap import write_capture
+
+        print(json.dumps(write_capture(Path(args.write[0]), int(args.write[1]))))
+        return 0
+    if args.dpkt:  # the child that runs dpkt
+        print(json.dumps(bench_dpkt(Path(args.dpkt[0]), int(args.dpkt[1]))))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-pcap-"))
+    rows = []
     try:
-        path = tmp / "bench.pcap"
-        t0 = time.perf_counter()
-        counts = write_capture(path, args.packets)
-        print(f"capture: {args.packets:,} packets, {path.stat().st_size / 1e6:.1f} MB, written in "
-              f"{time.perf_counter() - t0:.2f} s ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
-        dt, totals = bench_ours(path)
-        print(f"ours   read+extract (best of 3): {dt:7.3f} s  {args.packets / dt:12,.0f} packets/s  "
-              f"syn_attempts={totals['syn_attempts']:,} udp_attempts={totals['udp_attempts']:,}")
-        sample = args.dpkt_sample or None
-        ddt, dn, dsyn = bench_dpkt(path, sample)
-        how = f"first {dn:,} packets, extrapolated" if sample and dn < args.packets else "whole file"
-        print(f"dpkt   full dissection ({how}): {ddt * args.packets / dn:7.3f} s  {dn / ddt:12,.0f} packets/s"
-              + (f"  syn={dsyn:,}" if dn == args.packets else ""))
-        if not args.no_tshark:
-            ts = bench_tshark(path)
-            if ts is None:
-                print("tshark not installed: skipped")
+        for n in args.packets:
+            path = tmp / f"bench-{n}.pcap"
+            t0 = time.perf_counter()
+            counts = json.loads(_run([sys.executable, __file__, "--write", str(path), str(n)])[2])
+            print(f"capture: {n:,} packets, {path.stat().st_size / 2**20:.0f} MiB, written in "
+                  f"{time.perf_counter() - t0:.1f} s ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
+            td = tcpdump(path, args.repeats)
+            if td is None:
+                print("  tcpdump not installed: no anchor")
             else:
-                print(f"tshark SYN count (whole file):   {ts[0]:7.3f} s  {args.packets / ts[0]:12,.0f} packets/s  "
-                      f"syn={ts[1]:,}" + ("" if ts[1] == totals["syn_attempts"] else "  MISMATCH with ours"))
+                print(f"  tcpdump --count, BPF SYN filter:     {td['s']:7.3f} s  {_mib(td['rss'])}  "
+                      f"syn={td['syn_attempts']:,}")
+            for mode in args.modes:
+                r = ours(mode, path, args.repeats)
+                ratio = f"{r['s'] / td['s']:5.1f}× tcpdump" if td else ""
+                same = "" if td is None or r["syn_attempts"] == td["syn_attempts"] else "  MISMATCH with tcpdump"
+                what = {"count": "ours streamed SYN count", "analyse": "ours analyse_trial (in process)",
+                        "cli": "ours `testbed analyse --json`", "read_capture": "ours read_capture+extract"}[mode]
+                extra = f" udp_attempts={r['udp_attempts']:,}" if "udp_attempts" in r else ""
+                print(f"  {what + ':':36s} {r['s']:7.3f} s  {_mib(r['rss'])}  {ratio}  "
+                      f"syn={r['syn_attempts']:,}{extra}{same}")
+                rows.append((n, mode, r, td))
+            if args.dpkt_sample and n == args.packets[0]:
+                ddt, dn = json.loads(_run([sys.executable, __file__, "--dpkt", str(path), str(args.dpkt_sample)])[2])
+                print(f"  dpkt full dissection (first {dn:,} packets): {dn / ddt:,.0f} packets/s, "
+                      f"{ddt * n / dn:.1f} s for the file (extrapolated)")
+            if args.tshark:
+                ts = bench_tshark(path)
+                print("  tshark not installed" if ts is None else
+                      f"  tshark SYN count: {ts[0]:7.3f} s  syn={ts[1]:,}")
+            path.unlink()
+        if len(args.packets) > 1:
+            print("peak memory, smallest → largest file:")
+            for mode in args.modes:
+                ms = [r["rss"] for n, m, r, _ in rows if m == mode]
+                print(f"  {mode:12s} " + " → ".join(_mib(x).strip() for x in ms)
+                      + f"  (×{ms[-1] / ms[0]:.2f} for ×{args.packets[-1] / args.packets[0]:.0f} the packets)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

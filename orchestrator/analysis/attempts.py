@@ -78,7 +78,8 @@ def extract_attempts(pk: Packets, *, udp: str = "first_per_destination") -> Atte
     """The attempt table of a capture. Non-first IP fragments never count (they carry no transport header)."""
     sel = np.flatnonzero(pk.syn | pk.udp)
     return build_attempts(pk.ts[sel] if len(sel) else np.zeros(0), pk.src[sel], pk.dst[sel], pk.sport[sel],
-                          pk.dport[sel], pk.proto[sel], udp=udp, packets=len(pk), index=sel, vlan=pk.vlan[sel])
+                          pk.dport[sel], pk.proto[sel], udp=udp, packets=len(pk), index=pk.index[sel],
+                          vlan=pk.vlan[sel])
 
 
 def build_attempts(ts, src, dst, sport, dport, proto, *, udp: str = "first_per_destination",
@@ -119,7 +120,7 @@ def build_attempts(ts, src, dst, sport, dport, proto, *, udp: str = "first_per_d
 
 def _ips(col) -> np.ndarray:
     if isinstance(col, np.ndarray) and col.dtype.kind in "ui":
-        return col.astype(np.uint32)
+        return np.asarray(col, dtype=np.uint32)
     return np.array([ip_to_int(a) if isinstance(a, str) else int(a) for a in col], dtype=np.uint32)
 
 

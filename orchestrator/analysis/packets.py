@@ -5,7 +5,7 @@ SLL2), raw IPv4 and BSD loopback frames, IPv4, TCP and UDP headers over all the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,9 @@ class Interface:
 
 @dataclass
 class Packets:
-    """Parsed header fields of every packet record in a capture, as NumPy columns in file order.
+    """Parsed header fields of packet records, as NumPy columns in file order: every record of a capture
+    (`read_capture`), one chunk of them (`CaptureReader`), or only the rows that matter (`scan_capture`);
+    `index` says which record of the capture each row is.
 
     Fields that a packet does not have are 0 (addresses, ports, flags) or -1 (VLAN ids); the boolean
     columns `ipv4` and `l4` say which rows carry a readable IPv4 header and readable TCP/UDP ports.
@@ -85,6 +87,7 @@ class Packets:
     sport: np.ndarray  # uint16
     dport: np.ndarray  # uint16
     tcp_flags: np.ndarray  # uint8, 0 unless a TCP header is present
+    index: np.ndarray  # int64 the record's number in the capture, from 0
     partial: bool = False
     problems: list[str] = field(default_factory=list)  # why the read is partial
     notes: list[str] = field(default_factory=list)  # worth saying, but the read is complete
@@ -116,6 +119,36 @@ class Packets:
         """TCP SYN without ACK: a connection attempt (first transmission or retransmission)."""
         return self.tcp & ((self.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
 
+    @property
+    def answer(self) -> np.ndarray:
+        """TCP RST (any other flags) or SYN+ACK: what answers a connection attempt."""
+        f = self.tcp_flags
+        return self.tcp & (((f & TCP_RST) != 0) | ((f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)))
+
+    def select(self, rows: np.ndarray) -> Packets:
+        """These rows only (a boolean mask or indices), every column; the file's facts stay as they are."""
+        return replace(self, **{c: getattr(self, c)[rows] for c in COLUMNS},
+                       problems=list(self.problems), notes=list(self.notes))
+
+    @classmethod
+    def concat(cls, parts: list[Packets], **facts) -> Packets:
+        """One table from chunks of the same capture (in order); `facts` (path, format, interfaces,
+        partial, problems, notes) are the whole file's. A column's chunks are freed as it is joined."""
+        cols = {}
+        for c in COLUMNS:
+            cols[c] = np.concatenate([getattr(x, c) for x in parts]) if parts else _EMPTY[c]()
+            for x in parts:
+                setattr(x, c, None)
+        return cls(**facts, **cols)
+
+
+COLUMNS = tuple(f.name for f in fields(Packets) if f.type == "np.ndarray")
+_DTYPES = {"ts_ns": np.int64, "caplen": np.uint32, "wirelen": np.uint32, "iface": np.uint16, "vlan": np.int32,
+           "vlan_inner": np.int32, "ipv4": bool, "src": np.uint32, "dst": np.uint32, "proto": np.uint8,
+           "ttl": np.uint8, "frag": np.uint8, "l4": bool, "sport": np.uint16, "dport": np.uint16,
+           "tcp_flags": np.uint8, "index": np.int64}
+_EMPTY = {c: (lambda d=d: np.zeros(0, d)) for c, d in _DTYPES.items()}
+
 
 
 
@@ -139,7 +172,7 @@ def _u32(a: np.ndarray, k: int, endian: str) -> np.ndarray:
 
 def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, data_off: np.ndarray,
              caplen: np.ndarray, wirelen: np.ndarray, ts_ns: np.ndarray, iface: np.ndarray,
-             linktype: np.ndarray) -> Packets:
+             linktype: np.ndarray, index0: int = 0) -> Packets:
     n = len(data_off)
     caplen = caplen.astype(np.int64)
     et = np.zeros(n, np.int64)
@@ -202,12 +235,26 @@ def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, da
         path=str(p), format=fmt, interfaces=interfaces, ts_ns=ts_ns.astype(np.int64),
         caplen=caplen.astype(np.uint32), wirelen=np.asarray(wirelen).astype(np.uint32), iface=iface,
         vlan=vlan, vlan_inner=vlan2, ipv4=ipv4, src=src, dst=dst, proto=proto, ttl=ttl, frag=frag,
-        l4=l4, sport=sport, dport=dport, tcp_flags=flags)
+        l4=l4, sport=sport, dport=dport, tcp_flags=flags, index=np.arange(index0, index0 + n, dtype=np.int64))
 
 
 
-def _finish(pk: Packets, problems: list[str]) -> None:
-    pk.problems.extend(problems)
-    pk.partial = bool(pk.problems)
-    if len(pk) == 0 and not pk.partial:
-        pk.notes.append("the capture contains no packets (only its file header)")
+@dataclass
+class Framed:
+    """One framing round over a buffer holding the file's bytes [base, base + have): the records complete in it
+    (where their data starts in the buffer, and their header fields), where the next round starts (`consumed`,
+    a buffer offset), how many bytes from there it needs at least (`need`: the buffer grows for a larger
+    record), and whether the reading is over (end of file, or damage: the framer says which)."""
+
+    data_off: np.ndarray  # int64
+    caplen: np.ndarray  # int64
+    wirelen: np.ndarray  # int64
+    ts_ns: np.ndarray  # int64
+    iface: np.ndarray  # uint16
+    linktype: np.ndarray  # uint16
+    consumed: int
+    need: int
+    done: bool
+
+
+NO_RECORDS = np.zeros(0, np.int64)

@@ -1,15 +1,20 @@
-"""A fast reader for pcap and pcapng captures: frames records with one tight `struct` loop, then parses
-Ethernet (+802.1Q/QinQ), Linux cooked (SLL, SLL2), raw IPv4 and BSD loopback, IPv4, TCP and UDP headers
-with NumPy over the raw bytes, all packets at once. Nothing else is dissected.
+"""A fast reader for pcap and pcapng captures, in chunks: reads a few MiB of the file at a time, frames the
+records complete in them, parses Ethernet (+802.1Q/QinQ), Linux cooked (SLL, SLL2), raw IPv4 and BSD loopback,
+IPv4, TCP and UDP headers with NumPy over all of a chunk's records at once, and carries the record that
+straddles the chunk's end over to the next. Nothing else is dissected; memory is bounded by the chunk size
+(and the largest record), not by the file.
 
-`read_capture(path)` returns a `Packets` table (one row per packet record, in file order). A file that cannot
-be analysed at all raises `CaptureReadError`; a file damaged part-way is read up to the damage and flagged
-`partial`, with the reason in `problems`.
+`CaptureReader(path)` yields one `Packets` table per chunk (file order, `index` = the record's number in the
+file); `read_capture(path)` joins them into one table of every record, for callers that need all rows. A file
+that cannot be analysed at all raises `CaptureReadError`; a file damaged part-way is read up to the damage and
+flagged `partial`, with the reason in `problems`.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,106 +43,206 @@ from .packets import (  # noqa: F401  (re-exported: the reader's public names)
     TCP_SYN,
     TS_UNKNOWN,
     VLAN_TPIDS,
+    Framed,
     Interface,
     Packets,
     _dissect,
-    _finish,
     _gather,
     linktype_name,
 )
-from .pcapng import _read_pcapng
+from .pcapng import PcapngFramer
 
-# ----------------------------------------------------------------------------------------------- entry point
+CHUNK_BYTES = 8 << 20  # what a CaptureReader reads at a time (a record larger than this is read whole)
 
-def read_capture(path: str | Path) -> Packets:
-    """Read a pcap or pcapng file. Raises CaptureReadError when nothing can be analysed."""
-    p = Path(path)
-    arr, size = _load(p)
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+def read_capture(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES) -> Packets:
+    """Every record of a pcap or pcapng file in one table. Raises CaptureReadError when nothing can be analysed.
+    Its columns grow with the file (~50 bytes a record): `scan_capture` keeps only the rows that matter."""
+    reader = CaptureReader(path, chunk_bytes=chunk_bytes)
+    parts = list(reader)
+    return Packets.concat(parts, **reader.facts())
+
+
+class CaptureReader:
+    """Iterate for the capture's records, one `Packets` table per chunk of about `chunk_bytes` of the file.
+
+    The constructor raises CaptureReadError for a file that cannot be a capture (missing, empty, not pcap or
+    pcapng, an unsupported pcap link type); iterating raises it too where that is only known later (a pcapng
+    file none of whose interfaces can be dissected, or without a readable section header). After the
+    iteration, `packets`, `partial`, `problems`, `notes` and `interfaces` describe the whole file.
+    A reader is iterated once.
+    """
+
+    def __init__(self, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES):
+        self.path = Path(path)
+        self.chunk_bytes = max(16, int(chunk_bytes))
+        self.packets = 0
+        self.partial = False
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        p = self.path
+        with reading(p, CaptureReadError, "capture file"):
+            fh = open(p, "rb")  # noqa: SIM115  (closed by the iteration, or below)
+            try:
+                self.size = os.fstat(fh.fileno()).st_size
+                head = fh.read(24)
+            except OSError:
+                fh.close()
+                raise
+        try:
+            self.format, self._framer = _framer(p, head, self.size)
+        except CaptureReadError:
+            fh.close()
+            raise
+        self._fh: object | None = fh
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        return self._framer.interfaces
+
+    def facts(self) -> dict:
+        """What a Packets table of this file says about the file as a whole (after the iteration)."""
+        return {"path": str(self.path), "format": self.format, "interfaces": list(self.interfaces),
+                "partial": self.partial, "problems": list(self.problems), "notes": list(self.notes)}
+
+    def __iter__(self) -> Iterator[Packets]:
+        fh, self._fh = self._fh, None
+        if fh is None:
+            raise RuntimeError(f"{self.path}: a CaptureReader is iterated once")
+        fr, size, p = self._framer, self.size, self.path
+        base, have, cap = fr.start, 0, self.chunk_bytes
+        buf = np.zeros(cap + _PAD, np.uint8)
+        fr.peek = lambda at, k: os.pread(fh.fileno(), k, at)
+        try:
+            fh.seek(base)
+            while True:
+                want = min(cap, size - base)
+                while have < want:
+                    with reading(p, CaptureReadError, "capture file"):
+                        got = fh.readinto(memoryview(buf)[have:want])
+                    if not got:  # the file shrank while we read it: it ends here
+                        size = self.size = base + have
+                        break
+                    have += got
+                step = fr.frame(buf, base, have, size, self.packets)
+                if len(step.data_off):
+                    pk = _dissect(p, self.format, list(fr.interfaces), buf, step.data_off, step.caplen,
+                                  step.wirelen, step.ts_ns, step.iface, step.linktype, index0=self.packets)
+                    self.packets += len(pk)
+                    yield pk
+                if step.done:
+                    break
+                if step.consumed == 0 and step.need <= have:
+                    raise AssertionError(f"{p}: capture framing made no progress at byte {base}")
+                rest = have - step.consumed
+                if step.need > cap:
+                    cap = step.need
+                    grown = np.zeros(cap + _PAD, np.uint8)
+                    grown[:rest] = buf[step.consumed:have]
+                    buf = grown
+                elif rest:
+                    buf[:rest] = buf[step.consumed:have]
+                base, have = base + step.consumed, rest
+        finally:
+            fh.close()
+        self.problems, self.notes = fr.finish(self.packets)
+        self.partial = bool(self.problems)
+        if self.packets == 0 and not self.partial:
+            self.notes.append("the capture contains no packets (only its file header)")
+
+
+def _framer(p: Path, head: bytes, size: int):
+    if size == 0:
+        raise CaptureReadError(f"{p}: empty file (0 bytes): no pcap or pcapng header",
+                               hint="was the capture stopped before it wrote anything?")
     if size < 4:
         raise CaptureReadError(f"{p}: too short to be a capture ({size} bytes; a pcap header alone is 24)")
-    head = arr[:4].tobytes()
-    mv = memoryview(arr)[:size]
-    if head == b"\x0a\x0d\x0d\x0a":
-        return _read_pcapng(p, arr, mv, size)
+    if head[:4] == b"\x0a\x0d\x0d\x0a":
+        return "pcapng", PcapngFramer(p)
     for endian in ("<", ">"):
-        (magic,) = struct.unpack(endian + "I", head)
+        (magic,) = struct.unpack(endian + "I", head[:4])
         if magic in (0xA1B2C3D4, 0xA1B23C4D):
-            return _read_pcap(p, arr, mv, size, endian, nano=magic == 0xA1B23C4D)
+            return "pcap", PcapFramer(p, head, size, endian, nano=magic == 0xA1B23C4D)
         if magic == 0xA1B2CD34:
             raise CaptureReadError(f"{p}: a 'modified' (Kuznetzov) pcap file, which this reader does not support",
                                    hint="convert it with `editcap -F pcap IN OUT`")
     raise CaptureReadError(
-        f"{p}: not a pcap or pcapng file (starts with {head.hex(' ')}; expected d4 c3 b2 a1, a1 b2 c3 d4, "
+        f"{p}: not a pcap or pcapng file (starts with {head[:4].hex(' ')}; expected d4 c3 b2 a1, a1 b2 c3 d4, "
         "4d 3c b2 a1, a1 b2 3c 4d or the pcapng block 0a 0d 0d 0a)")
-
-
-def _load(p: Path) -> tuple[np.ndarray, int]:
-    """The whole file in a uint8 array followed by _PAD zero bytes, and the file's size."""
-    with reading(p, CaptureReadError, "capture file"), open(p, "rb") as fh:
-        size = fh.seek(0, 2)
-        fh.seek(0)
-        if size == 0:
-            raise CaptureReadError(f"{p}: empty file (0 bytes): no pcap or pcapng header",
-                                   hint="was the capture stopped before it wrote anything?")
-        buf = np.empty(size + _PAD, dtype=np.uint8)
-        got = fh.readinto(memoryview(buf)[:size]) or 0
-        buf[got:] = 0
-    return buf, got
 
 
 # ------------------------------------------------------------------------------------------------ classic pcap
 
-def _read_pcap(p: Path, arr: np.ndarray, mv: memoryview, size: int, endian: str, nano: bool) -> Packets:
-    if size < 24:
-        raise CaptureReadError(f"{p}: pcap file header cut short ({size} of 24 bytes)")
-    _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", mv, 4)
-    linktype = network & 0xFFFF
-    iface = Interface(linktype, snaplen, "ns" if nano else "us")
-    if not iface.supported:
-        raise CaptureReadError(
-            f"{p}: link type {linktype} ({linktype_name(linktype)}) is not supported",
-            hint="supported: " + ", ".join(f"{k} {v}" for k, v in SUPPORTED_LINKTYPES.items()))
+class PcapFramer:
+    """Frames classic pcap records (16-byte header, then `caplen` bytes) in a buffer, round after round."""
 
-    # framing: the only per-packet Python loop. It stops when a header no longer fits (struct.error);
-    # the last offset appended is where that happened, checked below.
-    unpack = struct.Struct(endian + "8xI").unpack_from
-    offs: list[int] = []
-    app = offs.append
-    off = 24
-    try:
-        while True:
-            app(off)
-            (cap,) = unpack(mv, off)
-            off += cap + 16
-    except struct.error:
-        pass
-    end_off = offs.pop()
-    o = np.array(offs, dtype=np.int64)
-    hdr = _gather(arr, o, 16).view(endian + "u4").reshape(-1, 4) if len(o) else np.zeros((0, 4), np.uint32)
-    sec, frac, caplen, wirelen = (hdr[:, i].astype(np.int64) for i in range(4))
+    start = 24  # the file header
 
-    problems: list[str] = []
-    maxcap = max(MAX_CAPLEN, snaplen if snaplen <= (1 << 28) else 0)
-    bad = np.flatnonzero((caplen > maxcap) | (o + 16 + caplen > size))
-    n = len(o)
-    if len(bad):
-        k = int(bad[0])
-        at, cap = int(o[k]), int(caplen[k])
-        if cap > maxcap:
-            problems.append(f"corrupt record header of packet {k + 1} at byte {at}: captured length {cap} "
-                            f"exceeds the maximum {maxcap}; read the {k} packets before it")
-        else:
-            problems.append(f"file ends in the middle of packet {k + 1} (record at byte {at} needs {cap} bytes "
-                            f"of data, {size - at - 16} present): truncated capture; read the {k} packets before it")
-        n = k
-    elif end_off < size:
-        problems.append(f"file ends inside the record header of packet {n + 1} ({size - end_off} of 16 bytes "
-                        f"at byte {end_off}): truncated capture; read the {n} packets before it")
-    sec, frac, caplen, wirelen, o = sec[:n], frac[:n], caplen[:n], wirelen[:n], o[:n]
-    ts_ns = sec * 1_000_000_000 + (frac if nano else frac * 1000)
-    lt = np.full(n, linktype, dtype=np.uint16)
-    pk = _dissect(p, "pcap", [iface], arr, o + 16, caplen, wirelen, ts_ns, np.zeros(n, np.uint16), lt)
-    _finish(pk, problems)
-    return pk
+    def __init__(self, p: Path, head: bytes, size: int, endian: str, nano: bool):
+        if size < 24:
+            raise CaptureReadError(f"{p}: pcap file header cut short ({size} of 24 bytes)")
+        _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", head, 4)
+        linktype = network & 0xFFFF
+        iface = Interface(linktype, snaplen, "ns" if nano else "us")
+        if not iface.supported:
+            raise CaptureReadError(
+                f"{p}: link type {linktype} ({linktype_name(linktype)}) is not supported",
+                hint="supported: " + ", ".join(f"{k} {v}" for k, v in SUPPORTED_LINKTYPES.items()))
+        self.interfaces = [iface]
+        self.endian, self.nano, self.linktype = endian, nano, linktype
+        self.maxcap = max(MAX_CAPLEN, snaplen if snaplen <= (1 << 28) else 0)
+        self._unpack = struct.Struct(endian + "8xI").unpack_from
+        self._problems: list[str] = []
 
+    def frame(self, arr: np.ndarray, base: int, have: int, size: int, n: int) -> Framed:
+        # the only per-record Python loop: it stops when a header no longer fits in the buffer (struct.error);
+        # the last offset appended is where that happened. Lengths are checked vectorised below.
+        mv = memoryview(arr)[:have]
+        unpack = self._unpack
+        offs: list[int] = []
+        app = offs.append
+        off = 0
+        try:
+            while True:
+                app(off)
+                (cap,) = unpack(mv, off)
+                off += cap + 16
+        except struct.error:
+            pass
+        end_off = offs.pop()
+        o = np.array(offs, dtype=np.int64)
+        hdr = _gather(arr, o, 16).view(self.endian + "u4").reshape(-1, 4) if len(o) else np.zeros((0, 4), np.uint32)
+        sec, frac, caplen, wirelen = (hdr[:, i].astype(np.int64) for i in range(4))
+        bad = np.flatnonzero((caplen > self.maxcap) | (o + 16 + caplen > have))
+        k, consumed, need, done = len(o), end_off, 16, False
+        if len(bad):
+            k = int(bad[0])
+            at, cap, consumed = base + int(o[k]), int(caplen[k]), int(o[k])
+            if cap > self.maxcap:
+                self._problems.append(f"corrupt record header of packet {n + k + 1} at byte {at}: captured length "
+                                      f"{cap} exceeds the maximum {self.maxcap}; read the {n + k} packets before it")
+                done = True
+            elif at + 16 + cap > size:
+                self._problems.append(
+                    f"file ends in the middle of packet {n + k + 1} (record at byte {at} needs {cap} bytes of data, "
+                    f"{size - at - 16} present): truncated capture; read the {n + k} packets before it")
+                done = True
+            else:
+                need = 16 + cap
+        elif base + have >= size:  # the end of the file is in the buffer
+            done = True
+            if end_off < have:
+                at = base + end_off
+                self._problems.append(f"file ends inside the record header of packet {n + k + 1} ({size - at} of 16 "
+                                      f"bytes at byte {at}): truncated capture; read the {n + k} packets before it")
+        sec, frac, caplen, wirelen, o = sec[:k], frac[:k], caplen[:k], wirelen[:k], o[:k]
+        ts_ns = sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
+        return Framed(o + 16, caplen, wirelen, ts_ns, np.zeros(k, np.uint16), np.full(k, self.linktype, np.uint16),
+                      consumed, need, done)
+
+    def finish(self, packets: int) -> tuple[list[str], list[str]]:
+        """(problems, notes) of the whole file."""
+        return list(self._problems), []
 

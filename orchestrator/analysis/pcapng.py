@@ -1,10 +1,12 @@
-"""pcapng framing: walks a file's blocks (sections, interfaces, Enhanced/Simple/obsolete Packet Blocks), checks
-them and hands the packet records to the shared dissection in `packets`.
+"""pcapng framing, resumable chunk after chunk: walks the blocks (sections, interfaces, Enhanced/Simple/obsolete
+Packet Blocks) complete in a buffer, checks them, and hands their packet records to the shared dissection;
+what it learnt (sections, interfaces, damage) carries over to the next chunk.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from .errors import CaptureReadError
 from .packets import (
+    NO_RECORDS,
     PCAPNG_EPB,
     PCAPNG_IDB,
     PCAPNG_OPB,
@@ -19,13 +22,13 @@ from .packets import (
     PCAPNG_SPB,
     SUPPORTED_LINKTYPES,
     TS_UNKNOWN,
+    Framed,
     Interface,
-    Packets,
-    _dissect,
-    _finish,
     _gather,
     linktype_name,
 )
+
+SHB_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
 @dataclass
@@ -33,198 +36,268 @@ class _Section:
     endian: str
     iface_base: int
     n_ifaces: int = 0
-    epb: list[int] = field(default_factory=list)
+    unpack2: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.unpack2 = struct.Struct(self.endian + "II").unpack_from
 
 
-def _read_pcapng(p: Path, arr: np.ndarray, mv: memoryview, size: int) -> Packets:
-    interfaces: list[Interface] = []
-    iface_block: list[int] = []  # block offset of each IDB (to forget those after a damaged block)
-    tsinfo: list[tuple[int, int]] = []  # per interface: (if_tsresol byte, if_tsoffset seconds)
-    sections: list[_Section] = []
-    # blocks other than EPBs (SPB, OPB), handled one by one: (block off, data off, iface, ts units|None, cap, len)
-    others: list[tuple[int, int, int, int | None, int, int]] = []
-    problems: list[str] = []
-    stop = size  # packets in blocks at or after this offset are not trusted
-    off = 0
-    sec: _Section | None = None
-    while off < size:
-        if size - off < 12:
-            problems.append(f"file ends inside a block header at byte {off} ({size - off} bytes left): truncated")
-            stop = off
-            break
-        if bytes(mv[off:off + 4]) == b"\x0a\x0d\x0d\x0a":
-            bom = bytes(mv[off + 8:off + 12])
-            endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if bom == b"\x1a\x2b\x3c\x4d" else None
-            if endian is None:
-                if off == 0:
-                    raise CaptureReadError(f"{p}: pcapng section header with an invalid byte-order magic "
-                                           f"({bom.hex(' ')})")
-                problems.append(f"corrupt section header at byte {off} (byte-order magic {bom.hex(' ')})")
-                stop = off
+class PcapngFramer:
+    """Frames a pcapng file's packet blocks in a buffer, round after round (see `packets.Framed`)."""
+
+    start = 0
+
+    def __init__(self, p: Path):
+        self.path = p
+        self.interfaces: list[Interface] = []
+        self.iface_block: list[int] = []  # file offset of each IDB (to forget those after a damaged block)
+        self.tsinfo: list[tuple[int, int]] = []  # per interface: (if_tsresol byte, if_tsoffset seconds)
+        self.sec: _Section | None = None
+        self.sections = 0
+        self.in_section = False  # where the walk stands: at a section's blocks, or where a section header may be
+        self.problem: str | None = None
+        self.stop: int | None = None  # file offset of the damage: nothing at or after it is trusted
+        self.no_ts = 0  # packets from Simple Packet Blocks
+        self.per_iface: Counter[int] = Counter()  # packets per interface
+        self.peek = lambda at, n: b""  # (file offset, n) -> those bytes of the file: set by the reader
+
+    # ------------------------------------------------------------------------------------------ one round
+
+    def frame(self, arr: np.ndarray, base: int, have: int, size: int, n: int) -> Framed:
+        mv = memoryview(arr)[:have]
+        runs: list[tuple[_Section, list[int]]] = []  # EPB offsets (in the buffer), per section
+        # blocks other than EPBs (SPB, OPB), handled one by one: (block off, data off, iface, ts units|None, cap, len)
+        others: list[tuple[int, int, int, int | None, int, int]] = []
+        off, need, done, err = 0, 12, False, None
+        while True:
+            if not self.in_section:
+                if base + off >= size:
+                    done = True
+                    break
+                if size - base - off < 12:
+                    err = f"file ends inside a block header at byte {base + off} ({size - base - off} bytes left): truncated"
+                    break
+                if have - off < 12:
+                    need = 12
+                    break
+                if bytes(mv[off:off + 4]) == SHB_MAGIC:
+                    off, need, err = self._section_header(mv, base, have, size, off)
+                    if err or need:
+                        break
+                elif self.sec is None:
+                    raise CaptureReadError(f"{self.path}: pcapng file without a section header block")
+                self.in_section = True
+            assert self.sec is not None
+            run: list[int] = []
+            runs.append((self.sec, run))
+            off, need, err = self._blocks(mv, base, have, size, off, run, others)
+            if err:
                 break
-            (blen,) = struct.unpack_from(endian + "I", mv, off + 4)
-            if blen < 28 or blen % 4 or off + blen > size:
-                if off == 0 and blen < 28:
-                    raise CaptureReadError(f"{p}: pcapng section header block has an invalid length {blen}")
-                problems.append(f"section header block at byte {off} has length {blen}"
-                                + (" beyond the end of the file: truncated" if off + blen > size else ": corrupt"))
-                stop = off
+            if need:
+                if need < 0:  # the end of the file
+                    done, need = True, 0
                 break
-            sec = _Section(endian, len(interfaces))
-            sections.append(sec)
-            off += blen
-        elif sec is None:
-            raise CaptureReadError(f"{p}: pcapng file without a section header block")
-        off, err = _pcapng_section_blocks(mv, size, off, sec, interfaces, iface_block, tsinfo, others)
+            self.in_section = False  # at a section header block
         if err:
-            problems.append(err)
-            stop = off
-            break
-    if not sections:
-        raise CaptureReadError(f"{p}: no readable pcapng section header: " + "; ".join(problems))
+            self.problem, self.stop, done = err, base + off, True
+        recs = self._records(arr, base, have, size, runs, others)
+        if self.stop is not None:
+            done = True
+        return Framed(*recs, consumed=off, need=need, done=done)
 
-    # vectorised EPB parse, one run per section
-    cols: list[tuple[np.ndarray, ...]] = []
-    for s in sections:
-        if not s.epb:
-            continue
-        o = np.array(s.epb, dtype=np.int64)
-        h = _gather(arr, o, 28).view(s.endian + "u4").reshape(-1, 7).astype(np.int64)
-        blen, ifc, hi, lo, cap, wl = h[:, 1], h[:, 2], h[:, 3], h[:, 4], h[:, 5], h[:, 6]
-        fits = o + blen <= size
-        trailer = np.zeros(len(o), np.int64)
-        if fits.any():
-            t_off = np.where(fits, o + blen - 4, 0)
-            trailer = _gather(arr, t_off, 4).view(s.endian + "u4").ravel().astype(np.int64)
-        n_if = s.n_ifaces
-        bad = (blen % 4 != 0) | ~fits | (32 + cap > blen) | (trailer != blen) | (ifc >= n_if)
-        ok_until = len(o)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            at = int(o[k])
-            if at < stop:  # damage found while walking blocks after this one was misframing's consequence
-                stop = at
-                problems = [_epb_problem(at, int(blen[k]), int(cap[k]), int(ifc[k]), n_if, size,
-                                         bool(fits[k]), int(trailer[k]))]
-            ok_until = k
-        keep = o[:ok_until] < stop
-        o, ifc, hi, lo, cap, wl = (x[:ok_until][keep] for x in (o, ifc, hi, lo, cap, wl))
-        units = (hi.astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
-        cols.append((o, o + 28, ifc + s.iface_base, units, cap, wl))
-    others = [r for r in others if r[0] < stop]
-    no_ts = np.array([r[0] for r in others if r[3] is None], dtype=np.int64)
-    if others:
-        ob, od, oi, ou, oc, ow = zip(*others, strict=True)
-        cols.append((np.array(ob, np.int64), np.array(od, np.int64), np.array(oi, np.int64),
-                     np.array([u or 0 for u in ou], np.uint64), np.array(oc, np.int64), np.array(ow, np.int64)))
-    if cols:
-        o, data_off, ifc, units, cap, wl = (np.concatenate([c[i] for c in cols]) for i in range(6))
+    def _section_header(self, mv: memoryview, base: int, have: int, size: int,
+                        off: int) -> tuple[int, int, str | None]:
+        """(offset after it, bytes needed to read it whole (0: it was read), problem)."""
+        at = base + off
+        bom = bytes(mv[off + 8:off + 12])
+        endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if bom == b"\x1a\x2b\x3c\x4d" else None
+        if endian is None:
+            if at == 0:
+                raise CaptureReadError(f"{self.path}: pcapng section header with an invalid byte-order magic "
+                                       f"({bom.hex(' ')})")
+            return off, 0, f"corrupt section header at byte {at} (byte-order magic {bom.hex(' ')})"
+        (blen,) = struct.unpack_from(endian + "I", mv, off + 4)
+        if blen < 28 or blen % 4 or at + blen > size:
+            if at == 0 and blen < 28:
+                raise CaptureReadError(f"{self.path}: pcapng section header block has an invalid length {blen}")
+            return off, 0, (f"section header block at byte {at} has length {blen}"
+                            + (" beyond the end of the file: truncated" if at + blen > size else ": corrupt"))
+        if off + blen > have:
+            return off, blen, None
+        self.sec = _Section(endian, len(self.interfaces))
+        self.sections += 1
+        return off + blen, 0, None
+
+    def _blocks(self, mv: memoryview, base: int, have: int, size: int, off: int, run: list[int],
+                others: list) -> tuple[int, int, str | None]:
+        """Walk one section's blocks from `off` until its end (a section header), the end of the buffer or
+        damage. EPB offsets are only collected here (their fields are parsed vectorised later); other blocks
+        are handled as they come. Returns (offset reached, bytes needed from there (0: at a section header;
+        -1: at the end of the file), problem or None)."""
+        sec = self.sec
+        assert sec is not None
+        endian, unpack2, app = sec.endian, sec.unpack2, run.append
+        while True:
+            try:
+                while True:  # the hot loop: Enhanced Packet Blocks only
+                    bt, bl = unpack2(mv, off)
+                    if bt == PCAPNG_EPB and bl >= 32:
+                        app(off)
+                        off += bl
+                    else:
+                        break
+            except struct.error:
+                if off > have:  # the last EPB runs past the buffer: read it whole next round, or it is cut short
+                    off = run.pop()
+                    (bl,) = struct.unpack_from(endian + "I", mv, off + 4)
+                    at = base + off
+                    if at + bl > size:
+                        return off, 0, (f"file ends in the middle of a packet block at byte {at} (block length "
+                                        f"{bl}, {size - at} bytes left): truncated capture")
+                    return off, bl, self._epb_beyond(at, bl, sec)
+                if base + off >= size:
+                    return off, -1, None
+                if size - base - off < 8:
+                    return off, 0, (f"file ends inside a block header at byte {base + off} ({size - base - off} "
+                                    "bytes left): truncated")
+                return off, 8, None
+            at = base + off
+            if bt == PCAPNG_SHB:
+                return off, 0, None
+            if bl < 12 or bl % 4:
+                return off, 0, f"corrupt block at byte {at}: type {bt:#x}, invalid length {bl}"
+            if at + bl > size:
+                return off, 0, (f"file ends in the middle of a block at byte {at} (type {bt:#x}, length {bl}, "
+                                f"{size - at} bytes left): truncated capture")
+            if off + bl > have:  # read it whole next round, unless its trailer already says it is damage
+                (trail,) = struct.unpack(endian + "I", self.peek(at + bl - 4, 4))
+                if trail != bl:
+                    return off, 0, (f"corrupt block at byte {at}: trailing length {trail} differs from leading "
+                                    f"length {bl}")
+                return off, bl, None
+            (trail,) = struct.unpack_from(endian + "I", mv, off + bl - 4)
+            if trail != bl:
+                return off, 0, f"corrupt block at byte {at}: trailing length {trail} differs from leading length {bl}"
+            if bt == PCAPNG_IDB and bl >= 20:
+                lt, _res, snap = struct.unpack_from(endian + "HHI", mv, off + 8)
+                name, resol, tsoff = _idb_options(mv, off + 16, off + bl - 4, endian)
+                self.interfaces.append(Interface(lt, snap, _resol_name(resol), name))
+                sec.n_ifaces += 1
+                self.iface_block.append(at)
+                self.tsinfo.append((resol, tsoff))
+            elif bt == PCAPNG_SPB and bl >= 16:
+                if sec.n_ifaces == 0:
+                    return off, 0, f"simple packet block at byte {at} before any interface description"
+                (wl,) = struct.unpack_from(endian + "I", mv, off + 8)
+                snap = self.interfaces[sec.iface_base].snaplen
+                cap = min(wl, bl - 16, snap if snap else wl)
+                others.append((off, off + 12, sec.iface_base, None, cap, wl))
+            elif bt == PCAPNG_OPB and bl >= 32:
+                ifc, _drops, hi, lo, cap, wl = struct.unpack_from(endian + "HHIIII", mv, off + 8)
+                if ifc >= sec.n_ifaces or 32 + cap > bl:
+                    return off, 0, (f"corrupt packet block at byte {at} (obsolete format): interface {ifc}, "
+                                    f"length {cap}")
+                others.append((off, off + 28, sec.iface_base + ifc, (hi << 32) | lo, cap, wl))
+            elif bt == PCAPNG_EPB:  # bl < 32
+                return off, 0, f"corrupt packet block at byte {at}: length {bl} is too short"
+            off += bl
+
+    def _epb_beyond(self, at: int, bl: int, sec: _Section) -> str | None:
+        """An EPB that runs past the buffer is checked from the file before the buffer grows to hold it (a
+        damaged length must not make the reader allocate it): its problem, or None."""
+        _bt, _bl, ifc, _hi, _lo, cap, _wl = struct.unpack(sec.endian + "7I", self.peek(at, 28))
+        (trail,) = struct.unpack(sec.endian + "I", self.peek(at + bl - 4, 4))
+        described = ifc < sec.n_ifaces and self.iface_block[sec.iface_base + ifc] < at
+        if bl % 4 == 0 and 32 + cap <= bl and trail == bl and described:
+            return None
+        return _epb_problem(at, bl, cap, ifc, described, trail)
+
+    # ------------------------------------------------------------------------------- records of one round
+
+    def _records(self, arr: np.ndarray, base: int, have: int, size: int, runs: list, others: list) -> tuple:
+        """The round's packet records, EPBs checked vectorised (the first bad one is damage), in file order."""
+        cols: list[tuple[np.ndarray, ...]] = []
+        blocks = np.array(self.iface_block, np.int64)
+        for s, run in runs:
+            if not run:
+                continue
+            if self.stop is not None and base + run[0] >= self.stop:
+                break
+            o = np.array(run, dtype=np.int64)
+            h = _gather(arr, o, 28).view(s.endian + "u4").reshape(-1, 7).astype(np.int64)
+            blen, ifc, hi, lo, cap, wl = h[:, 1], h[:, 2], h[:, 3], h[:, 4], h[:, 5], h[:, 6]
+            trailer = _gather(arr, o + blen - 4, 4).view(s.endian + "u4").ravel().astype(np.int64)
+            g = np.minimum(s.iface_base + np.minimum(ifc, max(s.n_ifaces - 1, 0)), max(len(blocks) - 1, 0))
+            # an interface is described by an IDB before the packet that uses it
+            described = (ifc < s.n_ifaces) & (blocks[g] < base + o) if len(blocks) else np.zeros(len(o), bool)
+            bad = (blen % 4 != 0) | (32 + cap > blen) | (trailer != blen) | ~described
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                at = base + int(o[k])
+                if self.stop is None or at < self.stop:  # damage found while walking after it was its consequence
+                    self.stop = at
+                    self.problem = _epb_problem(at, int(blen[k]), int(cap[k]), int(ifc[k]), bool(described[k]),
+                                                int(trailer[k]))
+                o, ifc, hi, lo, cap, wl = (x[:k] for x in (o, ifc, hi, lo, cap, wl))
+            units = (hi.astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
+            cols.append((o, o + 28, ifc + s.iface_base, units, cap, wl, np.zeros(len(o), bool)))
+        if self.stop is not None:
+            others = [r for r in others if base + r[0] < self.stop]
+        if others:
+            ob, od, oi, ou, oc, ow = zip(*others, strict=True)
+            cols.append((np.array(ob, np.int64), np.array(od, np.int64), np.array(oi, np.int64),
+                         np.array([u or 0 for u in ou], np.uint64), np.array(oc, np.int64), np.array(ow, np.int64),
+                         np.array([u is None for u in ou], bool)))
+        if not cols:
+            return NO_RECORDS, NO_RECORDS, NO_RECORDS, NO_RECORDS, np.zeros(0, np.uint16), np.zeros(0, np.uint16)
+        o, data_off, ifc, units, cap, wl, no_ts = (np.concatenate([c[i] for c in cols]) for i in range(7))
         if len(cols) > 1:
             order = np.argsort(o, kind="stable")
-            o, data_off, ifc, units, cap, wl = (x[order] for x in (o, data_off, ifc, units, cap, wl))
-    else:
-        o = data_off = ifc = cap = wl = np.zeros(0, np.int64)
-        units = np.zeros(0, np.uint64)
+            o, data_off, ifc, units, cap, wl, no_ts = (x[order] for x in (o, data_off, ifc, units, cap, wl, no_ts))
+        ts_ns = np.zeros(len(o), np.int64)
+        for i in np.unique(ifc):
+            m = ifc == i
+            ts_ns[m] = _units_to_ns(units[m], *self.tsinfo[int(i)])
+            self.per_iface[int(i)] += int(m.sum())
+        ts_ns[no_ts] = TS_UNKNOWN
+        self.no_ts += int(no_ts.sum())
+        lt = np.array([f.linktype for f in self.interfaces], dtype=np.uint16)[ifc] if len(o) else np.zeros(0, np.uint16)
+        return data_off, cap, wl, ts_ns, ifc.astype(np.uint16), lt
 
-    # interfaces described before the damage, and any a kept packet refers to (indices must stay valid)
-    live = sum(1 for b in iface_block if b < stop)
-    interfaces = interfaces[:max(live, int(ifc.max()) + 1 if len(o) else 0)]
-    ts_ns = np.zeros(len(o), np.int64)
-    for i in np.unique(ifc):
-        m = ifc == i
-        ts_ns[m] = _units_to_ns(units[m], *tsinfo[int(i)])
-    if len(no_ts):
-        ts_ns[np.isin(o, no_ts)] = TS_UNKNOWN
-    lt = np.array([f.linktype for f in interfaces], dtype=np.uint16)[ifc] if len(o) else np.zeros(0, np.uint16)
+    # -------------------------------------------------------------------------------------- the whole file
 
-    supported = np.array([f.supported for f in interfaces], dtype=bool)
-    if not supported.all() and (len(o) == 0 or not supported[ifc].any()):
-        bad_lts = sorted({f.linktype for f in interfaces if not f.supported})
-        raise CaptureReadError(
-            f"{p}: link type{'s' if len(bad_lts) > 1 else ''} "
-            + ", ".join(f"{x} ({linktype_name(x)})" for x in bad_lts) + " not supported"
-            + ("" if len(o) == 0 else f"; none of its {len(o)} packets can be analysed"),
-            hint="supported: " + ", ".join(f"{k} {v}" for k, v in SUPPORTED_LINKTYPES.items()))
-    if len(o) and not supported[ifc].all():
-        for i in np.unique(ifc[~supported[ifc]]):
-            f = interfaces[int(i)]
-            problems.append(f"{int((ifc == i).sum())} packets on interface {int(i)} have unsupported link type "
-                            f"{f.linktype} ({linktype_name(f.linktype)}) and were not dissected")
-    pk = _dissect(p, "pcapng", interfaces, arr, data_off, cap, wl, ts_ns, ifc.astype(np.uint16), lt)
-    if len(no_ts):
-        pk.notes.append(f"{len(no_ts)} packets come from Simple Packet Blocks, which carry no timestamp")
-    _finish(pk, problems)
-    return pk
+    def finish(self, packets: int) -> tuple[list[str], list[str]]:
+        """(problems, notes) of the whole file; raises CaptureReadError when none of it can be analysed."""
+        problems = [self.problem] if self.problem else []
+        if not self.sections:
+            raise CaptureReadError(f"{self.path}: no readable pcapng section header: " + "; ".join(problems))
+        # interfaces described before the damage, and any a kept packet refers to (indices must stay valid)
+        live = sum(1 for b in self.iface_block if self.stop is None or b < self.stop)
+        used = max(self.per_iface) + 1 if self.per_iface else 0
+        del self.interfaces[max(live, used):]
+        supported = [f.supported for f in self.interfaces]
+        if not all(supported) and not any(self.per_iface[i] for i, ok in enumerate(supported) if ok):
+            bad_lts = sorted({f.linktype for f in self.interfaces if not f.supported})
+            raise CaptureReadError(
+                f"{self.path}: link type{'s' if len(bad_lts) > 1 else ''} "
+                + ", ".join(f"{x} ({linktype_name(x)})" for x in bad_lts) + " not supported"
+                + ("" if packets == 0 else f"; none of its {packets} packets can be analysed"),
+                hint="supported: " + ", ".join(f"{k} {v}" for k, v in SUPPORTED_LINKTYPES.items()))
+        for i in sorted(self.per_iface):
+            f = self.interfaces[i]
+            if not f.supported:
+                problems.append(f"{self.per_iface[i]} packets on interface {i} have unsupported link type "
+                                f"{f.linktype} ({linktype_name(f.linktype)}) and were not dissected")
+        notes = [f"{self.no_ts} packets come from Simple Packet Blocks, which carry no timestamp"] if self.no_ts else []
+        return problems, notes
 
 
-def _epb_problem(at: int, blen: int, cap: int, ifc: int, n_if: int, size: int, fits: bool, trailer: int) -> str:
-    if not fits:
-        return (f"file ends in the middle of a packet block at byte {at} (block length {blen}, "
-                f"{size - at} bytes left): truncated capture")
-    if ifc >= n_if:
+def _epb_problem(at: int, blen: int, cap: int, ifc: int, described: bool, trailer: int) -> str:
+    if not described:
         return f"corrupt packet block at byte {at}: interface {ifc} was never described"
     if blen % 4 or 32 + cap > blen:
         return f"corrupt packet block at byte {at}: block length {blen} cannot hold {cap} captured bytes"
     return f"corrupt packet block at byte {at}: trailing length {trailer} differs from leading length {blen}"
-
-
-def _pcapng_section_blocks(mv: memoryview, size: int, off: int, sec: _Section, interfaces: list[Interface],
-                           iface_block: list[int], tsinfo: list[tuple[int, int]],
-                           others: list) -> tuple[int, str | None]:
-    """Walk one section's blocks from `off` until the next section header or the end of the file.
-
-    EPB offsets are only collected here (their fields are parsed vectorised later); other blocks are
-    handled as they come. Returns (offset reached, problem or None).
-    """
-    endian = sec.endian
-    unpack2 = struct.Struct(endian + "II").unpack_from
-    app = sec.epb.append
-    while True:
-        try:
-            while True:  # the hot loop: Enhanced Packet Blocks only
-                bt, bl = unpack2(mv, off)
-                if bt == PCAPNG_EPB and bl >= 32:
-                    app(off)
-                    off += bl
-                else:
-                    break
-        except struct.error:
-            if off >= size:
-                return off, None
-            return off, f"file ends inside a block header at byte {off} ({size - off} bytes left): truncated"
-        if bt == PCAPNG_SHB:
-            return off, None
-        if bl < 12 or bl % 4:
-            return off, f"corrupt block at byte {off}: type {bt:#x}, invalid length {bl}"
-        if off + bl > size:
-            return off, (f"file ends in the middle of a block at byte {off} (type {bt:#x}, length {bl}, "
-                         f"{size - off} bytes left): truncated capture")
-        (trail,) = struct.unpack_from(endian + "I", mv, off + bl - 4)
-        if trail != bl:
-            return off, f"corrupt block at byte {off}: trailing length {trail} differs from leading length {bl}"
-        local_ifaces = len(interfaces) - sec.iface_base
-        if bt == PCAPNG_IDB and bl >= 20:
-            lt, _res, snap = struct.unpack_from(endian + "HHI", mv, off + 8)
-            name, resol, tsoff = _idb_options(mv, off + 16, off + bl - 4, endian)
-            interfaces.append(Interface(lt, snap, _resol_name(resol), name))
-            sec.n_ifaces += 1
-            iface_block.append(off)
-            tsinfo.append((resol, tsoff))
-        elif bt == PCAPNG_SPB and bl >= 16:
-            if local_ifaces == 0:
-                return off, f"simple packet block at byte {off} before any interface description"
-            (wl,) = struct.unpack_from(endian + "I", mv, off + 8)
-            snap = interfaces[sec.iface_base].snaplen
-            cap = min(wl, bl - 16, snap if snap else wl)
-            others.append((off, off + 12, sec.iface_base, None, cap, wl))
-        elif bt == PCAPNG_OPB and bl >= 32:
-            ifc, _drops, hi, lo, cap, wl = struct.unpack_from(endian + "HHIIII", mv, off + 8)
-            if ifc >= local_ifaces or 32 + cap > bl:
-                return off, f"corrupt packet block at byte {off} (obsolete format): interface {ifc}, length {cap}"
-            others.append((off, off + 28, sec.iface_base + ifc, (hi << 32) | lo, cap, wl))
-        elif bt == PCAPNG_EPB:  # bl < 32
-            return off, f"corrupt packet block at byte {off}: length {bl} is too short"
-        off += bl
 
 
 def _idb_options(mv: memoryview, start: int, end: int, endian: str) -> tuple[str | None, int, int]:

@@ -7,22 +7,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .attempts import Attempts, SourceTimeline, extract_attempts, source_timelines
+from .attempts import Attempts, SourceTimeline, source_timelines
 from .logs import ThrottleLog, WormLog, merge_worm_logs, read_throttle_log, read_worm_log
 from .metrics import Finding, MetricsResult, MetricsSettings, compute_metrics, error_count
-from .pcap import Packets, linktype_name, read_capture
+from .packets import linktype_name
+from .scan import CaptureScan, CaptureSummary, scan_capture
 
 SCHEMA_VERSION = 1
 
 
 @dataclass
 class TrialAnalysis:
-    capture: Packets
+    capture: CaptureSummary
     attempts: Attempts
     timelines: list[SourceTimeline]
     metrics: MetricsResult
@@ -41,18 +42,17 @@ class TrialAnalysis:
     def to_dict(self) -> dict:
         """The JSON shape of `testbed analyse --json` (see docs/analysis.md)."""
         pk = self.capture
-        ts = pk.ts
-        known = ts[np.isfinite(ts)]
+        span = pk.span
         return _clean({
             "schema": SCHEMA_VERSION,
             "file": pk.path,
             "format": pk.format,
             "linktypes": [{"linktype": lt, "name": linktype_name(lt)} for lt in pk.linktypes],
             **self.attempts.totals(),
-            "ipv4_packets": int(pk.ipv4.sum()),
+            "ipv4_packets": pk.ipv4_packets,
             "udp_mode": self.attempts.udp_mode,
-            "first_ts": float(known.min()) if len(known) else None,
-            "last_ts": float(known.max()) if len(known) else None,
+            "first_ts": span[0] if span else None,
+            "last_ts": span[1] if span else None,
             "partial": pk.partial,
             "partial_reasons": list(pk.problems),
             "notes": list(pk.notes),
@@ -65,24 +65,25 @@ class TrialAnalysis:
         })
 
 
-def analyse_trial(pcap: str | Path, *, throttle_log: str | Path | None = None,
+def analyse_trial(pcap: str | Path | CaptureScan, *, throttle_log: str | Path | None = None,
                   worm_logs: Sequence[str | Path] = (), settings: MetricsSettings | None = None,
                   udp: str = "first_per_destination", bins: int = 24,
                   capture_offset_s: float = 0.0) -> TrialAnalysis:
     """Analyse one trial. Raises CaptureReadError / LogReadError (exit code 2) when a file cannot be read at
     all; a capture damaged part-way gives a result with `partial` set and a `capture_partial` finding.
     `capture_offset_s`: how far the capture's clock is ahead of the logs' (VMs keep their own clocks); the
-    capture's timestamps are moved onto the logs' clock before anything is compared."""
-    pk = read_capture(pcap)
+    capture's timestamps are moved onto the logs' clock before anything is compared.
+    `pcap` is a capture file, streamed once in bounded memory (`scan_capture`), or a scan of it already made
+    (whose own tables are left as they are)."""
+    scan = pcap if isinstance(pcap, CaptureScan) else scan_capture(pcap, udp=udp)
+    pk = scan.summary
     worm = merge_worm_logs(read_worm_log(p) for p in worm_logs) if worm_logs else None
     throttle = read_throttle_log(throttle_log) if throttle_log is not None else None
-    att = extract_attempts(pk, udp=udp)
-    ts = pk.ts
+    att = scan.attempts(udp)
+    span = pk.span
     if capture_offset_s:
-        att.ts = att.ts - capture_offset_s
-        ts = ts - capture_offset_s
-    known = ts[np.isfinite(ts)]
-    span = (float(known.min()), float(known.max())) if len(known) else None
+        att = replace(att, ts=att.ts - capture_offset_s)
+        span = (span[0] - capture_offset_s, span[1] - capture_offset_s) if span else None
     metrics = compute_metrics(att, worm, throttle, settings=settings, capture_span=span)
     findings: list[Finding] = []
     if pk.partial:
