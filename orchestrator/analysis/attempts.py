@@ -127,25 +127,61 @@ def _ips(col) -> np.ndarray:
 def _repeats(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
     """True for every row whose (k1, k2) key appeared in an earlier row.
 
-    Sorts a 64-bit hash of the key (stable, so each group keeps capture order); if two different keys
-    share a hash, falls back to an exact lexicographic sort.
+    One `np.sort` (SIMD-fast, unlike an argsort) of 64-bit words that hold a hash of the key in their high bits
+    and the row number in their low ones: each hash's rows come out together, in capture order. A hash shared
+    by different keys (a collision) has its rows settled exactly, by a lexicographic sort of just those.
     """
     n = len(k1)
     if n == 0:
         return np.zeros(0, bool)
+    b = np.uint64(max(1, (n - 1).bit_length()))
+    h = _key_hash(k1, k2)
+    s = np.sort(((h >> b) << b) | np.arange(n, dtype=np.uint64))
+    del h
+    row = (s & ((np.uint64(1) << b) - np.uint64(1))).astype(np.int64)
+    hh = s >> b
+    del s
+    pos = np.flatnonzero(hh[1:] == hh[:-1])  # row[pos + 1] follows an earlier row of the same hash
+    first, later = row[pos], row[pos + 1]
+    out = np.zeros(n, bool)
+    out[later] = True
+    clash = (k1[first] != k1[later]) | (k2[first] != k2[later])
+    for v in _distinct(hh[pos[clash]]):
+        rows = row[np.searchsorted(hh, v, "left"):np.searchsorted(hh, v, "right")]
+        out[rows] = _repeats_exact(k1[rows], k2[rows])
+    return out
+
+
+def _key_hash(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        h = (k1 * np.uint64(0x9E3779B97F4A7C15)) ^ (k2 * np.uint64(0xC2B2AE3D27D4EB4F))
-    order = np.argsort(h, kind="stable")
-    sh, s1, s2 = h[order], k1[order], k2[order]
-    same = sh[1:] == sh[:-1]
-    if (same & ((s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1]))).any():  # a hash collision: be exact
-        order = np.lexsort((np.arange(n), k2, k1))
-        s1, s2 = k1[order], k2[order]
-        same = (s1[1:] == s1[:-1]) & (s2[1:] == s2[:-1])
+        return (k1 * np.uint64(0x9E3779B97F4A7C15)) ^ (k2 * np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+def _repeats_exact(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
+    n = len(k1)
+    order = np.lexsort((np.arange(n), k2, k1))
+    s1, s2 = k1[order], k2[order]
     out = np.empty(n, bool)
     out[order[0]] = False
-    out[order[1:]] = same
+    out[order[1:]] = (s1[1:] == s1[:-1]) & (s2[1:] == s2[:-1])
     return out
+
+
+def _positions(uniq: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where each value is in the sorted distinct `uniq`: a lookup table when they span a small range (a lab's
+    addresses: one /15), else a binary search."""
+    lo, span = int(uniq[0]), int(uniq[-1]) - int(uniq[0]) + 1
+    if span > 1 << 20:
+        return np.searchsorted(uniq, values)
+    table = np.zeros(span, np.int64)
+    table[uniq.astype(np.int64) - lo] = np.arange(len(uniq))
+    return table[values - np.uint32(lo)]
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values by `np.sort` (np.unique hashes, which is slow for large integer columns)."""
+    s = np.sort(values)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
 
 
 # ------------------------------------------------------------------------------------ per-source summaries
@@ -177,17 +213,17 @@ def source_timelines(att: Attempts, *, bins: int = 24, span: tuple[float, float]
         a = a.select(np.isin(a.src, _ips(list(sources))))
     if len(a) == 0:
         return []
-    uniq, inv = np.unique(a.src, return_inverse=True)
+    uniq = _distinct(a.src)
+    inv = _positions(uniq, a.src)
     m = len(uniq)
     tcp = a.proto == PROTO_TCP
-
-    def cnt(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(inv[mask], minlength=m)
-
-    syn, syn_re = cnt(tcp), cnt(tcp & a.repeat)
-    udp_att, udp_all = cnt(~tcp & a.attempt), cnt(~tcp)
-    pairs = np.unique((a.src[a.attempt].astype(np.uint64) << np.uint64(32)) | a.dst[a.attempt].astype(np.uint64))
-    ndst = np.bincount(np.searchsorted(uniq, (pairs >> np.uint64(32)).astype(np.uint32)), minlength=m)
+    # one count per (source, tcp, repeat, attempt): every per-source count below is a sum of these
+    c = np.bincount((inv << 3) | (tcp << 2) | (a.repeat << 1) | a.attempt, minlength=m * 8).reshape(m, 8)
+    syn, syn_re = c[:, 4:].sum(axis=1), c[:, 6:].sum(axis=1)
+    udp_att, udp_all = c[:, 1] + c[:, 3], c[:, :4].sum(axis=1)
+    pairs = _distinct((a.src[a.attempt].astype(np.uint64) << np.uint64(32)) | a.dst[a.attempt].astype(np.uint64))
+    psrc = (pairs >> np.uint64(32)).astype(np.uint32)  # sorted
+    ndst = np.searchsorted(psrc, uniq, "right") - np.searchsorted(psrc, uniq, "left")
     known = np.isfinite(a.ts)
     first, last = np.full(m, np.inf), np.full(m, -np.inf)
     np.minimum.at(first, inv[known], a.ts[known])
@@ -196,7 +232,7 @@ def source_timelines(att: Attempts, *, bins: int = 24, span: tuple[float, float]
     new_first, new_last = np.full(m, np.inf), np.full(m, -np.inf)
     np.minimum.at(new_first, inv[new], a.ts[new])
     np.maximum.at(new_last, inv[new], a.ts[new])
-    n_new = cnt(new)
+    n_new = np.bincount(inv[new], minlength=m)
     lo, hi = span if span else ((float(a.ts[known].min()), float(a.ts[known].max())) if known.any() else (0.0, 0.0))
     width = (hi - lo) / bins if hi > lo else 1.0
     h = a.attempt & known

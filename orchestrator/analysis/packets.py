@@ -154,89 +154,165 @@ _EMPTY = {c: (lambda d=d: np.zeros(0, d)) for c, d in _DTYPES.items()}
 
 def _gather(arr: np.ndarray, offs: np.ndarray, width: int) -> np.ndarray:
     """`width` bytes starting at each offset, as an (n, width) uint8 array (one vectorised copy)."""
-    rows = np.ndarray(shape=(arr.size - width + 1,), dtype=np.dtype((np.void, width)), buffer=arr,
-                      offset=0, strides=(1,))
-    return rows[offs].view(np.uint8).reshape(-1, width)
+    return window(arr, offs, np.dtype((np.void, width))).view(np.uint8).reshape(-1, width)
 
 
-def _be16(a: np.ndarray, k: int) -> np.ndarray:
-    return (a[:, k].astype(np.uint16) << 8) | a[:, k + 1]
+def window(arr: np.ndarray, offs: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The `dtype.itemsize` bytes at each offset, copied in one go and viewed as `dtype` (a structured dtype
+    names the header fields in them: no per-field copies)."""
+    width = dtype.itemsize
+    rows = np.ndarray(shape=(arr.size - width + 1,), dtype=np.dtype((np.void, width)), buffer=arr, strides=(1,))
+    return rows[offs].view(dtype)
 
 
-def _u32(a: np.ndarray, k: int, endian: str) -> np.ndarray:
-    return np.ascontiguousarray(a[:, k:k + 4]).view(endian + "u4").ravel()
+def fields_at(width: int, **spec: tuple[str, int]) -> np.dtype:
+    """A structured dtype of `width` bytes with the named fields (format, offset)."""
+    return np.dtype({"names": list(spec), "formats": [f for f, _ in spec.values()],
+                     "offsets": [o for _, o in spec.values()], "itemsize": width})
 
+
+def ethernet_fields(at: int = 0, width: int = 24, **more: tuple[str, int]) -> np.dtype:
+    """The ethertype and up to two VLAN tags of an Ethernet header starting `at` bytes into a window (and the
+    `more` fields before it)."""
+    return fields_at(width, **more, e1=(">u2", at + 12), v1=(">u2", at + 14), e2=(">u2", at + 16),
+                     v2=(">u2", at + 18), e3=(">u2", at + 20))
+
+
+_ETH = ethernet_fields()
+_IP_L4 = fields_at(34, vihl=("u1", 0), tot=(">u2", 2), frag=(">u2", 6), ttl=("u1", 8), proto=("u1", 9),
+                   src=(">u4", 12), dst=(">u4", 16), sport=(">u2", 20), dport=(">u2", 22), flags=("u1", 33))
+_L4 = fields_at(14, sport=(">u2", 0), dport=(">u2", 2), flags=("u1", 13))
+_L2_OTHER = fields_at(24, sll=(">u2", 14), sll2=(">u2", 0), ver=("u1", 0), fam_le=("<u4", 0), fam_be=(">u4", 0))
+
+
+# lookup tables: one gather per packet instead of a chain of comparisons
+_TAGGED = np.zeros(1 << 16, bool)
+_TAGGED[list(VLAN_TPIDS)] = True
+_IHL = ((np.arange(256) & 0x0F) * 4).astype(np.int32)  # IPv4 header length from the version/IHL byte
+_V4 = ((np.arange(256) >> 4) == 4) & (_IHL >= 20)  # an IPv4 header of at least 20 bytes
+_FRAG = np.where(np.arange(1 << 16) & 0x1FFF, FRAG_LATER,  # from the flags/fragment-offset word
+                 np.where(np.arange(1 << 16) & 0x2000, FRAG_FIRST, FRAG_NONE)).astype(np.uint8)
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a small-integer column, sorted (np.unique hashes, which is slow for this)."""
+    if len(values) == 0:
+        return np.zeros(0, values.dtype)
+    if values[0] == values[-1] and (values == values[0]).all():
+        return values[:1].copy()
+    return np.flatnonzero(np.bincount(values)).astype(values.dtype)
 
 
 # -------------------------------------------------------------------------------------- header dissection
 
-def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, data_off: np.ndarray,
-             caplen: np.ndarray, wirelen: np.ndarray, ts_ns: np.ndarray, iface: np.ndarray,
-             linktype: np.ndarray, index0: int = 0) -> Packets:
-    n = len(data_off)
-    caplen = caplen.astype(np.int64)
-    et = np.zeros(n, np.int64)
-    l3 = np.zeros(n, np.int64)
-    vlan = np.full(n, -1, np.int32)
-    vlan2 = np.full(n, -1, np.int32)
-    present = np.unique(linktype) if n else np.zeros(0, np.uint16)
-    for lt in present:
-        lt = int(lt)
-        if lt not in SUPPORTED_LINKTYPES:
-            continue
-        sel = slice(None) if len(present) == 1 else np.flatnonzero(linktype == lt)
-        w = _gather(arr, data_off[sel], 24)
-        if lt == LINKTYPE_ETHERNET:
-            e = _be16(w, 12).astype(np.int64)
-            t1 = np.isin(e, VLAN_TPIDS) & (caplen[sel] >= 18)
-            v1 = np.where(t1, (_be16(w, 14) & 0x0FFF).astype(np.int32), -1)
-            e = np.where(t1, _be16(w, 16), e)
-            t2 = t1 & np.isin(e, VLAN_TPIDS) & (caplen[sel] >= 22)
-            v2 = np.where(t2, (_be16(w, 18) & 0x0FFF).astype(np.int32), -1)
-            e = np.where(t2, _be16(w, 20), e)
-            et[sel], vlan[sel], vlan2[sel] = e, v1, v2
-            l3[sel] = np.where(t2, 22, np.where(t1, 18, 14))
-        elif lt == LINKTYPE_LINUX_SLL:
-            et[sel], l3[sel] = _be16(w, 14), 16
-        elif lt == LINKTYPE_LINUX_SLL2:
-            et[sel], l3[sel] = _be16(w, 0), 20
-        elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4):
-            et[sel], l3[sel] = np.where((w[:, 0] >> 4) == 4, ETHERTYPE_IPV4, 0), 0
-        else:  # NULL / LOOP: a 4-byte address family, AF_INET == 2 (host byte order for NULL)
-            fam_le, fam_be = _u32(w, 0, "<"), _u32(w, 0, ">")
-            et[sel], l3[sel] = np.where((fam_le == 2) | (fam_be == 2), ETHERTYPE_IPV4, 0), 4
+KEEP_ATTEMPTS = "attempts"  # SYN without ACK, or UDP
+KEEP_ANSWERS = "answers"  # TCP RST, or SYN+ACK
 
-    ip = _gather(arr, data_off + l3, 20)
-    ihl = (ip[:, 0] & 0x0F).astype(np.int64) * 4
-    ipv4 = (et == ETHERTYPE_IPV4) & ((ip[:, 0] >> 4) == 4) & (ihl >= 20) & (caplen >= l3 + 20)
-    tot = _be16(ip, 2).astype(np.int64)
-    fr = _be16(ip, 6)
-    foff = fr & 0x1FFF
-    frag = np.where(~ipv4, FRAG_NONE, np.where(foff > 0, FRAG_LATER,
-                                               np.where(fr & 0x2000, FRAG_FIRST, FRAG_NONE))).astype(np.uint8)
-    proto = np.where(ipv4, ip[:, 9], 0).astype(np.uint8)
-    src = np.where(ipv4, _u32(ip, 12, ">"), 0).astype(np.uint32)
-    dst = np.where(ipv4, _u32(ip, 16, ">"), 0).astype(np.uint32)
-    ttl = np.where(ipv4, ip[:, 8], 0).astype(np.uint8)
 
-    l4off = l3 + np.where(ipv4, ihl, 0)
-    l4w = _gather(arr, data_off + l4off, 14)
+def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, fr: Framed, index0: int = 0,
+             keep: frozenset[str] | None = None) -> tuple[Packets, int]:
+    """The header fields of the records `fr` framed in `arr` (their data starts at `fr.data_off`), and how
+    many of them are IPv4. `keep`: only the rows of these kinds (KEEP_ATTEMPTS, KEEP_ANSWERS), whose columns
+    are the only ones worked out past what tells the kinds apart; None: every row."""
+    n = len(fr.data_off)
+    data_off, caplen, linktype = fr.data_off, fr.caplen.astype(np.int32), fr.linktype
+    present = _present(linktype)
+    if n and len(present) == 1 and int(present[0]) == LINKTYPE_ETHERNET:
+        et, l3, vlan, vlan2 = _ethernet(window(arr, data_off, _ETH) if fr.eth is None else fr.eth, caplen)
+    else:
+        et, l3 = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        vlan, vlan2 = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        for lt in present:
+            lt = int(lt)
+            if lt not in SUPPORTED_LINKTYPES:
+                continue
+            sel = np.flatnonzero(linktype == lt)
+            if lt == LINKTYPE_ETHERNET:
+                et[sel], l3[sel], vlan[sel], vlan2[sel] = _ethernet(window(arr, data_off[sel], _ETH), caplen[sel])
+                continue
+            w = window(arr, data_off[sel], _L2_OTHER)
+            if lt == LINKTYPE_LINUX_SLL:
+                et[sel], l3[sel] = w["sll"], 16
+            elif lt == LINKTYPE_LINUX_SLL2:
+                et[sel], l3[sel] = w["sll2"], 20
+            elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4):
+                et[sel], l3[sel] = np.where((w["ver"] >> 4) == 4, ETHERTYPE_IPV4, 0), 0
+            else:  # NULL / LOOP: a 4-byte address family, AF_INET == 2 (host byte order for NULL)
+                et[sel], l3[sel] = np.where((w["fam_le"] == 2) | (w["fam_be"] == 2), ETHERTYPE_IPV4, 0), 4
+
+    ip = window(arr, data_off + l3, _IP_L4)  # the IPv4 header, and the TCP/UDP one right after it
+    vihl = ip["vihl"]
+    ihl = _IHL[vihl]
+    ipv4 = (et == ETHERTYPE_IPV4) & _V4[vihl] & (caplen >= l3 + 20)
+    tot = ip["tot"].astype(np.int32)
+    frag = _FRAG[ip["frag"]]
+    proto = ip["proto"]
+    l4off = l3 + ihl * ipv4
     # bytes of transport header really there: captured, and inside the IP datagram (not Ethernet padding);
     # total length 0 is what TSO-offloaded packets captured on the sender show: trust the capture then
     avail = np.minimum(caplen - l4off, np.where(tot == 0, caplen, tot - ihl))
-    first = ipv4 & (foff == 0) & (caplen >= l4off)
+    first = ipv4 & (frag != FRAG_LATER) & (caplen >= l4off)
     is_tcp = first & (proto == 6) & (avail >= 20)
     is_udp = first & (proto == 17) & (avail >= 8)
     l4 = is_tcp | is_udp
-    sport = np.where(l4, _be16(l4w, 0), 0).astype(np.uint16)
-    dport = np.where(l4, _be16(l4w, 2), 0).astype(np.uint16)
-    flags = np.where(is_tcp, l4w[:, 13], 0).astype(np.uint8)
-    return Packets(
-        path=str(p), format=fmt, interfaces=interfaces, ts_ns=ts_ns.astype(np.int64),
-        caplen=caplen.astype(np.uint32), wirelen=np.asarray(wirelen).astype(np.uint32), iface=iface,
-        vlan=vlan, vlan_inner=vlan2, ipv4=ipv4, src=src, dst=dst, proto=proto, ttl=ttl, frag=frag,
-        l4=l4, sport=sport, dport=dport, tcp_flags=flags, index=np.arange(index0, index0 + n, dtype=np.int64))
+    opts = l4 & (ihl > 20)  # IP options: the transport header is further on
+    flags = ip["flags"].copy()
+    has_opts = bool(opts.any())
+    if has_opts:
+        at = np.flatnonzero(opts)
+        w4 = window(arr, data_off[at] + l4off[at], _L4)
+        flags[at] = w4["flags"]
+    flags[~is_tcp] = 0
+    n_ipv4 = int(np.count_nonzero(ipv4))
 
+    rows: slice | np.ndarray = slice(None)
+    if keep is not None:
+        want = np.zeros(n, bool)
+        if KEEP_ATTEMPTS in keep:
+            want |= (is_tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) | is_udp
+        if KEEP_ANSWERS in keep:
+            want |= is_tcp & (((flags & TCP_RST) != 0) | ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)))
+        rows = np.flatnonzero(want)
+        ip, ipv4, l4, is_tcp, opts, flags, frag = (x[rows] for x in (ip, ipv4, l4, is_tcp, opts, flags, frag))
+        data_off, l4off, caplen, vlan, vlan2 = (x[rows] for x in (data_off, l4off, caplen, vlan, vlan2))
+    sport, dport = ip["sport"].astype(np.uint16), ip["dport"].astype(np.uint16)
+    if has_opts and opts.any():
+        at = np.flatnonzero(opts)
+        w4 = window(arr, data_off[at] + l4off[at], _L4)
+        sport[at], dport[at] = w4["sport"], w4["dport"]
+    sport[~l4] = 0
+    dport[~l4] = 0
+    frag[~ipv4] = FRAG_NONE
+    index = np.arange(index0, index0 + n, dtype=np.int64)
+    return Packets(
+        path=str(p), format=fmt, interfaces=interfaces, ts_ns=fr.ts_ns[rows].astype(np.int64, copy=False),
+        caplen=caplen.astype(np.uint32), wirelen=fr.wirelen[rows].astype(np.uint32), iface=fr.iface[rows],
+        vlan=vlan, vlan_inner=vlan2, ipv4=ipv4, src=_where(ipv4, ip["src"], np.uint32),
+        dst=_where(ipv4, ip["dst"], np.uint32), proto=_where(ipv4, ip["proto"], np.uint8),
+        ttl=_where(ipv4, ip["ttl"], np.uint8), frag=frag, l4=l4, sport=sport, dport=dport,
+        tcp_flags=flags, index=index[rows]), n_ipv4
+
+
+def _where(mask: np.ndarray, field: np.ndarray, dtype) -> np.ndarray:
+    """The field (native byte order) where the mask is set, else 0."""
+    out = field.astype(dtype)
+    out[~mask] = 0
+    return out
+
+
+def _ethernet(w: np.ndarray, caplen: np.ndarray) -> tuple:
+    """(ethertype, offset of the network header, outer VLAN id, inner VLAN id) of Ethernet frames."""
+    e = w["e1"].astype(np.int32)
+    t1 = _TAGGED[e] & (caplen >= 18)
+    if not t1.any():  # untagged: the common case, no further work
+        n = len(e)
+        return e, np.full(n, 14, np.int32), np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+    v1 = np.where(t1, (w["v1"] & 0x0FFF).astype(np.int32), -1)
+    e = np.where(t1, w["e2"], e)
+    t2 = t1 & _TAGGED[e] & (caplen >= 22)
+    v2 = np.where(t2, (w["v2"] & 0x0FFF).astype(np.int32), -1)
+    e = np.where(t2, w["e3"], e)
+    return e, np.where(t2, 22, np.where(t1, 18, 14)).astype(np.int32), v1.astype(np.int32, copy=False), v2.astype(np.int32, copy=False)
 
 
 @dataclass
@@ -255,6 +331,7 @@ class Framed:
     consumed: int
     need: int
     done: bool
+    eth: np.ndarray | None = None  # the records' Ethernet fields (`ethernet_fields`), if the framer read them
 
 
 NO_RECORDS = np.zeros(0, np.int64)

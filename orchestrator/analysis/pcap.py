@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import framing
 from .errors import CaptureReadError, reading
 from .packets import (  # noqa: F401  (re-exported: the reader's public names)
     _PAD,
@@ -26,6 +27,8 @@ from .packets import (  # noqa: F401  (re-exported: the reader's public names)
     FRAG_FIRST,
     FRAG_LATER,
     FRAG_NONE,
+    KEEP_ANSWERS,
+    KEEP_ATTEMPTS,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_LINUX_SLL,
@@ -47,8 +50,9 @@ from .packets import (  # noqa: F401  (re-exported: the reader's public names)
     Interface,
     Packets,
     _dissect,
-    _gather,
+    ethernet_fields,
     linktype_name,
+    window,
 )
 from .pcapng import PcapngFramer
 
@@ -66,19 +70,25 @@ def read_capture(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES) -> Packets
 
 
 class CaptureReader:
-    """Iterate for the capture's records, one `Packets` table per chunk of about `chunk_bytes` of the file.
+    """Iterate for the capture's records, one `Packets` table per chunk of about `chunk_bytes` of the file
+    (`keep`: only the rows of these kinds, `KEEP_ATTEMPTS` and/or `KEEP_ANSWERS`; every row by default).
 
     The constructor raises CaptureReadError for a file that cannot be a capture (missing, empty, not pcap or
     pcapng, an unsupported pcap link type); iterating raises it too where that is only known later (a pcapng
     file none of whose interfaces can be dissected, or without a readable section header). After the
-    iteration, `packets`, `partial`, `problems`, `notes` and `interfaces` describe the whole file.
+    iteration, `packets`, `ipv4_packets`, `ts_range`, `partial`, `problems`, `notes` and `interfaces` describe
+    the whole file (every record, whatever `keep` says).
     A reader is iterated once.
     """
 
-    def __init__(self, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
+                 keep: frozenset[str] | None = None):
         self.path = Path(path)
         self.chunk_bytes = max(16, int(chunk_bytes))
+        self.keep = keep
         self.packets = 0
+        self.ipv4_packets = 0
+        self.ts_range: tuple[int, int] | None = None  # earliest and latest known timestamp (ns)
         self.partial = False
         self.problems: list[str] = []
         self.notes: list[str] = []
@@ -127,10 +137,16 @@ class CaptureReader:
                         break
                     have += got
                 step = fr.frame(buf, base, have, size, self.packets)
-                if len(step.data_off):
-                    pk = _dissect(p, self.format, list(fr.interfaces), buf, step.data_off, step.caplen,
-                                  step.wirelen, step.ts_ns, step.iface, step.linktype, index0=self.packets)
-                    self.packets += len(pk)
+                n = len(step.data_off)
+                if n:
+                    pk, ipv4 = _dissect(p, self.format, list(fr.interfaces), buf, step, self.packets, self.keep)
+                    self.packets += n
+                    self.ipv4_packets += ipv4
+                    known = step.ts_ns[step.ts_ns != TS_UNKNOWN]
+                    if len(known):
+                        lo, hi = int(known.min()), int(known.max())
+                        self.ts_range = (lo, hi) if self.ts_range is None else (min(lo, self.ts_range[0]),
+                                                                                max(hi, self.ts_range[1]))
                     yield pk
                 if step.done:
                     break
@@ -193,28 +209,15 @@ class PcapFramer:
         self.interfaces = [iface]
         self.endian, self.nano, self.linktype = endian, nano, linktype
         self.maxcap = max(MAX_CAPLEN, snaplen if snaplen <= (1 << 28) else 0)
-        self._unpack = struct.Struct(endian + "8xI").unpack_from
+        self.frac_limit = 1_000_000_000 if nano else 1_000_000
+        u4 = endian + "u4"
+        self._record = ethernet_fields(16, 40, sec=(u4, 0), frac=(u4, 4), cap=(u4, 8), wl=(u4, 12))
         self._problems: list[str] = []
 
     def frame(self, arr: np.ndarray, base: int, have: int, size: int, n: int) -> Framed:
-        # the only per-record Python loop: it stops when a header no longer fits in the buffer (struct.error);
-        # the last offset appended is where that happened. Lengths are checked vectorised below.
-        mv = memoryview(arr)[:have]
-        unpack = self._unpack
-        offs: list[int] = []
-        app = offs.append
-        off = 0
-        try:
-            while True:
-                app(off)
-                (cap,) = unpack(mv, off)
-                off += cap + 16
-        except struct.error:
-            pass
-        end_off = offs.pop()
-        o = np.array(offs, dtype=np.int64)
-        hdr = _gather(arr, o, 16).view(self.endian + "u4").reshape(-1, 4) if len(o) else np.zeros((0, 4), np.uint32)
-        sec, frac, caplen, wirelen = (hdr[:, i].astype(np.int64) for i in range(4))
+        o, end_off = framing.frame(arr, have, self.endian, self.maxcap, self.frac_limit)
+        rec = window(arr, o, self._record)  # the record header, and the Ethernet header after it
+        sec, frac, caplen, wirelen = (rec[f].astype(np.int64) for f in ("sec", "frac", "cap", "wl"))
         bad = np.flatnonzero((caplen > self.maxcap) | (o + 16 + caplen > have))
         k, consumed, need, done = len(o), end_off, 16, False
         if len(bad):
@@ -240,7 +243,7 @@ class PcapFramer:
         sec, frac, caplen, wirelen, o = sec[:k], frac[:k], caplen[:k], wirelen[:k], o[:k]
         ts_ns = sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
         return Framed(o + 16, caplen, wirelen, ts_ns, np.zeros(k, np.uint16), np.full(k, self.linktype, np.uint16),
-                      consumed, need, done)
+                      consumed, need, done, eth=rec[:k] if self.linktype == LINKTYPE_ETHERNET else None)
 
     def finish(self, packets: int) -> tuple[list[str], list[str]]:
         """(problems, notes) of the whole file."""

@@ -25,6 +25,7 @@ from .packets import (
     Framed,
     Interface,
     _gather,
+    _present,
     linktype_name,
 )
 
@@ -255,7 +256,7 @@ class PcapngFramer:
             order = np.argsort(o, kind="stable")
             o, data_off, ifc, units, cap, wl, no_ts = (x[order] for x in (o, data_off, ifc, units, cap, wl, no_ts))
         ts_ns = np.zeros(len(o), np.int64)
-        for i in np.unique(ifc):
+        for i in _present(ifc):
             m = ifc == i
             ts_ns[m] = _units_to_ns(units[m], *self.tsinfo[int(i)])
             self.per_iface[int(i)] += int(m.sum())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .attempts import Attempts, build_attempts
-from .packets import TS_UNKNOWN, Interface, Packets
+from .packets import Interface, Packets
 from .pcap import CHUNK_BYTES, CaptureReader
 
 # the attempt columns kept from each chunk: Attempts' own, before the repeat/attempt flags are worked out
@@ -78,24 +78,18 @@ def scan_capture(path: str | Path, *, udp: str = "first_per_destination", answer
     reader = CaptureReader(path, chunk_bytes=chunk_bytes)
     kept: dict[str, list[np.ndarray]] = {c: [] for c in _KEPT}
     answer_parts: list[Packets] = []
-    ipv4 = 0
-    lo = hi = None
     for pk in reader:
-        ipv4 += int(np.count_nonzero(pk.ipv4))
-        known = pk.ts_ns[pk.ts_ns != TS_UNKNOWN]
-        if len(known):
-            a, b = int(known.min()), int(known.max())
-            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
         sel = np.flatnonzero(pk.syn | pk.udp)
+        if answers:
+            answer_parts.append(pk.select(pk.answer))
         if len(sel):
             kept["ts"].append(pk.ts[sel])
             for c in _KEPT:
                 if c != "ts":
                     kept[c].append(getattr(pk, c)[sel])
-        if answers:
-            answer_parts.append(pk.select(pk.answer))
-    summary = CaptureSummary(str(reader.path), reader.format, list(reader.interfaces), reader.packets, ipv4, lo, hi,
-                             reader.partial, list(reader.problems), list(reader.notes))
+    lo, hi = reader.ts_range or (None, None)
+    summary = CaptureSummary(str(reader.path), reader.format, list(reader.interfaces), reader.packets,
+                             reader.ipv4_packets, lo, hi, reader.partial, list(reader.problems), list(reader.notes))
     cols = {c: _join(kept.pop(c), d) for c, d in (("index", np.int64), ("ts", np.float64), ("src", np.uint32),
                                                   ("dst", np.uint32), ("sport", np.uint16), ("dport", np.uint16),
                                                   ("proto", np.uint8), ("vlan", np.int32))}
