@@ -205,15 +205,9 @@ def _present(values: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- header dissection
 
-KEEP_ATTEMPTS = "attempts"  # SYN without ACK, or UDP
-KEEP_ANSWERS = "answers"  # TCP RST, or SYN+ACK
-
-
-def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, fr: Framed, index0: int = 0,
-             keep: frozenset[str] | None = None) -> tuple[Packets, int]:
-    """The header fields of the records `fr` framed in `arr` (their data starts at `fr.data_off`), and how
-    many of them are IPv4. `keep`: only the rows of these kinds (KEEP_ATTEMPTS, KEEP_ANSWERS), whose columns
-    are the only ones worked out past what tells the kinds apart; None: every row."""
+def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, fr: Framed,
+             index0: int = 0) -> Packets:
+    """The header fields of the records `fr` framed in `arr` (their data starts at `fr.data_off`)."""
     n = len(fr.data_off)
     data_off, caplen, linktype = fr.data_off, fr.caplen.astype(np.int32), fr.linktype
     present = _present(linktype)
@@ -256,41 +250,22 @@ def _dissect(p: Path, fmt: str, interfaces: list[Interface], arr: np.ndarray, fr
     is_udp = first & (proto == 17) & (avail >= 8)
     l4 = is_tcp | is_udp
     opts = l4 & (ihl > 20)  # IP options: the transport header is further on
-    flags = ip["flags"].copy()
-    has_opts = bool(opts.any())
-    if has_opts:
+    sport, dport, flags = ip["sport"].astype(np.uint16), ip["dport"].astype(np.uint16), ip["flags"].copy()
+    if opts.any():
         at = np.flatnonzero(opts)
         w4 = window(arr, data_off[at] + l4off[at], _L4)
-        flags[at] = w4["flags"]
-    flags[~is_tcp] = 0
-    n_ipv4 = int(np.count_nonzero(ipv4))
-
-    rows: slice | np.ndarray = slice(None)
-    if keep is not None:
-        want = np.zeros(n, bool)
-        if KEEP_ATTEMPTS in keep:
-            want |= (is_tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) | is_udp
-        if KEEP_ANSWERS in keep:
-            want |= is_tcp & (((flags & TCP_RST) != 0) | ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)))
-        rows = np.flatnonzero(want)
-        ip, ipv4, l4, is_tcp, opts, flags, frag = (x[rows] for x in (ip, ipv4, l4, is_tcp, opts, flags, frag))
-        data_off, l4off, caplen, vlan, vlan2 = (x[rows] for x in (data_off, l4off, caplen, vlan, vlan2))
-    sport, dport = ip["sport"].astype(np.uint16), ip["dport"].astype(np.uint16)
-    if has_opts and opts.any():
-        at = np.flatnonzero(opts)
-        w4 = window(arr, data_off[at] + l4off[at], _L4)
-        sport[at], dport[at] = w4["sport"], w4["dport"]
+        sport[at], dport[at], flags[at] = w4["sport"], w4["dport"], w4["flags"]
     sport[~l4] = 0
     dport[~l4] = 0
+    flags[~is_tcp] = 0
     frag[~ipv4] = FRAG_NONE
-    index = np.arange(index0, index0 + n, dtype=np.int64)
     return Packets(
-        path=str(p), format=fmt, interfaces=interfaces, ts_ns=fr.ts_ns[rows].astype(np.int64, copy=False),
-        caplen=caplen.astype(np.uint32), wirelen=fr.wirelen[rows].astype(np.uint32), iface=fr.iface[rows],
+        path=str(p), format=fmt, interfaces=interfaces, ts_ns=fr.ts_ns.astype(np.int64, copy=False),
+        caplen=caplen.astype(np.uint32), wirelen=fr.wirelen.astype(np.uint32), iface=fr.iface,
         vlan=vlan, vlan_inner=vlan2, ipv4=ipv4, src=_where(ipv4, ip["src"], np.uint32),
         dst=_where(ipv4, ip["dst"], np.uint32), proto=_where(ipv4, ip["proto"], np.uint8),
         ttl=_where(ipv4, ip["ttl"], np.uint8), frag=frag, l4=l4, sport=sport, dport=dport,
-        tcp_flags=flags, index=index[rows]), n_ipv4
+        tcp_flags=flags, index=np.arange(index0, index0 + n, dtype=np.int64))
 
 
 def _where(mask: np.ndarray, field: np.ndarray, dtype) -> np.ndarray:

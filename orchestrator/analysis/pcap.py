@@ -27,8 +27,6 @@ from .packets import (  # noqa: F401  (re-exported: the reader's public names)
     FRAG_FIRST,
     FRAG_LATER,
     FRAG_NONE,
-    KEEP_ANSWERS,
-    KEEP_ATTEMPTS,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_LINUX_SLL,
@@ -70,22 +68,19 @@ def read_capture(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES) -> Packets
 
 
 class CaptureReader:
-    """Iterate for the capture's records, one `Packets` table per chunk of about `chunk_bytes` of the file
-    (`keep`: only the rows of these kinds, `KEEP_ATTEMPTS` and/or `KEEP_ANSWERS`; every row by default).
+    """Iterate for the capture's records, one `Packets` table per chunk of about `chunk_bytes` of the file.
 
     The constructor raises CaptureReadError for a file that cannot be a capture (missing, empty, not pcap or
     pcapng, an unsupported pcap link type); iterating raises it too where that is only known later (a pcapng
     file none of whose interfaces can be dissected, or without a readable section header). After the
     iteration, `packets`, `ipv4_packets`, `ts_range`, `partial`, `problems`, `notes` and `interfaces` describe
-    the whole file (every record, whatever `keep` says).
+    the whole file.
     A reader is iterated once.
     """
 
-    def __init__(self, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
-                 keep: frozenset[str] | None = None):
+    def __init__(self, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES):
         self.path = Path(path)
         self.chunk_bytes = max(16, int(chunk_bytes))
-        self.keep = keep
         self.packets = 0
         self.ipv4_packets = 0
         self.ts_range: tuple[int, int] | None = None  # earliest and latest known timestamp (ns)
@@ -139,9 +134,9 @@ class CaptureReader:
                 step = fr.frame(buf, base, have, size, self.packets)
                 n = len(step.data_off)
                 if n:
-                    pk, ipv4 = _dissect(p, self.format, list(fr.interfaces), buf, step, self.packets, self.keep)
+                    pk = _dissect(p, self.format, list(fr.interfaces), buf, step, self.packets)
                     self.packets += n
-                    self.ipv4_packets += ipv4
+                    self.ipv4_packets += int(np.count_nonzero(pk.ipv4))
                     known = step.ts_ns[step.ts_ns != TS_UNKNOWN]
                     if len(known):
                         lo, hi = int(known.min()), int(known.max())
