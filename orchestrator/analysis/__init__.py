@@ -1,6 +1,7 @@
-"""Analysis of a trial: a fast pcap/pcapng reader (`pcap`), connection attempts on the wire (`attempts`),
-tolerant worm/throttle log readers (`logs`), stopping-speed metrics and cross-checks (`metrics`), one trial's
-analysis from its files (`trial`) and the `testbed analyse` command (`command`). See docs/analysis.md.
+"""Analysis of a trial: a fast pcap/pcapng reader in chunks (`pcap`), one streamed pass keeping what the analysis
+needs (`scan`), connection attempts on the wire (`attempts`), tolerant worm/throttle log readers (`logs`),
+stopping-speed metrics and cross-checks (`metrics`), one trial's analysis from its files (`trial`) and the
+`testbed analyse` command (`command`). See docs/analysis.md.
 """
 
 from .attempts import Attempts, SourceTimeline, build_attempts, extract_attempts, source_timelines
@@ -15,12 +16,13 @@ from .logs import (
                    read_worm_log,
 )
 from .metrics import Finding, MetricsResult, MetricsSettings, SourceMetrics, compute_metrics
-from .pcap import Packets, read_capture
+from .pcap import CaptureReader, Packets, read_capture
+from .scan import CaptureScan, CaptureSummary, scan_capture
 from .trial import TrialAnalysis, analyse_trial
 
 __all__ = [
-    "Attempts", "CaptureReadError", "Finding", "LogReadError", "MetricsResult", "MetricsSettings", "Packets",
+    "Attempts", "CaptureReadError", "CaptureReader", "CaptureScan", "CaptureSummary", "Finding", "LogReadError", "MetricsResult", "MetricsSettings", "Packets",
     "SourceMetrics", "SourceTimeline", "ThrottleLog", "TrialAnalysis", "WormLog", "analyse_trial",
     "build_attempts", "compute_metrics", "extract_attempts", "merge_worm_logs", "parse_throttle_log",
-    "parse_worm_log", "read_capture", "read_throttle_log", "read_worm_log", "source_timelines",
+    "parse_worm_log", "read_capture", "read_throttle_log", "read_worm_log", "scan_capture", "source_timelines",
 ]
