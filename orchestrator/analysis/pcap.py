@@ -148,11 +148,12 @@ class CaptureReader:
                 if step.consumed == 0 and step.need <= have:
                     raise AssertionError(f"{p}: capture framing made no progress at byte {base}")
                 rest = have - step.consumed
-                if step.need > cap:
-                    cap = step.need
-                    grown = np.zeros(cap + _PAD, np.uint8)
-                    grown[:rest] = buf[step.consumed:have]
-                    buf = grown
+                size_for = max(self.chunk_bytes, step.need, rest)  # grown for a large record, back once it is read
+                if size_for != cap:
+                    cap = size_for
+                    resized = np.zeros(cap + _PAD, np.uint8)
+                    resized[:rest] = buf[step.consumed:have]
+                    buf = resized
                 elif rest:
                     buf[:rest] = buf[step.consumed:have]
                 base, have = base + step.consumed, rest

@@ -51,6 +51,8 @@ class CaptureSummary:
 
 @dataclass
 class CaptureScan:
+    """One streamed pass over a capture: the file's summary, its attempt rows and (if asked for) its answers."""
+
     summary: CaptureSummary
     columns: dict[str, np.ndarray]  # the attempt rows' columns (_KEPT), capture order
     answers: Packets | None  # the answer rows, every column (None unless asked for)
