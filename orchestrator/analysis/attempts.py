@@ -135,12 +135,13 @@ def _repeats(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, bool)
     b = np.uint64(max(1, (n - 1).bit_length()))
-    h = _key_hash(k1, k2)
-    s = np.sort(((h >> b) << b) | np.arange(n, dtype=np.uint64))
-    del h
-    row = (s & ((np.uint64(1) << b) - np.uint64(1))).astype(np.int64)
-    hh = s >> b
-    del s
+    hh = _key_hash(k1, k2)  # then, in place (these are the large temporaries): hash bits, row bits, sorted
+    hh >>= b
+    hh <<= b
+    hh |= np.arange(n, dtype=np.uint64)
+    hh.sort()
+    row = (hh & ((np.uint64(1) << b) - np.uint64(1))).astype(np.int64)
+    hh >>= b
     pos = np.flatnonzero(hh[1:] == hh[:-1])  # row[pos + 1] follows an earlier row of the same hash
     first, later = row[pos], row[pos + 1]
     out = np.zeros(n, bool)
