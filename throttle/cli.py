@@ -1,4 +1,4 @@
-"""`python -m throttle predict|run|status|reset`: thin verbs over the model, the daemon and its control socket.
+"""`python -m throttle predict|run|status|reset|clear`: thin verbs over the model, the daemon and its control socket.
 
 Exit status: 0 success, 1 a runtime failure (permission, iptables, queue bound, daemon unreachable),
 2 invalid arguments. Errors are one line on stderr; an unexpected exception (a bug) too, with exit 1 —
@@ -89,7 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("reset", help="return every source (or one) to the initial state")
     rs.add_argument("--control", default=control.DEFAULT_CONTROL, metavar="SOCKET")
     rs.add_argument("--src", metavar="IP", help="only this source")
+
+    sub.add_parser("clear", help="remove the rules a dead daemon left in this network namespace (root; refused "
+                   "while a live daemon owns them)")
     return p
+
+
+def _clear() -> int:
+    from . import rules
+    owner = rules.live_owner()
+    if owner is not None:
+        raise rules.RulesOwnedError(f"a live throttle daemon (pid {owner}) owns the rules in this network "
+                                    "namespace; stop it instead")
+    print("removed the throttle's stale rules" if rules.remove() else "no throttle rules here")
+    return 0
 
 
 def _config(a: argparse.Namespace, initial: Sequence[str] = (), clock: str = "armed") -> ThrottleConfig:
@@ -159,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             st = control.request(a.control, {"cmd": "status"})["status"]
             print(json.dumps(st) if a.json else _fmt_status(st))
             return 0
+        if a.verb == "clear":
+            return _clear()
         if a.verb == "reset":
             r = control.request(a.control, {"cmd": "reset", "src": a.src})
             print(f"reset {'every source' if a.src is None else a.src}: {r['dropped']} queued packet(s) dropped")

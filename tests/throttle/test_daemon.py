@@ -234,6 +234,25 @@ def test_sigkill_then_restart_leaves_exactly_one_set_of_rules(lab, tmp_path):
     assert d2.events()[-1]["event"] == "stop" and d2.events()[-1]["reason"] == "SIGTERM"
 
 
+def test_fail_closed_a_dead_daemon_drops_new_connections_until_its_rules_are_cleared(lab, tmp_path):
+    d = Daemon(lab, "a", tmp_path / "ev.jsonl", "--mode", "host", "--fail-closed")
+    assert d.wait_ready()["fail_closed"] is True
+    rules = throttle_rules(lab, "a")
+    assert rules and not any("--queue-bypass" in r for r in rules)
+    refused = d.cli("clear")                                     # not while it lives
+    assert refused.returncode == 1 and f"a live throttle daemon (pid {d.p.pid}) owns the rules" in refused.stderr
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+    sniff = Sniffer(lab, "gw", "lan1", "tcp[tcpflags] & tcp-syn != 0")
+    connect(lab, "a", ["198.18.203.1", "198.18.203.2"], hold=0.3)
+    assert sniff.stop() == []                                    # nobody listens: dropped, not let out
+    r = d.cli("clear")
+    assert (r.returncode, r.stdout.strip()) == (0, "removed the throttle's stale rules") and throttle_rules(lab, "a") == []
+    assert d.cli("clear").stdout.strip() == "no throttle rules here"
+    sniff = Sniffer(lab, "gw", "lan1", "tcp[tcpflags] & tcp-syn != 0")
+    connect(lab, "a", ["198.18.203.3"], hold=0.3)
+    assert [x[3] for x in sniff.stop()] == ["198.18.203.3"]      # traffic flows again
+
+
 def test_sigterm_drops_queued_packets_and_removes_rules(lab, tmp_path):
     d = Daemon(lab, "a", tmp_path / "ev.jsonl", "--mode", "host", "--working-set", "1", "--period", "30")
     d.wait_ready()
