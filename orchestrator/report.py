@@ -233,9 +233,12 @@ def _table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         tr = ties.get((r["protocol"], float(r["rate"])))
         stop_set = _span(min(tr["stops"]), max(tr["stops"]), tr["never"]) if tr and tr["stops"] else ""
         out_set = _span(min(tr["outs"]), max(tr["outs"])) if tr else ""
+        measured = r["repeats"] - (r.get("errors") or 0)
         body.append([worm, r["protocol"], _fmt(r["rate"]), _fmt(r["achieved_rate"]),
-                     (_fmt(r["stop_s"]) + spread) if r["stop_s"] is not None else "not stopped",
-                     (_fmt(r["stop_s_model"]) if r["stop_s_model"] is not None else "not stopped") + stop_set,
+                     (_fmt(r["stop_s"]) + spread) if r["stop_s"] is not None
+                     else "not stopped" if measured else "no result (error)",
+                     (_fmt(r["stop_s_model"]) if r["stop_s_model"] is not None
+                      else "not stopped" if measured else "–") + stop_set,
                      _fmt(r["out_before_block"]), _fmt(r["out_before_block_model"]) + out_set,
                      _fmt(r["out_after_block"]), f"{r['ok']}/{r['repeats']}", "yes" if r["agree"] else "NO",
                      f"{tr['decided']}/{tr['trials']}" if tr else "–",

@@ -25,7 +25,7 @@ from .files import atomic_write_json, atomic_write_text, read_json
 SUMMARY_COLUMNS = [
     "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",
     "stop_s_model", "out_before_block", "out_before_block_sd", "out_before_block_model", "out_after_block",
-    "repeats", "ok", "blocked", "agree",
+    "repeats", "ok", "blocked", "agree", "errors",
 ]
 
 
@@ -129,7 +129,10 @@ def _sd(xs: list[float]) -> float | None:
 
 
 def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (protocol, rate): means over repeats with their spread, the model's figures beside them."""
+    """One row per (protocol, rate): means over repeats with their spread, the model's figures beside them.
+    Only trials that measured something (ok, timeout) are averaged; an error (a process it depended on died, a
+    capture without statistics, …) counts in `repeats` and `errors` and gives no figure, so a rate whose every
+    trial failed has a row of counts with its figures empty."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for t in trials:
         groups.setdefault((t["protocol"], float(t["rate"])), []).append(t)
@@ -155,6 +158,7 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "repeats": len(ts), "ok": sum(1 for t in ts if t.get("status") == "ok"),
             "blocked": sum(1 for x in m if x.get("blocked")),
             "agree": all((t.get("agreement") or {}).get("ok") for t in done) if done else False,
+            "errors": sum(1 for t in ts if t.get("status") == "error"),
         })
     return rows
 

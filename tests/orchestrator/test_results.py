@@ -164,3 +164,19 @@ def test_the_report_shows_what_the_ties_allow_and_how_many_trials_a_tie_decided(
     assert "| test worm | udp | 1 | 1 | not stopped | not stopped | 30 | 30 | 0 | 1/1 | yes | 0/1 |" in text
     assert "a window of 0.2–0.6 ms" in text
     assert "In 3 of 4 trial(s) the ties could decide the outcome; **1** was decided by one" in text
+
+
+def test_an_error_trials_figures_are_never_averaged_in_and_its_row_says_no_result(tmp_path):
+    died = trial("tcp", 20, 2, 0.4, 256, status="error", achieved=3.0)   # figures it should not have: ignored
+    died["reason"] = "the throttle daemon on blade was killed by SIGKILL mid-trial"
+    alone = trial("tcp", 100, 1, None, None, status="error")
+    run = make_run(tmp_path / "r", [trial("tcp", 20, 1, 5.25, 5), died, alone])
+    rows = {r["rate"]: r for r in run.summary()}
+    assert (rows[20]["stop_s"], rows[20]["out_before_block"], rows[20]["achieved_rate"]) == (5.25, 5, 20)
+    assert (rows[20]["repeats"], rows[20]["ok"], rows[20]["errors"], rows[20]["agree"]) == (2, 1, 1, True)
+    assert (rows[100]["stop_s"], rows[100]["out_before_block"], rows[100]["ok"], rows[100]["errors"],
+            rows[100]["agree"]) == (None, None, 0, 1, False)
+    md = build_report(run)[0].read_text()
+    assert "| test worm | tcp | 100 | – | no result (error) | – | – | – | – | 0/1 | NO | – |" in md
+    assert "Trial tcp-r20-2: error — the throttle daemon on blade was killed by SIGKILL mid-trial" in md
+
