@@ -3,7 +3,8 @@
 Started with a bounded snap length, a large kernel buffer and immediate mode (without it, packets still in
 libpcap's ring when tcpdump is told to stop are counted as received but never written); not trusted until a
 canary datagram sent on the same segment is seen in the file; stopped with SIGINT so the file is complete;
-tcpdump's own counts (captured, received by filter, dropped by kernel) are returned, and drops are an error.
+tcpdump's own counts (captured, received by filter, dropped by kernel) are returned, and a capture that cannot
+be trusted — it dropped packets, printed no statistics (it died), or had to be killed — is an error.
 """
 
 from __future__ import annotations
@@ -39,9 +40,24 @@ class CaptureStats:
     if_dropped: int
     canary: dict
     duration_s: float
+    sniffer: str = ""
+    forced: bool = False          # tcpdump did not stop on SIGINT and was killed
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def problem(self) -> str | None:
+        """Why this capture's figures cannot be trusted, or None."""
+        if self.forced:
+            return f"tcpdump on {self.sniffer} had to be killed: its file may be incomplete"
+        if self.captured < 0:
+            return f"tcpdump on {self.sniffer} reported no statistics: the capture is incomplete"
+        if self.dropped > 0 or self.if_dropped > 0:
+            return (f"the capture on {self.sniffer}:{self.interface} lost packets: {self.dropped} dropped by the "
+                    f"kernel, {self.if_dropped} by the interface, of {self.received} received")
+        if self.received > self.captured:
+            return f"the capture on {self.sniffer} wrote {self.captured} of {self.received} packets it received"
+        return None
 
 
 def parse_counts(log: str) -> dict[str, int]:
@@ -76,6 +92,7 @@ class Capture:
         self.log = f"{hosts.prefix(self.sniffer)}/log/{name}.log"
         self.snaplen, self.buffer_kib = snaplen, buffer_kib
         self.canary: dict = {}
+        self.stop_report: dict = {}       # the host agent's answer to the stop (did tcpdump end before it?)
         self._started = 0.0
 
     def start(self, canary_from: str, canary_to: str, timeout: float = 10.0) -> None:
@@ -109,23 +126,15 @@ class Capture:
                            f"{self.canary['sent']} canary datagrams from {canary_from} never arrived")
 
     def stop(self, *, check: bool = True) -> CaptureStats:
-        """SIGINT, wait for tcpdump to finish its file, read its counts; CaptureError when it dropped packets."""
-        rep = self.hosts.stop(self.sniffer, self.name, signal="INT", timeout=15)
+        """SIGINT, wait for tcpdump to finish its file, read its counts; with `check`, CaptureError when they
+        cannot be trusted (`CaptureStats.problem`)."""
+        rep = self.stop_report = self.hosts.stop(self.sniffer, self.name, signal="INT", timeout=15)
         counts = parse_counts(self.hosts.read(self.sniffer, self.log))
         stats = CaptureStats(self.file, self.interface, counts["captured"], counts["received"], counts["dropped"],
-                             counts["if_dropped"], self.canary, round(time.monotonic() - self._started, 3))
-        if check:
-            if rep.get("forced"):
-                raise CaptureError(f"tcpdump on {self.sniffer} had to be killed: its file may be incomplete")
-            if counts["captured"] < 0:
-                raise CaptureError(f"tcpdump on {self.sniffer} reported no statistics: the capture is incomplete")
-            if counts["dropped"] > 0 or counts["if_dropped"] > 0:
-                raise CaptureError(f"the capture on {self.sniffer}:{self.interface} lost packets: "
-                                   f"{counts['dropped']} dropped by the kernel, {counts['if_dropped']} by the "
-                                   f"interface, of {counts['received']} received")
-            if counts["received"] > counts["captured"]:
-                raise CaptureError(f"the capture on {self.sniffer} wrote {counts['captured']} of "
-                                   f"{counts['received']} packets it received")
+                             counts["if_dropped"], self.canary, round(time.monotonic() - self._started, 3),
+                             sniffer=self.sniffer, forced=bool(rep.get("forced")))
+        if check and stats.problem():
+            raise CaptureError(stats.problem())
         return stats
 
     def fetch(self, local: str | Path) -> Path:

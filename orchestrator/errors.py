@@ -82,3 +82,11 @@ class CaptureError(TestbedError):
 
 class ExperimentError(TestbedError):
     pass
+
+
+class ProcessDied(TestbedError):
+    """A process a trial depends on died or ended badly (orchestrator.watch found it): the trial is an error."""
+
+    def __init__(self, deaths):
+        self.deaths = list(deaths)
+        super().__init__("; ".join(d.reason for d in self.deaths))

@@ -63,6 +63,11 @@ class ThrottleSpec(Strict):
     delay_queue_limit: int = Field(100, ge=0, le=1_000_000)
     release_period_s: float = Field(1.0, gt=0, le=3600)
     policy: Literal["packets", "connections"] = "packets"
+    fail_open: bool = Field(
+        False, description="false (the default): the throttle runs fail-closed — if its daemon dies, its rules "
+                           "stay and drop the host's new connections, so a dead mechanism stops the worm too; true: "
+                           "fail-open (NFQUEUE --queue-bypass) — new connections go out unthrottled. Either way a "
+                           "trial whose throttle died is an error, never a result")
 
 
 class ExperimentFile(Strict):

@@ -112,6 +112,9 @@ class HostPlace:
     def sh(self, script: str, timeout: float | None = 60.0) -> Result:
         return self.hosts.sh(self.host, script, timeout=timeout)
 
+    def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> Result:
+        return self.hosts.access.run(self.host, argv, timeout=timeout)
+
     def contains(self, path: str, needle: str) -> bool:
         return self.hosts.access.run(self.host, ["grep", "-q", "-F", needle, path], timeout=15).ok
 
@@ -153,8 +156,12 @@ class LocalPlace:
         return self._agent("stop", name, "--signal", signal, "--timeout", str(timeout), timeout=timeout + 15)[1]
 
     def sh(self, script: str, timeout: float | None = 60.0) -> Result:
+        return self.run([*self.argv_prefix, "sh", "-c", script], timeout=timeout)
+
+    def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> Result:
+        """`argv` as given (module_argv already enters the place)."""
         from .proc import run
-        return run([*self.argv_prefix, "sh", "-c", script], timeout=timeout)
+        return run(argv, timeout=timeout)
 
     def contains(self, path: str, needle: str) -> bool:
         try:

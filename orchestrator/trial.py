@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,21 @@ from .analysis.metrics import MetricsSettings
 from .analysis.pcap import read_capture
 from .analysis.trial import analyse_trial
 from .capture import Capture
-from .errors import TestbedError
+from .errors import CaptureError, ProcessDied, TestbedError
 from .experiment_spec import Experiment
 from .files import atomic_write_json
 from .remote import HostPlace, LabHosts, LocalPlace, quote
 from .results import RunDir, finite
 from .topology import Lab
+from .watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
 
-THROTTLE = "<throttle>"     # the throttle's entry in a trial's list of what it started (its place says where)
 AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak
 POLL_S = 0.2
+CAPTURE = "capture"               # the capture's service name on the sniffer
+BLOCKED = '"event":"blocked"'     # the throttle's event log, when it blocks
+WORM_BOUNDS = ("max_attempts", "lifetime", "targets_exhausted")   # a scanner's own ends (not killed, signal, error)
+FAIL_CLOSED_NOTE = " (it ran fail-closed: from then on its rules dropped new connections instead of passing them)"
+FAIL_OPEN_NOTE = " (it ran fail-open, as the experiment asked: from then on new connections went out unthrottled)"
 
 
 @dataclass(frozen=True)
@@ -177,12 +183,15 @@ def answers_measurable(st: Setup, t: TrialSpec) -> bool:
 
 
 def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
-    """Run one trial; never raises for a trial that fails — its record says why."""
+    """Run one trial; never raises for a trial that fails — its record says why. Every process the trial
+    depends on is watched from its start to the end (orchestrator.watch): one that dies makes the trial an
+    error naming it, never a result."""
     s = st.exp.spec
     h = st.hosts
     rec: dict[str, Any] = {"trial": t.id, "index": t.index, "protocol": t.protocol, "rate": t.rate,
                            "repeat": t.repeat, "state": s.state, "initial_working_set": st.normal,
                            "placement": s.throttle.placement if st.exp.throttled else None,
+                           "fail_open": s.throttle.fail_open if st.exp.throttled else None,
                            "started": time.time(), "status": "error", "reason": None, "phases": {}}
     tdir = st.run.trial_dir(t.id)
     phases = rec["phases"]
@@ -194,28 +203,35 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
         phases[name] = round(now - mark, 3)
         mark = now
 
-    cap = Capture(h, segment=st.segment, name="capture")
+    cap = Capture(h, segment=st.segment, name=CAPTURE)
     state_dirs = {srv: f"{h.prefix(srv)}/run/worm/{t.id}" for srv in st.servers}
     tlog = f"{st.throttle.prefix}/log/throttle-{t.id}.jsonl" if st.throttle else None
+    terr = f"{st.throttle.prefix}/log/throttle-{t.id}.log" if st.throttle else None   # its stderr, this trial's
     inj_if = next(i.ifname for i in st.lab.host(st.injector).interfaces if i.segment.startswith("experimental"))
-    started: list[tuple[str, str]] = []
+    places: dict[str, Any] = {n: HostPlace(h, n) for n in dict.fromkeys([*st.servers, st.sniffer])}
+    if st.throttle:
+        places[st.throttle.label] = st.throttle
+    watch = Watch(places)
+    capture = service(st.sniffer, h.prefix(st.sniffer), cap.name, "tcpdump (the capture)", log=cap.log)
+    stopped = False
     try:
         # -- reset: leftovers of an interrupted trial, the injector back on the experimental LAN
         # a trial's files from an earlier run on the same lab must not be read as this trial's (the throttle
         # appends to its log: an old "blocked" line would end this trial at once)
         stale = [lambda srv=srv: h.sh(srv, f"rm -rf {state_dirs[srv]}", timeout=15).check() for srv in st.servers]
         if tlog:
-            stale.append(lambda: st.throttle.sh(f"rm -f {tlog}", timeout=15).check())
+            stale.append(lambda: st.throttle.sh(f"rm -f {tlog} {terr}", timeout=15).check())
         reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {inj_if} up", timeout=15).check(), *stale])
         phase("reset")
 
-        # -- capture, throttle and worm servers (in parallel: they are independent)
+        # -- capture, throttle and worm servers (in parallel: they are independent), each watched from its start
         def start_server(srv: str) -> None:
             argv = h.module_argv(srv, "testworm", "server", "--listen", f"{_ip(st.lab, srv, st.segment)}:{s.worm.port}",
                                  "--key", f"{h.prefix(srv)}/etc/worm.key", "--state-dir", state_dirs[srv],
                                  "--lab-ranges", *st.exp_ranges, "--allow", s.worm.scan, "--max-generations", "0")
-            h.start(srv, "worm-server", argv)
-            started.append((srv, "worm-server"))
+            log = f"{state_dirs[srv]}/server.log"       # this trial's (the state directory is)
+            h.start(srv, "worm-server", argv, log=log)
+            watch.add(service(srv, h.prefix(srv), "worm-server", "the worm server", log=log))
 
         def start_throttle() -> None:
             if not st.throttle:
@@ -225,16 +241,17 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
                                            st.throttle_iface, "--events", tlog, "--working-set",
                                            str(th.working_set_size), "--period", str(th.release_period_s),
                                            "--limit", str(th.delay_queue_limit), "--policy", th.policy,
-                                           "--protocols", t.protocol)
-            st.throttle.start("throttle", argv)
-            started.append((THROTTLE, "throttle"))
+                                           "--protocols", t.protocol, *([] if th.fail_open else ["--fail-closed"]))
+            st.throttle.start("throttle", argv, log=terr)
+            watch.add(service(st.throttle.label, st.throttle.prefix, "throttle", "the throttle daemon", log=terr,
+                              note=FAIL_OPEN_NOTE if th.fail_open else FAIL_CLOSED_NOTE))
             deadline = time.monotonic() + 10       # ready once its rules are in: it logs its config then
             while not st.throttle.contains(tlog, '"event":"config"'):
                 if time.monotonic() > deadline:
                     raise TestbedError(f"the throttle on {st.throttle.label} did not come up within 10 s")
                 time.sleep(0.05)
 
-        started.append((st.sniffer, "capture"))
+        watch.add(capture)
         parallel([lambda srv=srv: start_server(srv) for srv in st.servers]
                  + [start_throttle, lambda: cap.start(st.canary[0], st.canary[1])])
         phase("start")
@@ -258,90 +275,148 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
         if not r.ok:
             raise TestbedError(f"the injector's trigger was refused: {(r.stderr or r.stdout).strip()[-300:]}")
         rec["triggered"] = time.time()
+        # the scanner the trigger started, a child of the infected host's worm server, which logs its end
+        worm_dir = state_dirs[st.infected]
+        scanner = watch.add(logged_child(st.infected, "the worm's scanner", events=f"{worm_dir}/server.jsonl",
+                                         exit_event="scan_exit", log=f"{shlex.quote(worm_dir)}/scan-*.stderr"))
         phase("trigger")
 
         # -- wait for the stop condition: blocked, the worm's own bounds, or the trial timeout
-        rec["status"], rec["reason"] = wait_stop(st, tlog, state_dirs[st.infected], s.timeout_s)
+        died: list[Death] = []
+        try:
+            rec["status"], rec["reason"] = wait_stop(st, watch, scanner, tlog, worm_dir, s.timeout_s)
+        except ProcessDied as exc:
+            died = exc.deaths
         phase("run")
         if rec["status"] == "interrupted":       # not a result: stop what runs, and let --resume redo it
-            stop_all(st, started)
+            stop_all(watch)
             cap.stop(check=False)
             return rec
 
-        # -- stop everything, the worm first; collect
-        stop_all(st, started)
+        # -- stop everything, the worm first; collect (after a death too: the files show what happened)
+        died += stop_all(watch, known=died)
+        stopped = True
         stats = cap.stop(check=False)   # judged below, once the files are safe
         rec["capture"] = stats.to_dict()
-        files = collect(st, t, tdir, cap, tlog, state_dirs)
+        if capture not in (d.watched for d in died):
+            died += [d for d in [stop_verdict(capture, cap.stop_report)] if d]
+        try:
+            files = collect(st, t, tdir, cap, tlog, state_dirs)
+        except TestbedError as exc:
+            if not died:
+                raise
+            files, rec["collect_error"] = {}, exc.message
         rec["files"] = {k: str(Path(v).relative_to(st.run.path)) for k, v in files.items() if v}
         phase("collect")
-        if stats.dropped > 0 or stats.if_dropped > 0 or stats.received > stats.captured:
-            raise TestbedError(f"the capture lost packets ({stats.dropped} dropped by the kernel of "
-                               f"{stats.received}): the trial's wire figures cannot be trusted")
+        if died:
+            watch.tails(died)
+            raise ProcessDied(died)
+        if stats.problem():
+            raise CaptureError(f"{stats.problem()}: the trial's wire figures cannot be trusted")
 
         # -- analyse and compare with the model
         evaluate(st, t, rec, files, tdir)
         phase("analyse")
+    except ProcessDied as exc:
+        rec["status"], rec["reason"] = "error", exc.message
+        rec["died"] = [d.to_dict() for d in exc.deaths]
     except TestbedError as exc:
         rec["status"], rec["reason"] = "error", exc.message
     except Exception as exc:    # a trial that fails must not end the sweep
         rec["status"], rec["reason"] = "error", f"{type(exc).__name__}: {exc}"
     finally:
+        rec["watched"] = [w.label for w in watch.items]
         if rec["status"] == "error":          # leave nothing running behind a failed trial
             try:
-                stop_all(st, started)
-                if "capture" not in rec and (st.sniffer, "capture") in started:
-                    cap.stop(check=False)
+                if not stopped:
+                    stop_all(watch)
+                    if "capture" not in rec and capture in watch.items:
+                        cap.stop(check=False)
+                if any(d.get("service") == "throttle" for d in rec.get("died", [])):
+                    clear_throttle(st)
             except Exception as exc:     # the failure is already recorded; say this too
                 rec["reason"] = f"{rec['reason']}; cleaning up also failed: {exc}"
         rec["duration_s"] = round(time.time() - rec["started"], 3)
     return rec
 
 
-def parallel(jobs) -> list:
-    """Run independent steps at once (each on its own SSH channel); the first failure is raised."""
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        futs = [pool.submit(j) for j in jobs]
-        return [f.result() for f in futs]
-
-
 def reset(st: Setup, extra=()) -> None:
     """Stop whatever a previous (interrupted) trial left running."""
     h = st.hosts
-    jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, "capture")]
+    jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, CAPTURE)]
     more = [lambda: st.throttle.stop("throttle", timeout=5)] if st.throttle else []
     parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + more + list(extra))
 
 
-def wait_stop(st: Setup, tlog: str | None, worm_dir: str, timeout: float) -> tuple[str, str | None]:
-    h = st.hosts
+def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_dir: str,
+              timeout: float) -> tuple[str, str | None]:
+    """Poll until the throttle blocks, the worm's own bounds end it, or the timeout. Each poll is one round
+    trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
+    process watched there stands, and to one other place in turn; one that died (or a scanner stopped by
+    anything but its own bounds) raises ProcessDied. A last look at every place before returning leaves
+    nothing between the last poll and the stop unseen."""
+    extra: dict[str, dict[str, str]] = {
+        st.infected: {"scan": f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"}}
+    if tlog:
+        extra.setdefault(st.throttle.label, {})["blocked"] = (
+            f"grep -q -F {shlex.quote(BLOCKED)} {shlex.quote(tlog)} && echo blocked")
     deadline = time.monotonic() + timeout
-    probe = f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"
+
+    def done(status: str, reason: str) -> tuple[str, str]:
+        deaths, _ = watch.poll(everywhere=True)
+        if deaths:
+            raise ProcessDied(deaths)
+        return status, reason
+
     while True:
         if st.stop.is_set():
             return "interrupted", "the run was interrupted"
-        if tlog and st.throttle.contains(tlog, '"event":"blocked"'):
+        deaths, out = watch.poll(extra)
+        if deaths:
+            raise ProcessDied(deaths)
+        if tlog and out.get(st.throttle.label, {}).get("blocked") == "blocked":
             time.sleep(AFTER_BLOCK_S)
-            return "ok", "blocked"
-        last = h.sh(st.infected, probe, timeout=15).stdout.strip()
+            return done("ok", "blocked")
+        last = out.get(st.infected, {}).get("scan", "")
         if last:
             try:
                 ev = json.loads(last)
             except ValueError:
                 ev = {}
             if ev.get("event") == "stop":
-                return "ok", f"worm stopped: {ev.get('reason')}"
+                why = ev.get("reason")
+                if why not in WORM_BOUNDS:
+                    d = Death(scanner, None, "mid-trial", how=f"stopped with reason '{why}'"
+                              + (f" ({ev['error']})" if ev.get("error") else "") + ", not at its own bounds")
+                    watch.tails([d])
+                    raise ProcessDied([d])
+                return done("ok", f"worm stopped: {why}")
         if time.monotonic() > deadline:
-            return "timeout", f"not blocked within {timeout:g} s" if tlog else f"still scanning after {timeout:g} s"
+            return done("timeout", f"not blocked within {timeout:g} s" if tlog else f"still scanning after {timeout:g} s")
         time.sleep(POLL_S)
 
 
-def stop_all(st: Setup, started: list[tuple[str, str]]) -> None:
-    """The worm first (every server at once: a server stops its scanner), then the throttle."""
-    h = st.hosts
-    parallel([lambda j=j: h.stop(j[0], j[1], timeout=10) for j in started if j[1] == "worm-server"])
-    if (THROTTLE, "throttle") in started:
-        st.throttle.stop("throttle", timeout=10)
+def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:
+    """Stop every watched service but the capture: the worm first (every server at once: a server stops its
+    scanner), then the rest (the mechanism). Returns what had died, did not stop cleanly or exited non-zero,
+    besides the `known` deaths."""
+    seen = {id(d.watched) for d in known}
+    todo = [w for w in watch.services() if w.service != CAPTURE]
+    out: list[Death] = []
+    for stage in ([w for w in todo if w.service == "worm-server"], [w for w in todo if w.service != "worm-server"]):
+        reps = parallel([lambda w=w: watch.places[w.place].stop(w.service, timeout=10) for w in stage])
+        out += [d for w, rep in zip(stage, reps, strict=True) if id(w) not in seen
+                for d in [stop_verdict(w, rep)] if d]
+    return out
+
+
+def clear_throttle(st: Setup) -> None:
+    """Remove the rules a dead throttle left behind (fail-closed, they would drop the host's new connections
+    until the next trial's throttle replaced them)."""
+    r = st.throttle.run(st.throttle.module_argv("throttle", "clear"), timeout=30)
+    if not r.ok:
+        raise TestbedError(f"the dead throttle's rules on {st.throttle.label} could not be removed: "
+                           f"{(r.stderr or r.stdout).strip()[-300:]}")
 
 
 def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,

@@ -65,6 +65,10 @@ def test_dropped_packets_fail_loudly():
 def test_an_unfinished_or_killed_capture_fails_loudly():
     with pytest.raises(CaptureError, match="reported no statistics"):
         Capture(FakeHosts("tcpdump: listening on exp0\n"), segment="experimental.blades", name="t").stop()
+    # unchecked (a trial judges it once its files are safe), the stats still say why they cannot be trusted
+    stats = Capture(FakeHosts("tcpdump: listening on exp0\n"), segment="experimental.blades", name="t").stop(check=False)
+    assert (stats.captured, stats.sniffer) == (-1, "sniffer")
+    assert stats.problem() == "tcpdump on sniffer reported no statistics: the capture is incomplete"
     ok_counts = "5 packets captured\n5 packets received by filter\n0 packets dropped by kernel\n"
     with pytest.raises(CaptureError, match="had to be killed"):
         Capture(FakeHosts(ok_counts, forced=True), segment="experimental.blades", name="t").stop()
