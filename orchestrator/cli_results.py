@@ -138,15 +138,23 @@ def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or 
                  index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """One run's summary: stopping speed per protocol and rate, measured and predicted."""
-    from .results import Index
+    from .results import Index, died_note, run_status
 
     idx = Index(index)
     rd = idx.find(run)
     idx.close()
+    man = rd.manifest()
+    status = run_status(man)
     if as_json:
-        print(json.dumps({"manifest": rd.manifest(), "summary": rd.summary()}, indent=2, default=str))
+        print(json.dumps({"manifest": man, "status": status, "summary": rd.summary()}, indent=2, default=str))
         return
     _finish_run(rd, None)
+    if status != "complete":
+        out.print(f"status: {status}" + (f" — {died_note(man)}" if status == "died" else "")
+                  + f" ({man.get('trials', len(rd.trials()))} of {man.get('planned', '?')} trials recorded)",
+                  highlight=False)
+    if status in ("died", "interrupted"):
+        out.print(f"continue it with: testbed run {man.get('source')} --resume {rd.path}", highlight=False)
 
 
 def results_compare(base: Annotated[str, typer.Argument(help="the reference run (id, prefix or directory)")],

@@ -25,7 +25,7 @@ from .errors import ExperimentError
 from .experiment_spec import Experiment, check_overrides, load_experiment
 from .proc import run
 from .remote import LabHosts
-from .results import Index, RunDir, new_run_id, summarise
+from .results import Index, RunDir, new_run_id, run_status, runner_record, summarise
 from .state import StateStore
 from .trial import Setup, TrialSpec, run_trial
 
@@ -129,10 +129,16 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
         man = rdir.manifest()
         if man["spec_hash"] != exp.spec_hash:
             raise ExperimentError(f"{path} changed since run {man['run_id']} started; resume needs the same file")
+        if run_status(man) == "running":
+            r = man.get("runner") or {}
+            raise ExperimentError(f"run {man['run_id']} is still running (pid {r.get('pid')} on {r.get('host')}); "
+                                  "resume it once it has stopped")
         rates, repeat = man["plan"]["rates"], man["plan"]["repeats"]
         trials = rdir.trials()
         done = {t["trial"] for t in trials if t.get("status") in ("ok", "timeout", "error")}
         trials = [t for t in trials if t["trial"] in done]
+        man.update(status="running", runner=runner_record())
+        rdir.write_manifest(man)
     else:
         run_id = new_run_id(exp.spec.experiment)
         rdir = RunDir(out or Path("results") / run_id)
@@ -144,9 +150,11 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                "versions": versions(), "machine": machine(), "argv": sys.argv,
                "plan": {"rates": exp.spec.rates if rates is None else rates,
                         "repeats": exp.spec.repeats if repeat is None else repeat},
-               "started": time.time(), "status": "running"}
+               "started": time.time(), "status": "running", "runner": runner_record()}
         rdir.write_manifest(man)
         trials, done = [], set()
+    if index_path:      # listed from the start: `results list` shows it running, or died if its runner is gone
+        _index(index_path, rdir)
     plan = plan_trials(exp, rates, repeat)
     todo = [t for t in plan if t.id not in done]
 
@@ -220,15 +228,19 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
     from .report import build_report
     build_report(rdir)
     if index_path:
-        idx = Index(index_path)
-        try:
-            idx.record(rdir)
-        finally:
-            idx.close()
+        _index(index_path, rdir)
     if status == "interrupted":
         raise ExperimentError(f"run interrupted after {len(trials)} of {len(plan)} trials; results so far are in "
                               f"{rdir.path}", hint=f"continue with: testbed run {path} --resume {rdir.path}")
     return rdir
+
+
+def _index(index_path: str | Path, rdir: RunDir) -> None:
+    idx = Index(index_path)
+    try:
+        idx.record(rdir)
+    finally:
+        idx.close()
 
 
 def _write(rdir: RunDir, trials: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
-from .results import RunDir, summarise
+from .results import RunDir, run_status, summarise
 
 # Twycross & Williamson 2003, Table 1 and §4.2.1 (what the excerpt in shared/reference states)
 PAPER = {
@@ -313,7 +313,7 @@ def build_report(run: RunDir | str | Path) -> tuple[Path, Path]:
     head, body = _table(c)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(man.get("started", 0)))
     meta = [("experiment", f"{e['experiment']} ({e['kind']})"), ("lab", f"{man['lab']['name']} ({man['lab']['provider']})"),
-            ("started", when), ("status", f"{man.get('status')} — {len(c['trials'])} of {man.get('planned', '?')} trials"),
+            ("started", when), ("status", f"{run_status(man)} — {len(c['trials'])} of {man.get('planned', '?')} trials"),
             ("seed", str(man.get("seed"))), ("git", f"{(man.get('git') or {}).get('commit', '?')}"
                                              + (" (dirty)" if (man.get('git') or {}).get('dirty') else "")),
             ("machine", f"{man['machine'].get('hostname')}, {man['machine'].get('cpus')} CPUs, kernel "

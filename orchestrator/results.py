@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import math
+import os
+import socket
 import sqlite3
 import statistics
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 from .errors import TestbedError
 from .files import atomic_write_json, atomic_write_text, read_json
+from .proc import pid_start_time
 
 SUMMARY_COLUMNS = [
     "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",
@@ -115,6 +118,42 @@ def _parse(v: str) -> Any:
     except ValueError:
         return v
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+# ---------------------------------------------------------------- is the run still running?
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def runner_record() -> dict[str, Any]:
+    """Who runs a run, for its manifest: this process, told from a reused PID by its kernel start time."""
+    pid = os.getpid()
+    return {"pid": pid, "starttime": pid_start_time(pid), "host": socket.gethostname(), "boot_id": _boot_id()}
+
+
+def run_status(man: dict[str, Any]) -> str:
+    """A run's status as it stands now. A manifest says `running` while its runner works; a runner that was
+    SIGKILLed (or whose machine went down) cannot say otherwise, so a `running` run whose runner process is
+    gone — checked on the machine that ran it — `died`. On another machine it stays `running` (unknown)."""
+    status = man.get("status")
+    r = man.get("runner")
+    if status != "running" or not isinstance(r, dict) or r.get("host") != socket.gethostname():
+        return status
+    if r.get("boot_id") and r.get("boot_id") != _boot_id():
+        return "died"
+    alive = r.get("starttime") is not None and pid_start_time(int(r["pid"])) == r["starttime"]
+    return "running" if alive else "died"
+
+
+def died_note(man: dict[str, Any]) -> str:
+    r = man.get("runner") or {}
+    return (f"its runner (pid {r.get('pid')} on {r.get('host')}) is gone but the manifest says running: it was "
+            "killed before it could record how it ended")
 
 
 # ---------------------------------------------------------------- summary (pure)
@@ -220,9 +259,18 @@ class Index:
         return rid
 
     def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first; a run indexed as running is looked up in its manifest: it may have finished
+        since, or died (`run_status`)."""
         cur = self.db.execute("SELECT * FROM runs ORDER BY started DESC")
         cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        out = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        for r in out:
+            if r["status"] == "running":
+                try:
+                    r["status"] = run_status(RunDir(r["path"]).manifest())
+                except ResultsError:
+                    pass
+        return out
 
     def find(self, ref: str) -> RunDir:
         """A run by id, id prefix, or directory path."""

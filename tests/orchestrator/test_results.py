@@ -180,3 +180,84 @@ def test_an_error_trials_figures_are_never_averaged_in_and_its_row_says_no_resul
     assert "| test worm | tcp | 100 | – | no result (error) | – | – | – | – | 0/1 | NO | – |" in md
     assert "Trial tcp-r20-2: error — the throttle daemon on blade was killed by SIGKILL mid-trial" in md
 
+
+RUNNER = """
+import sys, time
+from orchestrator.results import Index, RunDir, runner_record
+sys.path.insert(0, {tests!r})
+from tests.orchestrator.test_results import manifest
+run = RunDir({path!r})
+run.path.mkdir(parents=True)
+run.write_manifest(manifest(run_id="exp-20260301-000000-dead", status="running", runner=runner_record(),
+                            source="labs/x.yaml"))
+idx = Index({index!r}); idx.record(run); idx.close()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_whose_runner_was_sigkilled_is_listed_as_died(tmp_path):
+    """The runner records itself (PID and kernel start time) in the manifest and the index at its start; a
+    SIGKILL leaves the manifest `running`, and `results list` / `show` say it died instead."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    path, index = tmp_path / "run", tmp_path / "index.sqlite"
+    p = subprocess.Popen([sys.executable, "-c", RUNNER.format(tests=str(root), path=str(path), index=str(index))],
+                         cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        from orchestrator.results import run_status
+        assert run_status(RunDir(path).manifest()) == "running"          # its runner is alive
+        assert Index(index).runs()[0]["status"] == "running"
+    finally:
+        p.kill()
+        p.wait(10)
+    man = RunDir(path).manifest()
+    assert man["status"] == "running" and man["runner"]["pid"] == p.pid
+    assert run_status(man) == "died"
+    assert [r["status"] for r in Index(index).runs()] == ["died"]
+    cli = [sys.executable, "-m", "orchestrator.cli", "results"]
+    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run([*cli, "list", "--index", str(index)], capture_output=True, text=True, cwd=root, env=env)
+    assert listed.returncode == 0 and "exp-20260301-000000-dead" in listed.stdout, listed.stderr
+    assert " died " in listed.stdout and "running" not in listed.stdout
+    shown = subprocess.run([*cli, "show", str(path), "--index", str(index)], capture_output=True, text=True,
+                           cwd=root, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert (f"status: died — its runner (pid {p.pid} on {man['runner']['host']}) is gone but the manifest says "
+            "running") in " ".join(shown.stdout.split())
+    assert f"continue it with: testbed run labs/x.yaml --resume {path}" in " ".join(shown.stdout.split())
+    js = subprocess.run([*cli, "show", str(path), "--index", str(index), "--json"], capture_output=True, text=True,
+                        cwd=root, env=env)
+    assert json.loads(js.stdout)["status"] == "died"
+
+
+def test_run_status_is_the_manifests_unless_a_running_runner_is_gone(tmp_path):
+    import os
+    import socket
+
+    from orchestrator.proc import pid_start_time
+    from orchestrator.results import run_status, runner_record
+    me = runner_record()
+    assert me["pid"] == os.getpid() and me["starttime"] == pid_start_time(os.getpid()) and me["boot_id"]
+    assert run_status({"status": "running", "runner": me}) == "running"
+    assert run_status({"status": "running", "runner": me | {"starttime": me["starttime"] + 1}}) == "died"  # reused
+    assert run_status({"status": "running", "runner": me | {"boot_id": "another-boot"}}) == "died"
+    assert run_status({"status": "running", "runner": me | {"host": socket.gethostname() + "-x"}}) == "running"
+    assert run_status({"status": "running"}) == "running"          # a run from before runners were recorded
+    assert run_status({"status": "complete", "runner": me | {"pid": 1, "starttime": None}}) == "complete"
+
+
+def test_a_run_still_running_is_not_resumed_by_another_runner(tmp_path):
+    from orchestrator.errors import ExperimentError
+    from orchestrator.experiment import run_experiment
+    from orchestrator.experiment_spec import load_experiment
+    from orchestrator.results import runner_record
+    exp = Path(__file__).resolve().parents[2] / "labs" / "demo-sweep.yaml"
+    run = make_run(tmp_path / "r", [], status="running", runner=runner_record(),
+                   spec_hash=load_experiment(exp).spec_hash)
+    with pytest.raises(ExperimentError, match=r"run exp-1 is still running \(pid \d+ on .*\); resume it once it "
+                                              "has stopped"):
+        run_experiment(exp, resume=run.path, index_path=None)
+    assert run.manifest()["runner"] == runner_record()                  # untouched

@@ -1,8 +1,9 @@
 """A process a trial depends on, SIGKILLed mid-trial on a real namespace lab (root): the throttle daemon (in the
 host, fail-closed; on the wire, fail-open), tcpdump, a target's worm server, the worm's scanner. Each
 trial is an error whose reason names the process, its host and how it ended; nothing of it reaches a summary
-row; a fail-closed throttle's death stops the worm on the wire, a fail-open one's does not. One lab for the
-module, small runs on it (each run provisions again: a few seconds)."""
+row; a fail-closed throttle's death stops the worm on the wire, a fail-open one's does not. And a `testbed run`
+SIGKILLed mid-sweep is listed as died, not running. One lab for the module, small runs on it (each run
+provisions again: a few seconds)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from orchestrator.results import RunDir
 from orchestrator.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
+REPO = LABS.parent
 BLADE, SCAN, PORT = "198.18.8.2", "198.18.9.0/24", 8080
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -211,3 +214,29 @@ def test_a_fail_open_throttle_on_the_wire_lets_the_worm_out_when_it_dies_and_the
     assert got["out_after_block"] >= 3, got
     assert no_throttle_rules(f"wt.{name}.switch")             # the dead daemon's rules are cleared after
 
+
+def test_a_sigkilled_testbed_run_is_listed_as_died_not_running(lab):
+    tmp, name, path, store = lab
+    exp = tmp / "killed.yaml"
+    exp.write_text(json.dumps({"experiment": "killed", "lab": str(path), "rates": [1000, 999], "timeout_s": 20,
+                               "worm": {"port": PORT, "protocols": ["tcp"], "scan": SCAN, "lifetime_s": 30}}))
+    out, index = tmp / "killed", tmp / "killed.sqlite"
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    p = subprocess.Popen([*cli, "run", str(exp), "--out", str(out), "--index", str(index)], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "trials.jsonl").exists() and (out / "trials.jsonl").read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and p.poll() is None, "the run never recorded a trial"
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)        # the runner and whatever it had started, at once
+        p.wait(10)
+    man = RunDir(out).manifest()
+    assert man["status"] == "running" and man["runner"]["pid"] == p.pid      # what a SIGKILL leaves
+    listed = subprocess.run([*cli, "results", "list", "--index", str(index), "--json"], capture_output=True,
+                            text=True, cwd=REPO)
+    assert [(r["run_id"], r["status"]) for r in json.loads(listed.stdout)] == [(man["run_id"], "died")]
+    shown = subprocess.run([*cli, "results", "show", str(out), "--index", str(index)], capture_output=True,
+                           text=True, cwd=REPO, env={**os.environ, "COLUMNS": "250"})
+    assert "status: died — its runner (pid" in shown.stdout and f"--resume {out}" in shown.stdout, shown.stdout
