@@ -352,9 +352,9 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
               timeout: float) -> tuple[str, str | None]:
     """Poll until the throttle blocks, the worm's own bounds end it, or the timeout. Each poll is one round
     trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
-    process watched there stands, and to one other place in turn; one that died (or a scanner stopped by
-    anything but its own bounds) raises ProcessDied. A last look at every place before returning leaves
-    nothing between the last poll and the stop unseen."""
+    process watched there stands, and now and then one to another place in turn (orchestrator.watch); one
+    that died (or a scanner stopped by anything but its own bounds) raises ProcessDied. A last look at every
+    place before returning leaves nothing between the last poll and the stop unseen."""
     extra: dict[str, dict[str, str]] = {
         st.infected: {"scan": f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"}}
     if tlog:

@@ -7,15 +7,18 @@ workload: anything started with `hostagent start`), or a process such a service 
 watches in one round trip, with whatever the caller's stop condition reads there: the host agent's watcher
 writes a service's exit status to `<prefix>/run/svc/NAME.exit` the moment it ends, so a poll is a few `cat`s
 in one shell, no Python started on the host. Places with a stop condition to read are asked every poll, the
-others one per poll in turn (a lab of hundreds of targets costs no more per poll); `stop_verdict` then
+others one at a time in turn, at most once a second (a lab of hundreds of targets, or of emulated VMs whose
+every SSH command is costly, is not loaded more); every place once more before the stop; and `stop_verdict`
 judges the host agent's answer when the trial stops each service — it had already ended, exited non-zero, or
-had to be killed —, so nothing that died between two polls goes unseen.
+had to be killed —, so nothing that died between two looks goes unseen.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from typing import Any, Protocol
 from .proc import Result
 
 LOG_LINES = 5          # of a dead process's log, in the reason
-OTHERS_PER_POLL = 1    # places without a stop condition asked per poll, in turn (as many round trips as before)
+OTHERS_EVERY_S = 1.0   # places without a stop condition: one of them asked at most this often, in turn
 _MARK = "@@wt-watch "
 
 
@@ -135,11 +138,12 @@ def _sections(out: str) -> dict[str, str]:
 class Watch:
     """The processes one trial depends on, and the places that run them."""
 
-    def __init__(self, places: Mapping[str, Place], *, others_per_poll: int = OTHERS_PER_POLL):
+    def __init__(self, places: Mapping[str, Place], *, others_every_s: float = OTHERS_EVERY_S,
+                 clock=time.monotonic):
         self.places = dict(places)
         self.items: list[Watched] = []
-        self.others_per_poll = others_per_poll
-        self._turn = 0
+        self.others_every_s, self.clock = others_every_s, clock
+        self._turn, self._last_other = 0, -math.inf
 
     def add(self, w: Watched) -> Watched:
         if w.place not in self.places:
@@ -160,11 +164,13 @@ class Watch:
         watched = list(dict.fromkeys(w.place for w in self.items))
         first = [p for p in self.places if p in extra]
         rest = [p for p in watched if p not in extra]
-        if len(rest) > self.others_per_poll and not everywhere:
-            start = self._turn % len(rest)
-            rest = (rest[start:] + rest[:start])[:self.others_per_poll]
-            self._turn += self.others_per_poll
-        return first + rest
+        if everywhere or not rest:
+            return first + rest
+        if self.clock() - self._last_other < self.others_every_s:
+            return first
+        self._last_other = self.clock()
+        self._turn += 1
+        return [*first, rest[(self._turn - 1) % len(rest)]]
 
     def poll(self, extra: Mapping[str, Mapping[str, str]] = {}, *,
              everywhere: bool = False) -> tuple[list[Death], dict[str, dict[str, str]]]:

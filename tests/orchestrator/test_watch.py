@@ -49,8 +49,8 @@ def places(tmp_path):
     return {n: Place(n, tmp_path / n, stopped) for n in ("blade", "target1", "target2", "sniffer")}
 
 
-def watch_of(places, others_per_poll=4) -> Watch:
-    w = Watch(places, others_per_poll=others_per_poll)
+def watch_of(places, clock=None) -> Watch:
+    w = Watch(places, **({"clock": clock} if clock else {}))
     for n, p in places.items():
         w.add(service(n, str(p.root), "worm-server", "the worm server"))
     return w
@@ -58,10 +58,10 @@ def watch_of(places, others_per_poll=4) -> Watch:
 
 def test_running_services_are_not_deaths_and_a_killed_one_says_how_with_its_log(places):
     w = watch_of(places)
-    assert w.poll() == ([], {n: {} for n in places})
+    assert w.poll(everywhere=True) == ([], {n: {} for n in places})
     log = "".join(f"line {i}\n" for i in range(1, 9))
     places["target1"].ended("worm-server", -9, log=log)
-    deaths, _ = w.poll()
+    deaths, _ = w.poll(everywhere=True)
     assert [d.reason for d in deaths] == [
         "the worm server on target1 was killed by SIGKILL mid-trial; its log ends: line 4 | line 5 | line 6 | "
         "line 7 | line 8"]
@@ -74,7 +74,7 @@ def test_a_service_that_exits_by_itself_is_a_death_whatever_its_status(places):
     w = watch_of(places)
     places["blade"].ended("worm-server", 0)
     places["sniffer"].ended("worm-server", 3)
-    deaths, _ = w.poll()
+    deaths, _ = w.poll(everywhere=True)
     assert sorted(d.reason for d in deaths) == [
         "the worm server on blade exited with status 0 mid-trial; its log is empty",
         "the worm server on sniffer exited with status 3 mid-trial; its log is empty"]
@@ -87,36 +87,42 @@ def test_a_logged_child_ends_by_itself_with_status_0_but_not_otherwise(places, t
     w = Watch(places)
     scanner = w.add(logged_child("blade", "the worm's scanner", events=str(events), exit_event="scan_exit",
                                  log=f"{worm}/scan-*.stderr"))
-    assert w.poll()[0] == []                                      # no log yet: still starting
+    assert w.poll(everywhere=True)[0] == []                                      # no log yet: still starting
     events.write_text(json.dumps({"event": "scan_start", "pid": 7}, separators=(", ", ": ")) + "\n")
-    assert w.poll()[0] == []
+    assert w.poll(everywhere=True)[0] == []
     with events.open("a") as fh:
         fh.write(json.dumps({"event": "scan_exit", "pid": 7, "returncode": 0, "error": None},
                             separators=(", ", ": ")) + "\n")
-    assert w.poll()[0] == []                                      # it ran its course
+    assert w.poll(everywhere=True)[0] == []                                      # it ran its course
     with events.open("a") as fh:
         fh.write(json.dumps({"event": "scan_exit", "pid": 8, "returncode": -15, "error": "exit -15"}) + "\n")
     (worm / "scan-001.stderr").write_text("Traceback: …\nKeyboardInterrupt\n")
-    deaths, _ = w.poll()
+    deaths, _ = w.poll(everywhere=True)
     assert [(d.watched, d.status, d.reason) for d in deaths] == [
         (scanner, -15, "the worm's scanner on blade was killed by SIGTERM mid-trial; its log ends: Traceback: … | "
                        "KeyboardInterrupt")]
 
 
 def test_the_callers_snippets_ride_in_the_same_round_trip_and_others_are_asked_in_turn(places):
-    w = watch_of(places, others_per_poll=2)
-    deaths, out = w.poll({"blade": {"scan": "echo last-line", "blocked": "echo blocked"}})
+    now = [100.0]
+    w = watch_of(places, clock=lambda: now[0])
+
+    def asked(extra=None, **kw):
+        for p in places.values():
+            p.scripts.clear()
+        out = w.poll(extra or {}, **kw)
+        assert all(len(p.scripts) <= 1 for p in places.values())          # one round trip per place
+        return [n for n, p in places.items() if p.scripts], out
+    names, (deaths, out) = asked({"blade": {"scan": "echo last-line", "blocked": "echo blocked"}})
     assert deaths == [] and out["blade"] == {"scan": "last-line", "blocked": "blocked"}
-    assert [n for n, p in places.items() if p.scripts] == ["blade", "target1", "target2"]  # the stop's, two more
-    for p in places.values():
-        p.scripts.clear()
-    w.poll({"blade": {"scan": "true"}})
-    assert [n for n, p in places.items() if p.scripts] == ["blade", "target1", "sniffer"]  # sniffer's turn came
-    assert all(len(p.scripts) == 1 for p in places.values() if p.scripts)      # one round trip per place
-    for p in places.values():
-        p.scripts.clear()
-    w.poll(everywhere=True)
-    assert all(len(p.scripts) == 1 for p in places.values())
+    assert names == ["blade", "target1"]                   # the stop condition's place, and one other
+    now[0] += 0.5
+    assert asked({"blade": {"scan": "true"}})[0] == ["blade"]               # the others: at most once a second
+    now[0] += 0.6
+    assert asked({"blade": {"scan": "true"}})[0] == ["blade", "target2"]    # the next in turn
+    now[0] += 1.0
+    assert asked({"blade": {"scan": "true"}})[0] == ["blade", "sniffer"]
+    assert asked(everywhere=True)[0] == list(places)
 
 
 def test_how_a_process_ended():
@@ -162,7 +168,7 @@ def scanner_of(w, d):
 def test_wait_stop_ends_on_the_worms_bounds_and_looks_everywhere_once_more(places, tmp_path, monkeypatch):
     monkeypatch.setattr("orchestrator.trial.POLL_S", 0.01)
     d = scan_dir(tmp_path, {"event": "start"}, {"event": "stop", "reason": "targets_exhausted"})
-    w = watch_of(places, others_per_poll=1)
+    w = watch_of(places)
     st = setup_for(places, tmp_path)
     assert wait_stop(st, w, scanner_of(w, d), None, str(d), 5) == ("ok", "worm stopped: targets_exhausted")
     assert all(p.scripts for p in places.values())               # the last look asked every place
@@ -187,16 +193,16 @@ def test_wait_stop_blocked_then_a_death_in_the_last_look(places, tmp_path):
     tlog = tmp_path / "throttle.jsonl"
     tlog.write_text('{"event":"blocked"}\n')
     w = watch_of(places)
-    sniffer, sh = places["sniffer"], places["sniffer"].sh
+    blade, sh = places["blade"], places["blade"].sh
 
-    def dies_after_the_first_poll(script, timeout=60.0):
+    def the_sniffers_server_dies_after_the_first_poll(script, timeout=60.0):
         res = sh(script, timeout)
-        sniffer.ended("worm-server", -6)
+        places["sniffer"].ended("worm-server", -6)
         return res
-    sniffer.sh = dies_after_the_first_poll
+    blade.sh = the_sniffers_server_dies_after_the_first_poll
     with pytest.raises(ProcessDied, match="the worm server on sniffer was killed by SIGABRT mid-trial"):
         wait_stop(setup_for(places, tmp_path), w, scanner_of(w, d), str(tlog), str(d), 5)
-    assert len(sniffer.scripts) == 3      # the poll that saw the block, the last look, the log's tail
+    assert len(places["sniffer"].scripts) == 2      # not asked by the first poll: the last look, the log's tail
 
 
 @pytest.mark.parametrize("reason, error, how", [
