@@ -28,6 +28,7 @@ from .topology import Lab
 
 SSH_PORT = 22
 USER = "root"
+EOF_WAIT_S = 1.0      # after the exit status, wait this long at most for the rest of the output (EOF)
 Output = Callable[[str, bytes], None]   # (stream "stdout"|"stderr", chunk)
 
 
@@ -148,7 +149,7 @@ class Access:
             out, err = bytearray(), bytearray()
             streams = (("stdout", chan.recv_ready, chan.recv, out), ("stderr", chan.recv_stderr_ready, chan.recv_stderr, err))
             deadline = None if timeout is None else started + timeout
-            timed_out = False
+            timed_out, exited = False, None
             while True:
                 got = False
                 for name, ready, recv, buf in streams:
@@ -159,7 +160,11 @@ class Access:
                         if on_output:
                             on_output(name, data)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last of the output: that ends at EOF (bounded,
+                    # for a command whose output a child it left behind still holds open)
+                    exited = exited or time.monotonic()
+                    if chan.eof_received or chan.closed or time.monotonic() - exited > EOF_WAIT_S:
+                        break
                 if deadline is not None and time.monotonic() > deadline:
                     timed_out = True
                     break
