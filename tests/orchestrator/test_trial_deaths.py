@@ -211,7 +211,7 @@ def test_a_fail_open_throttle_on_the_wire_lets_the_worm_out_when_it_dies_and_the
     got = answered_counts(pk, src=BLADE, scan=SCAN, dport=PORT, block_wall=kill, tolerance_s=0.01)
     print(f"\nwire, fail-open, throttle killed at 20/s: {got['out_before_block']} worm SYNs answered before the "
           f"kill, {got['out_after_block']} after (the trial lasted {t['phases']['run']:.2f} s after the trigger)")
-    assert got["out_after_block"] >= 3, got
+    assert got["out_after_block"] >= 1, got            # fail-closed it is 0 (the host test above)
     assert no_throttle_rules(f"wt.{name}.switch")             # the dead daemon's rules are cleared after
 
 
