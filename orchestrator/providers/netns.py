@@ -25,6 +25,7 @@ from ..keys import ensure_lab_keys
 from ..proc import Result, is_root, pid_start_time, run, run_attached, run_batch
 from ..state import LabRecord
 from ..topology import Host, Lab
+from . import netns_limits
 from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
 
 PREFIX = "wt."
@@ -53,6 +54,10 @@ def _fault(step: str) -> None:
 
 class NetnsProvider(Provider):
     name = "netns"
+
+    def __init__(self, store=None, limits: netns_limits.Registry | None = None):
+        super().__init__(store)
+        self.limits = limits or netns_limits.Registry()
 
     # ------------------------------------------------------------ prerequisites
 
@@ -94,6 +99,7 @@ class NetnsProvider(Provider):
             rec = LabRecord(lab.name, self.name, "creating", lab.to_dict())
             self.store.journal(rec, "netns", names)
             try:
+                self._claim_kernel_limits(lab, rec)      # refuses before anything is built if it cannot
                 self._build(lab, rec, progress)
             except BaseException as exc:
                 rec.state, rec.error = "failed", str(exc)
@@ -104,6 +110,19 @@ class NetnsProvider(Provider):
                 raise ProviderError(f"building lab '{lab.name}' failed and was rolled back: {exc}") from exc
             rec.state = "up"
             self.store.save(rec)
+
+    def _claim_kernel_limits(self, lab: Lab, rec: LabRecord) -> None:
+        """Size what the lab needs of the kernel's shared limits (netns_limits) and raise them, journalled."""
+        need = netns_limits.needs(lab)
+        _raise_open_files(netns_limits.open_files_needed(lab))
+        with self.limits.locked():
+            writes, notes = self.limits.check(lab.name, need)
+            claim = self.limits.new_claim(lab.name)
+            rec.extra["kernel_limits"] = {"claim": claim, "needs": need, "notes": notes}
+            self.store.journal(rec, "kernel-limits", [claim])       # before the claim, before any write
+            rec.extra["kernel_limits"]["raised"] = self.limits.acquire(claim, lab.name, self.store.root.resolve(),
+                                                                       need, writes)
+        self.store.save(rec)
 
     def _build(self, lab: Lab, rec: LabRecord, progress: Progress) -> None:
         sw = switch_name(lab.name)
@@ -348,6 +367,8 @@ class NetnsProvider(Provider):
             raise ProviderError(f"could not remove namespace(s) {', '.join(left)}; the lab state is kept so "
                                 f"`testbed down {rec.name}` can be retried")
         removed += [Resource("netns", n, True) for n in present]
+        for claim in rec.owns("kernel-limits"):     # before the record goes: a claim stands while it journals it
+            removed += [Resource("sysctl", change, True) for change in self.limits.release(claim)]
         progress("state", 2, 3)
         self.store.remove(rec.name)
         progress("done", 3, 3)
@@ -397,6 +418,11 @@ class NetnsProvider(Provider):
             st.hosts.append(hs)
         if rec.state == "up" and any(h.state != "up" for h in st.hosts):
             st.state = "degraded"
+        limits = rec.extra.get("kernel_limits") or {}
+        if limits.get("raised"):
+            st.notes.append("kernel limits raised for this lab (put back when the last lab is down): "
+                            + ", ".join(limits["raised"]))
+        st.notes += limits.get("notes", [])
         if rec.state != "up":
             st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
         elif (boot := self.boot_state(name)) != "booted":
@@ -580,6 +606,21 @@ MaxSessions 100
 LogLevel ERROR
 Subsystem sftp internal-sftp
 """
+
+
+def _raise_open_files(need: int) -> None:
+    """This process holds a pipe trio per host while it builds: lift its soft open-file limit to fit (up to the
+    hard limit; per-process, so nothing to restore), or refuse with the figure."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ProviderError(f"building this lab holds up to {need} open files; this process may open {hard}",
+                            hint=f"ulimit -n {need} (as root: raise the hard limit, e.g. LimitNOFILE=) — "
+                                 "or build a smaller lab")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
