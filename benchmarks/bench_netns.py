@@ -4,6 +4,8 @@ Prints the median of several runs for: labs/paper-testbed.yaml (21 hosts, three 
 routes, isolation filters) and a generated 200-host lab; Mininet's `single,N` topology on Linux bridges
 with no controller (its hosts on one switch, nothing else) where Mininet is installed (`make bench`
 installs it). Targets (issue 2): paper testbed up ≤ 0.5 s, down ≤ 0.3 s; 200 hosts up ≤ 2 s, down ≤ 1 s.
+Then `testbed check` once on each (issue 12): its wall time and result — a 200-host lab must check clean (its
+kernel limits raised for it, its every host probed on-link by every other on its experimental LAN).
 
 Run as root from the repository root: .venv/bin/python benchmarks/bench_netns.py [--runs N]
 """
@@ -61,25 +63,33 @@ print(f"{t1 - t0:.4f} {t2 - t1:.4f}")
 """
 
 
-def measure_ours(lab_file: Path, runs: int, store: StateStore) -> tuple[list[float], list[float], list[float], int]:
+def measure_ours(lab_file: Path, runs: int, store: StateStore
+                 ) -> tuple[list[float], list[float], list[float], int, tuple[float, int, int]]:
     """up (the network wired: what `testbed up` waits for), boot (until every host's sshd listens, after up),
-    and down of a booted lab (every sshd ended too)."""
+    and down of a booted lab (every sshd ended too); and once, `check` of the booted lab: (seconds, problems,
+    hosts with a finding)."""
     ups, boots, downs, hosts = [], [], [], 0
+    checked = (0.0, -1, 0)
     prov = NetnsProvider(store)
-    for _ in range(runs):
+    for run in range(runs):
         name = f"bench{secrets.token_hex(2)}"
         t0 = time.perf_counter()
         lab = core.up(lab_file, name=name, store=store)
         t1 = time.perf_counter()
         prov.wait_booted(name, timeout=120)
         t2 = time.perf_counter()
+        if run == 0:
+            c0 = time.perf_counter()
+            rep = core.check(name, store=store)
+            checked = (time.perf_counter() - c0, len(rep.problems), len({f.host for f in rep.findings}))
+            t2 = time.perf_counter()
         core.down(name, store=store)
         t3 = time.perf_counter()
         ups.append(t1 - t0)
         boots.append(t2 - t1)
         downs.append(t3 - t2)
         hosts = len(lab.hosts)
-    return ups, boots, downs, hosts
+    return ups, boots, downs, hosts, checked
 
 
 def measure_cli(lab_file: Path, runs: int) -> tuple[float, float]:
@@ -129,10 +139,11 @@ def main() -> None:
     try:
         big = tmp / "lab200.yaml"
         big.write_text(LAB_200.format(name="bench200"))
-        rows, spread = [], []
+        rows, spread, checks = [], [], []
         for label, f, runs, target in (("paper-testbed", REPO / "labs" / "paper-testbed.yaml", args.runs, (0.5, 0.3)),
                                        ("200 hosts", big, max(3, args.runs // 2), (2.0, 1.0))):
-            ups, boots, downs, hosts = measure_ours(f, runs, store)
+            ups, boots, downs, hosts, checked = measure_ours(f, runs, store)
+            checks.append((label, hosts, checked))
             mn = measure_mininet(hosts, max(2, runs // 2))
             rows.append((label, hosts, statistics.median(ups), statistics.median(downs), target, mn,
                          statistics.median(boots)))
@@ -149,6 +160,9 @@ def main() -> None:
         print("every run (the table shows medians): " + " | ".join(spread))
         print(f"CLI wall time, paper-testbed (interpreter start included): up {cli_up:.3f} s, down {cli_down:.3f} s")
         print("ours: three LANs, a mirror port, routes, isolation filters; Mininet: one switch, no controller")
+        for label, hosts, (secs, problems, seen) in checks:
+            print(f"testbed check, {label} ({hosts} hosts, {seen} audited): {secs:.2f} s, "
+                  + ("clean" if problems == 0 else f"{problems} PROBLEMS"))
     finally:
         core.down_all(store=store)
         shutil.rmtree(tmp, ignore_errors=True)

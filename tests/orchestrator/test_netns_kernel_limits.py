@@ -1,6 +1,6 @@
 """The kernel's shared limits on real namespace labs (root): `up` raises what the lab needs with a record in its
 journal and the machine-wide registry, `down` puts it back when no lab needs it, a SIGKILLed `up` is undone by
-`down`, a limit that cannot be raised is refused before anything is built.
+`down`, a limit that cannot be raised is refused before anything is built — and a 200-host lab checks clean.
 
 Other labs (other state directories, other test runs) may be up on this machine at the same time: the figures
 asserted are the ones this lab is owed, whatever the others claim."""
@@ -100,3 +100,16 @@ def test_a_limit_that_cannot_be_raised_refuses_the_lab_before_anything_is_built(
     assert exc.value.hint.startswith(f"as root on this machine: sysctl -w {GC3}={have + 117_026}")
     assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{lab.name}.")]
     assert store.load(lab.name) is None and L.Kernel().read(GC3) == have
+
+
+@pytest.mark.slow
+def test_a_200_host_lab_comes_up_and_checks_clean(store, tmp_path):
+    f = tmp_path / "big.yaml"
+    f.write_text(LAB_200.replace("name: big", f"name: {uniq()}"))
+    lab = core.up(f, store=store)
+    NetnsProvider(store).wait_booted(lab.name, timeout=120)
+    rep = core.check(lab.name, store=store)
+    assert rep.ok, [(p.host, p.check, p.detail) for p in rep.problems][:10]
+    assert len({f.host for f in rep.findings}) == 200
+    frames = [f for f in rep.findings if f.check == "isolation" and "frames to control addresses" in f.detail]
+    assert len(frames) == 198                     # every host with an experimental address sent its frames
