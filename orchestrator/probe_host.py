@@ -121,21 +121,25 @@ def parse_ip(frame):
 
 
 def packet_socket(dev, proto=ETH_P_IP):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    """A packet socket on `dev` alone. Opened with protocol 0 (it hears nothing) and only then bound to the
+    device and protocol: a socket opened with a protocol hears every interface until it is bound — on a VM
+    gateway that put the hosts' check-in SYNs on its experimental side into the admin watch as leaks."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     s.bind((dev, proto))
     s.setblocking(False)
     return s
 
 
-def drain(sock):
-    """(frame, packet type) for every frame waiting on a non-blocking packet socket."""
+def drain(sock, dev):
+    """(frame, packet type) for every frame waiting on a non-blocking packet socket that came by `dev`."""
     while True:
         try:
             frame, meta = sock.recvfrom(2048)
         except (BlockingIOError, InterruptedError):
             return
-        yield frame, meta[2]
+        if meta[0] == dev:
+            yield frame, meta[2]
 
 
 class Frames:
@@ -170,7 +174,7 @@ class Frames:
                         self.errors.append(f"{dev} -> {addr}: {exc.strerror or exc}")
 
     def read(self, dev):
-        for frame, pkttype in drain(self.socks[dev]):
+        for frame, pkttype in drain(self.socks[dev], dev):
             if pkttype == PACKET_OUTGOING:     # a reply to another MAC than the host's own still counts
                 continue
             p = parse_ip(frame)
@@ -205,7 +209,7 @@ class Watch:
         self.conns = {}
 
     def read(self, dev):
-        for frame, pkttype in drain(self.socks[dev]):
+        for frame, pkttype in drain(self.socks[dev], dev):
             p = parse_ip(frame)
             if p and any(self.addr(p[0]) in n for n in self.nets):
                 self.total += 1
