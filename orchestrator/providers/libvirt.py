@@ -39,6 +39,7 @@ from .netns import _fault, ns_name
 
 BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
 CONSOLE_LINES = 12
+DESTROY_ATTEMPTS = 3          # virDomainDestroy can fail while a loaded machine's QEMU is still dying
 
 
 def options(lab: Lab) -> LibvirtOptions:
@@ -344,13 +345,19 @@ class LibvirtProvider(Provider):
 
             doms = owned("domain", conn.lookupByName)
             def remove(obj, what: str) -> str | None:     # a domain or a network: stop it, forget it
-                try:
-                    if obj.isActive():
-                        obj.destroy()
-                    obj.undefine()
-                    return None
-                except libvirt.libvirtError as exc:
-                    return f"{what}: {str(exc).splitlines()[0]}"
+                for attempt in range(DESTROY_ATTEMPTS):
+                    try:
+                        if obj.isActive():
+                            obj.destroy()
+                        obj.undefine()
+                        return None
+                    except libvirt.libvirtError as exc:
+                        # a loaded machine: QEMU slow to die ("Failed to terminate process … Device or
+                        # resource busy"), or it died between isActive and destroy; ask again
+                        if attempt == DESTROY_ATTEMPTS - 1:
+                            return f"{what}: {str(exc).splitlines()[0]}"
+                        time.sleep(1.0 + attempt)
+                return None
 
             with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:   # a QEMU takes a second or two to go
                 problems = ex.map(lambda d: remove(d, f"domain {d.name()}"), doms)

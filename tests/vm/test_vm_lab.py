@@ -228,4 +228,5 @@ def test_a_vm_that_never_answers_ssh_is_reported_and_rolled_back(env, tmp_path):
     assert cp.returncode == 1
     assert "did not answer SSH within 3 s" in cp.stderr and "serial console" in cp.stderr
     assert "Traceback" not in cp.stderr
-    assert leftovers(name, env["TESTBED_STATE_DIR"]) == []
+    assert "rolling back also failed" not in cp.stderr, cp.stderr
+    assert leftovers(name, env["TESTBED_STATE_DIR"]) == [], cp.stderr
