@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import lab as core  # noqa: E402
-from orchestrator.providers.netns import NetnsProvider  # noqa: E402
-from orchestrator.state import StateStore  # noqa: E402
+from orchestrator.lab import lifecycle  # noqa: E402
+from orchestrator.providers.netns.provider import NetnsProvider  # noqa: E402
+from orchestrator.providers.state import StateStore  # noqa: E402
 
 LAB_200 = """\
 name: {name}
@@ -74,16 +74,16 @@ def measure_ours(lab_file: Path, runs: int, store: StateStore
     for run in range(runs):
         name = f"bench{secrets.token_hex(2)}"
         t0 = time.perf_counter()
-        lab = core.up(lab_file, name=name, store=store)
+        lab = lifecycle.up(lab_file, name=name, store=store)
         t1 = time.perf_counter()
         prov.wait_booted(name, timeout=120)
         t2 = time.perf_counter()
         if run == 0:
             c0 = time.perf_counter()
-            rep = core.check(name, store=store)
+            rep = lifecycle.check(name, store=store)
             checked = (time.perf_counter() - c0, len(rep.problems), len({f.host for f in rep.findings}))
             t2 = time.perf_counter()
-        core.down(name, store=store)
+        lifecycle.down(name, store=store)
         t3 = time.perf_counter()
         ups.append(t1 - t0)
         boots.append(t2 - t1)
@@ -164,7 +164,7 @@ def main() -> None:
             print(f"testbed check, {label} ({hosts} hosts, {seen} audited): {secs:.2f} s, "
                   + ("clean" if problems == 0 else f"{problems} PROBLEMS"))
     finally:
-        core.down_all(store=store)
+        lifecycle.down_all(store=store)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import lab as core  # noqa: E402
-from orchestrator.access import Access  # noqa: E402
-from orchestrator.provision import provision_lab  # noqa: E402
-from orchestrator.state import StateStore  # noqa: E402
+from orchestrator.lab import lifecycle  # noqa: E402
+from orchestrator.lab.provision import provision_lab  # noqa: E402
+from orchestrator.lab.ssh import Access  # noqa: E402
+from orchestrator.providers.state import StateStore  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     name = f"bp{secrets.token_hex(2)}"
     try:
         t0 = time.monotonic()
-        lab = core.up(REPO / "labs" / "paper-testbed.yaml", name=name, store=store)
+        lab = lifecycle.up(REPO / "labs" / "paper-testbed.yaml", name=name, store=store)
         t_up = time.monotonic() - t0
         with Access(name, store) as acc:
             acc.wait_reachable(timeout=60)
@@ -45,7 +45,7 @@ def main() -> None:
             roles = ", ".join(f"{r} {s:.1f} s" for r, s in rep.role_seconds.items())
             print(f"{label:<9} {rep.duration_s:5.1f} s (target ≤ {target} s) — {rep.total_changed} changes; per role: {roles}")
     finally:
-        core.down_all(store=store)
+        lifecycle.down_all(store=store)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

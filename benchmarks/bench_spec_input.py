@@ -98,8 +98,8 @@ def in_process(d: Path) -> None:
 
     sys.path.insert(0, str(REPO))
     from orchestrator.errors import SpecError
-    from orchestrator.experiment_spec import load_experiment
-    from orchestrator.spec import load_lab
+    from orchestrator.experiment.spec import load_experiment
+    from orchestrator.labfile.load import load_lab
 
     print("\nin process (this checkout's loaders):")
     print(f"{'file':<24} {'ms':>8} {'peak KiB':>9}  outcome")

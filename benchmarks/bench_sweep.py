@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.experiment import run_experiment  # noqa: E402
-from orchestrator.results import RunDir  # noqa: E402
+from orchestrator.experiment.rundir import RunDir  # noqa: E402
+from orchestrator.experiment.runner import run_experiment  # noqa: E402
 
 
 def main() -> None:

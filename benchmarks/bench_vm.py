@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator import images  # noqa: E402
-from orchestrator import lab as core  # noqa: E402
-from orchestrator.state import StateStore  # noqa: E402
+from orchestrator.lab import lifecycle  # noqa: E402
+from orchestrator.providers.libvirt import images  # noqa: E402
+from orchestrator.providers.state import StateStore  # noqa: E402
 
 LAB = Path(__file__).resolve().parents[1] / "labs" / "vm-stopping-speed.yaml"
 
@@ -27,7 +27,7 @@ def main() -> int:
         print("bench_vm: skipped (needs root, libvirt and QEMU)")
         return 0
     try:
-        from orchestrator.providers.libvirt_host import connect
+        from orchestrator.providers.libvirt.hypervisor import connect
         connect("qemu:///system", timeout=10).close()
     except Exception as exc:  # noqa: BLE001
         print(f"bench_vm: skipped ({exc})")
@@ -54,7 +54,7 @@ def main() -> int:
             ready.append((time.monotonic() - t0, step))
 
     try:
-        lab = core.up(LAB, name=name, store=store, progress=progress)
+        lab = lifecycle.up(LAB, name=name, store=store, progress=progress)
         up_s = time.monotonic() - t0
         rec = store.require(name)
         print(f"lab up to SSH-ready: {up_s:6.1f} s  ({len(lab.hosts) - 1} VMs, "
@@ -72,7 +72,7 @@ def main() -> int:
             print(f"  QEMU resident memory per VM: {min(rss):.0f}-{max(rss):.0f} MiB")
     finally:
         t1 = time.monotonic()
-        core.down(name, store=store)
+        lifecycle.down(name, store=store)
         print(f"lab down:            {time.monotonic() - t1:6.1f} s  (target <= 10 s)")
     print(f"load average while measuring: {os.getloadavg()[0]:.1f} (2 cores, shared)")
     return 0

@@ -4,7 +4,7 @@
                   status [NAME …]
 Every command prints one JSON object; exit 0 on success, 1 on failure, 2 on bad usage, 3 if not running.
 A service's record is <prefix>/run/svc/NAME.json; its watcher writes the exit status (negative: the signal) to
-NAME.exit the moment it ends — what a trial's watch reads each poll (orchestrator/watch.py)."""
+NAME.exit the moment it ends — what a trial's watch reads each poll (orchestrator/experiment/watch.py)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class ExperimentError(TestbedError):
 
 
 class ProcessDied(TestbedError):
-    """A process a trial depends on died or ended badly (orchestrator.watch found it): the trial is an error."""
+    """A process a trial depends on died or ended badly (orchestrator.experiment.watch found it): the trial is an error."""
 
     def __init__(self, deaths):
         self.deaths = list(deaths)

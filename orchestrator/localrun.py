@@ -1,7 +1,7 @@
 """The one place the orchestrator runs local subprocesses, in the root namespace or inside a lab namespace.
 
 Every command anywhere returns a `Result` (argv, exit code, stdout, stderr, duration), whichever way it ran:
-locally here, out-of-band through a provider, or over SSH (orchestrator.access builds the same type).
+locally here, out-of-band through a provider, or over SSH (orchestrator.lab.ssh builds the same type).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import CommandError
+from orchestrator.errors import CommandError
 
 NETNS_RUN_DIR = "/run/netns"
 

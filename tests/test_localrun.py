@@ -1,4 +1,4 @@
-"""orchestrator.proc: the one subprocess helper; exit codes as a shell would report them."""
+"""orchestrator.localrun: the one subprocess helper; exit codes as a shell would report them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from orchestrator.errors import CommandError
-from orchestrator.proc import run, run_attached
+from orchestrator.localrun import run, run_attached
 
 
 def test_run_captures_output_and_names_the_failure():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator.results import RunDir
-from orchestrator.state import StateStore
+from orchestrator.experiment.rundir import RunDir
+from orchestrator.lab import lifecycle
+from orchestrator.providers.state import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -55,4 +55,4 @@ def test_nightly_recipe(tmp_path):
         assert third.returncode == 1
         assert "regression" in third.stdout and "1 regression(s)" in third.stdout
     finally:
-        core.down_all(store=StateStore(tmp_path / "state"))
+        lifecycle.down_all(store=StateStore(tmp_path / "state"))

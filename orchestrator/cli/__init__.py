@@ -1,13 +1,12 @@
 """The `testbed` command: thin typer verbs, each parsing its arguments and calling one core function.
 
 A user's mistake is a message and an exit code (2 for bad input), never a traceback; an unexpected exception
-is one line too, and `--debug` shows its traceback (cli_errors.py).
+is one line too, and `--debug` shows its traceback (common.py).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -17,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import cli_errors
-from . import lab as core
-from .cli_errors import err, handles_errors
+from orchestrator.cli import common
+from orchestrator.cli.common import err, handles_errors
+from orchestrator.lab import lifecycle
 
 app = typer.Typer(
     help="worm-testbed: build isolated labs, provision them, let a benign test worm loose, and measure how "
@@ -27,14 +26,14 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 out = Console(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal; errors
-                                   # go to cli_errors.err (stderr)
+                                   # go to common.err (stderr)
 
 
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option(
         "--debug", help="show the traceback of an error (also accepted after the verb; or TESTBED_DEBUG=1)")] = False):
     if debug:
-        cli_errors.set_debug(True)
+        common.set_debug(True)
 
 
 class _Bar:
@@ -70,7 +69,7 @@ def up(file: Annotated[Path, typer.Argument(help="lab file (labs/*.yaml)")],
     """Validate a lab file, then build the lab (nothing is created if the file has a problem)."""
     t0 = time.monotonic()
     with _Bar("building lab") as bar:
-        lab = core.up(file, provider=provider, name=name, progress=bar)
+        lab = lifecycle.up(file, provider=provider, name=name, progress=bar)
     out.print(f"lab [bold]{lab.name}[/] is up: {len(lab.hosts)} hosts on {len(lab.segments)} segments "
               f"({lab.provider}, {time.monotonic() - t0:.2f} s)")
     if provision:
@@ -87,17 +86,17 @@ def down(name: Annotated[str | None, typer.Argument(help="lab name (no lab file 
     t0 = time.monotonic()
     if all_:
         with _Bar("removing labs") as bar:
-            done = core.down_all(progress=bar)
+            done = lifecycle.down_all(progress=bar)
         if not done:
             out.print("no labs to remove")
         for lab, removed in done.items():
             out.print(f"lab [bold]{lab}[/] removed ({_count(removed)})")
-        left = core.unrecorded_namespaces()
+        left = lifecycle.unrecorded_namespaces()
         if left:
             out.print(f"left alone (not recorded by any lab here): {', '.join(left)}")
         return
     with _Bar(f"removing {name}") as bar:
-        removed = core.down(name, progress=bar)
+        removed = lifecycle.down(name, progress=bar)
     if removed is None:
         out.print(f"no lab named '{name}'; nothing to do")
         return
@@ -117,9 +116,9 @@ def status(name: Annotated[str | None, typer.Argument(help="lab name; all labs w
            as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
     """Show the labs that are up, or one lab's hosts, addresses and processes."""
     if name is None:
-        labs = core.status_all()
+        labs = lifecycle.status_all()
         if as_json:
-            print(json.dumps([core.status_dict(s) for s in labs], indent=2))
+            print(json.dumps([lifecycle.status_dict(s) for s in labs], indent=2))
             return
         if not labs:
             out.print("no labs are up")
@@ -131,9 +130,9 @@ def status(name: Annotated[str | None, typer.Argument(help="lab name; all labs w
         if labs:
             out.print(t)
         return
-    s = core.status(name)
+    s = lifecycle.status(name)
     if as_json:
-        print(json.dumps(core.status_dict(s), indent=2))
+        print(json.dumps(lifecycle.status_dict(s), indent=2))
         return
     t = Table("host", "role", "state", "interfaces", "processes", title=f"lab {s.name} ({s.provider}, {s.state})")
     for h in s.hosts:
@@ -155,10 +154,10 @@ def exec_(lab: Annotated[str, typer.Argument(help="lab name")],
           timeout: Annotated[float | None, typer.Option(help="seconds before the command is stopped")] = None):
     """Run a command on a lab host; its exit code is passed through."""
     if via == "oob":
-        res = core.exec_(lab, host, cmd, capture=False, timeout=timeout)
+        res = lifecycle.exec_(lab, host, cmd, capture=False, timeout=timeout)
     elif via == "ssh":
-        from . import access
-        res = access.exec_lab(lab, host, cmd, timeout=timeout)
+        from orchestrator.lab import ssh
+        res = ssh.exec_lab(lab, host, cmd, timeout=timeout)
     else:
         raise typer.BadParameter("--via is oob or ssh")
     raise typer.Exit(res.exit_code)
@@ -170,7 +169,7 @@ def check(lab: Annotated[str, typer.Argument(help="lab name")],
           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
           verbose: Annotated[bool, typer.Option("-v", "--verbose", help="one row per host and check")] = False):
     """Audit a running lab's isolation with real probes inside every host; non-zero exit names each leak."""
-    rep = core.check(lab)
+    rep = lifecycle.check(lab)
     if as_json:
         print(json.dumps(rep.to_dict(), indent=2))
         raise typer.Exit(0 if rep.ok else 1)
@@ -212,8 +211,8 @@ def analyse(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng capture,
             as_json: Annotated[bool, typer.Option("--json", help="one JSON object (packets, syn_attempts, "
                                                                  "udp_attempts, sources, metrics, findings, …)")] = False):
     """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given)."""
-    from .analysis.attempts import UDP_MODES
-    from .analysis.command import analyse as run_analysis
+    from orchestrator.analysis.attempts import UDP_MODES
+    from orchestrator.cli.analyse import analyse as run_analysis
 
     if sniffer not in (None, "before", "after"):
         raise typer.BadParameter("--sniffer is before or after")
@@ -227,7 +226,7 @@ def analyse(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng capture,
 @handles_errors
 def schema():
     """Print the JSON Schema of lab files (for editors)."""
-    from .spec import json_schema
+    from orchestrator.labfile.load import json_schema
     print(json.dumps(json_schema(), indent=2))
 
 
@@ -245,29 +244,24 @@ def provision(lab: Annotated[str, typer.Argument(help="lab name")],
 
 
 def _provision(name: str, roles: list[str] | None, gateway_empty: str = "reset", as_json: bool = False) -> None:
-    from . import provision as prov
-    from .access import Access
+    from orchestrator.lab import provision
+    from orchestrator.lab.ssh import Access
 
     with Access(name) as acc:
         with _Bar("waiting for SSH") as bar:
             acc.wait_reachable(timeout=60, progress=lambda d, t: bar("hosts answering", d, t))
-    rep = prov.provision_lab(name, roles=roles, gateway_empty=gateway_empty, console=err)
+    rep = provision.provision_lab(name, roles=roles, gateway_empty=gateway_empty, console=err)
     if as_json:
-        print(prov.report_json(rep))
+        print(provision.report_json(rep))
     else:
-        out.print(prov.describe(rep))
+        out.print(provision.describe(rep))
 
 
 def main() -> int:
-    return cli_errors.main(app)
+    return common.main(app)
 
 
-from .cli_results import register as _register_results  # noqa: E402, I001
-from .cli_vm import register as _register_vm  # noqa: E402, I001
+from orchestrator.cli.results import register as _register_results  # noqa: E402, I001
+from orchestrator.cli.vm import register as _register_vm  # noqa: E402, I001
 _register_results(app, console=out, errors=err, handles_errors=handles_errors)
 _register_vm(app)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -16,11 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli_errors import report
+from orchestrator.analysis.metrics import MetricsSettings
+from orchestrator.analysis.trial import TrialAnalysis, analyse_trial
+from orchestrator.cli.common import report
 from orchestrator.errors import TestbedError, UsageError
-
-from .metrics import MetricsSettings
-from .trial import TrialAnalysis, analyse_trial
 
 MAX_SOURCE_ROWS = 40
 SPARK = " ▁▂▃▄▅▆▇█"

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.exceptions import TyperException
 
-from .errors import TestbedError
+from orchestrator.errors import TestbedError
 
 err = Console(stderr=True, soft_wrap=True)
 _debug = os.environ.get("TESTBED_DEBUG") == "1"

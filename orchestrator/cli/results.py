@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import UsageError
+from orchestrator.errors import UsageError
 
 out: Console       # given by orchestrator.cli when it registers these verbs
 err: Console
@@ -73,7 +73,7 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
          junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
          index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite")):
     """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model."""
-    from .experiment import run_experiment
+    from orchestrator.experiment.runner import run_experiment
 
     rate_list = None
     if rates is not None:          # checked like a file's rates (0 < rate ≤ 20000), as is --repeat
@@ -87,8 +87,8 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
 
 
 def _finish_run(rdir, junit: Path | None) -> None:
-    from .regress import junit_xml
-    from .results import RunDir
+    from orchestrator.experiment.rundir import RunDir
+    from orchestrator.results.regress import junit_xml
 
     run = RunDir(rdir.path)
     if junit:
@@ -118,7 +118,7 @@ IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of run
 def results_list(index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """Every run in the index, newest first."""
-    from .results import Index
+    from orchestrator.experiment.rundir import Index
 
     idx = Index(index)
     runs = idx.runs()
@@ -138,7 +138,7 @@ def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or 
                  index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """One run's summary: stopping speed per protocol and rate, measured and predicted."""
-    from .results import Index, died_note, run_status
+    from orchestrator.experiment.rundir import Index, died_note, run_status
 
     idx = Index(index)
     rd = idx.find(run)
@@ -166,8 +166,8 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                     index: IndexOpt = Path("results/index.sqlite"),
                     as_json: Annotated[bool, typer.Option("--json")] = False):
     """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks."""
-    from .regress import compare
-    from .results import Index
+    from orchestrator.experiment.rundir import Index
+    from orchestrator.results.regress import compare
 
     if tolerance < 0:
         raise typer.BadParameter("--tolerance must be ≥ 0")
@@ -195,8 +195,8 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
     """Rebuild report.md and report.html (with plots) from a run directory's files alone."""
-    from .report import build_report
-    from .results import RunDir
+    from orchestrator.experiment.rundir import RunDir
+    from orchestrator.results.report import build_report
 
     md, page = build_report(RunDir(run_dir))
     out.print(f"wrote {md} and {page}")

@@ -10,13 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import images
-from . import lab as core
-from .errors import UsageError
+from orchestrator.errors import UsageError
+from orchestrator.lab import lifecycle
+from orchestrator.providers.libvirt import images
 
 
 def register(app: typer.Typer) -> None:
-    from .cli import _Bar, err, handles_errors, out
+    from orchestrator.cli import _Bar, err, handles_errors, out
 
     image_app = typer.Typer(help="Guest images for the libvirt provider, built from distribution packages.",
                             no_args_is_help=True)
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         """Out-of-band power control of a lab host (the paper's remote management cards)."""
         if action not in ("on", "off", "cycle"):
             raise UsageError(f"power action '{action}': use on, off or cycle")
-        prov, _ = core.provider_for(lab)
+        prov, _ = lifecycle.provider_for(lab)
         out.print(prov.power(lab, host, action))
 
     @app.command()
@@ -68,5 +68,5 @@ def register(app: typer.Typer) -> None:
     def console(lab: Annotated[str, typer.Argument(help="lab name")],
                 host: Annotated[str, typer.Argument(help="host name")]):
         """Attach this terminal to a lab host's console (a VM's serial console; a shell in a namespace host)."""
-        prov, _ = core.provider_for(lab)
+        prov, _ = lifecycle.provider_for(lab)
         raise typer.Exit(prov.console(lab, host))

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
 from throttle.core import ThrottleConfig
 from throttle.model import WormLog, arrivals_from_worm_log, read_worm_log, schedule_after_log
 from throttle.orderings import Outcome, orderings
-
-from .analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
 
 STOP_TOL_ABS_S = 0.020      # max(20 ms, 3 %) on a real kernel (namespaces, KVM guests)
 STOP_TOL_REL = 0.03

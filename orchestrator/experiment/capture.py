@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import AccessError, CaptureError
-from .remote import LabHosts
+from orchestrator.errors import AccessError, CaptureError
+from orchestrator.lab.programs import LabHosts
 
 CANARY_PORT = 9        # discard: nothing answers; the datagram only has to cross the segment once
 SNAPLEN = 128          # Ethernet + VLAN + IPv4 + TCP with options fits; payloads are not needed

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import TestbedError
-from .files import atomic_write_json, atomic_write_text, read_json
-from .proc import pid_start_time
+from orchestrator.atomic import atomic_write_json, atomic_write_text, read_json
+from orchestrator.errors import TestbedError
+from orchestrator.localrun import pid_start_time
 
 SUMMARY_COLUMNS = [
     "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",

@@ -18,19 +18,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import lab as core
-from . import provision
-from .access import Access
-from .errors import ExperimentError
-from .experiment_spec import Experiment, check_overrides, load_experiment
-from .proc import run
-from .remote import LabHosts
-from .results import Index, RunDir, new_run_id, run_status, runner_record, summarise
-from .state import StateStore
-from .trial import Setup, TrialSpec, run_trial
+from orchestrator.errors import ExperimentError
+from orchestrator.experiment.rundir import Index, RunDir, new_run_id, run_status, runner_record, summarise
+from orchestrator.experiment.spec import Experiment, check_overrides, load_experiment
+from orchestrator.experiment.trial import Setup, TrialSpec, run_trial
+from orchestrator.lab import lifecycle, provision
+from orchestrator.lab.programs import LabHosts
+from orchestrator.lab.ssh import Access
+from orchestrator.localrun import run
+from orchestrator.providers.state import StateStore
 
 OVERHEAD_S = 2.0      # planning figure per trial (reset + start + collect + analyse)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int | None = None) -> list[TrialSpec]:
@@ -48,9 +47,8 @@ def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     s = exp.spec
     if not exp.throttled:
         return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
+    from orchestrator.experiment.agreement import throttle_config
     from throttle.model import predict_constant_rate
-
-    from .agreement import throttle_config
     p = predict_constant_rate(t.rate, protocol=t.protocol, config=throttle_config(s.throttle),
                               initial_working_set=s.throttle.working_set_size if s.state == "full" else 0,
                               placement=s.throttle.placement, horizon_s=s.timeout_s)
@@ -166,7 +164,7 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
         with _Stop(ref) as stopper:
             if not reused:
                 _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
-                core.up(exp.lab.source, name=lab_name, store=store)
+                lifecycle.up(exp.lab.source, name=lab_name, store=store)
             else:
                 up_lab = store.require(lab_name).topology
                 if up_lab.spec_hash != exp.lab.spec_hash:
@@ -175,7 +173,7 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
                         f"spec {up_lab.spec_hash[:12]}; this experiment's is {exp.lab.spec_hash[:12]})",
                         hint=f"`testbed down {lab_name}` and run again, so the run measures the lab it describes")
                 _say(console, f"using lab {lab_name}, which is already up (it stays up)")
-                revived = core.provider_for(lab_name, store)[0].revive(lab_name)
+                revived = lifecycle.provider_for(lab_name, store)[0].revive(lab_name)
                 if revived:
                     _say(console, f"restarted {len(revived)} service(s) that had died: {', '.join(revived)}")
             with Access(lab_name, store) as acc:
@@ -218,14 +216,14 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
         raise
     finally:
         if not reused and not keep:
-            core.down(lab_name, store=store)
+            lifecycle.down(lab_name, store=store)
         man = rdir.manifest()
         man.update(status=status, finished=time.time(), trials=len(trials), planned=len(plan))
         if status == "failed":
             man["error"] = failure
         rdir.write_manifest(man)
         _write(rdir, trials)
-    from .report import build_report
+    from orchestrator.results.report import build_report
     build_report(rdir)
     if index_path:
         _index(index_path, rdir)

@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import SpecError
-from .spec import _pydantic_problems, load_lab
-from .specfile import read_spec_file
-from .topology import Lab
+from orchestrator.errors import SpecError
+from orchestrator.labfile.load import _pydantic_problems, load_lab
+from orchestrator.labfile.specfile import read_spec_file
+from orchestrator.labfile.topology import Lab
 
 STRATEGIES = ("sequential", "random", "local-preference", "hit-list")
 PROFILES = ("nimda-like", "codered2-like", "blaster-like", "slammer-like")

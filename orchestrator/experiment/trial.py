@@ -1,7 +1,7 @@
 """One trial of an experiment, over SSH on a provisioned lab: capture, throttle, worm servers, the host's
 normal traffic, the injector's trigger, the stop condition, collection, analysis, and the model beside it.
 
-Every step goes through orchestrator.remote (host agent services, our modules) and orchestrator.capture, so
+Every step goes through orchestrator.lab.programs (host agent services, our modules) and orchestrator.experiment.capture, so
 the same code drives namespace hosts and VMs. The record it returns is what trials.jsonl holds.
 """
 
@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import agreement
-from .analysis.attempts import extract_attempts
-from .analysis.metrics import MetricsSettings
-from .analysis.pcap import read_capture
-from .analysis.trial import analyse_trial
-from .capture import Capture
-from .errors import CaptureError, ProcessDied, TestbedError
-from .experiment_spec import Experiment
-from .files import atomic_write_json
-from .remote import HostPlace, LabHosts, LocalPlace, quote
-from .results import RunDir, finite
-from .topology import Lab
-from .watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
+from orchestrator.analysis.attempts import extract_attempts
+from orchestrator.analysis.metrics import MetricsSettings
+from orchestrator.analysis.pcap import read_capture
+from orchestrator.analysis.trial import analyse_trial
+from orchestrator.atomic import atomic_write_json
+from orchestrator.errors import CaptureError, ProcessDied, TestbedError
+from orchestrator.experiment import agreement
+from orchestrator.experiment.capture import Capture
+from orchestrator.experiment.rundir import RunDir, finite
+from orchestrator.experiment.spec import Experiment
+from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
+from orchestrator.lab.programs import HostPlace, LabHosts, LocalPlace, quote
+from orchestrator.labfile.topology import Lab
 
 AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak
 POLL_S = 0.2
@@ -184,7 +184,7 @@ def answers_measurable(st: Setup, t: TrialSpec) -> bool:
 
 def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
     """Run one trial; never raises for a trial that fails — its record says why. Every process the trial
-    depends on is watched from its start to the end (orchestrator.watch): one that dies makes the trial an
+    depends on is watched from its start to the end (orchestrator.experiment.watch): one that dies makes the trial an
     error naming it, never a result."""
     s = st.exp.spec
     h = st.hosts
@@ -352,7 +352,7 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
               timeout: float) -> tuple[str, str | None]:
     """Poll until the throttle blocks, the worm's own bounds end it, or the timeout. Each poll is one round
     trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
-    process watched there stands, and now and then one to another place in turn (orchestrator.watch); one
+    process watched there stands, and now and then one to another place in turn (orchestrator.experiment.watch); one
     that died (or a scanner stopped by anything but its own bounds) raises ProcessDied. A last look at every
     place before returning leaves nothing between the last poll and the stop unseen."""
     extra: dict[str, dict[str, str]] = {

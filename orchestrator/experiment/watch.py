@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .proc import Result
+from orchestrator.localrun import Result
 
 LOG_LINES = 5          # of a dead process's log, in the reason
 OTHERS_EVERY_S = 1.0   # places without a stop condition: one of them asked at most this often, in turn

@@ -1,7 +1,7 @@
 """`testbed check`: an isolation audit of a running lab, done with real probes inside every host.
 
 Planning the probes and judging what they saw are pure functions (tested without root); `run_check` runs the
-probe (orchestrator/probe_host.py) in every host out-of-band, in parallel, the gateway first. What is audited:
+probe (orchestrator/lab/audit_probe.py) in every host out-of-band, in parallel, the gateway first. What is audited:
 LANs that must not meet do not (admin/management vs experimental, management only for admin-server and
 blades); from every experimental interface, no control-LAN address of any host on that segment answers
 on-link, and nothing sent through the gateway towards a control LAN leaves it there (the gateway watches its
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import isolation
-from .providers.base import Provider
-from .topology import Host, Interface, Lab
+from orchestrator.labfile import isolation
+from orchestrator.labfile.topology import Host, Interface, Lab
+from orchestrator.providers.base import Provider
 
 PROBE_PORT = 9          # discard: nothing listens, so a reachable address answers with RST at once
 PROBE_TIMEOUT = 0.6
@@ -32,11 +32,11 @@ RETRY_TIMEOUT = 3.0     # a probe that should connect and timed out is tried onc
                         # software emulation once took longer than PROBE_TIMEOUT to answer on its management LAN)
 BEACON_WAIT = 10.0      # how long a host waits for the gateway's watch to listen before it gives up on it
 PARALLEL = 32           # probe programs at once (each mostly waits for its timeout)
-PROBE_SRC = (Path(__file__).parent / "probe_host.py").read_text()
+PROBE_SRC = (Path(__file__).parent / "audit_probe.py").read_text()
 # the plan is the first line of stdin and the program the rest (a plan grows with the lab; argv is bounded),
 # run by the host's own Python, isolated from site packages (it needs the standard library only)
-PROBE_BOOT = ("import sys; sys.argv = ['probe_host', sys.stdin.readline()]; "
-              "exec(compile(sys.stdin.read(), 'probe_host.py', 'exec'), {'__name__': '__main__'})")
+PROBE_BOOT = ("import sys; sys.argv = ['audit_probe', sys.stdin.readline()]; "
+              "exec(compile(sys.stdin.read(), 'audit_probe.py', 'exec'), {'__name__': '__main__'})")
 
 
 def probe_argv(python: str) -> list[str]:
@@ -351,7 +351,7 @@ def _watch_findings(gateway: str, w: dict[str, Any]) -> list[Finding]:
 
 def machine_uplinks() -> list[str]:
     """The root namespace's default gateways and global addresses: what no lab host may have a route to."""
-    from .proc import run
+    from orchestrator.localrun import run
 
     out: list[str] = []
     r = run(["ip", "-4", "-j", "route", "show", "default"], timeout=10)

@@ -10,16 +10,16 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import check as check_mod
-from . import nsutil
-from .errors import LabNotFoundError
-from .proc import Result
-from .providers import get_provider
-from .providers.base import LabStatus, Progress, Provider, Resource, no_progress
-from .provision import control_dir
-from .spec import load_lab
-from .state import StateStore
-from .topology import Lab
+from orchestrator.errors import LabNotFoundError
+from orchestrator.lab import audit
+from orchestrator.lab.provision import control_dir
+from orchestrator.labfile.load import load_lab
+from orchestrator.labfile.topology import Lab
+from orchestrator.localrun import Result
+from orchestrator.providers import get_provider
+from orchestrator.providers.base import LabStatus, Progress, Provider, Resource, no_progress
+from orchestrator.providers.netns import namespaces
+from orchestrator.providers.state import StateStore
 
 
 def provider_for(name: str, store: StateStore | None = None) -> tuple[Provider, Lab]:
@@ -84,7 +84,7 @@ def status_all(*, store: StateStore | None = None) -> list[LabStatus]:
 
 def unrecorded_namespaces(store: StateStore | None = None) -> list[str]:
     """Namespaces that look like ours (wt.*) but no lab in this state directory recorded: left alone."""
-    from .providers.netns import PREFIX
+    from orchestrator.providers.netns.provider import PREFIX
 
     store = store or StateStore()
     owned: set[str] = set()
@@ -92,7 +92,7 @@ def unrecorded_namespaces(store: StateStore | None = None) -> list[str]:
         rec = store.load(name)
         if rec:
             owned |= set(rec.owns("netns"))
-    return sorted(n for n in nsutil.list_netns() if n.startswith(PREFIX) and n not in owned)
+    return sorted(n for n in namespaces.list_netns() if n.startswith(PREFIX) and n not in owned)
 
 
 def exec_(name: str, host: str, argv: Sequence[str], *, capture: bool = False, timeout: float | None = None,
@@ -101,9 +101,9 @@ def exec_(name: str, host: str, argv: Sequence[str], *, capture: bool = False, t
     return prov.exec(name, host, argv, timeout=timeout, capture=capture)
 
 
-def check(name: str, *, store: StateStore | None = None) -> check_mod.CheckReport:
+def check(name: str, *, store: StateStore | None = None) -> audit.CheckReport:
     prov, lab = provider_for(name, store)
-    return check_mod.run_check(prov, lab)
+    return audit.run_check(prov, lab)
 
 
 def status_dict(st: LabStatus) -> dict:

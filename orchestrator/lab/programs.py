@@ -2,7 +2,7 @@
 
 `LabHosts` knows each host's install prefix and Python (from the provider's inventory variables), builds the
 command lines for our modules (worm, throttle, host agent) and starts/stops services through the host agent.
-Everything goes through orchestrator.access; nothing here runs a local process.
+Everything goes through orchestrator.lab.ssh; nothing here runs a local process.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from .access import Access
-from .errors import AccessError
-from .proc import Result
+from orchestrator.errors import AccessError
+from orchestrator.lab.ssh import Access
+from orchestrator.localrun import Result
 
 
 class LabHosts:
@@ -136,7 +136,7 @@ class LocalPlace:
         return [*self.argv_prefix, "env", f"TESTBED_PREFIX={self.prefix}", sys.executable, "-m", module, *args]
 
     def _agent(self, *args: str, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-        from .proc import run
+        from orchestrator.localrun import run
         res = run(self.module_argv("hostagent", *args), timeout=timeout)
         try:
             data = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
@@ -160,7 +160,7 @@ class LocalPlace:
 
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> Result:
         """`argv` as given (module_argv already enters the place)."""
-        from .proc import run
+        from orchestrator.localrun import run
         return run(argv, timeout=timeout)
 
     def contains(self, path: str, needle: str) -> bool:

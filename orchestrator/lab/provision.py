@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import isolation
-from .errors import ProvisionError, UsageError
-from .files import atomic_write_bytes
-from .keys import lab_keys
-from .providers import get_provider
-from .providers.base import Provider
-from .state import StateStore
-from .topology import Lab
+from orchestrator.atomic import atomic_write_bytes
+from orchestrator.errors import ProvisionError, UsageError
+from orchestrator.labfile import isolation
+from orchestrator.labfile.topology import Lab
+from orchestrator.providers import get_provider
+from orchestrator.providers.base import Provider
+from orchestrator.providers.keys import lab_keys
+from orchestrator.providers.state import StateStore
 
-PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 ROLES = ("common", "testworm", "throttle", "sniffer", "gateway", "injector")
 # which inventory groups each role configures (as in playbooks/site.yml)
 ROLE_GROUPS = {"common": None, "testworm": ("blade", "target"), "throttle": ("blade", "gateway"),

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import AccessError
-from .keys import lab_keys
-from .proc import Result
-from .providers import get_provider
-from .providers.base import Provider
-from .state import StateStore
-from .topology import Lab
+from orchestrator.errors import AccessError
+from orchestrator.labfile.topology import Lab
+from orchestrator.localrun import Result
+from orchestrator.providers import get_provider
+from orchestrator.providers.base import Provider
+from orchestrator.providers.keys import lab_keys
+from orchestrator.providers.state import StateStore
 
 SSH_PORT = 22
 USER = "root"

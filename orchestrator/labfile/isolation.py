@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .topology import Host
+from orchestrator.labfile.topology import Host
 
 TABLE = "wt_isolation"
 

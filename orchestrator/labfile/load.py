@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .specfile import Problems, read_spec_file
+from orchestrator.labfile.specfile import Problems, read_spec_file
 
 ROLES = ("admin-server", "blade", "gateway", "target", "sniffer", "injector")
 Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
@@ -200,14 +200,14 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
                   problems: Problems | None = None, *, machine_routes: Iterable[str] = (),
                   known_providers: Iterable[str] | None = None):
     """Validate parsed lab data; return the resolved topology.Lab or raise SpecError with every problem."""
-    from . import topology  # late import: topology imports this module's constants
+    from orchestrator.labfile import topology  # late import: topology imports this module's constants
 
     problems = problems or Problems(source, lines or {})
     if not isinstance(data, dict):
         problems.add((), "a lab file is a mapping with at least 'name' and 'hosts'")
         problems.raise_if_any()
     if known_providers is None:
-        from .providers import known_providers as _kp
+        from orchestrator.providers import known_providers as _kp
         known_providers = _kp()
     known = sorted(known_providers)
     provider = data.get("provider", "netns")
@@ -246,7 +246,7 @@ def spec_hash(spec: LabFile) -> str:
 
 def machine_route_prefixes() -> list[str]:
     """Non-default IPv4 route prefixes of the machine's root namespace (main and local tables)."""
-    from .proc import run
+    from orchestrator.localrun import run
 
     res = run(["ip", "-4", "-j", "route", "show", "table", "all"], timeout=10)
     if not res.ok:

@@ -26,7 +26,7 @@ from yaml.reader import Reader
 from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
-from .errors import SpecError
+from orchestrator.errors import SpecError
 
 MAX_BYTES = 256 * 1024     # the largest shipped file is 2.3 KB; a 3,000-host lab written out host by host ~250 KB
 MAX_DEPTH = 32             # a lab file nests 5 levels (hosts.NAME.addresses.LAN)

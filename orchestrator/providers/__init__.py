@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 
+from orchestrator.providers.state import StateStore
+
 from ..errors import UnknownProviderError
-from ..state import StateStore
 from .base import Provider
 
 _REGISTRY: dict[str, str] = {
-    "netns": "orchestrator.providers.netns:NetnsProvider",
-    "libvirt": "orchestrator.providers.libvirt:LibvirtProvider",
+    "netns": "orchestrator.providers.netns.provider:NetnsProvider",
+    "libvirt": "orchestrator.providers.libvirt.provider:LibvirtProvider",
 }
 
 

@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from orchestrator.labfile.topology import Host, Lab
+from orchestrator.localrun import Result
+from orchestrator.providers.state import LabRecord, StateStore
+
 from ..errors import LabExistsError, ProviderError
-from ..proc import Result
-from ..state import LabRecord, StateStore
-from ..topology import Host, Lab
 
 # progress(step, done, total): providers report long work through this; the CLI draws it.
 Progress = Callable[[str, int, int], None]

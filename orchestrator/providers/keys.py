@@ -15,9 +15,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .files import atomic_write_text
-from .state import StateStore
-from .topology import Lab
+from orchestrator.atomic import atomic_write_text
+from orchestrator.labfile.topology import Lab
+from orchestrator.providers.state import StateStore
 
 
 def _keypair(comment: str) -> tuple[str, str]:

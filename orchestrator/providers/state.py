@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LabNotFoundError, ProviderError, UsageError
-from .files import atomic_write_json, read_json
-from .spec import NAME_PATTERN
-from .topology import Lab
+from orchestrator.atomic import atomic_write_json, read_json
+from orchestrator.errors import LabNotFoundError, ProviderError, UsageError
+from orchestrator.labfile.load import NAME_PATTERN
+from orchestrator.labfile.topology import Lab
 
 DEFAULT_ROOT = "/var/lib/worm-testbed"
 RECORD_TMP = re.compile(r"\.lab\.json\..+\.tmp")     # atomic_write_json's temporary file of lab.json

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from xml.sax.saxutils import escape, quoteattr
 
-from .results import RunDir, summarise
+from orchestrator.experiment.rundir import RunDir, summarise
 
 STOP_SLACK_S = 0.020     # stopping times this close are the same, whatever the relative tolerance
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
-from .results import RunDir, run_status, summarise
+from orchestrator.atomic import atomic_write_text
+from orchestrator.experiment.rundir import RunDir, run_status, summarise
 
 # Twycross & Williamson 2003, Table 1 and §4.2.1 (what the excerpt in shared/reference states)
 PAPER = {
@@ -47,9 +47,8 @@ def _paper_for(profile: str | None, rate: float) -> dict[str, str] | None:
 
 def model_curve(man: dict[str, Any], protocol: str, rates: list[float]) -> list[tuple[float, float | None, int]]:
     """The model's stopping time and attempts out over a grid of rates (for the plot's curve)."""
+    from orchestrator.experiment.agreement import throttle_config
     from throttle.model import predict_constant_rate
-
-    from .agreement import throttle_config
 
     e = man["experiment"]
     th = e.get("throttle")

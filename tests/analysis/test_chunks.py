@@ -24,11 +24,11 @@ from orchestrator.analysis.packets import COLUMNS
 from orchestrator.analysis.pcap import CaptureReader, read_capture
 from orchestrator.analysis.scan import scan_capture
 from orchestrator.analysis.trial import analyse_trial
+from tests.cli.test_analyse import trial_files
 from tests.support.bulkpcap import write_capture
 
 from .capgen import T0, NgInterface, NgSection, frames, mixed_packets, pcapng_bytes, syn, udp, write_pcap
 from .test_bad_input import _GOOD_PCAP, _GOOD_PCAPNG
-from .test_command import trial_files
 
 CHUNKS = (16, 23, 61, 100, 257, 4096)
 FACTS = ("path", "format", "interfaces", "partial", "problems", "notes")

@@ -16,8 +16,8 @@ import pytest
 from rich.console import Console
 
 from orchestrator.analysis.attempts import extract_attempts, ip_to_int, source_timelines
-from orchestrator.analysis.command import analyse
 from orchestrator.analysis.pcap import read_capture
+from orchestrator.cli.analyse import analyse
 from tests.support.minilab import MiniLab
 
 from .capgen import TSHARK_SYN, TSHARK_UDP, tshark_counts, tshark_fields

@@ -8,10 +8,9 @@ import json
 from rich.console import Console
 from scapy.utils import wrpcap
 
-from orchestrator.analysis.command import analyse
-
-from .capgen import syn
-from .test_metrics import BLOCK_T, OFF, A, dst, host_wire, jl, throttle_events, worm_lines
+from orchestrator.cli.analyse import analyse
+from tests.analysis.capgen import syn
+from tests.analysis.test_metrics import BLOCK_T, OFF, A, dst, host_wire, jl, throttle_events, worm_lines
 
 
 def console() -> tuple[Console, io.StringIO]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from orchestrator import cli_errors, nsutil
+from orchestrator.cli import common
+from orchestrator.providers.netns import namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 LABS = REPO / "labs"
@@ -50,12 +51,12 @@ def files(tmp_path):
     ("garbage", "line 1, column 1: not UTF-8 text (byte 0xf5 at offset 0)"),
 ])
 def test_up_with_a_hostile_file_is_exit_2_and_builds_nothing(tmp_path, files, case, where_reason):
-    before = nsutil.list_netns()
+    before = namespaces.list_netns()
     res = cli("up", str(files[case]), state=tmp_path / "state")
     assert res.returncode == 2, res.stderr
     assert res.stderr == f"error: {files[case]}: 1 problem\n  {where_reason}" + res.stderr.split(where_reason)[1]
     assert res.stderr.count("\n") == 2 and "Traceback" not in res.stderr
-    assert not (tmp_path / "state" / "labs").exists() and nsutil.list_netns() == before
+    assert not (tmp_path / "state" / "labs").exists() and namespaces.list_netns() == before
 
 
 @pytest.mark.parametrize("case, args, expected", [
@@ -83,9 +84,9 @@ def test_schema_still_prints(tmp_path):
 
 
 # a bug, on purpose: the lab listing raises something nobody anticipated
-BUGGY = ["-c", "import sys; from orchestrator import cli, lab\n"
+BUGGY = ["-c", "import sys; from orchestrator import cli\nfrom orchestrator.lab import lifecycle\n"
                "def broken(**kw): raise KeyError('hosts')\n"
-               "lab.status_all = broken\nsys.exit(cli.main())"]
+               "lifecycle.status_all = broken\nsys.exit(cli.main())"]
 LINE = ("error: unexpected KeyError: 'hosts' — a bug in worm-testbed; run it again with --debug for the "
         "traceback\n")
 
@@ -107,16 +108,16 @@ def test_debug_after_a_double_dash_belongs_to_the_command(capsys, monkeypatch):
     app = typer.Typer()
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    @cli_errors.handles_errors
+    @common.handles_errors
     def echo(words: list[str]):
-        print(" ".join(words), cli_errors.debugging())
+        print(" ".join(words), common.debugging())
 
     @app.command()
     def other():
         pass
 
-    monkeypatch.setattr(cli_errors, "_debug", False)
-    assert cli_errors.main(app, ["echo", "a", "--", "b", "--debug"]) == 0
+    monkeypatch.setattr(common, "_debug", False)
+    assert common.main(app, ["echo", "a", "--", "b", "--debug"]) == 0
     assert capsys.readouterr().out == "a b --debug False\n"
-    assert cli_errors.main(app, ["echo", "a", "--debug", "--", "b"]) == 0
+    assert common.main(app, ["echo", "a", "--debug", "--", "b"]) == 0
     assert capsys.readouterr().out == "a b True\n"

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import lab as core
-from orchestrator.access import Access
 from orchestrator.analysis.attempts import extract_attempts
 from orchestrator.analysis.pcap import read_capture
-from orchestrator.capture import Capture, parse_counts
 from orchestrator.errors import CaptureError
-from orchestrator.provision import provision_lab
-from orchestrator.remote import LabHosts
-from orchestrator.spec import load_lab
-from orchestrator.state import StateStore
+from orchestrator.experiment.capture import Capture, parse_counts
+from orchestrator.lab import lifecycle
+from orchestrator.lab.programs import LabHosts
+from orchestrator.lab.provision import provision_lab
+from orchestrator.lab.ssh import Access
+from orchestrator.labfile.load import load_lab
+from orchestrator.providers.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
@@ -85,7 +85,7 @@ def test_real_capture_on_the_mirror_port(tmp_path, monkeypatch):
     store = StateStore(tmp_path / "state")
     name = f"c{secrets.token_hex(3)}"
     try:
-        lab = core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+        lab = lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
         with Access(name, store) as acc:
             acc.wait_reachable(timeout=20)
             provision_lab(name, roles=["common", "sniffer", "gateway"], store=store)
@@ -115,4 +115,4 @@ def test_real_capture_on_the_mirror_port(tmp_path, monkeypatch):
                                   "-T", "fields", "-e", "frame.number"], capture_output=True, text=True).stdout
             assert len(out.split()) == 40
     finally:
-        core.down_all(store=store)
+        lifecycle.down_all(store=store)

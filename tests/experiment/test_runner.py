@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator import nsutil
-from orchestrator.results import Index, RunDir
-from orchestrator.state import StateStore
+from orchestrator.experiment.rundir import Index, RunDir
+from orchestrator.lab import lifecycle
+from orchestrator.providers.netns import namespaces
+from orchestrator.providers.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -33,7 +33,7 @@ def env(tmp_path, monkeypatch):
     lab = tmp_path / "lab.yaml"
     lab.write_text((LABS / "stopping-speed.yaml").read_text().replace("name: stopping-speed", f"name: {name}"))
     yield tmp_path, name, lab
-    core.down_all(store=StateStore(tmp_path / "state"))
+    lifecycle.down_all(store=StateStore(tmp_path / "state"))
 
 
 def experiment(tmp_path: Path, lab: Path, **over) -> Path:
@@ -95,7 +95,7 @@ def test_a_small_sweep_end_to_end(env):
     idx.close()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
-    assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]      # the lab is gone
+    assert not [n for n in namespaces.list_netns() if n.startswith(f"wt.{name}.")]      # the lab is gone
 
     # the report is rebuilt from the run directory alone, elsewhere
     copy = tmp / "copy"
@@ -150,7 +150,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(env):
     assert "run interrupted after" in stderr and f"--resume {out}" in stderr
     done = RunDir(out).trials()
     assert 1 <= len(done) < 3 and RunDir(out).manifest()["status"] == "interrupted"
-    assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]      # torn down on SIGTERM
+    assert not [n for n in namespaces.list_netns() if n.startswith(f"wt.{name}.")]      # torn down on SIGTERM
 
     r = cli("run", str(exp), "--resume", str(out), "--index", str(index))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -165,11 +165,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(env):
 def test_a_bad_experiment_file_builds_nothing(env, tmp_path):
     tmp, name, lab = env
     exp = experiment(tmp, lab, rates=[0])
-    before = nsutil.list_netns()
+    before = namespaces.list_netns()
     r = cli("run", str(exp), "--out", str(tmp / "run"))
     assert r.returncode == 2
     assert f"error: {exp}: 1 problem" in r.stderr and "rates.0 (line 1): rate 0.0 is not a usable scan rate" in r.stderr
-    assert nsutil.list_netns() == before and not (tmp / "run").exists()
+    assert namespaces.list_netns() == before and not (tmp / "run").exists()
 
 
 def test_the_wire_placement_outside_an_unmodified_host(env):
@@ -243,7 +243,7 @@ def test_a_lab_that_cannot_be_built_fails_the_run_and_says_why(env):
     assert r.returncode == 1 and "injected failure at step 'after-veth'" in r.stderr
     man = RunDir(tmp / "run").manifest()
     assert man["status"] == "failed" and "injected failure at step 'after-veth'" in man["error"]
-    assert man["trials"] == 0 and not [n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]
+    assert man["trials"] == 0 and not [n for n in namespaces.list_netns() if n.startswith(f"wt.{name}.")]
 
 
 def test_a_lab_that_is_up_from_another_lab_file_is_not_measured(env):
@@ -252,11 +252,11 @@ def test_a_lab_that_is_up_from_another_lab_file_is_not_measured(env):
     edited = lab.read_text().replace("count: 2", "count: 3")
     assert edited != lab.read_text()
     other.write_text(edited)
-    core.up(other, name=name, store=StateStore(tmp / "state"))
+    lifecycle.up(other, name=name, store=StateStore(tmp / "state"))
     r = cli("run", str(experiment(tmp, lab)), "--out", str(tmp / "run"), "--index", str(tmp / "i.sqlite"))
     assert r.returncode == 1, r.stdout[-2000:]
     assert f"lab {name} is up, built from another version of its lab file ({other}" in r.stderr
     assert f"`testbed down {name}` and run again" in r.stderr
     man = RunDir(tmp / "run").manifest()
     assert man["status"] == "failed" and man["trials"] == 0
-    assert core.status(name, store=StateStore(tmp / "state")).state == "up"     # not ours to take down
+    assert lifecycle.status(name, store=StateStore(tmp / "state")).state == "up"     # not ours to take down

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.experiment import estimate_s, plan_trials
-from orchestrator.experiment_spec import load_experiment
+from orchestrator.experiment.runner import estimate_s, plan_trials
+from orchestrator.experiment.spec import load_experiment
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 

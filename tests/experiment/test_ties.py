@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import agreement, trial
-from orchestrator.experiment_spec import ThrottleSpec, load_experiment
+from orchestrator.experiment import agreement, trial
+from orchestrator.experiment.spec import ThrottleSpec, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "tie-udp-2ps"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator.agreement import answered_counts
 from orchestrator.analysis.pcap import read_capture
-from orchestrator.experiment import run_experiment
-from orchestrator.results import RunDir
-from orchestrator.state import StateStore
+from orchestrator.experiment.agreement import answered_counts
+from orchestrator.experiment.rundir import RunDir
+from orchestrator.experiment.runner import run_experiment
+from orchestrator.lab import lifecycle
+from orchestrator.providers.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -43,11 +43,11 @@ def lab(tmp_path_factory):
         name = f"t{secrets.token_hex(3)}"
         path = tmp / "lab.yaml"
         path.write_text((LABS / "stopping-speed.yaml").read_text().replace("name: stopping-speed", f"name: {name}"))
-        core.up(path, store=store)          # up before the runs: each run uses it and leaves it up
+        lifecycle.up(path, store=store)          # up before the runs: each run uses it and leaves it up
         try:
             yield tmp, name, path, store
         finally:
-            core.down_all(store=store)
+            lifecycle.down_all(store=store)
 
 
 class Killer(threading.Thread):

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.errors import ProcessDied
-from orchestrator.proc import run
-from orchestrator.trial import FAIL_CLOSED_NOTE, stop_all, wait_stop
-from orchestrator.watch import Death, Watch, describe, logged_child, service, stop_verdict
+from orchestrator.experiment.trial import FAIL_CLOSED_NOTE, stop_all, wait_stop
+from orchestrator.experiment.watch import Death, Watch, describe, logged_child, service, stop_verdict
+from orchestrator.localrun import run
 
 
 class Place:
@@ -166,7 +166,7 @@ def scanner_of(w, d):
 
 
 def test_wait_stop_ends_on_the_worms_bounds_and_looks_everywhere_once_more(places, tmp_path, monkeypatch):
-    monkeypatch.setattr("orchestrator.trial.POLL_S", 0.01)
+    monkeypatch.setattr("orchestrator.experiment.trial.POLL_S", 0.01)
     d = scan_dir(tmp_path, {"event": "start"}, {"event": "stop", "reason": "targets_exhausted"})
     w = watch_of(places)
     st = setup_for(places, tmp_path)
@@ -220,7 +220,7 @@ def test_wait_stop_a_scanner_stopped_by_anything_but_its_bounds_is_an_error(plac
 
 
 def test_wait_stop_times_out_and_is_interrupted(places, tmp_path, monkeypatch):
-    monkeypatch.setattr("orchestrator.trial.POLL_S", 0.01)
+    monkeypatch.setattr("orchestrator.experiment.trial.POLL_S", 0.01)
     d = scan_dir(tmp_path, {"event": "start"})
     w = watch_of(places)
     st = setup_for(places, tmp_path)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import check, isolation
-from orchestrator.spec import load_lab
+from orchestrator.lab import audit
+from orchestrator.labfile import isolation
+from orchestrator.labfile.load import load_lab
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 UPLINKS = ["192.0.2.1", "192.0.2.2"]
@@ -39,7 +40,7 @@ def nft_doc(chains) -> dict:
 
 
 def clean_observation(lab) -> dict:
-    plans = check.plan(lab, UPLINKS)
+    plans = audit.plan(lab, UPLINKS)
     obs = {}
     for h in lab.hosts:
         ifs = []
@@ -79,14 +80,14 @@ def failing(rep):
 
 
 def test_clean_lab_passes(lab):
-    rep = check.evaluate(lab, clean_observation(lab))
+    rep = audit.evaluate(lab, clean_observation(lab))
     assert rep.ok, failing(rep)
     checks = {f.check for f in rep.findings}
     assert {"forwarding", "uplink", "isolation", "connectivity", "filter", "sniffer-passive"} <= checks
 
 
 def test_plan_probes_lans_a_host_is_not_on(lab):
-    plans = check.plan(lab, UPLINKS)
+    plans = audit.plan(lab, UPLINKS)
     admin = plans["admin-server"]["probes"]
     assert {p["segment"] for p in admin if p["expect"] == "unreachable"} == {
         "experimental.blades", "experimental.targets", "experimental.normal"}
@@ -100,7 +101,7 @@ def test_plan_probes_lans_a_host_is_not_on(lab):
 
 
 def test_plan_sends_on_link_to_every_control_address_on_the_segment_and_through_the_gateway(lab):
-    plans = check.plan(lab, UPLINKS, beacon_port=4242)
+    plans = audit.plan(lab, UPLINKS, beacon_port=4242)
     [g] = plans["blade"]["frames"]
     assert (g["dev"], g["src"]) == ("exp0", lab.host("blade").ip("experimental.blades"))
     to = {(t["host"], t["via"]): t for t in g["to"]}
@@ -113,7 +114,7 @@ def test_plan_sends_on_link_to_every_control_address_on_the_segment_and_through_
     srv = lab.host("admin-server")
     assert to[("gateway", "gateway")]["addrs"] == [[srv.ip("management"), "management"], [srv.ip("admin"), "admin"]]
     assert plans["blade"]["beacon"] == {"addr": lab.host("gateway").ip("experimental.blades"), "port": 4242,
-                                        "wait": check.BEACON_WAIT}
+                                        "wait": audit.BEACON_WAIT}
     # the gateway sends on-link from each of its experimental interfaces with a neighbour (exp2, the "normal"
     # subnet, has none), and watches its control side for everyone who sends through it
     gw = plans["gateway"]
@@ -122,15 +123,15 @@ def test_plan_sends_on_link_to_every_control_address_on_the_segment_and_through_
     assert senders == ["blade", "injector", "target1", "target2"]
     assert gw["watch"] == {"ifaces": ["admin0"], "port": 4242, "senders": len(senders),
                            "nets": [s.subnet for s in lab.experimental_segments()],
-                           "deadline": check.watch_deadline(len(senders))}
+                           "deadline": audit.watch_deadline(len(senders))}
 
 
 def test_probes_stay_linear_in_the_hosts_on_a_segment_for_200_hosts(tmp_path):
-    from tests.orchestrator.test_netns_limits import LAB_200
+    from tests.providers.netns.test_limits import LAB_200
     f = tmp_path / "big.yaml"
     f.write_text(LAB_200)
     big = load_lab(f)
-    plans = check.plan(big, UPLINKS)
+    plans = audit.plan(big, UPLINKS)
     per_host = {h: sum(len(t["addrs"]) for g in p.get("frames", []) for t in g["to"]) for h, p in plans.items()}
     # a blade: admin + management of 194 other blades, admin of the injector, target and gateway, and 2 through
     assert per_host["blade1"] == 194 * 2 + 3 + 2
@@ -141,7 +142,7 @@ def test_probes_stay_linear_in_the_hosts_on_a_segment_for_200_hosts(tmp_path):
 def test_forwarding_on_a_dual_homed_host_is_a_leak(lab):
     obs = clean_observation(lab)
     obs["injector"]["sysctl"]["ip_forward"] = "1"
-    assert failing(check.evaluate(lab, obs)) == [
+    assert failing(audit.evaluate(lab, obs)) == [
         ("forwarding", "injector", "forwarding is ON (only the gateway may forward)")]
 
 
@@ -150,7 +151,7 @@ def test_reaching_another_lan_is_a_leak(lab):
     for p in obs["admin-server"]["probes"]:
         if p["segment"] == "experimental.blades":
             p["result"] = "refused"
-    problems = failing(check.evaluate(lab, obs))
+    problems = failing(audit.evaluate(lab, obs))
     assert problems and all(c == "isolation" and h == "admin-server" for c, h, _ in problems)
     assert "reaches experimental.blades address 198.18.8.1 (refused); it must not" in problems[0][2]
 
@@ -158,7 +159,7 @@ def test_reaching_another_lan_is_a_leak(lab):
 def test_a_route_through_a_non_gateway_is_a_leak(lab):
     obs = clean_observation(lab)
     obs["admin-server"]["routes"].append({"dst": "198.18.8.0/24", "gateway": lab.host("injector").ip("admin")})
-    assert failing(check.evaluate(lab, obs)) == [
+    assert failing(audit.evaluate(lab, obs)) == [
         ("routes", "admin-server", "route to 198.18.8.0/24 via 198.18.1.7, which is not the lab's gateway")]
 
 
@@ -166,7 +167,7 @@ def test_a_route_to_the_uplink_is_a_leak(lab):
     obs = clean_observation(lab)
     obs["gateway"]["route_get"][0] = {"addr": "192.0.2.1", "ok": True, "via": None, "dev": "eth9"}
     obs["gateway"]["interfaces"].append({"name": "eth9", "flags": [], "addrs": ["192.0.2.9/24"], "tx_packets": 1})
-    problems = failing(check.evaluate(lab, obs))
+    problems = failing(audit.evaluate(lab, obs))
     assert ("interfaces", "gateway", "unexpected interface eth9 (not made by the lab)") in problems
     assert ("uplink", "gateway", "has a route towards the machine's uplink address 192.0.2.1 (via eth9)") in problems
     # hosts whose default route leads to that gateway now leak too
@@ -177,7 +178,7 @@ def test_a_talking_sniffer_is_a_leak(lab):
     obs = clean_observation(lab)
     sn = next(i for i in obs["sniffer"]["interfaces"] if i["name"] == "exp1")
     sn["tx_packets"], sn["flags"] = 3, ["UP"]
-    assert failing(check.evaluate(lab, obs)) == [
+    assert failing(audit.evaluate(lab, obs)) == [
         ("sniffer-passive", "sniffer", "exp1: addresses none, ARP ON, sent 3 packets")]
 
 
@@ -185,7 +186,7 @@ def test_missing_filter_and_root_namespace_are_leaks(lab):
     obs = clean_observation(lab)
     obs["blade"]["nft"] = {"missing": True, "error": "Error: No such file or directory"}
     obs["target1"]["netns_is_root"] = True
-    assert failing(check.evaluate(lab, obs)) == [
+    assert failing(audit.evaluate(lab, obs)) == [
         ("filter", "blade", "table inet wt_isolation is MISSING"),
         ("namespace", "target1", "runs in the machine's root network namespace")]
 
@@ -194,7 +195,7 @@ def test_a_flushed_filter_is_named_rule_by_rule(lab):
     obs = clean_observation(lab)
     obs["blade"]["nft"] = {"json": nft_doc([isolation.Chain("input", "input", "accept", ())])}
     ip = lab.host("blade").ip("experimental.blades")
-    assert failing(check.evaluate(lab, obs)) == [("filter", "blade", (
+    assert failing(audit.evaluate(lab, obs)) == [("filter", "blade", (
         "table inet wt_isolation is not the one the lab installed: chain input has 0 rule(s) where the lab "
         f"installed 2: missing 'iifname {{ \"exp0\" }} ip daddr != {{ {ip} }} drop'; "
         f"missing 'iifname {{ \"mgmt0\", \"admin0\" }} ip daddr {{ {ip} }} drop'"))]
@@ -205,7 +206,7 @@ def test_an_accepting_forward_chain_and_a_deleted_or_added_rule_are_differences(
     obs = clean_observation(lab)
     accepting = (gw[0], isolation.Chain("forward", "forward", "accept", gw[1].rules))
     obs["gateway"]["nft"] = {"json": nft_doc(accepting)}
-    assert failing(check.evaluate(lab, obs)) == [("filter", "gateway", "table inet wt_isolation is not the one "
+    assert failing(audit.evaluate(lab, obs)) == [("filter", "gateway", "table inet wt_isolation is not the one "
                                                  "the lab installed: chain forward policy is accept where the lab "
                                                  "installed drop")]
     inj = isolation.chains(lab.host("injector"))[0]
@@ -214,7 +215,7 @@ def test_an_accepting_forward_chain_and_a_deleted_or_added_rule_are_differences(
     for chain, word in ((fewer, "missing"), (more, "extra")):
         obs = clean_observation(lab)
         obs["injector"]["nft"] = {"json": nft_doc([chain])}
-        [(c, h, d)] = failing(check.evaluate(lab, obs))
+        [(c, h, d)] = failing(audit.evaluate(lab, obs))
         assert (c, h) == ("filter", "injector") and f"{word} '" in d
 
 
@@ -233,7 +234,7 @@ def test_a_filter_listed_in_another_order_or_spelling_of_its_sets_is_the_same():
 def test_an_unreadable_filter_is_not_taken_for_a_good_one(lab):
     obs = clean_observation(lab)
     obs["sniffer"]["nft"] = {"error": "nft -j printed no JSON (nftables without JSON support?)"}
-    assert failing(check.evaluate(lab, obs)) == [("filter", "sniffer", "table inet wt_isolation could not be read: "
+    assert failing(audit.evaluate(lab, obs)) == [("filter", "sniffer", "table inet wt_isolation could not be read: "
                                                  "nft -j printed no JSON (nftables without JSON support?)")]
 
 
@@ -243,7 +244,7 @@ def test_a_control_address_answering_on_link_names_the_host_the_address_and_who_
     for prober in ("blade", "gateway"):
         obs[prober]["frames"]["answered"] = [{"dev": "exp0", "addr": inj.ip("admin"), "host": "injector",
                                               "segment": "admin", "via": "on-link", "detail": "RST"}]
-    assert failing(check.evaluate(lab, obs)) == [("isolation", "injector", (
+    assert failing(audit.evaluate(lab, obs)) == [("isolation", "injector", (
         f"its admin address {inj.ip('admin')} answers on the experimental LAN: on-link from blade/exp0 (RST), "
         "gateway/exp0 (RST)"))]
 
@@ -253,14 +254,14 @@ def test_a_gateway_that_lets_experimental_traffic_out_on_a_control_lan_is_caught
     srv = lab.host("admin-server").ip("admin")
     obs["gateway"]["watch"].update(seen_total=4, seen=[{"iface": "admin0", "dir": "out", "src": "198.18.8.2",
                                                         "dst": srv, "proto": 6, "dport": 9}])
-    assert failing(check.evaluate(lab, obs)) == [("forwarding", "gateway", (
+    assert failing(audit.evaluate(lab, obs)) == [("forwarding", "gateway", (
         "4 packet(s) from the experimental LAN crossed its control interfaces while every host sent towards them, "
         f"e.g. 198.18.8.2 -> {srv} out of admin0 (proto 6, port 9)"))]
     # an answer that came back through it names the gateway too
     obs = clean_observation(lab)
     obs["blade"]["frames"]["answered"] = [{"dev": "exp0", "addr": srv, "host": "gateway", "segment": "admin",
                                            "via": "gateway", "detail": "SYN-ACK"}]
-    assert failing(check.evaluate(lab, obs)) == [("forwarding", "gateway", (
+    assert failing(audit.evaluate(lab, obs)) == [("forwarding", "gateway", (
         f"forwards from the experimental LAN to admin address {srv}, which answered: from blade/exp0 (SYN-ACK)"))]
 
 
@@ -268,7 +269,7 @@ def test_a_watch_that_did_not_hear_everyone_does_not_pass(lab):
     obs = clean_observation(lab)
     obs["gateway"]["watch"]["heard"] -= 1
     obs["target2"]["beacon"] = "198.18.9.1:4739: Connection refused"
-    rep = check.evaluate(lab, obs)
+    rep = audit.evaluate(lab, obs)
     assert sorted((f.check, f.host, f.kind, f.detail) for f in rep.problems) == [
         ("forwarding", "gateway", "broken", f"its watch heard from {obs['gateway']['watch']['heard']} of "
          f"{obs['gateway']['watch']['expected']} hosts sending through it; the others' frames went unobserved"),
@@ -279,7 +280,7 @@ def test_a_watch_that_did_not_hear_everyone_does_not_pass(lab):
 def test_a_host_that_could_not_send_its_frames_is_not_called_isolated(lab):
     obs = clean_observation(lab)
     obs["blade"]["frames"]["errors"] = ["exp0: Operation not permitted"]
-    rep = check.evaluate(lab, obs)
+    rep = audit.evaluate(lab, obs)
     assert [(f.check, f.host, f.kind, f.detail) for f in rep.problems] == [
         ("isolation", "blade", "broken", "could not send its experimental-side probes: exp0: Operation not permitted")]
 
@@ -289,14 +290,14 @@ def test_unreachable_admin_server_is_broken_not_a_leak(lab):
     for p in obs["target2"]["probes"]:
         if p.get("purpose") == "admin-server":
             p["result"], p["detail"] = "unreachable", "timeout"
-    rep = check.evaluate(lab, obs)
+    rep = audit.evaluate(lab, obs)
     assert [(f.check, f.host, f.kind) for f in rep.problems] == [("connectivity", "target2", "broken")]
 
 
 def test_a_host_that_cannot_be_probed_is_reported(lab):
     obs = clean_observation(lab)
     obs["blade"] = {"error": "python3: command not found"}
-    assert failing(check.evaluate(lab, obs)) == [("probe", "blade", "could not probe: python3: command not found")]
+    assert failing(audit.evaluate(lab, obs)) == [("probe", "blade", "could not probe: python3: command not found")]
 
 
 def test_isolation_ruleset_for_gateway_and_sniffer(lab):
@@ -324,7 +325,7 @@ class _SlowThenFine:
         return {"testbed_python": "/usr/bin/python3"}
 
     def exec(self, lab, host, argv, *, input=None, timeout=None):
-        from orchestrator.proc import Result
+        from orchestrator.localrun import Result
         plan = json.loads(input.split("\n", 1)[0])
         self.plans.append((host, plan))
         out = copy.deepcopy(self.obs[host])
@@ -340,10 +341,10 @@ class _SlowThenFine:
 
 @pytest.mark.parametrize("late", [True, False])
 def test_a_reachable_address_that_timed_out_is_tried_once_more(lab, late, monkeypatch):
-    monkeypatch.setattr(check, "machine_uplinks", lambda: UPLINKS)
+    monkeypatch.setattr(audit, "machine_uplinks", lambda: UPLINKS)
     prov = _SlowThenFine(lab, late)
-    rep = check.run_check(prov, lab)
-    retries = [(h, p) for h, p in prov.plans if p["timeout"] == check.RETRY_TIMEOUT]
+    rep = audit.run_check(prov, lab)
+    retries = [(h, p) for h, p in prov.plans if p["timeout"] == audit.RETRY_TIMEOUT]
     assert [h for h, _ in retries] == ["admin-server"]       # only the host with a slow reachable probe
     assert {q["expect"] for q in retries[0][1]["probes"]} == {"reachable"}
     assert {q["segment"] for q in retries[0][1]["probes"]} == {"management"}
@@ -361,11 +362,11 @@ def test_an_extra_address_from_another_lan_is_a_leak_and_a_second_one_of_its_own
     obs = clean_observation(lab)
     admin0 = next(i for i in obs["blade"]["interfaces"] if i["name"] == "admin0")
     admin0["addrs"].append("198.18.8.250/24")
-    rep = check.evaluate(lab, obs)
+    rep = audit.evaluate(lab, obs)
     own = lab.host("blade").iface("admin").address
     assert [(f.check, f.host, f.kind, f.detail) for f in rep.problems] == [
         ("addresses", "blade", "leak", f"admin0 has ['{own}', '198.18.8.250/24'], declared {own}: "
          "198.18.8.250/24 is not on its LAN")]
     admin0["addrs"][-1] = "198.18.1.250/24"
-    assert [(f.kind, f.detail) for f in check.evaluate(lab, obs).problems] == [
+    assert [(f.kind, f.detail) for f in audit.evaluate(lab, obs).problems] == [
         ("broken", f"admin0 has ['{own}', '198.18.1.250/24'], declared {own}")]

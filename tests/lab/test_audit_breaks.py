@@ -16,11 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import isolation, nftables
-from orchestrator import lab as core
-from orchestrator.providers.netns import NetnsProvider, ns_name
-from orchestrator.spec import load_lab
-from orchestrator.state import StateStore
+from orchestrator.lab import lifecycle
+from orchestrator.labfile import isolation
+from orchestrator.labfile.load import load_lab
+from orchestrator.providers.netns import nftables
+from orchestrator.providers.netns.provider import NetnsProvider, ns_name
+from orchestrator.providers.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -35,12 +36,12 @@ def env(tmp_path_factory):
     store = StateStore(state)
     name = f"t{secrets.token_hex(3)}"
     try:
-        lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+        lab = lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
         prov = NetnsProvider(store)
         prov.wait_booted(name)
         yield SimpleNamespace(store=store, name=name, lab=lab, prov=prov)
     finally:
-        core.down_all(store=store)
+        lifecycle.down_all(store=store)
         mp.undo()
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator.access import Access
 from orchestrator.errors import AccessError, ProvisionError
-from orchestrator.keys import _keypair, lab_keys
-from orchestrator.providers.netns import NetnsProvider
-from orchestrator.provision import provision_lab
+from orchestrator.lab import lifecycle
+from orchestrator.lab.provision import provision_lab
+from orchestrator.lab.ssh import Access
+from orchestrator.providers.keys import _keypair, lab_keys
+from orchestrator.providers.netns.provider import NetnsProvider
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 def paper(store):
     name = f"p{secrets.token_hex(3)}"
-    lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    lab = lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
     NetnsProvider(store).wait_booted(name)          # every host's sshd runs
     return name, lab
 
@@ -36,7 +36,7 @@ def paper(store):
 @pytest.fixture
 def speed(store):
     name = f"s{secrets.token_hex(3)}"
-    lab = core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lab = lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     NetnsProvider(store).wait_booted(name)
     return name, lab
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from orchestrator import access as access_mod
-from orchestrator.access import Access
+from orchestrator.lab import ssh
+from orchestrator.lab.ssh import Access
 
 
 class Chan:
@@ -52,7 +52,7 @@ def test_output_that_comes_after_the_exit_status_is_not_lost():
 
 
 def test_a_command_whose_output_never_ends_is_not_waited_for_long(monkeypatch):
-    monkeypatch.setattr(access_mod, "EOF_WAIT_S", 0.1)
+    monkeypatch.setattr(ssh, "EOF_WAIT_S", 0.1)
     started = time.monotonic()
     res = access_with(Chan(b"", late=0.0, eof=False)).run("blade", ["true"])
     assert res.exit_code == 0 and res.stdout == "" and time.monotonic() - started < 1.0

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import json_schema, load_lab
-from orchestrator.topology import Lab
+from orchestrator.labfile.load import json_schema, load_lab
+from orchestrator.labfile.topology import Lab
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 ROUTES = ["192.0.2.0/24", "127.0.0.0/8"]   # a stand-in for this machine's routes

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import SpecError
-from orchestrator.experiment_spec import load_experiment
-from orchestrator.spec import load_lab
+from orchestrator.experiment.spec import load_experiment
+from orchestrator.labfile.load import load_lab
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

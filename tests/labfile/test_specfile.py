@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.experiment_spec import check_overrides, load_experiment
-from orchestrator.spec import load_lab
-from orchestrator.specfile import LOADERS, MAX_BYTES, MAX_DEPTH, MAX_NODES, parse_yaml
+from orchestrator.experiment.spec import check_overrides, load_experiment
+from orchestrator.labfile.load import load_lab
+from orchestrator.labfile.specfile import LOADERS, MAX_BYTES, MAX_DEPTH, MAX_NODES, parse_yaml
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 GARBAGE = random.Random(1).randbytes(4096)         # starts with 0xf5: not UTF-8

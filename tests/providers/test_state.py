@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
 from orchestrator.errors import ProviderError, UsageError
-from orchestrator.state import LabRecord, StateStore
+from orchestrator.lab import lifecycle
+from orchestrator.providers.state import LabRecord, StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,11 +51,11 @@ def test_down_removes_a_lab_killed_while_writing_its_first_record(st):
     (st.root / "locks").mkdir(parents=True)
     (st.root / "locks" / f"{name}.lock").touch()          # the kill left its lock file too
     assert st.names() == [] and st.unborn() == [name]
-    removed = core.down(name, store=st)
+    removed = lifecycle.down(name, store=st)
     assert [(r.kind, r.name, r.present) for r in removed] == [("state-dir", str(st.lab_dir(name)), True)]
     assert "killed while writing its first record" in removed[0].detail
     assert not st.lab_dir(name).exists() and not (st.root / "locks" / f"{name}.lock").exists()
-    assert core.down(name, store=st) is None                 # idempotent: nothing is left
+    assert lifecycle.down(name, store=st) is None                 # idempotent: nothing is left
 
 
 def test_the_cli_says_what_it_removed(st, tmp_path):
@@ -74,7 +74,7 @@ def test_down_all_removes_unborn_labs_and_stale_lock_files(st):
     st.lab_dir(b).joinpath(".lab.json.second.tmp").write_text("{}")
     (st.root / "locks").mkdir(parents=True)
     (st.root / "locks" / f"{c}.lock").touch()               # a command killed while holding c's lock
-    done = core.down_all(store=st)
+    done = lifecycle.down_all(store=st)
     assert sorted(done) == [a, b] and all(r[0].kind == "state-dir" for r in done.values())
     assert list(st.labs_dir.iterdir()) == [] and list((st.root / "locks").iterdir()) == []
 
@@ -84,14 +84,14 @@ def test_a_directory_with_other_files_and_no_record_is_not_removed(st):
     unborn(st, name)
     (st.lab_dir(name) / "notes.txt").write_text("mine")
     with pytest.raises(ProviderError) as exc:
-        core.down(name, store=st)
+        lifecycle.down(name, store=st)
     assert f"{st.lab_dir(name)} holds no lab record (lab.json) but notes.txt" in exc.value.message
     assert (st.lab_dir(name) / "notes.txt").read_text() == "mine"
 
 
 KILLED_WRITER = """
 import os, sys, time
-from orchestrator.state import LabRecord, StateStore
+from orchestrator.providers.state import LabRecord, StateStore
 st = StateStore(sys.argv[1])
 real = os.replace
 def stall(src, dst):                # the record is written and fsynced; the rename never comes
@@ -116,7 +116,7 @@ def test_a_real_sigkill_during_the_first_record_write(st):
     assert len(held) == 1 and held[0].startswith(".lab.json.") and held[0].endswith(".tmp")
     assert (st.root / "locks" / f"{name}.lock").exists()
     assert st.load(name) is None and st.unborn() == [name]
-    assert core.down(name, store=st)[0].kind == "state-dir"
+    assert lifecycle.down(name, store=st)[0].kind == "state-dir"
     assert not st.lab_dir(name).exists() and not (st.root / "locks" / f"{name}.lock").exists()
 
 
@@ -202,7 +202,7 @@ def test_the_lock_excludes_under_churn(st):
 def test_names_that_are_not_lab_names_never_become_paths(st, bad):
     (st.root / "labs").mkdir(parents=True)
     with pytest.raises(UsageError) as exc:
-        core.down(bad, store=st)
+        lifecycle.down(bad, store=st)
     assert exc.value.exit_code == 2 and f"'{bad}' is not a lab name" in exc.value.message
     assert st.root.exists() and (st.root / "labs").exists()
 

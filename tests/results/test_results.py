@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.regress import compare, junit_xml
-from orchestrator.report import build_report
-from orchestrator.results import Index, ResultsError, RunDir, summarise
+from orchestrator.experiment.rundir import Index, ResultsError, RunDir, summarise
+from orchestrator.results.regress import compare, junit_xml
+from orchestrator.results.report import build_report
 
 
 def trial(proto, rate, rep, stop, out, *, status="ok", model_stop=None, model_out=None, after=0, ok=True,
@@ -183,9 +183,9 @@ def test_an_error_trials_figures_are_never_averaged_in_and_its_row_says_no_resul
 
 RUNNER = """
 import sys, time
-from orchestrator.results import Index, RunDir, runner_record
+from orchestrator.experiment.rundir import Index, RunDir, runner_record
 sys.path.insert(0, {tests!r})
-from tests.orchestrator.test_results import manifest
+from tests.results.test_results import manifest
 run = RunDir({path!r})
 run.path.mkdir(parents=True)
 run.write_manifest(manifest(run_id="exp-20260301-000000-dead", status="running", runner=runner_record(),
@@ -207,7 +207,7 @@ def test_a_run_whose_runner_was_sigkilled_is_listed_as_died(tmp_path):
                          cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        from orchestrator.results import run_status
+        from orchestrator.experiment.rundir import run_status
         assert run_status(RunDir(path).manifest()) == "running"          # its runner is alive
         assert Index(index).runs()[0]["status"] == "running"
     finally:
@@ -237,8 +237,8 @@ def test_run_status_is_the_manifests_unless_a_running_runner_is_gone(tmp_path):
     import os
     import socket
 
-    from orchestrator.proc import pid_start_time
-    from orchestrator.results import run_status, runner_record
+    from orchestrator.experiment.rundir import run_status, runner_record
+    from orchestrator.localrun import pid_start_time
     me = runner_record()
     assert me["pid"] == os.getpid() and me["starttime"] == pid_start_time(os.getpid()) and me["boot_id"]
     assert run_status({"status": "running", "runner": me}) == "running"
@@ -251,9 +251,9 @@ def test_run_status_is_the_manifests_unless_a_running_runner_is_gone(tmp_path):
 
 def test_a_run_still_running_is_not_resumed_by_another_runner(tmp_path):
     from orchestrator.errors import ExperimentError
-    from orchestrator.experiment import run_experiment
-    from orchestrator.experiment_spec import load_experiment
-    from orchestrator.results import runner_record
+    from orchestrator.experiment.rundir import runner_record
+    from orchestrator.experiment.runner import run_experiment
+    from orchestrator.experiment.spec import load_experiment
     exp = Path(__file__).resolve().parents[2] / "labs" / "demo-sweep.yaml"
     run = make_run(tmp_path / "r", [], status="running", runner=runner_record(),
                    spec_hash=load_experiment(exp).spec_hash)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import ProviderError
-from ..files import atomic_write_json, read_json
-from ..proc import Result, run
-from . import libvirt_xml as X
+from orchestrator.atomic import atomic_write_json, read_json
+from orchestrator.errors import ProviderError
+from orchestrator.localrun import Result, run
+from orchestrator.providers.libvirt import xml
 
 POOL_PATH = "/var/lib/libvirt/images/worm-testbed"
 CONNECT_TIMEOUT = 15.0
@@ -126,9 +126,9 @@ class Hypervisor:
 def ensure_pool(conn):
     libvirt = _libvirt()
     try:
-        pool = conn.storagePoolLookupByName(X.POOL)
+        pool = conn.storagePoolLookupByName(xml.POOL)
     except libvirt.libvirtError:
-        pool = conn.storagePoolDefineXML(X.pool_xml(POOL_PATH), 0)
+        pool = conn.storagePoolDefineXML(xml.pool_xml(POOL_PATH), 0)
         pool.build(0)
         pool.setAutostart(1)
     if not pool.isActive():
@@ -164,8 +164,8 @@ def ensure_base_volumes(conn, pool, img, simulated: bool) -> dict[str, str]:
     """Upload a built image's disk, kernel and initrd into the pool once (shared by every lab, never deleted by
     `down`); a `-complete` marker volume says the upload finished, so a killed upload is redone."""
     files = {"disk": img.disk, "kernel": img.kernel, "initrd": img.initrd}
-    names = {k: X.base_volume(img.name, img.key, k) for k, v in files.items() if v is not None}
-    marker = X.base_volume(img.name, img.key, "complete")
+    names = {k: xml.base_volume(img.name, img.key, k) for k, v in files.items() if v is not None}
+    marker = xml.base_volume(img.name, img.key, "complete")
     if lookup_volume(pool, marker) is None:
         for what, name in names.items():
             old = lookup_volume(pool, name)
@@ -173,9 +173,9 @@ def ensure_base_volumes(conn, pool, img, simulated: bool) -> dict[str, str]:
                 old.delete(0)
             path = files[what]
             assert path is not None
-            vol = pool.createXML(X.volume_xml(name, path.stat().st_size), 0)
+            vol = pool.createXML(xml.volume_xml(name, path.stat().st_size), 0)
             upload(conn, vol, path, simulated)
-        pool.createXML(X.volume_xml(marker, 0), 0)
+        pool.createXML(xml.volume_xml(marker, 0), 0)
         pool.refresh(0)
     return {k: pool.storageVolLookupByName(n).path() for k, n in names.items()}
 
@@ -215,7 +215,7 @@ def _kvm_boot(conn, hv: Hypervisor, kernel_path: str, wait: float) -> tuple[bool
     name = f"wt-kvm-probe-{os.getpid()}"
     log = f"/var/log/libvirt/qemu/{name}-serial.log"
     try:
-        dom = conn.createXML(X.probe_domain_xml(name, kernel_path, log), 0)
+        dom = conn.createXML(xml.probe_domain_xml(name, kernel_path, log), 0)
     except libvirt.libvirtError as exc:
         return False, f"KVM domain refused: {str(exc).splitlines()[0]}"
     try:
@@ -230,7 +230,7 @@ def _kvm_boot(conn, hv: Hypervisor, kernel_path: str, wait: float) -> tuple[bool
             dom.destroy()
         except libvirt.libvirtError:
             pass
-        hv.run(["rm", "-f", log, X.domain_log(name)], timeout=15)
+        hv.run(["rm", "-f", log, xml.domain_log(name)], timeout=15)
 
 
 # ---------------------------------------------------------------- the sniffer's mirror

@@ -27,12 +27,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import TestbedError
-from .files import atomic_write_json, read_json
-from .proc import is_root, run
+from orchestrator.atomic import atomic_write_json, read_json
+from orchestrator.errors import TestbedError
+from orchestrator.localrun import is_root, run
 
 BUILDER_VERSION = "1"        # bump when the build procedure changes what an image contains
-REPO_RECIPES = Path(__file__).resolve().parents[1] / "vm-images"
+REPO_RECIPES = Path(__file__).resolve().parents[3] / "vm-images"
 DEFAULT_IMAGE = "debian"
 Progress = Callable[[str, int, int], None]
 

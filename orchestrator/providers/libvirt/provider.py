@@ -24,18 +24,24 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import images, nsutil
-from ..errors import NotRootError, ProviderError
-from ..keys import ensure_lab_keys
-from ..proc import Result, is_root, run_attached
-from ..spec import LibvirtOptions
-from ..state import LabRecord
-from ..topology import Lab
-from . import libvirt_host as H
-from . import libvirt_seed as seed
-from . import libvirt_xml as X
-from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
-from .netns import _fault, ns_name
+from orchestrator.errors import NotRootError, ProviderError
+from orchestrator.labfile.load import LibvirtOptions
+from orchestrator.labfile.topology import Lab
+from orchestrator.localrun import Result, is_root, run_attached
+from orchestrator.providers.base import (
+    HostStatus,
+    LabStatus,
+    Prerequisite,
+    Progress,
+    Provider,
+    Resource,
+    no_progress,
+)
+from orchestrator.providers.keys import ensure_lab_keys
+from orchestrator.providers.libvirt import hypervisor, images, seed, xml
+from orchestrator.providers.netns import namespaces
+from orchestrator.providers.netns.provider import _fault, ns_name
+from orchestrator.providers.state import LabRecord
 
 BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
 CONSOLE_LINES = 12
@@ -59,21 +65,21 @@ class LibvirtProvider(Provider):
         opts = options(lab) if lab else LibvirtOptions()
         out = []
         try:
-            H._libvirt()
+            hypervisor._libvirt()
             out.append(Prerequisite("libvirt-python", True, "the libvirt binding is installed"))
         except ProviderError as exc:
             out.append(Prerequisite("libvirt-python", False, exc.message, exc.hint or ""))
             return out
-        local = not H.is_remote(opts.uri) and not H.is_simulated(opts.uri)
+        local = not hypervisor.is_remote(opts.uri) and not hypervisor.is_simulated(opts.uri)
         if local:
             out.append(Prerequisite("root", is_root(), "the libvirt provider needs root here (qemu:///system, "
                                     "taps, tc, namespaces)", "run as root, e.g. sudo testbed …"))
         try:
-            H.connect(opts.uri).close()
+            hypervisor.connect(opts.uri).close()
             out.append(Prerequisite("daemon", True, f"libvirt answers at {opts.uri}"))
         except ProviderError as exc:
             out.append(Prerequisite("daemon", False, exc.message, exc.hint or ""))
-        for h in X.vm_hosts(lab) if lab else []:
+        for h in xml.vm_hosts(lab) if lab else []:
             name = h.options.get("image", opts.image)
             try:
                 images.require(name)
@@ -97,15 +103,15 @@ class LibvirtProvider(Provider):
     def create(self, lab: Lab, progress: Progress = no_progress) -> None:
         opts = options(lab)
         self._validate(lab, opts)
-        sim = H.is_simulated(opts.uri)
-        hv = H.Hypervisor(opts.uri)
+        sim = hypervisor.is_simulated(opts.uri)
+        hv = hypervisor.Hypervisor(opts.uri)
         if not sim and not hv.remote and not is_root():
             raise NotRootError("the libvirt provider needs root on this machine (qemu:///system, taps, tc, "
                                "namespaces)", hint="run as root, e.g. sudo testbed up …")
-        imgs = {h.name: images.require(h.options.get("image", opts.image)) for h in X.vm_hosts(lab)}
+        imgs = {h.name: images.require(h.options.get("image", opts.image)) for h in xml.vm_hosts(lab)}
         with self.store.locked(lab.name):
             self.refuse_existing(lab.name)
-            conn = H.connect(opts.uri)
+            conn = hypervisor.connect(opts.uri)
             try:
                 self._refuse_clashes(conn, lab, hv, sim)
                 rec = LabRecord(lab.name, self.name, "creating", lab.to_dict(), extra={"uri": opts.uri})
@@ -131,12 +137,12 @@ class LibvirtProvider(Provider):
             finally:
                 conn.close()
 
-    def _refuse_clashes(self, conn, lab: Lab, hv: H.Hypervisor, sim: bool) -> None:
-        names = {X.domain_name(lab.name, h.name) for h in X.vm_hosts(lab)}
+    def _refuse_clashes(self, conn, lab: Lab, hv: hypervisor.Hypervisor, sim: bool) -> None:
+        names = {xml.domain_name(lab.name, h.name) for h in xml.vm_hosts(lab)}
         have = set(conn.listDefinedDomains()) | {d.name() for d in conn.listAllDomains(0)}
-        nets = {X.network_name(lab.name, X.seg_short(s.key, lab)) for s in lab.segments}
+        nets = {xml.network_name(lab.name, xml.seg_short(s.key, lab)) for s in lab.segments}
         clash = sorted((names & have) | (nets & {n.name() for n in conn.listAllNetworks(0)}))
-        if not sim and ns_name(lab.name, "admin-server") in nsutil.list_netns() and not hv.remote:
+        if not sim and ns_name(lab.name, "admin-server") in namespaces.list_netns() and not hv.remote:
             clash.append(ns_name(lab.name, "admin-server"))
         if clash:
             raise ProviderError(f"{', '.join(clash)} already exist(s) at {hv.uri} and no lab here recorded them; "
@@ -144,42 +150,42 @@ class LibvirtProvider(Provider):
                                 hint="another state directory may own them (TESTBED_STATE_DIR), or remove them "
                                      "by hand (virsh undefine / net-undefine) if you know they are stale")
 
-    def _build(self, conn, hv: H.Hypervisor, lab: Lab, opts: LibvirtOptions, imgs: dict, rec: LabRecord,
+    def _build(self, conn, hv: hypervisor.Hypervisor, lab: Lab, opts: LibvirtOptions, imgs: dict, rec: LabRecord,
                progress: Progress, sim: bool) -> None:
-        libvirt = H._libvirt()
+        libvirt = hypervisor._libvirt()
         state_dir = str(self.store.root)
-        vms = X.vm_hosts(lab)
+        vms = xml.vm_hosts(lab)
         total = 8
         progress("keys", 0, total)
         keys = ensure_lab_keys(self.store, lab)
 
         progress("image volumes", 1, total)
-        pool = H.ensure_pool(conn)
+        pool = hypervisor.ensure_pool(conn)
         base: dict[str, dict[str, str]] = {}
         for img in {i.key: i for i in imgs.values()}.values():
-            base[img.key] = H.ensure_base_volumes(conn, pool, img, sim)
+            base[img.key] = hypervisor.ensure_base_volumes(conn, pool, img, sim)
 
         dtype = opts.domain_type
         if dtype == "auto":
             kernel = next((b["kernel"] for b in base.values() if "kernel" in b), None)
             ok, why = (False, "no kernel to probe with") if kernel is None else \
-                H.probe_kvm(conn, hv, kernel, images.image_root().parent / "kvm-probe.json")
+                hypervisor.probe_kvm(conn, hv, kernel, images.image_root().parent / "kvm-probe.json")
             dtype = "kvm" if ok else "qemu"
             rec.extra["domain_type_reason"] = why
         rec.extra["domain_type"] = dtype
         self.store.save(rec)
 
         progress("networks", 2, total)
-        if not sim and not H.chains_present(hv):
+        if not sim and not hypervisor.chains_present(hv):
             self.store.journal(rec, "chains", ["LIBVIRT_*"])       # this lab is why they exist
-            H.ensure_chains(hv)
+            hypervisor.ensure_chains(hv)
         segs = [s.key for s in lab.segments]
-        nets = [X.network_name(lab.name, X.seg_short(k, lab)) for k in segs]
+        nets = [xml.network_name(lab.name, xml.seg_short(k, lab)) for k in segs]
         self.store.journal(rec, "network", nets)
         for key in segs:
-            xml = X.network_xml(lab, key, state_dir)
-            X.assert_isolated(xml)
-            net = conn.networkDefineXML(xml)
+            doc = xml.network_xml(lab, key, state_dir)
+            xml.assert_isolated(doc)
+            net = conn.networkDefineXML(doc)
             net.create()
         _fault("after-networks")
 
@@ -188,41 +194,41 @@ class LibvirtProvider(Provider):
             self._admin_side(hv, lab, rec)
 
         progress("volumes", 4, total)
-        self.store.journal(rec, "volume", [v for h in vms for v in (X.overlay_volume(lab.name, h.name),
-                                                                   X.seed_volume(lab.name, h.name))])
+        self.store.journal(rec, "volume", [v for h in vms for v in (xml.overlay_volume(lab.name, h.name),
+                                                                   xml.seed_volume(lab.name, h.name))])
         for h in vms:
             img = imgs[h.name]
             disk = base[img.key]["disk"]
-            cap = pool.storageVolLookupByName(X.base_volume(img.name, img.key, "disk")).info()[1] if not sim else 1 << 30
-            pool.createXML(X.volume_xml(X.overlay_volume(lab.name, h.name), cap, "qcow2", backing=disk,
+            cap = pool.storageVolLookupByName(xml.base_volume(img.name, img.key, "disk")).info()[1] if not sim else 1 << 30
+            pool.createXML(xml.volume_xml(xml.overlay_volume(lab.name, h.name), cap, "qcow2", backing=disk,
                                         backing_fmt=img.disk_format), 0)
-            sv = pool.createXML(X.volume_xml(X.seed_volume(lab.name, h.name), seed.SEED_SIZE), 0)
+            sv = pool.createXML(xml.volume_xml(xml.seed_volume(lab.name, h.name), seed.SEED_SIZE), 0)
             files = seed.seed_files(h, keys.public_key, keys.host_key(h.name).read_text(),
                                     keys.host_public_key(h.name))
-            H.upload(conn, sv, seed.seed_tar(files), sim)
+            hypervisor.upload(conn, sv, seed.seed_tar(files), sim)
         _fault("after-volumes")
 
         progress("domains", 5, total)
-        taps = [X.tap_name(lab.name, h.name, i.ifname) for h in vms for i in h.interfaces if i.mirror]
+        taps = [xml.tap_name(lab.name, h.name, i.ifname) for h in vms for i in h.interfaces if i.mirror]
         self.store.journal(rec, "tap", taps)
         if not sim:
             for t in taps:     # no IPv6 (nothing of the hypervisor's own may reach the sniffer), then up
                 hv.run(["ip", "tuntap", "add", "dev", t, "mode", "tap", "vnet_hdr"], timeout=15).check(f"creating {t}")
                 hv.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{t}.disable_ipv6=1"], timeout=15)
                 hv.run(["ip", "link", "set", t, "up"], timeout=15).check(f"setting {t} up")
-        doms = [X.domain_name(lab.name, h.name) for h in vms]
-        self.store.journal(rec, "file", [f for h in vms for f in (X.serial_log(lab.name, h.name),
-                                                                   X.domain_log(X.domain_name(lab.name, h.name)))])
+        doms = [xml.domain_name(lab.name, h.name) for h in vms]
+        self.store.journal(rec, "file", [f for h in vms for f in (xml.serial_log(lab.name, h.name),
+                                                                   xml.domain_log(xml.domain_name(lab.name, h.name)))])
         self.store.journal(rec, "domain", doms)
         for h in vms:
             img = imgs[h.name]
             b = base[img.key]
-            boot = X.BootSpec(X.overlay_volume(lab.name, h.name), X.seed_volume(lab.name, h.name) if img.seed else None,
+            boot = xml.BootSpec(xml.overlay_volume(lab.name, h.name), xml.seed_volume(lab.name, h.name) if img.seed else None,
                               b.get("kernel"), b.get("initrd"), img.cmdline)
-            xml = X.domain_xml(lab, h, boot, domain_type=dtype, memory_mib=h.options.get("memory_mib", opts.memory_mib),
+            doc = xml.domain_xml(lab, h, boot, domain_type=dtype, memory_mib=h.options.get("memory_mib", opts.memory_mib),
                                vcpus=h.options.get("vcpus", opts.vcpus), tb_cache_mib=opts.tb_cache_mib,
                                state_dir=state_dir)
-            conn.defineXML(xml)
+            conn.defineXML(doc)
         _fault("after-define")
         progress("starting VMs", 6, total)
 
@@ -242,11 +248,11 @@ class LibvirtProvider(Provider):
             self._wait_ssh(hv, lab, progress, total)
         progress("ready", total, total)
 
-    def _admin_side(self, hv: H.Hypervisor, lab: Lab, rec: LabRecord) -> None:
+    def _admin_side(self, hv: hypervisor.Hypervisor, lab: Lab, rec: LabRecord) -> None:
         """The admin server as the hypervisor's side: a namespace with veths into the admin/management bridges."""
-        adm = X.admin_server(lab)
+        adm = xml.admin_server(lab)
         ns = ns_name(lab.name, adm.name)
-        veths = [X.veth_name(lab.name, adm.name, i.ifname) for i in adm.interfaces]
+        veths = [xml.veth_name(lab.name, adm.name, i.ifname) for i in adm.interfaces]
         self.store.journal(rec, "netns", [ns])
         self.store.journal(rec, "veth", veths)
         hv.run(["ip", "netns", "add", ns], timeout=15).check(f"creating namespace {ns}")
@@ -259,23 +265,23 @@ class LibvirtProvider(Provider):
         hv.run(["sysctl", "-q", "-w", *sysctls], timeout=15)
         hv.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
                 "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=0"], timeout=15)
-        hv.batch(["ip"], [f"link set {v} master {X.bridge_name(lab.name, X.seg_short(i.segment, lab))} up"
+        hv.batch(["ip"], [f"link set {v} master {xml.bridge_name(lab.name, xml.seg_short(i.segment, lab))} up"
                           for i, v in zip(adm.interfaces, veths, strict=True)]).check("plugging the admin server in")
         hv.batch(["ip", "-n", ns], ns_lines).check("addressing the admin server")
 
-    def _after_start(self, hv: H.Hypervisor, lab: Lab) -> None:
+    def _after_start(self, hv: hypervisor.Hypervisor, lab: Lab) -> None:
         """After (re)starting VMs: no IPv6 on their taps (the hypervisor sends nothing into the lab), and the
         sniffer's mirror from every experimental tap."""
         have = hv.links()
-        taps = [X.tap_name(lab.name, h.name, i.ifname) for h in X.vm_hosts(lab) for i in h.interfaces]
+        taps = [xml.tap_name(lab.name, h.name, i.ifname) for h in xml.vm_hosts(lab) for i in h.interfaces]
         sysctls = [f"net.ipv6.conf.{t}.disable_ipv6=1" for t in taps if t in have]
         if sysctls:
             hv.run(["sysctl", "-q", "-w", *sysctls], timeout=15)
-        pairs = [(s, d) for s, d in X.mirror_plan(lab) if s in have and d in have]
-        H.install_mirror(hv, pairs)
+        pairs = [(s, d) for s, d in xml.mirror_plan(lab) if s in have and d in have]
+        hypervisor.install_mirror(hv, pairs)
 
-    def _wait_ssh(self, hv: H.Hypervisor, lab: Lab, progress: Progress, total: int) -> None:
-        vms = X.vm_hosts(lab)
+    def _wait_ssh(self, hv: hypervisor.Hypervisor, lab: Lab, progress: Progress, total: int) -> None:
+        vms = xml.vm_hosts(lab)
         pending = {h.name: h.ip("admin") for h in vms}
         deadline = time.monotonic() + BOOT_TIMEOUT
         lock = threading.Lock()
@@ -308,24 +314,24 @@ class LibvirtProvider(Provider):
                                 hint="under software emulation a loaded machine boots slowly: TESTBED_BOOT_TIMEOUT "
                                      "raises the limit; a seed or image problem shows in the lines above")
 
-    def _console_tail(self, hv: H.Hypervisor, lab: str, host: str) -> list[str]:
-        text = hv.read_file(X.serial_log(lab, host))
+    def _console_tail(self, hv: hypervisor.Hypervisor, lab: str, host: str) -> list[str]:
+        text = hv.read_file(xml.serial_log(lab, host))
         lines = [ln.rstrip("\r") for ln in text.replace("\x1b", "").splitlines() if ln.strip()]
         return lines[-CONSOLE_LINES:] or ["(nothing on the serial console)"]
 
     # ------------------------------------------------------------ destroy
 
-    def _ours(self, xml: str, lab: str) -> bool:
-        meta = X.parse_metadata(xml)
+    def _ours(self, doc: str, lab: str) -> bool:
+        meta = xml.parse_metadata(doc)
         return meta is not None and meta.get("lab") == lab and meta.get("state-dir") == str(self.store.root)
 
     def _teardown(self, rec: LabRecord, progress: Progress, conn=None) -> list[Resource]:
-        libvirt = H._libvirt()
+        libvirt = hypervisor._libvirt()
         uri = _uri(rec)
-        sim = H.is_simulated(uri)
-        hv = H.Hypervisor(uri)
+        sim = hypervisor.is_simulated(uri)
+        hv = hypervisor.Hypervisor(uri)
         own_conn = conn is None
-        conn = conn or H.connect(uri)
+        conn = conn or hypervisor.connect(uri)
         removed: list[Resource] = []
         failed: list[str] = []
         try:
@@ -383,15 +389,15 @@ class LibvirtProvider(Provider):
                 else:
                     removed.append(Resource("network", net.name(), True))
             progress("volumes", 3, 6)
-            vols = [v for v in rec.owns("volume") if v.startswith(X.volume_prefix(rec.name))]
+            vols = [v for v in rec.owns("volume") if v.startswith(xml.volume_prefix(rec.name))]
             if vols:
                 try:
-                    pool = conn.storagePoolLookupByName(X.POOL)
+                    pool = conn.storagePoolLookupByName(xml.POOL)
                     pool.refresh(0)
                 except libvirt.libvirtError:
                     pool = None
                 for v in vols:
-                    vol = H.lookup_volume(pool, v) if pool is not None else None
+                    vol = hypervisor.lookup_volume(pool, v) if pool is not None else None
                     if vol is None:
                         continue
                     try:
@@ -405,7 +411,7 @@ class LibvirtProvider(Provider):
                 if rec.owns("chains") or (self.store.root / "libvirt-chains").exists():
                     active = [n for n in conn.listAllNetworks(0) if n.isActive()]
                     if not active:
-                        removed += [Resource("chain", c, True) for c in H.remove_empty_chains(hv)]
+                        removed += [Resource("chain", c, True) for c in hypervisor.remove_empty_chains(hv)]
         finally:
             if own_conn:
                 conn.close()
@@ -419,9 +425,9 @@ class LibvirtProvider(Provider):
         progress("done", 6, 6)
         return removed
 
-    def _remove_host_side(self, hv: H.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
+    def _remove_host_side(self, hv: hypervisor.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
         removed = []
-        spaces = set(nsutil.list_netns()) if not hv.remote else set(
+        spaces = set(namespaces.list_netns()) if not hv.remote else set(
             hv.run(["ip", "netns", "list"], timeout=15).stdout.split())
         for ns in rec.owns("netns"):
             if ns in spaces:
@@ -443,22 +449,22 @@ class LibvirtProvider(Provider):
 
     def resources(self, name: str) -> list[Resource]:
         rec = self.store.require(name)
-        libvirt = H._libvirt()
+        libvirt = hypervisor._libvirt()
         uri = _uri(rec)
-        conn = H.connect(uri)
-        hv = H.Hypervisor(uri)
+        conn = hypervisor.connect(uri)
+        hv = hypervisor.Hypervisor(uri)
         try:
             doms = {d.name() for d in conn.listAllDomains(0)}
             nets = {n.name() for n in conn.listAllNetworks(0)}
             try:
-                pool = conn.storagePoolLookupByName(X.POOL)
+                pool = conn.storagePoolLookupByName(xml.POOL)
                 vols = set(pool.listVolumes()) if pool.isActive() else set()
             except libvirt.libvirtError:
                 vols = set()
         finally:
             conn.close()
-        links = hv.links() if not H.is_simulated(uri) else set()
-        spaces = nsutil.list_netns() if not hv.remote else set()
+        links = hv.links() if not hypervisor.is_simulated(uri) else set()
+        spaces = namespaces.list_netns() if not hv.remote else set()
         present = {"domain": doms, "network": nets, "volume": vols, "tap": links, "veth": links, "netns": spaces}
         out = []
         for e in rec.journal:
@@ -468,26 +474,26 @@ class LibvirtProvider(Provider):
             elif kind == "file":
                 out.append(Resource(kind, n, os.path.exists(n) if not hv.remote else False))
             else:
-                out.append(Resource(kind, n, H.chains_present(hv) if kind == "chains" and not
-                                    H.is_simulated(uri) else False))
+                out.append(Resource(kind, n, hypervisor.chains_present(hv) if kind == "chains" and not
+                                    hypervisor.is_simulated(uri) else False))
         return out
 
     def status(self, name: str) -> LabStatus:
         rec = self.store.require(name)
         lab = rec.topology
         st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
-        libvirt = H._libvirt()
-        conn = H.connect(_uri(rec))
+        libvirt = hypervisor._libvirt()
+        conn = hypervisor.connect(_uri(rec))
         try:
             for h in lab.hosts:
                 addrs = {i.ifname: i.address or "" for i in h.interfaces}
                 if h.role == "admin-server":
-                    up = H.is_simulated(_uri(rec)) or ns_name(name, h.name) in nsutil.list_netns()
+                    up = hypervisor.is_simulated(_uri(rec)) or ns_name(name, h.name) in namespaces.list_netns()
                     state = "up" if up else "missing"
                     st.hosts.append(HostStatus(h.name, h.role, state, addrs, {k: "UP" for k in addrs} if up else {}))
                     continue
                 try:
-                    dom = conn.lookupByName(X.domain_name(name, h.name))
+                    dom = conn.lookupByName(xml.domain_name(name, h.name))
                     state = "up" if dom.isActive() else "down"
                 except libvirt.libvirtError:
                     state = "missing"
@@ -510,13 +516,13 @@ class LibvirtProvider(Provider):
         rec, h = self.lab_host(name, host)
         uri = _uri(rec)
         if h.role == "admin-server":
-            hv = H.Hypervisor(uri)
+            hv = hypervisor.Hypervisor(uri)
             full = hv.argv(["ip", "netns", "exec", ns_name(name, host), *argv])
             return run_attached(full, argv, timeout=timeout, input=input, capture=capture, host=host)
-        conn = H.connect(uri)
+        conn = hypervisor.connect(uri)
         try:
-            dom = conn.lookupByName(X.domain_name(name, host))
-            res = H.agent_exec(dom, argv, timeout=timeout, input=input, host=host)
+            dom = conn.lookupByName(xml.domain_name(name, host))
+            res = hypervisor.agent_exec(dom, argv, timeout=timeout, input=input, host=host)
         finally:
             conn.close()
         if not capture:
@@ -530,23 +536,23 @@ class LibvirtProvider(Provider):
     def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
         rec = self.store.require(name)
         lab = rec.topology
-        ns = ns_name(name, X.admin_server(lab).name)
-        hv = H.Hypervisor(_uri(rec))
+        ns = ns_name(name, xml.admin_server(lab).name)
+        hv = hypervisor.Hypervisor(_uri(rec))
         if hv.remote:
             return _relay_socket(hv, ns, address, port, timeout)
-        return nsutil.connect_from(ns, address, port, timeout)
+        return namespaces.connect_from(ns, address, port, timeout)
 
     def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
         # the hypervisor's side of the VM's experimental tap (bridge netfilter sees its frames in FORWARD)
         rec = self.store.require(name)
-        if H.is_remote(rec.lab.get("options", {}).get("uri", "qemu:///system")):
+        if hypervisor.is_remote(rec.lab.get("options", {}).get("uri", "qemu:///system")):
             raise ProviderError("the wire placement runs the throttle on the hypervisor; it needs a local one "
                                 "(qemu:///system), not a remote URI")
         h = rec.topology.host(host)
         iface = next((i for i in h.interfaces if i.segment.startswith("experimental") and not i.mirror), None)
         if iface is None:
             raise ProviderError(f"{host} has no experimental interface to throttle on the wire")
-        return [], X.tap_name(name, host, iface.ifname)
+        return [], xml.tap_name(name, host, iface.ifname)
 
     def ssh_hosts(self, lab: Lab) -> list[str]:
         # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
@@ -554,8 +560,8 @@ class LibvirtProvider(Provider):
 
     def control_argv(self, name: str) -> list[str]:
         rec = self.store.require(name)
-        ns = ns_name(name, X.admin_server(rec.topology).name)
-        hv = H.Hypervisor(_uri(rec))
+        ns = ns_name(name, xml.admin_server(rec.topology).name)
+        hv = hypervisor.Hypervisor(_uri(rec))
         return [*hv.ssh, "--", "ip", "netns", "exec", ns] if hv.remote else ["ip", "netns", "exec", ns]
 
     # ------------------------------------------------------------ out-of-band management
@@ -567,18 +573,18 @@ class LibvirtProvider(Provider):
         if h.role == "admin-server":
             raise ProviderError(f"{host} is the hypervisor's own side of lab {name}, not a VM; it has no power "
                                 "control")
-        libvirt = H._libvirt()
+        libvirt = hypervisor._libvirt()
         uri = _uri(rec)
-        conn = H.connect(uri)
+        conn = hypervisor.connect(uri)
         try:
-            dom = conn.lookupByName(X.domain_name(name, host))
+            dom = conn.lookupByName(xml.domain_name(name, host))
             was = bool(dom.isActive())
             if action in ("off", "cycle") and dom.isActive():
                 dom.destroy()                      # a remote management card's hard power-off
             if action in ("on", "cycle") and not dom.isActive():
                 dom.create()
-                if not H.is_simulated(uri):
-                    self._after_start(H.Hypervisor(uri), rec.topology)
+                if not hypervisor.is_simulated(uri):
+                    self._after_start(hypervisor.Hypervisor(uri), rec.topology)
             now = bool(dom.isActive())
         except libvirt.libvirtError as exc:
             raise ProviderError(f"power {action} of {host} failed: {str(exc).splitlines()[0]}") from None
@@ -590,10 +596,10 @@ class LibvirtProvider(Provider):
         rec, h = self.lab_host(name, host)
         uri = _uri(rec)
         if h.role == "admin-server":
-            hv = H.Hypervisor(uri)
+            hv = hypervisor.Hypervisor(uri)
             return subprocess.call(hv.argv(["ip", "netns", "exec", ns_name(name, host), "/bin/bash", "-i"]))
         print(f"console of {host} (serial ttyS0); leave with Ctrl+]", file=sys.stderr)
-        return subprocess.call(["virsh", "-c", uri, "console", "--force", X.domain_name(name, host)])
+        return subprocess.call(["virsh", "-c", uri, "console", "--force", xml.domain_name(name, host)])
 
 
 _RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]));"
@@ -603,7 +609,7 @@ _RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],i
           "while (d:=s.recv(65536)):o.write(d)\n")
 
 
-def _relay_socket(hv: H.Hypervisor, ns: str, address: str, port: int, timeout: float) -> socket.socket:
+def _relay_socket(hv: hypervisor.Hypervisor, ns: str, address: str, port: int, timeout: float) -> socket.socket:
     """A socket whose other end is a TCP connection made inside the admin-server namespace of a remote
     hypervisor (ssh + a small python3 relay there)."""
     mine, theirs = socket.socketpair()

@@ -13,8 +13,8 @@ import io
 import shlex
 import tarfile
 
-from .. import isolation
-from ..topology import Host
+from orchestrator.labfile import isolation
+from orchestrator.labfile.topology import Host
 
 SEED_SIZE = 1 << 20        # the seed volume's capacity; a seed is ~10 KiB
 

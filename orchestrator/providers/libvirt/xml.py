@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
-from ..topology import Host, Interface, Lab
+from orchestrator.labfile.topology import Host, Interface, Lab
 
 NS = "https://worm-testbed.invalid/xmlns/libvirt/1"
 NS_PREFIX = "wt"

@@ -5,7 +5,7 @@ host, in a detached process of its own, as machines boot once their hardware is 
 and happens here. The netns provider records this process and ends it first on `down`; its progress is in
 the lab's state directory: boot.log, and `booted` (or `boot-failed`, with the reason) when it is done.
 
-    python -m orchestrator.providers.netns_boot LAB
+    python -m orchestrator.providers.netns.boot LAB
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import sys
 import time
 import traceback
 
-from ..files import atomic_write_text
-from ..state import StateStore
+from orchestrator.atomic import atomic_write_text
+from orchestrator.providers.state import StateStore
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m orchestrator.providers.netns_boot LAB", file=sys.stderr)
+        print("usage: python -m orchestrator.providers.netns.boot LAB", file=sys.stderr)
         return 2
-    from .netns import NetnsProvider
+    from orchestrator.providers.netns.provider import NetnsProvider
 
     name = argv[0]
     store = StateStore()

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProviderError
-from ..files import atomic_write_json, read_json
-from ..topology import Lab
+from orchestrator.atomic import atomic_write_json, read_json
+from orchestrator.errors import ProviderError
+from orchestrator.labfile.topology import Lab
 
 REGISTRY_DIR = Path("/run/worm-testbed/kernel-limits")
 

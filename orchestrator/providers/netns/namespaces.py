@@ -2,7 +2,7 @@
 
 `entered(name)` switches the calling thread into a namespace (setns) and back, so sysctls can be written and
 child processes started inside it without spawning `ip netns exec` for each; everything else in the
-orchestrator goes through orchestrator.proc.
+orchestrator goes through orchestrator.localrun.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator
 
-from .proc import NETNS_RUN_DIR
+from orchestrator.localrun import NETNS_RUN_DIR
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from . import nsutil
-from .errors import ProviderError
-from .proc import run
+from orchestrator.errors import ProviderError
+from orchestrator.localrun import run
+from orchestrator.providers.netns import namespaces
 
 _lib = None
 
@@ -42,13 +42,13 @@ def load(netns: str, ruleset: str, *, what: str = "nftables rules") -> None:
     if lib is None:
         run(["nft", "-f", "-"], netns=netns, input=ruleset, timeout=30).check(f"{what} in {netns}")
         return
-    with nsutil.entered(netns):
+    with namespaces.entered(netns):
         ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise ProviderError(f"{what} in {netns}: libnftables could not create a context")
     try:
         lib.nft_ctx_buffer_error(ctx)
-        with nsutil.entered(netns):   # commands run over the context's socket, made in the namespace
+        with namespaces.entered(netns):   # commands run over the context's socket, made in the namespace
             rc = lib.nft_run_cmd_from_buffer(ctx, ruleset.encode())
         if rc != 0:
             msg = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()

@@ -18,15 +18,24 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .. import isolation, nftables, nsutil
-from ..errors import NotRootError, ProviderError
-from ..files import atomic_write_json, read_json
-from ..keys import ensure_lab_keys
-from ..proc import Result, is_root, pid_start_time, run, run_attached, run_batch
-from ..state import LabRecord
-from ..topology import Host, Lab
-from . import netns_limits
-from .base import HostStatus, LabStatus, Prerequisite, Progress, Provider, Resource, no_progress
+from orchestrator.atomic import atomic_write_json, read_json
+from orchestrator.errors import NotRootError, ProviderError
+from orchestrator.labfile import isolation
+from orchestrator.labfile.topology import Host, Lab
+from orchestrator.localrun import Result, is_root, pid_start_time, run, run_attached, run_batch
+from orchestrator.providers.base import (
+    HostStatus,
+    LabStatus,
+    Prerequisite,
+    Progress,
+    Provider,
+    Resource,
+    no_progress,
+)
+from orchestrator.providers.keys import ensure_lab_keys
+from orchestrator.providers.netns import namespaces, nftables
+from orchestrator.providers.netns.limits import Registry, needs, open_files_needed
+from orchestrator.providers.state import LabRecord
 
 PREFIX = "wt."
 # runs a command as the host: its own /run, its own /root (so root's shell start-up files on this machine
@@ -55,9 +64,9 @@ def _fault(step: str) -> None:
 class NetnsProvider(Provider):
     name = "netns"
 
-    def __init__(self, store=None, limits: netns_limits.Registry | None = None):
+    def __init__(self, store=None, limits: Registry | None = None):
         super().__init__(store)
-        self.limits = limits or netns_limits.Registry()
+        self.limits = limits or Registry()
 
     # ------------------------------------------------------------ prerequisites
 
@@ -91,7 +100,7 @@ class NetnsProvider(Provider):
         with self.store.locked(lab.name):
             self.refuse_existing(lab.name)
             names = [switch_name(lab.name)] + [ns_name(lab.name, h.name) for h in lab.hosts]
-            clash = sorted(set(names) & nsutil.list_netns())
+            clash = sorted(set(names) & namespaces.list_netns())
             if clash:
                 raise ProviderError(f"network namespace {clash[0]} already exists and is not recorded by any "
                                     f"lab here; nothing was created",
@@ -113,9 +122,9 @@ class NetnsProvider(Provider):
             self.store.save(rec)
 
     def _claim_kernel_limits(self, lab: Lab, rec: LabRecord) -> None:
-        """Size what the lab needs of the kernel's shared limits (netns_limits) and raise them, journalled."""
-        need = netns_limits.needs(lab)
-        _raise_open_files(netns_limits.open_files_needed(lab))
+        """Size what the lab needs of the kernel's shared limits (limits.py) and raise them, journalled."""
+        need = needs(lab)
+        _raise_open_files(open_files_needed(lab))
         with self.limits.locked():
             writes, notes = self.limits.check(lab.name, need)
             claim = self.limits.new_claim(lab.name)
@@ -134,13 +143,13 @@ class NetnsProvider(Provider):
 
         progress("sysctls", 1, total)
         for name in rec.owns("netns"):
-            nsutil.write_sysctls(name, {
+            namespaces.write_sysctls(name, {
                 "ipv6.conf.all.disable_ipv6": "1", "ipv6.conf.default.disable_ipv6": "1",
                 "ipv4.ip_forward": "0",
             })
         for h in lab.hosts:
             if h.forwarding:
-                nsutil.write_sysctls(ns_name(lab.name, h.name), {"ipv4.ip_forward": "1"})
+                namespaces.write_sysctls(ns_name(lab.name, h.name), {"ipv4.ip_forward": "1"})
 
         progress("links", 2, total)
         veths = []
@@ -159,7 +168,7 @@ class NetnsProvider(Provider):
         progress("isolation", 4, total)
         for h in lab.hosts:
             if h.forwarding:
-                nsutil.write_sysctls(ns_name(lab.name, h.name), {
+                namespaces.write_sysctls(ns_name(lab.name, h.name), {
                     f"ipv4.conf.{i.ifname}.forwarding": "0" for i in h.interfaces
                     if not i.segment.startswith("experimental")})
         self._apply_isolation(lab)
@@ -176,7 +185,7 @@ class NetnsProvider(Provider):
         the network is; the hosts come up within seconds, and whatever needs SSH waits for them."""
         d = self.store.lab_dir(lab.name)
         with open(d / "boot.log", "ab") as log:
-            p = subprocess.Popen([sys.executable, "-m", "orchestrator.providers.netns_boot", lab.name],
+            p = subprocess.Popen([sys.executable, "-m", "orchestrator.providers.netns.boot", lab.name],
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, "TESTBED_STATE_DIR": str(self.store.root)})
         rec.extra["booter"] = {"pid": p.pid, "starttime": pid_start_time(p.pid)}
@@ -261,7 +270,7 @@ class NetnsProvider(Provider):
         return revived
 
     def _apply_isolation(self, lab: Lab) -> None:
-        """Load each dual-homed host's isolation table (orchestrator.isolation)."""
+        """Load each dual-homed host's isolation table (orchestrator.labfile.isolation)."""
         for h in lab.hosts:
             rules = isolation.ruleset(h)
             if rules:
@@ -360,15 +369,15 @@ class NetnsProvider(Provider):
                 recorded.add(pid)
                 removed.append(Resource("process", f"{pid}", True, label))
         # anything else still running inside the lab's namespaces was started in the lab: end it
-        _terminate({pid: ns for pid, ns in nsutil.pids_in_netns(names).items()}, removed, already=recorded)
+        _terminate({pid: ns for pid, ns in namespaces.pids_in_netns(names).items()}, removed, already=recorded)
         progress("namespaces", 1, 3)
-        present = [n for n in names if n in nsutil.list_netns()]
+        present = [n for n in names if n in namespaces.list_netns()]
         if present:
             res = run_batch(["ip", "-force"], [f"netns del {n}" for n in present])
             if not res.ok:
                 for n in present:
                     run(["ip", "netns", "del", n], timeout=10)
-        left = sorted(set(names) & nsutil.list_netns())
+        left = sorted(set(names) & namespaces.list_netns())
         if left:
             raise ProviderError(f"could not remove namespace(s) {', '.join(left)}; the lab state is kept so "
                                 f"`testbed down {rec.name}` can be retried")
@@ -396,7 +405,7 @@ class NetnsProvider(Provider):
 
     def resources(self, name: str) -> list[Resource]:
         rec = self.store.require(name)
-        have = nsutil.list_netns()
+        have = namespaces.list_netns()
         out = [Resource("netns", n, n in have) for n in rec.owns("netns")]
         for pid, starttime, label in self._recorded_processes(rec):
             out.append(Resource("process", str(pid), pid_start_time(pid) == starttime and starttime is not None,
@@ -407,7 +416,7 @@ class NetnsProvider(Provider):
         rec = self.store.require(name)
         lab = rec.topology
         st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
-        have = nsutil.list_netns()
+        have = namespaces.list_netns()
         links = _inspect_links([ns_name(lab.name, h.name) for h in lab.hosts if ns_name(lab.name, h.name) in have])
         for h in lab.hosts:
             ns = ns_name(lab.name, h.name)
@@ -532,7 +541,7 @@ class NetnsProvider(Provider):
                 if d.pop("alive"):
                     self.stop(name, host, d["name"])
                     atomic_write_json(pdir / f"{d['name']}.json", {**d, "powered_off": time.time()})
-            _terminate(nsutil.pids_in_netns([ns]), [])
+            _terminate(namespaces.pids_in_netns([ns]), [])
             run_batch(["ip", "-n", ns], [f"link set {i.ifname} down" for i in h.interfaces]).check(
                 f"taking {host}'s links down")
         if action in ("on", "cycle"):
@@ -562,7 +571,7 @@ class NetnsProvider(Provider):
     def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
         rec = self.store.require(name)
         admin = rec.topology.by_role("admin-server")[0].name
-        return nsutil.connect_from(ns_name(name, admin), address, port, timeout)
+        return namespaces.connect_from(ns_name(name, admin), address, port, timeout)
 
     def control_argv(self, name: str) -> list[str]:
         rec = self.store.require(name)
@@ -641,15 +650,15 @@ def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
     return [w for w in wanted if not seen.get(w, False)]
 
 
-def _inspect_links(namespaces: list[str]) -> dict[str, dict[str, dict[str, str]]]:
+def _inspect_links(ns_names: list[str]) -> dict[str, dict[str, dict[str, str]]]:
     """{ns: {ifname: {"address": "a/len", "state": "UP"|…}}} for every namespace, via pyroute2."""
-    if not namespaces:
+    if not ns_names:
         return {}
     from pyroute2 import IPRoute
 
     out: dict[str, dict[str, dict[str, str]]] = {}
-    for ns in namespaces:
-        with nsutil.entered(ns):
+    for ns in ns_names:
+        with namespaces.entered(ns):
             ipr = IPRoute()
         try:
             links = {}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.proc import is_root
+from orchestrator.localrun import is_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LAB = REPO / "labs" / "vm-stopping-speed.yaml"
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def _why_not() -> str | None:
     for tool in ("qemu-system-x86_64", "mmdebstrap", "virsh"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             return f"{tool} is not installed (make setup)"
-    from orchestrator.providers.libvirt_host import connect
+    from orchestrator.providers.libvirt.hypervisor import connect
     try:
         connect("qemu:///system", timeout=10).close()
     except Exception as exc:  # noqa: BLE001 - any reason is a reason to skip
@@ -52,7 +52,7 @@ if WHY:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from orchestrator import images
+    from orchestrator.providers.libvirt import images
     images.build("debian")          # cached after the first build (about a minute from the Debian mirror)
     state = tmp_path_factory.mktemp("vmstate")
     return {**os.environ, "TESTBED_STATE_DIR": str(state),
@@ -71,9 +71,9 @@ def leftovers(name: str, state_dir: str) -> list[str]:
     """Everything of lab `name` still on this machine (by the provider's own naming rules)."""
     import libvirt
 
-    from orchestrator import nsutil
-    from orchestrator.providers import libvirt_xml as X
-    from orchestrator.spec import load_lab
+    from orchestrator.labfile.load import load_lab
+    from orchestrator.providers.libvirt import xml
+    from orchestrator.providers.netns import namespaces
 
     lab = load_lab(LAB, machine_routes=[], name_override=name)
     conn = libvirt.open("qemu:///system")
@@ -81,8 +81,8 @@ def leftovers(name: str, state_dir: str) -> list[str]:
         out = [f"domain {d.name()}" for d in conn.listAllDomains(0) if d.name().startswith(f"wt-{name}-")]
         out += [f"network {n.name()}" for n in conn.listAllNetworks(0) if n.name().startswith(f"wt-{name}-")]
         try:
-            pool = conn.storagePoolLookupByName(X.POOL)
-            out += [f"volume {v}" for v in pool.listVolumes() if v.startswith(X.volume_prefix(name))]
+            pool = conn.storagePoolLookupByName(xml.POOL)
+            out += [f"volume {v}" for v in pool.listVolumes() if v.startswith(xml.volume_prefix(name))]
         except libvirt.libvirtError:
             pass
         other_nets = [n for n in conn.listAllNetworks(0) if n.isActive()]
@@ -90,11 +90,11 @@ def leftovers(name: str, state_dir: str) -> list[str]:
         conn.close()
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     have = {ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()}
-    mine = {X.tap_name(name, h.name, i.ifname) for h in lab.hosts for i in h.interfaces}
-    mine |= {X.veth_name(name, h.name, i.ifname) for h in lab.hosts for i in h.interfaces}
-    mine |= {X.bridge_name(name, X.seg_short(s.key, lab)) for s in lab.segments}
+    mine = {xml.tap_name(name, h.name, i.ifname) for h in lab.hosts for i in h.interfaces}
+    mine |= {xml.veth_name(name, h.name, i.ifname) for h in lab.hosts for i in h.interfaces}
+    mine |= {xml.bridge_name(name, xml.seg_short(s.key, lab)) for s in lab.segments}
     out += [f"link {n}" for n in sorted(mine & have)]
-    out += [f"netns {n}" for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")]
+    out += [f"netns {n}" for n in namespaces.list_netns() if n.startswith(f"wt.{name}.")]
     out += [f"file {f}" for f in Path("/var/log/libvirt/qemu").glob(f"wt-{name}-*")]
     if not other_nets:       # with no libvirt network left anywhere, libvirt's chains must be gone too
         saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
@@ -116,9 +116,9 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         chk = tb(env, "check", name, "--json", check=False)
         assert chk.returncode == 0, chk.stdout + chk.stderr
 
-        from orchestrator.providers.libvirt import LibvirtProvider
-        from orchestrator.spec import load_lab
-        from orchestrator.state import StateStore
+        from orchestrator.labfile.load import load_lab
+        from orchestrator.providers.libvirt.provider import LibvirtProvider
+        from orchestrator.providers.state import StateStore
         store = StateStore(env["TESTBED_STATE_DIR"])
         prov = LibvirtProvider(store)
         lab = load_lab(LAB, machine_routes=[], name_override=name)
@@ -147,7 +147,7 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         run = tb(env, "run", str(exp), "--out", str(tmp_path / "run"), "--index", str(tmp_path / "i.sqlite"),
                  timeout=1200)
         assert f"using lab {name}, which is already up" in run.stderr
-        from orchestrator.results import RunDir
+        from orchestrator.experiment.rundir import RunDir
         rd = RunDir(tmp_path / "run")
         man = rd.manifest()
         assert man["emulated"] is (man["domain_type"] == "qemu")

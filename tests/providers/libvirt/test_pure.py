@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import images
-from orchestrator.providers import libvirt_seed as seed
-from orchestrator.providers import libvirt_xml as X
-from orchestrator.spec import load_lab
+from orchestrator.labfile.load import load_lab
+from orchestrator.providers.libvirt import images, seed, xml
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS = Path(__file__).resolve().parents[3] / "labs"
 
 
 @pytest.fixture(scope="module")
@@ -26,32 +24,32 @@ def lab():
 
 def test_networks_are_isolated_bridges_tagged_with_the_lab(lab):
     for seg in lab.segments:
-        xml = X.network_xml(lab, seg.key, "/state")
-        root = ET.fromstring(xml)
+        doc = xml.network_xml(lab, seg.key, "/state")
+        root = ET.fromstring(doc)
         assert root.find("forward") is None and root.find("ip") is None and root.find("dhcp") is None
         assert root.findtext("name").startswith("wt-vm-stopping-speed-")
         assert len(root.find("bridge").get("name")) <= 15
-        assert X.parse_metadata(xml) == {"lab": "vm-stopping-speed", "state-dir": "/state", "segment": seg.key,
+        assert xml.parse_metadata(doc) == {"lab": "vm-stopping-speed", "state-dir": "/state", "segment": seg.key,
                                          "subnet": seg.subnet}
-        X.assert_isolated(xml)
+        xml.assert_isolated(doc)
 
 
-@pytest.mark.parametrize("xml", [
+@pytest.mark.parametrize("doc", [
     "<network><name>wt-x-admin</name><forward mode='nat'/></network>",
     "<network><name>default</name></network>",
     "<network><name>someone-elses</name></network>",
 ])
-def test_anything_that_could_forward_or_is_not_ours_is_refused(xml):
+def test_anything_that_could_forward_or_is_not_ours_is_refused(doc):
     with pytest.raises(ValueError):
-        X.assert_isolated(xml)
+        xml.assert_isolated(doc)
 
 
 def test_domain_xml_tcg_tuning_nics_and_seed(lab):
     blade = lab.host("blade")
-    boot = X.BootSpec("ov", "sd", "/k", "/i", "root=/dev/vda console=ttyS0")
-    xml = X.domain_xml(lab, blade, boot, domain_type="qemu", memory_mib=192, vcpus=1, tb_cache_mib=96,
+    boot = xml.BootSpec("ov", "sd", "/k", "/i", "root=/dev/vda console=ttyS0")
+    doc = xml.domain_xml(lab, blade, boot, domain_type="qemu", memory_mib=192, vcpus=1, tb_cache_mib=96,
                        state_dir="/state")
-    root = ET.fromstring(xml)
+    root = ET.fromstring(doc)
     assert root.get("type") == "qemu"
     assert root.find("features/tcg/tb-cache").text == "96"
     assert root.find("memory").text == "192"
@@ -61,41 +59,41 @@ def test_domain_xml_tcg_tuning_nics_and_seed(lab):
     assert [n.find("source").get("network") for n in nics] == [
         "wt-vm-stopping-speed-mgmt", "wt-vm-stopping-speed-admin", "wt-vm-stopping-speed-exp0"]
     assert all(len(n.find("target").get("dev")) <= 15 for n in nics)
-    seeds = [d for d in root.findall("devices/disk") if d.findtext("serial") == X.SEED_SERIAL]
+    seeds = [d for d in root.findall("devices/disk") if d.findtext("serial") == xml.SEED_SERIAL]
     assert len(seeds) == 1 and seeds[0].find("readonly") is not None
-    assert root.find("devices/channel/target").get("name") == X.AGENT_CHANNEL
-    assert X.parse_metadata(xml)["host"] == "blade"
-    kvm = ET.fromstring(X.domain_xml(lab, blade, boot, domain_type="kvm", memory_mib=192, vcpus=1,
+    assert root.find("devices/channel/target").get("name") == xml.AGENT_CHANNEL
+    assert xml.parse_metadata(doc)["host"] == "blade"
+    kvm = ET.fromstring(xml.domain_xml(lab, blade, boot, domain_type="kvm", memory_mib=192, vcpus=1,
                                      tb_cache_mib=96, state_dir="/state"))
     assert kvm.find("features/tcg") is None
 
 
 def test_the_sniffer_listens_on_taps_of_its_own_fed_by_the_mirror(lab):
     sniffer = lab.host("sniffer")
-    xml = X.domain_xml(lab, sniffer, X.BootSpec("ov", None, None, None, ""), domain_type="qemu",
+    doc = xml.domain_xml(lab, sniffer, xml.BootSpec("ov", None, None, None, ""), domain_type="qemu",
                        memory_mib=192, vcpus=1, tb_cache_mib=96, state_dir="/s")
-    passive = [n for n in ET.fromstring(xml).findall("devices/interface") if n.get("type") == "ethernet"]
+    passive = [n for n in ET.fromstring(doc).findall("devices/interface") if n.get("type") == "ethernet"]
     assert len(passive) == 3 and all(n.find("target").get("managed") == "no" for n in passive)
-    plan = X.mirror_plan(lab)
-    sniffer_taps = {X.tap_name(lab.name, "sniffer", i.ifname) for i in sniffer.interfaces if i.mirror}
+    plan = xml.mirror_plan(lab)
+    sniffer_taps = {xml.tap_name(lab.name, "sniffer", i.ifname) for i in sniffer.interfaces if i.mirror}
     # every experimental port of every other VM, exactly once, into the sniffer's tap on its segment
-    expected = {X.tap_name(lab.name, h.name, i.ifname) for h in X.vm_hosts(lab) for i in h.interfaces
+    expected = {xml.tap_name(lab.name, h.name, i.ifname) for h in xml.vm_hosts(lab) for i in h.interfaces
                 if i.segment.startswith("experimental") and not i.mirror}
     assert sorted(s for s, _ in plan) == sorted(expected)
     assert {d for _, d in plan} == sniffer_taps
 
 
 def test_the_admin_server_is_not_a_vm(lab):
-    assert "admin-server" not in {h.name for h in X.vm_hosts(lab)}
-    assert X.admin_server(lab).ip("admin") == "198.18.1.1"
+    assert "admin-server" not in {h.name for h in xml.vm_hosts(lab)}
+    assert xml.admin_server(lab).ip("admin") == "198.18.1.1"
 
 
 def test_names_fit_linux_limits_and_differ_between_labs():
-    assert len(X.tap_name("a" * 24, "b" * 20, "exp12")) <= 15
-    assert X.tap_name("lab1", "h", "exp0") != X.tap_name("lab2", "h", "exp0")
-    assert X.bridge_name("lab1", "admin") != X.bridge_name("lab1", "mgmt")
-    assert X.overlay_volume("lab", "h").startswith(X.volume_prefix("lab"))
-    assert not X.overlay_volume("lab-2", "h").startswith(X.volume_prefix("lab"))
+    assert len(xml.tap_name("a" * 24, "b" * 20, "exp12")) <= 15
+    assert xml.tap_name("lab1", "h", "exp0") != xml.tap_name("lab2", "h", "exp0")
+    assert xml.bridge_name("lab1", "admin") != xml.bridge_name("lab1", "mgmt")
+    assert xml.overlay_volume("lab", "h").startswith(xml.volume_prefix("lab"))
+    assert not xml.overlay_volume("lab-2", "h").startswith(xml.volume_prefix("lab"))
 
 
 def test_seed_holds_keys_addresses_and_isolation_and_is_deterministic(lab):

@@ -13,15 +13,14 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from orchestrator import images  # noqa: E402
 from orchestrator.errors import LabExistsError, ProviderError  # noqa: E402
-from orchestrator.proc import is_root  # noqa: E402
-from orchestrator.providers import libvirt_xml as X  # noqa: E402
-from orchestrator.providers.libvirt import LibvirtProvider  # noqa: E402
-from orchestrator.spec import load_lab  # noqa: E402
-from orchestrator.state import StateStore  # noqa: E402
+from orchestrator.labfile.load import load_lab  # noqa: E402
+from orchestrator.localrun import is_root  # noqa: E402
+from orchestrator.providers.libvirt import images, xml  # noqa: E402
+from orchestrator.providers.libvirt.provider import LibvirtProvider  # noqa: E402
+from orchestrator.providers.state import StateStore  # noqa: E402
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS = Path(__file__).resolve().parents[3] / "labs"
 URI = "test:///default"
 
 
@@ -73,18 +72,18 @@ def test_up_defines_tagged_networks_and_domains_and_journals_them_first(conn, st
     assert doms - before_doms == {f"wt-tdlab-{h}" for h in ("gateway", "blade", "sniffer", "injector")}
     assert nets - before_nets == {f"wt-tdlab-{s}" for s in ("mgmt", "admin", "exp0", "exp1", "exp2")}
     for d in doms - before_doms:
-        meta = X.parse_metadata(conn.lookupByName(d).XMLDesc(0))
+        meta = xml.parse_metadata(conn.lookupByName(d).XMLDesc(0))
         assert meta["lab"] == "tdlab" and meta["state-dir"] == str(store.root)
     for n in nets - before_nets:
-        xml = conn.networkLookupByName(n).XMLDesc(0)
-        assert X.parse_metadata(xml)["lab"] == "tdlab" and "<forward" not in xml
+        doc = conn.networkLookupByName(n).XMLDesc(0)
+        assert xml.parse_metadata(doc)["lab"] == "tdlab" and "<forward" not in doc
         assert conn.networkLookupByName(n).isActive()
     rec = store.require("tdlab")
     assert rec.state == "up" and rec.extra["domain_type"] == "qemu"
     kinds = {e["kind"] for e in rec.journal}
     assert {"network", "volume", "domain", "tap", "file"} <= kinds
     assert set(rec.owns("domain")) == doms - before_doms
-    pool = conn.storagePoolLookupByName(X.POOL)
+    pool = conn.storagePoolLookupByName(xml.POOL)
     vols = set(pool.listVolumes())
     assert {v for v in vols if v.startswith("wt-tdlab--")} == set(rec.owns("volume"))
     assert prov.status("tdlab").state == "up"
@@ -126,7 +125,7 @@ def test_failure_half_way_rolls_back_everything(conn, store, monkeypatch):
         LibvirtProvider(store).create(test_lab("tfail"))
     assert names(conn) == before
     assert store.load("tfail") is None
-    pool = conn.storagePoolLookupByName(X.POOL)
+    pool = conn.storagePoolLookupByName(xml.POOL)
     assert not [v for v in pool.listVolumes() if v.startswith("wt-tfail--")]
 
 

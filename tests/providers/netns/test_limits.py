@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.atomic import atomic_write_json
 from orchestrator.errors import ProviderError
-from orchestrator.files import atomic_write_json
-from orchestrator.providers import netns_limits as L
-from orchestrator.spec import load_lab
+from orchestrator.labfile.load import load_lab
+from orchestrator.providers.netns import limits
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS = Path(__file__).resolve().parents[3] / "labs"
 GC3, GC2, PIDMAX, FILES = ("net.ipv4.neigh.default.gc_thresh3", "net.ipv4.neigh.default.gc_thresh2",
                            "kernel.pid_max", "fs.file-max")
 LAB_200 = """\
@@ -33,24 +33,24 @@ hosts:
 
 def test_paper_testbed_needs_an_arp_entry_at_each_end_of_every_pair_on_a_lan():
     lab = load_lab(LABS / "paper-testbed.yaml")
-    n = L.needs(lab)
+    n = limits.needs(lab)
     # management: admin server + 16 blades; admin: all 21; experimental: 19 (the sniffer has no address there)
     assert n[GC3] == n[GC2] == 17 * 16 + 21 * 20 + 19 * 18 == 1034
-    assert n[PIDMAX] == n["kernel.threads-max"] == n[L.CGROUP_PIDS] == 21 * L.PIDS_PER_HOST
-    assert n[FILES] == 21 * L.FILES_PER_HOST
-    assert n["net.netfilter.nf_conntrack_max"] == 19 * L.FLOWS_PER_HOST
-    assert L.open_files_needed(lab) == L.BASE_FILES + 63
+    assert n[PIDMAX] == n["kernel.threads-max"] == n[limits.CGROUP_PIDS] == 21 * limits.PIDS_PER_HOST
+    assert n[FILES] == 21 * limits.FILES_PER_HOST
+    assert n["net.netfilter.nf_conntrack_max"] == 19 * limits.FLOWS_PER_HOST
+    assert limits.open_files_needed(lab) == limits.BASE_FILES + 63
 
 
 def test_a_200_host_lab_needs_far_more_than_the_kernels_default_1024(tmp_path):
     f = tmp_path / "big.yaml"
     f.write_text(LAB_200)
-    n = L.needs(load_lab(f))
+    n = limits.needs(load_lab(f))
     assert n[GC3] == 196 * 195 + 200 * 199 + 198 * 197 == 117_026
 
 
 def R(value, in_use=None, writable=True, error=""):
-    return L.Reading(value, in_use, writable, error)
+    return limits.Reading(value, in_use, writable, error)
 
 
 DEFAULTS = {GC3: R(1024), GC2: R(512), "net.netfilter.nf_conntrack_max": R(262144),
@@ -58,27 +58,27 @@ DEFAULTS = {GC3: R(1024), GC2: R(512), "net.netfilter.nf_conntrack_max": R(26214
 
 
 def test_plan_raises_the_arp_table_by_what_every_lab_up_needs_above_the_machines_own():
-    writes, short, notes = L.plan({GC3: 1034, GC2: 1034}, [], DEFAULTS, {})
+    writes, short, notes = limits.plan({GC3: 1034, GC2: 1034}, [], DEFAULTS, {})
     assert writes == {GC3: 1024 + 1034, GC2: 512 + 1034} and not short and not notes
     # a second lab: the original allowance stays the machine's, both labs add theirs
     now = {**DEFAULTS, GC3: R(2058), GC2: R(1546)}
-    writes, short, _ = L.plan({GC3: 500, GC2: 500}, [{GC3: 1034, GC2: 1034}], now, {GC3: 1024, GC2: 512})
+    writes, short, _ = limits.plan({GC3: 500, GC2: 500}, [{GC3: 1034, GC2: 1034}], now, {GC3: 1024, GC2: 512})
     assert writes == {GC3: 1024 + 1034 + 500, GC2: 512 + 1034 + 500}
 
 
 def test_plan_leaves_alone_what_is_enough_and_counts_what_is_in_use_for_tasks_and_files():
-    writes, short, _ = L.plan({PIDMAX: 3200, FILES: 51200}, [], DEFAULTS, {})
+    writes, short, _ = limits.plan({PIDMAX: 3200, FILES: 51200}, [], DEFAULTS, {})
     assert writes == {} and short == []
     tight = {**DEFAULTS, PIDMAX: R(32768, in_use=30000)}
-    writes, short, _ = L.plan({PIDMAX: 3200}, [], tight, {})
+    writes, short, _ = limits.plan({PIDMAX: 3200}, [], tight, {})
     assert writes == {PIDMAX: 33200} and short == []
 
 
 def test_a_limit_that_cannot_be_raised_is_refused_with_the_figure_and_the_fix():
     ro = {**DEFAULTS, GC3: R(1024, writable=False, error="/proc/sys/net/ipv4/neigh/default/gc_thresh3 is read-only")}
-    writes, short, _ = L.plan({GC3: 117_026, GC2: 117_026}, [], ro, {})
+    writes, short, _ = limits.plan({GC3: 117_026, GC2: 117_026}, [], ro, {})
     assert [s.key for s in short] == [GC3] and short[0].want == 118_050 and short[0].have == 1024
-    err = L.refusal("big", short)
+    err = limits.refusal("big", short)
     assert err.message == (
         "lab 'big' needs net.ipv4.neigh.default.gc_thresh3 ≥ 118050 (this machine's 1024 plus 117026 for this "
         "lab's ARP entries: every pair of hosts on a LAN they share); it is 1024 and it cannot be raised here "
@@ -89,39 +89,39 @@ def test_a_limit_that_cannot_be_raised_is_refused_with_the_figure_and_the_fix():
 
 def test_threads_max_and_the_cgroup_are_never_raised_only_refused():
     tight = {**DEFAULTS, "kernel.threads-max": R(3000, in_use=2900),
-             L.CGROUP_PIDS: R(1000, 900, False, "/sys/fs/cgroup/system.slice/pids.max")}
-    writes, short, _ = L.plan({"kernel.threads-max": 320, L.CGROUP_PIDS: 320}, [], tight, {})
+             limits.CGROUP_PIDS: R(1000, 900, False, "/sys/fs/cgroup/system.slice/pids.max")}
+    writes, short, _ = limits.plan({"kernel.threads-max": 320, limits.CGROUP_PIDS: 320}, [], tight, {})
     assert writes == {}
     assert [(s.key, s.want, s.reason) for s in short] == [
         ("kernel.threads-max", 3220, "testbed does not raise it"),
-        (L.CGROUP_PIDS, 1220, "it belongs to the service manager (/sys/fs/cgroup/system.slice/pids.max)")]
+        (limits.CGROUP_PIDS, 1220, "it belongs to the service manager (/sys/fs/cgroup/system.slice/pids.max)")]
 
 
 def test_a_limit_that_cannot_be_read_is_noted_not_guessed():
     gone = {k: v for k, v in DEFAULTS.items() if k not in (GC3, "net.netfilter.nf_conntrack_max")}
-    _, short, notes = L.plan({GC3: 10, "net.netfilter.nf_conntrack_max": 10}, [], gone, {})
+    _, short, notes = limits.plan({GC3: 10, "net.netfilter.nf_conntrack_max": 10}, [], gone, {})
     assert short == [] and notes == [f"{GC3} could not be read (not read); this lab needs 10 of it"]
 
 
 def test_release_restores_the_original_when_the_last_lab_goes_and_lowers_it_before():
     orig, ours = {GC3: 1024, PIDMAX: 32768}, {GC3: 3000, PIDMAX: 40000}
-    writes, drop, notes = L.release_plan(orig, ours, {GC3: 3000, PIDMAX: 40000}, [{GC3: 900}])
+    writes, drop, notes = limits.release_plan(orig, ours, {GC3: 3000, PIDMAX: 40000}, [{GC3: 900}])
     assert writes == {GC3: 1924} and drop == [] and notes == []           # pid_max stays up while a lab is
-    writes, drop, notes = L.release_plan(orig, ours, {GC3: 3000, PIDMAX: 40000}, [])
+    writes, drop, notes = limits.release_plan(orig, ours, {GC3: 3000, PIDMAX: 40000}, [])
     assert writes == {GC3: 1024, PIDMAX: 32768} and sorted(drop) == [PIDMAX, GC3]
     # someone changed it since: left alone, and forgotten
-    writes, drop, notes = L.release_plan(orig, ours, {GC3: 5000, PIDMAX: 40000}, [])
+    writes, drop, notes = limits.release_plan(orig, ours, {GC3: 5000, PIDMAX: 40000}, [])
     assert writes == {PIDMAX: 32768} and GC3 in drop
     assert notes == [f"{GC3} is 5000, not the 3000 testbed set: left as it is"]
     # recorded but never written (the write failed, or up was killed first): nothing to put back
-    writes, drop, notes = L.release_plan({GC3: 1024}, {GC3: 3000}, {GC3: 1024}, [])
+    writes, drop, notes = limits.release_plan({GC3: 1024}, {GC3: 3000}, {GC3: 1024}, [])
     assert writes == {} and drop == [GC3] and notes == []
 
 
 # ---------------------------------------------------------------- the registry, on a fake /proc/sys
 
 
-class FakeKernel(L.Kernel):
+class FakeKernel(limits.Kernel):
     def __init__(self, root: Path, read_only: set[str] = frozenset()):
         super().__init__(root / "proc", root / "cgroup")
         self.read_only = read_only
@@ -136,7 +136,7 @@ class FakeKernel(L.Kernel):
 
     def reading(self, key):
         r = super().reading(key)
-        return L.Reading(r.value, r.in_use, key not in self.read_only, "read-only" if key in self.read_only else "")
+        return limits.Reading(r.value, r.in_use, key not in self.read_only, "read-only" if key in self.read_only else "")
 
     def tasks(self):
         return 300
@@ -147,7 +147,7 @@ def lab_record(state: Path, lab: str, claim: str | None) -> None:
     atomic_write_json(state / "labs" / lab / "lab.json", {"name": lab, "journal": journal})
 
 
-def claim(reg: L.Registry, state: Path, lab: str, need: dict) -> str:
+def claim(reg: limits.Registry, state: Path, lab: str, need: dict) -> str:
     with reg.locked():
         writes, _ = reg.check(lab, need)
         cid = reg.new_claim(lab)
@@ -158,7 +158,7 @@ def claim(reg: L.Registry, state: Path, lab: str, need: dict) -> str:
 
 def test_labs_in_two_state_directories_share_the_record_and_the_last_one_out_restores(tmp_path):
     k = FakeKernel(tmp_path)
-    reg = L.Registry(tmp_path / "registry", k)
+    reg = limits.Registry(tmp_path / "registry", k)
     a = claim(reg, tmp_path / "stateA", "a", {GC3: 1034, GC2: 1034})
     assert (k.read(GC3), k.read(GC2)) == (2058, 1546)
     b = claim(reg, tmp_path / "stateB", "b", {GC3: 2000, GC2: 2000})
@@ -172,7 +172,7 @@ def test_labs_in_two_state_directories_share_the_record_and_the_last_one_out_res
 
 def test_a_claim_whose_lab_is_gone_is_dropped_and_what_it_raised_put_back(tmp_path):
     k = FakeKernel(tmp_path)
-    reg = L.Registry(tmp_path / "registry", k)
+    reg = limits.Registry(tmp_path / "registry", k)
     claim(reg, tmp_path / "state", "a", {GC3: 100, GC2: 100})
     (tmp_path / "state" / "labs" / "a" / "lab.json").unlink()         # its state directory was removed by hand
     assert reg.settle() == [f"{GC2} 612 -> 512", f"{GC3} 1124 -> 1024"]
@@ -181,14 +181,14 @@ def test_a_claim_whose_lab_is_gone_is_dropped_and_what_it_raised_put_back(tmp_pa
 
 def test_up_killed_after_its_journal_but_before_the_claim_leaves_nothing_standing(tmp_path):
     k = FakeKernel(tmp_path)
-    reg = L.Registry(tmp_path / "registry", k)
+    reg = limits.Registry(tmp_path / "registry", k)
     lab_record(tmp_path / "state", "a", "a-deadbeef")                  # journalled, then SIGKILL
     assert reg.release("a-deadbeef") == [] and k.read(GC3) == 1024
 
 
 def test_a_refusal_claims_nothing_and_changes_nothing(tmp_path):
     k = FakeKernel(tmp_path, read_only={GC3})
-    reg = L.Registry(tmp_path / "registry", k)
+    reg = limits.Registry(tmp_path / "registry", k)
     with pytest.raises(ProviderError, match=r"needs net.ipv4.neigh.default.gc_thresh3 ≥ 118050 .* cannot be raised"):
         with reg.locked():
             reg.check("big", {GC3: 117_026, GC2: 117_026})

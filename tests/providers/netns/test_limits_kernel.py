@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator import nsutil
 from orchestrator.errors import ProviderError
-from orchestrator.providers import netns_limits as L
-from orchestrator.providers.netns import NetnsProvider
-from orchestrator.spec import load_lab
-from tests.orchestrator.test_netns_limits import LAB_200
+from orchestrator.lab import lifecycle
+from orchestrator.labfile.load import load_lab
+from orchestrator.providers.netns import limits, namespaces
+from orchestrator.providers.netns.provider import NetnsProvider
+from tests.providers.netns.test_limits import LAB_200
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS = Path(__file__).resolve().parents[3] / "labs"
 REPO = LABS.parent
 GC3 = "net.ipv4.neigh.default.gc_thresh3"
 pytestmark = pytest.mark.root
@@ -35,32 +34,32 @@ def uniq() -> str:
 
 
 def claims_of(name: str) -> list[str]:
-    return [c for c, d in L.Registry().state()["claims"].items() if d["lab"] == name]
+    return [c for c, d in limits.Registry().state()["claims"].items() if d["lab"] == name]
 
 
 def owed() -> int:
     """What gc_thresh3 must be now: the machine's own allowance plus every standing claim."""
-    st = L.Registry().state()
-    base = st["original"].get(GC3, L.Kernel().read(GC3))
+    st = limits.Registry().state()
+    base = st["original"].get(GC3, limits.Kernel().read(GC3))
     return base + sum(c["needs"][GC3] for c in st["claims"].values())
 
 
 def test_up_raises_what_the_lab_needs_with_a_record_and_down_puts_it_back(store):
     name = uniq()
-    lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
-    need = L.needs(lab)[GC3]
+    lab = lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    need = limits.needs(lab)[GC3]
     rec = store.load(name)
     [claim] = rec.owns("kernel-limits")                           # in the lab's own journal
     assert rec.extra["kernel_limits"]["needs"][GC3] == need == 1034
     assert claims_of(name) == [claim]
-    assert L.Kernel().read(GC3) >= owed() >= need        # its share, on top of the machine's own allowance
-    core.down(name, store=store)
+    assert limits.Kernel().read(GC3) >= owed() >= need        # its share, on top of the machine's own allowance
+    lifecycle.down(name, store=store)
     assert claims_of(name) == []
-    st = L.Registry().state()
+    st = limits.Registry().state()
     if not st["claims"]:                                           # the last lab out restores the original
-        assert GC3 not in st["original"] and L.Kernel().read(GC3) < need
+        assert GC3 not in st["original"] and limits.Kernel().read(GC3) < need
     else:
-        assert L.Kernel().read(GC3) >= owed()
+        assert limits.Kernel().read(GC3) >= owed()
 
 
 def test_a_sigkilled_up_is_undone_by_down(store):
@@ -70,7 +69,7 @@ def test_a_sigkilled_up_is_undone_by_down(store):
                          env={**os.environ, "TESTBED_FAULT_PAUSE": "after-netns"})
     try:
         assert p.stdout.readline().strip() == "fault-pause:after-netns"
-        assert len(claims_of(name)) == 1 and L.Kernel().read(GC3) >= owed()
+        assert len(claims_of(name)) == 1 and limits.Kernel().read(GC3) >= owed()
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
@@ -78,20 +77,20 @@ def test_a_sigkilled_up_is_undone_by_down(store):
                          cwd=REPO, timeout=60)
     assert res.returncode == 0, res.stderr
     assert claims_of(name) == [] and store.load(name) is None
-    assert L.Kernel().read(GC3) >= owed()
+    assert limits.Kernel().read(GC3) >= owed()
 
 
 def test_a_limit_that_cannot_be_raised_refuses_the_lab_before_anything_is_built(store, tmp_path):
     have = 1024
 
-    class ReadOnlyNeighbours(L.Kernel):
+    class ReadOnlyNeighbours(limits.Kernel):
         def reading(self, key):
             r = super().reading(key)
             if key != GC3:
                 return r
-            return L.Reading(have, r.in_use, False, f"{key} is read-only here")   # fixed: other labs may move it
+            return limits.Reading(have, r.in_use, False, f"{key} is read-only here")   # fixed: other labs may move it
 
-    prov = NetnsProvider(store, limits=L.Registry(tmp_path / "registry", ReadOnlyNeighbours()))
+    prov = NetnsProvider(store, limits=limits.Registry(tmp_path / "registry", ReadOnlyNeighbours()))
     f = tmp_path / "big.yaml"
     f.write_text(LAB_200.replace("name: big", f"name: {uniq()}"))
     lab = load_lab(f)
@@ -101,7 +100,7 @@ def test_a_limit_that_cannot_be_raised_refuses_the_lab_before_anything_is_built(
                                         "plus 117026 for this lab's ARP entries")
     assert f"it is {have} and it cannot be raised here ({GC3} is read-only here); nothing was built" in exc.value.message
     assert exc.value.hint.startswith(f"as root on this machine: sysctl -w {GC3}={have + 117_026}")
-    assert not [n for n in nsutil.list_netns() if n.startswith(f"wt.{lab.name}.")]
+    assert not [n for n in namespaces.list_netns() if n.startswith(f"wt.{lab.name}.")]
     assert store.load(lab.name) is None
 
 
@@ -109,9 +108,9 @@ def test_a_limit_that_cannot_be_raised_refuses_the_lab_before_anything_is_built(
 def test_a_200_host_lab_comes_up_and_checks_clean(store, tmp_path):
     f = tmp_path / "big.yaml"
     f.write_text(LAB_200.replace("name: big", f"name: {uniq()}"))
-    lab = core.up(f, store=store)
+    lab = lifecycle.up(f, store=store)
     NetnsProvider(store).wait_booted(lab.name, timeout=120)
-    rep = core.check(lab.name, store=store)
+    rep = lifecycle.check(lab.name, store=store)
     assert rep.ok, [(p.host, p.check, p.detail) for p in rep.problems][:10]
     assert len({f.host for f in rep.findings}) == 200
     frames = [f for f in rep.findings if f.check == "isolation" and "frames to control addresses" in f.detail]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import lab as core
-from orchestrator import nsutil
 from orchestrator.errors import LabExistsError, NotRootError, ProviderError
-from orchestrator.proc import pid_start_time
-from orchestrator.providers.netns import NetnsProvider, ns_name, switch_name, tcp_listening
+from orchestrator.lab import lifecycle
+from orchestrator.localrun import pid_start_time
+from orchestrator.providers.netns import namespaces
+from orchestrator.providers.netns.provider import NetnsProvider, ns_name, switch_name, tcp_listening
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS = Path(__file__).resolve().parents[3] / "labs"
 REPO = LABS.parent
 pytestmark = pytest.mark.root
 
@@ -33,7 +33,7 @@ def root_links() -> set[str]:
 
 
 def lab_namespaces(name: str) -> set[str]:
-    return {n for n in nsutil.list_netns() if n.startswith(f"wt.{name}.")}
+    return {n for n in namespaces.list_netns() if n.startswith(f"wt.{name}.")}
 
 
 
@@ -45,14 +45,14 @@ def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.
 def test_paper_testbed_up_check_status_exec_down(store):
     before = root_links()
     name = uniq()
-    core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
     assert len(lab_namespaces(name)) == 22                       # 21 hosts + the lab's switch
     assert root_links() == before                                # nothing of the lab in the root namespace
 
-    rep = core.check(name, store=store)
+    rep = lifecycle.check(name, store=store)
     assert rep.ok, [(f.host, f.check, f.detail) for f in rep.problems]
 
-    st = core.status(name, store=store)
+    st = lifecycle.status(name, store=store)
     assert st.state == "up" and len(st.hosts) == 21 and all(h.state == "up" for h in st.hosts)
     blade7 = next(h for h in st.hosts if h.name == "blade7")
     assert blade7.addresses == {"mgmt0": "198.18.0.8/24", "admin0": "198.18.1.12/24", "exp0": "198.18.8.10/22"}
@@ -77,14 +77,14 @@ def test_paper_testbed_up_check_status_exec_down(store):
     assert set(procs) == {"sleeper", "sshd"}                      # every host boots its sshd
     assert (procs["sleeper"]["pid"], procs["sleeper"]["alive"], procs["sshd"]["alive"]) == (pid, True, True)
 
-    removed = core.down(name, store=store)
+    removed = lifecycle.down(name, store=store)
     kinds = sorted({r.kind for r in removed} - {"sysctl"})    # kernel limits put back, if it was the last lab
     assert kinds == ["netns", "process"]
     assert not lab_namespaces(name)
     assert pid_start_time(pid) is None                           # the lab's process is gone
     assert not store.lab_dir(name).exists()
     assert root_links() == before
-    assert core.down(name, store=store) is None                  # idempotent: a second down finds nothing
+    assert lifecycle.down(name, store=store) is None                  # idempotent: a second down finds nothing
 
 
 def test_sigkill_during_up_then_down_cleans_up(store):
@@ -116,7 +116,7 @@ def test_failure_half_way_rolls_back(store, monkeypatch):
     name = uniq()
     monkeypatch.setenv("TESTBED_FAULT_FAIL", "after-config")
     with pytest.raises(ProviderError, match="injected failure at step 'after-config'"):
-        core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+        lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     assert not lab_namespaces(name)
     assert store.load(name) is None
 
@@ -127,7 +127,7 @@ def test_a_namespace_in_the_way_stops_up_before_anything_is_made(store):
     subprocess.run(["ip", "netns", "add", squatter], check=True)
     try:
         with pytest.raises(ProviderError, match=f"network namespace {squatter} already exists"):
-            core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+            lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
         assert lab_namespaces(name) == {squatter}
         assert store.load(name) is None
     finally:
@@ -136,27 +136,27 @@ def test_a_namespace_in_the_way_stops_up_before_anything_is_made(store):
 
 def test_up_twice_is_refused(store):
     name = uniq()
-    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     with pytest.raises(LabExistsError, match=f"lab '{name}' is already up"):
-        core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+        lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
 
 
 def test_two_labs_at_once_do_not_touch_each_other(store):
     a, b = uniq(), uniq()
-    core.up(LABS / "stopping-speed.yaml", name=a, store=store)
-    core.up(LABS / "stopping-speed.yaml", name=b, store=store)    # same subnets, separate namespaces
-    assert core.check(a, store=store).ok and core.check(b, store=store).ok
-    core.down(a, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=a, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=b, store=store)    # same subnets, separate namespaces
+    assert lifecycle.check(a, store=store).ok and lifecycle.check(b, store=store).ok
+    lifecycle.down(a, store=store)
     assert not lab_namespaces(a)
     assert len(lab_namespaces(b)) == 8
-    st = core.status(b, store=store)
+    st = lifecycle.status(b, store=store)
     assert st.state == "up" and all(h.state == "up" for h in st.hosts)
-    assert core.check(b, store=store).ok
+    assert lifecycle.check(b, store=store).ok
 
 
 def test_down_all_removes_only_what_the_tool_made(store):
     name = uniq()
-    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     foreign = f"wtforeign{secrets.token_hex(3)}"
     ghost = ns_name(name, "ghost")                  # looks like ours, but no lab recorded it
     for ns in (foreign, ghost):
@@ -170,7 +170,7 @@ def test_down_all_removes_only_what_the_tool_made(store):
         left_alone = next(line for line in res.stdout.splitlines() if line.startswith("left alone"))
         assert ghost in left_alone.split(": ", 1)[1].split(", ")
         assert lab_namespaces(name) == {ghost}
-        assert foreign in nsutil.list_netns()
+        assert foreign in namespaces.list_netns()
         assert "br-admin" in subprocess.run(["ip", "-n", foreign, "link"], capture_output=True, text=True).stdout
         assert bystander.poll() is None
     finally:
@@ -202,7 +202,7 @@ SEND = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
 
 def test_sniffer_sees_each_frame_exactly_once_and_others_see_only_their_own(store):
     name = uniq()
-    lab = core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    lab = lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
     prov = NetnsProvider(store)
     sniffed = _capture(prov, name, "sniffer", "exp0", "snf")
     bystander = _capture(prov, name, "blade3", "exp0", "by")
@@ -220,7 +220,7 @@ def test_sniffer_sees_each_frame_exactly_once_and_others_see_only_their_own(stor
 
 def test_sniffer_has_one_passive_port_per_experimental_subnet(store):
     name = uniq()
-    lab = core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lab = lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     prov = NetnsProvider(store)
     blades_side = _capture(prov, name, "sniffer", "exp0", "s0")
     targets_side = _capture(prov, name, "sniffer", "exp1", "s1")
@@ -237,13 +237,13 @@ def test_sniffer_has_one_passive_port_per_experimental_subnet(store):
 def test_not_root_says_so_with_the_fix(store, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(NotRootError) as exc:
-        core.up(LABS / "stopping-speed.yaml", name=uniq(), store=store)
+        lifecycle.up(LABS / "stopping-speed.yaml", name=uniq(), store=store)
     assert "the netns provider needs root" in exc.value.message
     assert exc.value.hint == "run as root, e.g. sudo testbed …"
 
 
 def test_cli_errors_and_idempotent_down(store, tmp_path):
-    before = nsutil.list_netns()
+    before = namespaces.list_netns()
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nhosts:\n  admin-server: {role: admin-server, colour: red}\n")
     res = cli("up", str(bad))
@@ -251,27 +251,27 @@ def test_cli_errors_and_idempotent_down(store, tmp_path):
     assert f"error: {bad}: 1 problem" in res.stderr
     assert "hosts.admin-server.colour (line 3): unknown key 'colour'" in res.stderr
     assert "Traceback" not in res.stderr
-    assert nsutil.list_netns() == before
+    assert namespaces.list_netns() == before
     res = cli("down", "no-such-lab")
     assert res.returncode == 0 and "no lab named 'no-such-lab'; nothing to do" in res.stdout
     name = uniq()
-    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     res = cli("exec", name, "target1", "--", "sh", "-c", "echo hi; exit 7")
     assert res.returncode == 7 and res.stdout == "hi\n"
     res = cli("exec", name, "nosuch", "--", "true")
     assert res.returncode == 1 and f"lab '{name}' has no host 'nosuch'; its hosts: admin-server, gateway" in res.stderr
     res = cli("status", name, "--json")
     assert res.returncode == 0 and '"name": "target2"' in res.stdout
-    assert switch_name(name) in nsutil.list_netns()
+    assert switch_name(name) in namespaces.list_netns()
 
 
 def test_hosts_boot_after_up_and_ssh_waits_for_them(store):
     name = uniq()
-    core.up(LABS / "paper-testbed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "paper-testbed.yaml", name=name, store=store)
     prov = NetnsProvider(store)
     assert prov.boot_state(name) in ("booting", "booted")
     # SSH right after `up` waits for the host's sshd instead of failing
-    from orchestrator.access import Access
+    from orchestrator.lab.ssh import Access
     with Access(name, store) as acc:
         assert acc.run("blade16", "hostname", check=True).stdout == "blade16\n"
     prov.wait_booted(name)
@@ -284,7 +284,7 @@ def test_hosts_boot_after_up_and_ssh_waits_for_them(store):
         pid = next(p["pid"] for p in prov.processes(name, h.name) if p["name"] == "sshd")
         assert tcp_listening(pid, h.ip("admin"), 22), h.name
         assert not tcp_listening(pid, h.ip("admin"), 2222)
-    st = core.status(name, store=store)
+    st = lifecycle.status(name, store=store)
     assert not any("booting" in n for n in st.notes)
 
 
@@ -303,11 +303,11 @@ def test_tcp_listening_reads_the_callers_namespace_table():
 def test_services_that_died_are_revived_and_power_on_restarts_them(store):
     """A namespace lab's sshds die with the session that started them; a run on the lab later starts them again."""
     name = uniq()
-    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     prov = NetnsProvider(store)
     prov.wait_booted(name)
-    from orchestrator.access import Access
     from orchestrator.errors import AccessError
+    from orchestrator.lab.ssh import Access
 
     def kill_sshd(host: str) -> None:
         sshd = next(p for p in prov.processes(name, host) if p["name"] == "sshd")
@@ -332,16 +332,16 @@ def test_services_that_died_are_revived_and_power_on_restarts_them(store):
         with Access(name, store) as acc:
             assert acc.run("blade", "hostname", check=True).stdout == "blade\n"
     finally:
-        core.down(name, store=store)
+        lifecycle.down(name, store=store)
 
 
 def test_a_failed_boot_is_reported(store, monkeypatch):
     name = uniq()
-    core.up(LABS / "stopping-speed.yaml", name=name, store=store)
+    lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     prov = NetnsProvider(store)
     prov.wait_booted(name)
     (store.lab_dir(name) / "booted").unlink()
     (store.lab_dir(name) / "boot-failed").write_text("OSError: no space left on device\n")
     with pytest.raises(ProviderError, match=f"lab '{name}' did not boot: OSError: no space left on device"):
         prov.wait_booted(name)
-    assert any("failed: OSError: no space left on device" in n for n in core.status(name, store=store).notes)
+    assert any("failed: OSError: no space left on device" in n for n in lifecycle.status(name, store=store).notes)
