@@ -118,7 +118,7 @@ IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of run
 def results_list(index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """Every run in the index, newest first."""
-    from orchestrator.experiment.rundir import Index
+    from orchestrator.results.index import Index
 
     idx = Index(index)
     runs = idx.runs()
@@ -138,7 +138,8 @@ def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or 
                  index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """One run's summary: stopping speed per protocol and rate, measured and predicted."""
-    from orchestrator.experiment.rundir import Index, died_note, run_status
+    from orchestrator.experiment.rundir import died_note, run_status
+    from orchestrator.results.index import Index
 
     idx = Index(index)
     rd = idx.find(run)
@@ -166,7 +167,7 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                     index: IndexOpt = Path("results/index.sqlite"),
                     as_json: Annotated[bool, typer.Option("--json")] = False):
     """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks."""
-    from orchestrator.experiment.rundir import Index
+    from orchestrator.results.index import Index
     from orchestrator.results.regress import compare
 
     if tolerance < 0:

@@ -1,5 +1,5 @@
-"""The one results writer: a run directory that holds everything needed to re-analyse a run without the lab,
-and the SQLite index of runs, trials and summaries.
+"""The one results writer: a run directory that holds everything needed to re-analyse a run without the lab
+(the SQLite index of runs is results/index.py).
 
 Run directory: manifest.json, trials.jsonl (one record per trial), summary.csv (one row per protocol and
 rate), trials/<id>/ (capture, logs, analysis), report.md/report.html/plots/. Every file is written whole and
@@ -14,7 +14,6 @@ import json
 import math
 import os
 import socket
-import sqlite3
 import statistics
 import time
 from collections.abc import Iterable
@@ -200,89 +199,6 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": sum(1 for t in ts if t.get("status") == "error"),
         })
     return rows
-
-
-# ---------------------------------------------------------------- the index
-
-
-class Index:
-    """results/index.sqlite: every run, its trials and its summary rows, for listing and comparing runs."""
-
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, path TEXT, experiment TEXT, kind TEXT,
-        started REAL, finished REAL, status TEXT, spec_hash TEXT, lab_hash TEXT, git_commit TEXT, seed INTEGER,
-        trials INTEGER, ok INTEGER);
-    CREATE TABLE IF NOT EXISTS trials (run_id TEXT, trial TEXT, protocol TEXT, rate REAL, repeat INTEGER,
-        status TEXT, stop_s REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
-        out_after_block REAL, achieved_rate REAL, agree INTEGER, PRIMARY KEY (run_id, trial));
-    CREATE TABLE IF NOT EXISTS summary (run_id TEXT, protocol TEXT, rate REAL, achieved_rate REAL, stop_s REAL,
-        stop_s_sd REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
-        out_after_block REAL, repeats INTEGER, ok INTEGER, agree INTEGER, PRIMARY KEY (run_id, protocol, rate));
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=30)
-        self.db.executescript(self.SCHEMA)
-
-    def close(self) -> None:
-        self.db.close()
-
-    def record(self, run: RunDir) -> str:
-        """(Re)index one run directory; returns its run id."""
-        man = run.manifest()
-        trials = run.trials()
-        summary = summarise(trials)
-        rid = man["run_id"]
-        with self.db:
-            self.db.execute("DELETE FROM trials WHERE run_id=?", (rid,))
-            self.db.execute("DELETE FROM summary WHERE run_id=?", (rid,))
-            self.db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rid, str(run.path.resolve()), man["experiment"]["experiment"], man["experiment"]["kind"],
-                 man.get("started"), man.get("finished"), man.get("status"), man.get("spec_hash"),
-                 man.get("lab", {}).get("spec_hash"), (man.get("git") or {}).get("commit"), man.get("seed"),
-                 len(trials), sum(1 for t in trials if t.get("status") == "ok")))
-            for t in trials:
-                m, mo = t.get("measured") or {}, t.get("model") or {}
-                self.db.execute("INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                                (rid, t["trial"], t["protocol"], t["rate"], t.get("repeat"), t.get("status"),
-                                 m.get("stop_s"), mo.get("stop_s"), m.get("out_before_block"),
-                                 mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
-                                 int(bool((t.get("agreement") or {}).get("ok")))))
-            for r in summary:
-                self.db.execute("INSERT INTO summary VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                                (rid, r["protocol"], r["rate"], r["achieved_rate"], r["stop_s"], r["stop_s_sd"],
-                                 r["stop_s_model"], r["out_before_block"], r["out_before_block_model"],
-                                 r["out_after_block"], r["repeats"], r["ok"], int(r["agree"])))
-        return rid
-
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first; a run indexed as running is looked up in its manifest: it may have finished
-        since, or died (`run_status`)."""
-        cur = self.db.execute("SELECT * FROM runs ORDER BY started DESC")
-        cols = [c[0] for c in cur.description]
-        out = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-        for r in out:
-            if r["status"] == "running":
-                try:
-                    r["status"] = run_status(RunDir(r["path"]).manifest())
-                except ResultsError:
-                    pass
-        return out
-
-    def find(self, ref: str) -> RunDir:
-        """A run by id, id prefix, or directory path."""
-        p = Path(ref)
-        if (p / "manifest.json").is_file():
-            return RunDir(p)
-        rows = self.db.execute("SELECT run_id, path FROM runs WHERE run_id LIKE ?", (ref + "%",)).fetchall()
-        if len(rows) == 1:
-            return RunDir(rows[0][1])
-        if not rows:
-            raise ResultsError(f"no run '{ref}' in {self.path} (and no run directory at that path)")
-        raise ResultsError(f"'{ref}' matches {len(rows)} runs: {', '.join(r[0] for r in rows[:5])}")
 
 
 def new_run_id(experiment: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment.rundir import Index, RunDir, new_run_id, run_status, runner_record, summarise
+from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
 from orchestrator.experiment.spec import Experiment, check_overrides, load_experiment
 from orchestrator.experiment.trial import Setup, TrialSpec, run_trial
 from orchestrator.lab import lifecycle, provision
@@ -27,6 +27,7 @@ from orchestrator.lab.programs import LabHosts
 from orchestrator.lab.ssh import Access
 from orchestrator.localrun import run
 from orchestrator.providers.state import StateStore
+from orchestrator.results.index import Index
 
 OVERHEAD_S = 2.0      # planning figure per trial (reset + start + collect + analyse)
 REPO = Path(__file__).resolve().parents[2]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.experiment.rundir import Index, RunDir
+from orchestrator.experiment.rundir import RunDir
 from orchestrator.lab import lifecycle
 from orchestrator.providers.netns import namespaces
 from orchestrator.providers.state import StateStore
+from orchestrator.results.index import Index
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent

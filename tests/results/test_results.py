@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.experiment.rundir import Index, ResultsError, RunDir, summarise
+from orchestrator.experiment.rundir import ResultsError, RunDir, summarise
+from orchestrator.results.index import Index
 from orchestrator.results.regress import compare, junit_xml
 from orchestrator.results.report import build_report
 
@@ -183,7 +184,8 @@ def test_an_error_trials_figures_are_never_averaged_in_and_its_row_says_no_resul
 
 RUNNER = """
 import sys, time
-from orchestrator.experiment.rundir import Index, RunDir, runner_record
+from orchestrator.experiment.rundir import RunDir, runner_record
+from orchestrator.results.index import Index
 sys.path.insert(0, {tests!r})
 from tests.results.test_results import manifest
 run = RunDir({path!r})
