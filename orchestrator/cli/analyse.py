@@ -11,19 +11,47 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.analysis.metrics import MetricsSettings
 from orchestrator.analysis.trial import TrialAnalysis, analyse_trial
-from orchestrator.cli.common import report
+from orchestrator.cli.common import handles_errors, out, report
 from orchestrator.errors import TestbedError, UsageError
 
 MAX_SOURCE_ROWS = 40
 SPARK = " ▁▂▃▄▅▆▇█"
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="analyse")(handles_errors(analyse_verb))
+
+
+def analyse_verb(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng capture, taken anywhere")],
+                 throttle_log: Annotated[Path | None, typer.Option(help="the throttle's JSON-lines event log")] = None,
+                 worm_log: Annotated[Path | None, typer.Option(help="the test worm's JSON-lines attempt log")] = None,
+                 sniffer: Annotated[str | None, typer.Option(
+                     help="where the capture stands relative to the throttle: after (host placement) or before "
+                          "(gateway, wire); default from the throttle log's mode")] = None,
+                 tolerance: Annotated[float, typer.Option(help="seconds allowed between witnesses when matching")] = 0.25,
+                 udp: Annotated[str, typer.Option(help="which UDP datagrams count as attempts: first_per_destination, "
+                                                       "first_per_flow, every or none")] = "first_per_destination",
+                 as_json: Annotated[bool, typer.Option("--json", help="one JSON object (packets, syn_attempts, "
+                                                                      "udp_attempts, sources, metrics, findings, …)")] = False):
+    """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given)."""
+    from orchestrator.analysis.attempts import UDP_MODES
+
+    if sniffer not in (None, "before", "after"):
+        raise typer.BadParameter("--sniffer is before or after")
+    if udp not in UDP_MODES:
+        raise typer.BadParameter(f"--udp is one of {', '.join(UDP_MODES)}")
+    raise typer.Exit(analyse(pcap, throttle_log, worm_log, as_json, out, sniffer=sniffer,
+                             tolerance_s=tolerance, udp=udp))
 
 
 def analyse(pcap: Path, throttle_log: Path | None, worm_log: Path | None, as_json: bool, console: Console, *,

@@ -1,4 +1,5 @@
-"""How every `testbed` verb ends on an error: one line on stderr (and the error's hint), the error's exit code
+"""What every `testbed` verb shares: the two consoles (`out` for results, `err` for errors and progress), a
+progress bar for long work (`Bar`), and how a verb ends on an error: one line on stderr (and the error's hint), the error's exit code
 (2 for bad input), and no traceback unless asked for with `--debug` (or TESTBED_DEBUG=1).
 
 `handles_errors` wraps each verb; `report` prints one error (as text, or as one JSON object) and returns its
@@ -17,11 +18,13 @@ import traceback
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from typer.exceptions import TyperException
 
 from orchestrator.errors import TestbedError
 
+out = Console(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal
 err = Console(stderr=True, soft_wrap=True)
 _debug = os.environ.get("TESTBED_DEBUG") == "1"
 
@@ -90,3 +93,24 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> int:
     except Exception as exc:
         return report(exc)
     return 0
+
+
+class Bar:
+    """Progress for long work on stderr (silent when stderr is not a terminal)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
+                                 TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.what, total=1, step="")
+        return self
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        self.progress.update(self.task, completed=done, total=total, step=step)
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)

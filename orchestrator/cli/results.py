@@ -1,5 +1,6 @@
-"""The experiment verbs of `testbed`: run, report, results list|show|compare. Registered on the main app by
-orchestrator.cli (`register(app)`); each verb parses its arguments and calls one core function."""
+"""The results verbs of `testbed`: report, results list|show|compare, and the summary table a finished run
+prints. Registered on the main app by orchestrator.cli (`register(app)`); each verb parses its arguments and
+calls one core function."""
 
 from __future__ import annotations
 
@@ -10,20 +11,12 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.errors import UsageError
-
-out: Console       # given by orchestrator.cli when it registers these verbs
-err: Console
+from orchestrator.cli.common import handles_errors, out
 
 
-def register(app: typer.Typer, *, console: Console, errors: Console, handles_errors) -> None:
-    global out, err
-    out, err = console, errors
-    app.command(name="run")(handles_errors(run_))
+def register(app: typer.Typer) -> None:
     app.command()(handles_errors(report))
     results_app = typer.Typer(help="See and compare runs (the SQLite index, results/index.sqlite by default).",
                               no_args_is_help=True)
@@ -33,60 +26,7 @@ def register(app: typer.Typer, *, console: Console, errors: Console, handles_err
     app.add_typer(results_app, name="results")
 
 
-class _SweepBar:
-    """Trials done, the current protocol and rate, elapsed and expected time."""
-
-    def __init__(self, total: int, done: int, est_s: float):
-        from rich.progress import MofNCompleteColumn, TimeRemainingColumn
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("trials"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                          console=err, disable=not err.is_terminal)
-        self.p.start()
-        self.trials = self.p.add_task("sweep", total=total, completed=done)
-        self.time = self.p.add_task("time", total=max(est_s, 1.0), visible=False)
-
-    def trial(self, t) -> None:
-        self.p.update(self.trials, description=f"{t.protocol} {t.rate:g}/s #{t.repeat}")
-
-    def done(self, t, rec, est_s: float) -> None:
-        self.p.advance(self.trials)
-        self.p.advance(self.time, est_s)
-        m = rec.get("measured") or {}
-        stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.get("reason") or ""
-        agree = (rec.get("agreement") or {}).get("ok")
-        if rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
-            verdict = f" · {m.get('wire_attempts')} attempts on the wire at {m.get('achieved_rate') or 0:.1f}/s"
-        else:
-            verdict = "" if agree is None else " · agrees with the model" if agree else " · DISAGREES with the model"
-        err.print(f"  {t.id}: {rec['status']} {stop}{verdict}", highlight=False)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml with 'experiment:')")],
-         rates: Annotated[str | None, typer.Option(help="comma-separated scan rates, overriding the file's")] = None,
-         repeat: Annotated[int | None, typer.Option(help="repeats per rate, overriding the file's")] = None,
-         out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default results/<run id>)")] = None,
-         keep: Annotated[bool, typer.Option(help="leave the lab up afterwards")] = False,
-         resume: Annotated[Path | None, typer.Option(help="continue an interrupted run in this directory")] = None,
-         junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
-         index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite")):
-    """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model."""
-    from orchestrator.experiment.runner import run_experiment
-
-    rate_list = None
-    if rates is not None:          # checked like a file's rates (0 < rate ≤ 20000), as is --repeat
-        try:
-            rate_list = [float(x) for x in rates.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(f"--rates takes numbers separated by commas, not {rates!r}") from None
-    rdir = run_experiment(file, rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
-                          index_path=index, console=err, progress=_SweepBar)
-    _finish_run(rdir, junit)
-
-
-def _finish_run(rdir, junit: Path | None) -> None:
+def finish_run(rdir, junit: Path | None) -> None:
     from orchestrator.experiment.rundir import RunDir
     from orchestrator.results.regress import junit_xml
 
@@ -149,7 +89,7 @@ def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or 
     if as_json:
         print(json.dumps({"manifest": man, "status": status, "summary": rd.summary()}, indent=2, default=str))
         return
-    _finish_run(rd, None)
+    finish_run(rd, None)
     if status != "complete":
         out.print(f"status: {status}" + (f" — {died_note(man)}" if status == "died" else "")
                   + f" ({man.get('trials', len(rd.trials()))} of {man.get('planned', '?')} trials recorded)",

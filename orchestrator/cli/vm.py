@@ -10,63 +10,59 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.cli.common import Bar, err, handles_errors, out
 from orchestrator.errors import UsageError
 from orchestrator.lab import lifecycle
 from orchestrator.providers.libvirt import images
 
 
 def register(app: typer.Typer) -> None:
-    from orchestrator.cli import _Bar, err, handles_errors, out
-
     image_app = typer.Typer(help="Guest images for the libvirt provider, built from distribution packages.",
                             no_args_is_help=True)
     app.add_typer(image_app, name="image")
+    image_app.command("build")(handles_errors(image_build))
+    image_app.command("list")(handles_errors(image_list))
+    app.command()(handles_errors(power))
+    app.command()(handles_errors(console))
 
-    @image_app.command("build")
-    @handles_errors
-    def image_build(name: Annotated[str, typer.Argument(help="recipe name (vm-images/NAME)")] = images.DEFAULT_IMAGE,
-                    force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
-                    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show the builder's output")] = False):
-        """Build a guest image (cached by a hash of its recipe and package sources)."""
-        t0 = time.monotonic()
-        with _Bar(f"building image {name}") as bar:
-            img, fresh = images.build(name, force=force, progress=bar,
-                                      log=(lambda line: err.print(line, highlight=False, markup=False))
-                                      if verbose else None)
-        size = img.disk.stat().st_size / 2**20
-        what = f"built in {time.monotonic() - t0:.1f} s" if fresh else "cached (recipe unchanged)"
-        out.print(f"image [bold]{name}[/] {img.key}: {what}; {size:.0f} MiB at {img.dir}")
 
-    @image_app.command("list")
-    @handles_errors
-    def image_list(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-        """Known recipes, whether their current build exists, and the builds on disk."""
-        rows = images.list_images()
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        t = Table("image", "state", "key", "size", "built", "recipe")
-        for r in rows:
-            cur = next((b for b in r.get("builds", []) if b["current"]), None)
-            t.add_row(r["name"], r["state"], r.get("key", ""), f"{cur['size_mib']} MiB" if cur else "",
-                      (cur or {}).get("built") or "", r.get("recipe", r.get("error", "")))
-        out.print(t)
+def image_build(name: Annotated[str, typer.Argument(help="recipe name (vm-images/NAME)")] = images.DEFAULT_IMAGE,
+                force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
+                verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show the builder's output")] = False):
+    """Build a guest image (cached by a hash of its recipe and package sources)."""
+    t0 = time.monotonic()
+    with Bar(f"building image {name}") as bar:
+        img, fresh = images.build(name, force=force, progress=bar,
+                                  log=(lambda line: err.print(line, highlight=False, markup=False))
+                                  if verbose else None)
+    size = img.disk.stat().st_size / 2**20
+    what = f"built in {time.monotonic() - t0:.1f} s" if fresh else "cached (recipe unchanged)"
+    out.print(f"image [bold]{name}[/] {img.key}: {what}; {size:.0f} MiB at {img.dir}")
 
-    @app.command()
-    @handles_errors
-    def power(lab: Annotated[str, typer.Argument(help="lab name")],
-              host: Annotated[str, typer.Argument(help="host name")],
-              action: Annotated[str, typer.Argument(help="on, off or cycle")]):
-        """Out-of-band power control of a lab host (the paper's remote management cards)."""
-        if action not in ("on", "off", "cycle"):
-            raise UsageError(f"power action '{action}': use on, off or cycle")
-        prov, _ = lifecycle.provider_for(lab)
-        out.print(prov.power(lab, host, action))
+def image_list(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
+    """Known recipes, whether their current build exists, and the builds on disk."""
+    rows = images.list_images()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("image", "state", "key", "size", "built", "recipe")
+    for r in rows:
+        cur = next((b for b in r.get("builds", []) if b["current"]), None)
+        t.add_row(r["name"], r["state"], r.get("key", ""), f"{cur['size_mib']} MiB" if cur else "",
+                  (cur or {}).get("built") or "", r.get("recipe", r.get("error", "")))
+    out.print(t)
 
-    @app.command()
-    @handles_errors
-    def console(lab: Annotated[str, typer.Argument(help="lab name")],
-                host: Annotated[str, typer.Argument(help="host name")]):
-        """Attach this terminal to a lab host's console (a VM's serial console; a shell in a namespace host)."""
-        prov, _ = lifecycle.provider_for(lab)
-        raise typer.Exit(prov.console(lab, host))
+def power(lab: Annotated[str, typer.Argument(help="lab name")],
+          host: Annotated[str, typer.Argument(help="host name")],
+          action: Annotated[str, typer.Argument(help="on, off or cycle")]):
+    """Out-of-band power control of a lab host (the paper's remote management cards)."""
+    if action not in ("on", "off", "cycle"):
+        raise UsageError(f"power action '{action}': use on, off or cycle")
+    prov, _ = lifecycle.provider_for(lab)
+    out.print(prov.power(lab, host, action))
+
+def console(lab: Annotated[str, typer.Argument(help="lab name")],
+            host: Annotated[str, typer.Argument(help="host name")]):
+    """Attach this terminal to a lab host's console (a VM's serial console; a shell in a namespace host)."""
+    prov, _ = lifecycle.provider_for(lab)
+    raise typer.Exit(prov.console(lab, host))
