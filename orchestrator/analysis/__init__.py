@@ -1,7 +1,7 @@
 """Analysis of a trial: a fast pcap/pcapng reader in chunks (`pcap`), one streamed pass keeping what the analysis
 needs (`scan`), connection attempts on the wire (`attempts`), tolerant worm/throttle log readers (`logs`),
-stopping-speed metrics and cross-checks (`metrics`), one trial's analysis from its files (`trial`) and the
-`testbed analyse` command (`command`). See docs/analysis.md.
+stopping-speed metrics and cross-checks (`metrics`) and one trial's analysis from its files (`trial`); the
+`testbed analyse` command is orchestrator/cli/analyse.py. See docs/analysis.md.
 """
 
 from .attempts import Attempts, SourceTimeline, build_attempts, extract_attempts, source_timelines

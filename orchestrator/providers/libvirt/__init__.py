@@ -1,0 +1,1 @@
+"""The libvirt provider: real VMs on isolated libvirt networks, and the guest images they boot."""
