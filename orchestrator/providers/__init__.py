@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+from orchestrator.errors import UnknownProviderError
+from orchestrator.providers.base import Provider
 from orchestrator.providers.state import StateStore
-
-from ..errors import UnknownProviderError
-from .base import Provider
 
 _REGISTRY: dict[str, str] = {
     "netns": "orchestrator.providers.netns.provider:NetnsProvider",

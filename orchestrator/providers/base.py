@@ -12,11 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from orchestrator.errors import LabExistsError, ProviderError
 from orchestrator.labfile.topology import Host, Lab
 from orchestrator.localrun import Result
 from orchestrator.providers.state import LabRecord, StateStore
-
-from ..errors import LabExistsError, ProviderError
 
 # progress(step, done, total): providers report long work through this; the CLI draws it.
 Progress = Callable[[str, int, int], None]
