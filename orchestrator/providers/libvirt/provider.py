@@ -437,7 +437,9 @@ class LibvirtProvider(Provider):
                     failed.append(f"namespace {ns}")
         have = hv.links()
         for v in rec.owns("veth"):
-            if v in have and not hv.run(["ip", "link", "del", v], timeout=15).ok:
+            # removing the namespace removes its veths' peers too, in the kernel's own time: one listed a
+            # moment ago may be gone by now, which is what we wanted
+            if v in have and not hv.run(["ip", "link", "del", v], timeout=15).ok and v in hv.links():
                 failed.append(f"veth {v}")
         files = rec.owns("file")
         if files:
