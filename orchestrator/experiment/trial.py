@@ -33,6 +33,8 @@ from orchestrator.labfile.topology import Lab
 
 AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak
 POLL_S = 0.2
+READY_S = 10.0             # a mechanism has this long to log its config once started
+EMULATED_SLOWDOWN = 6      # … times this on a guest under software emulation (TCG), on a loaded machine
 CAPTURE = "capture"               # the capture's service name on the sniffer
 BLOCKED = '"event":"blocked"'     # the throttle's event log, when it blocks
 WORM_BOUNDS = ("max_attempts", "lifetime", "targets_exhausted")   # a scanner's own ends (not killed, signal, error)
@@ -245,10 +247,12 @@ def run_trial(st: Setup, t: TrialSpec) -> dict[str, Any]:
             st.throttle.start("throttle", argv, log=terr)
             watch.add(service(st.throttle.label, st.throttle.prefix, "throttle", "the throttle daemon", log=terr,
                               note=FAIL_OPEN_NOTE if th.fail_open else FAIL_CLOSED_NOTE))
-            deadline = time.monotonic() + 10       # ready once its rules are in: it logs its config then
+            ready_s = READY_S * (EMULATED_SLOWDOWN if st.emulated else 1)
+            deadline = time.monotonic() + ready_s     # ready once its rules are in: it logs its config then
             while not st.throttle.contains(tlog, '"event":"config"'):
                 if time.monotonic() > deadline:
-                    raise TestbedError(f"the throttle on {st.throttle.label} did not come up within 10 s")
+                    raise TestbedError(f"the throttle on {st.throttle.label} did not come up within {ready_s:g} s"
+                                       + (" (an emulated guest)" if st.emulated else ""))
                 time.sleep(0.05)
 
         watch.add(capture)

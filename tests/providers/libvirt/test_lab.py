@@ -156,8 +156,9 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         trials = rd.trials()
         assert [t["trial"] for t in trials] == ["tcp-r20-1", "tcp-r100-1", "udp-r20-1", "udp-r100-1"]
         for t in trials:
+            assert t["status"] == "ok", {k: t.get(k) for k in ("trial", "status", "reason", "error", "died")}
             m, mo = t["measured"], t["model"]
-            assert t["status"] == "ok" and m["blocked"], t
+            assert m["blocked"], t
             assert m["out_after_block"] == 0
             assert abs(m["stop_s"] - mo["stop_s"]) <= max(man["tolerance"]["stop_abs_s"],
                                                           man["tolerance"]["stop_rel"] * mo["stop_s"]), t
