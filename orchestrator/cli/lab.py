@@ -52,7 +52,7 @@ def down(name: Annotated[str | None, typer.Argument(help="lab name (no lab file 
             out.print("no labs to remove")
         for lab, removed in done.items():
             out.print(f"lab [bold]{lab}[/] removed ({_count(removed)})")
-        left = lifecycle.unrecorded_namespaces()
+        left = lifecycle.unrecorded()
         if left:
             out.print(f"left alone (not recorded by any lab here): {', '.join(left)}")
         return

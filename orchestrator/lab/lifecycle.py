@@ -16,9 +16,8 @@ from orchestrator.lab.provision import control_dir
 from orchestrator.labfile.load import load_lab
 from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import Result
-from orchestrator.providers import get_provider
+from orchestrator.providers import get_provider, known_providers
 from orchestrator.providers.base import LabStatus, Progress, Provider, Resource, no_progress
-from orchestrator.providers.netns import namespaces
 from orchestrator.providers.state import StateStore
 
 
@@ -82,17 +81,10 @@ def status_all(*, store: StateStore | None = None) -> list[LabStatus]:
     return out
 
 
-def unrecorded_namespaces(store: StateStore | None = None) -> list[str]:
-    """Namespaces that look like ours (wt.*) but no lab in this state directory recorded: left alone."""
-    from orchestrator.providers.netns.provider import PREFIX
-
+def unrecorded(store: StateStore | None = None) -> list[str]:
+    """What looks like a lab's but no lab in this state directory recorded (each provider says): left alone."""
     store = store or StateStore()
-    owned: set[str] = set()
-    for name in store.names():
-        rec = store.load(name)
-        if rec:
-            owned |= set(rec.owns("netns"))
-    return sorted(n for n in namespaces.list_netns() if n.startswith(PREFIX) and n not in owned)
+    return sorted(n for kind in known_providers() for n in get_provider(kind, store).unrecorded())
 
 
 def exec_(name: str, host: str, argv: Sequence[str], *, capture: bool = False, timeout: float | None = None,

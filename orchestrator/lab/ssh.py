@@ -78,8 +78,7 @@ class Access:
         try:
             sock = self.provider.control_socket(self.lab.name, addr, SSH_PORT, timeout)
         except ConnectionRefusedError:
-            if getattr(self.provider, "boot_state", lambda n: "booted")(self.lab.name) == "booting":
-                self.provider.wait_booted(self.lab.name)      # a namespace lab just built: its sshds are starting
+            if self.provider.wait_ready(self.lab.name):     # a lab just built: its sshds are starting
                 return self.connect(host, timeout)
             raise AccessError(f"{host} ({addr}) refused the SSH connection: is its sshd running?",
                               hint=f"`testbed status {self.lab.name}` shows its processes; "

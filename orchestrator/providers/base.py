@@ -1,7 +1,11 @@
 """The provider interface: what turns a resolved lab into running hosts and networks, and back.
 
-Everything above it (provisioning, capture, experiments, analysis) reaches hosts over the admin LAN and
-is provider-independent; only `exec` (out-of-band), `power` and `console` go through the provider.
+Everything above it (provisioning, capture, experiments, analysis) reaches hosts over the admin LAN with SSH
+and is provider-independent; it never asks which provider it has. What it needs of the provider is on this
+contract: building and removing (`create`, `destroy`, `resources`, `status`, `unrecorded`), out-of-band
+management (`exec`, `power`, `console`, `revive`), where control traffic stands (`control_socket`,
+`control_argv`, `ssh_hosts`, `host_vars`, `wait_ready`), the wire placement (`wire_point`), and how the
+hosts keep time (`clock`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from orchestrator.errors import LabExistsError, ProviderError
 from orchestrator.labfile.topology import Host, Lab
@@ -25,9 +29,16 @@ def no_progress(step: str, done: int, total: int) -> None:
     return None
 
 
+# what a provider journals and removes: names of kinds, one vocabulary for every provider
+ResourceKind = Literal["netns", "veth", "process", "sysctl", "file", "kernel-limits", "state-dir",
+                       "domain", "network", "volume", "tap", "chain", "chains"]
+LabState = Literal["up", "creating", "failed", "destroying", "degraded"]
+HostState = Literal["up", "down", "missing"]
+
+
 @dataclass(frozen=True)
 class Resource:
-    kind: str          # netns, bridge, process, domain, network, volume, chain, …
+    kind: ResourceKind
     name: str
     present: bool
     detail: str = ""
@@ -37,7 +48,7 @@ class Resource:
 class HostStatus:
     name: str
     role: str
-    state: str                       # up | down | missing
+    state: HostState
     addresses: dict[str, str] = field(default_factory=dict)    # ifname -> address ("" = no address)
     links: dict[str, str] = field(default_factory=dict)        # ifname -> UP/DOWN/LOWER_UP…
     processes: list[dict[str, Any]] = field(default_factory=list)
@@ -47,7 +58,7 @@ class HostStatus:
 class LabStatus:
     name: str
     provider: str
-    state: str                       # up | creating | failed | destroying | degraded
+    state: LabState
     source: str
     created: float
     hosts: list[HostStatus] = field(default_factory=list)
@@ -62,6 +73,17 @@ class Prerequisite:
     ok: bool
     message: str
     fix: str = ""
+
+
+@dataclass(frozen=True)
+class Clock:
+    """How a lab's hosts keep time, as the run path needs to know it: whether capture, worm and mechanism
+    read one kernel's clock (`shared`: offsets between them are zero by construction), and whether guests run
+    under software emulation (`emulated`: they keep time less tightly, so tolerances widen)."""
+
+    shared: bool = False
+    emulated: bool = False
+    domain_type: str | None = None      # what runs the guests (kvm, qemu), recorded in a run's manifest
 
 
 class Provider(ABC):
@@ -119,6 +141,20 @@ class Provider(ABC):
     @abstractmethod
     def status(self, name: str) -> LabStatus:
         ...
+
+    def unrecorded(self) -> list[str]:
+        """Resources on this machine that look like this provider's but no lab in this state directory
+        recorded: never removed (nothing is cleaned up by guessing at names), only named to the user."""
+        return []
+
+    def clock(self, rec: LabRecord) -> Clock:
+        """How lab `rec`'s hosts keep time (see `Clock`); by default each host its own, not emulated."""
+        return Clock()
+
+    def wait_ready(self, name: str) -> bool:
+        """Wait for hosts that are still starting (a namespace lab just built: its sshds). True if there was
+        anything to wait for, so a connection refused before is worth trying again."""
+        return False
 
     def revive(self, name: str) -> list[str]:
         """Start again what a lab's hosts run as services and lost without being told to stop (a namespace

@@ -19,8 +19,9 @@ import pytest
 from orchestrator.lab import lifecycle
 from orchestrator.labfile import isolation
 from orchestrator.labfile.load import load_lab
+from orchestrator.providers.naming import ns_name
 from orchestrator.providers.netns import nftables
-from orchestrator.providers.netns.provider import NetnsProvider, ns_name
+from orchestrator.providers.netns.provider import NetnsProvider
 from orchestrator.providers.state import StateStore
 
 LABS = Path(__file__).resolve().parents[2] / "labs"

@@ -29,6 +29,7 @@ from orchestrator.labfile.load import LibvirtOptions
 from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import Result, is_root, run_attached
 from orchestrator.providers.base import (
+    Clock,
     HostStatus,
     LabStatus,
     Prerequisite,
@@ -37,10 +38,11 @@ from orchestrator.providers.base import (
     Resource,
     no_progress,
 )
+from orchestrator.providers.faults import fault
 from orchestrator.providers.keys import ensure_lab_keys
 from orchestrator.providers.libvirt import hypervisor, images, seed, xml
+from orchestrator.providers.naming import ns_name
 from orchestrator.providers.netns import namespaces
-from orchestrator.providers.netns.provider import _fault, ns_name
 from orchestrator.providers.state import LabRecord
 
 BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
@@ -187,7 +189,7 @@ class LibvirtProvider(Provider):
             xml.assert_isolated(doc)
             net = conn.networkDefineXML(doc)
             net.create()
-        _fault("after-networks")
+        fault("after-networks")
 
         progress("admin server", 3, total)
         if not sim:
@@ -206,7 +208,7 @@ class LibvirtProvider(Provider):
             files = seed.seed_files(h, keys.public_key, keys.host_key(h.name).read_text(),
                                     keys.host_public_key(h.name))
             hypervisor.upload(conn, sv, seed.seed_tar(files), sim)
-        _fault("after-volumes")
+        fault("after-volumes")
 
         progress("domains", 5, total)
         taps = [xml.tap_name(lab.name, h.name, i.ifname) for h in vms for i in h.interfaces if i.mirror]
@@ -229,7 +231,7 @@ class LibvirtProvider(Provider):
                                vcpus=h.options.get("vcpus", opts.vcpus), tb_cache_mib=opts.tb_cache_mib,
                                state_dir=state_dir)
             conn.defineXML(doc)
-        _fault("after-define")
+        fault("after-define")
         progress("starting VMs", 6, total)
 
         def start(name: str) -> None:
@@ -242,7 +244,7 @@ class LibvirtProvider(Provider):
             list(pool_ex.map(start, doms))
         if not sim:
             self._after_start(hv, lab)
-        _fault("after-start")
+        fault("after-start")
         progress("waiting for SSH", 7, total)
         if not sim:
             self._wait_ssh(hv, lab, progress, total)
@@ -479,6 +481,11 @@ class LibvirtProvider(Provider):
                 out.append(Resource(kind, n, hypervisor.chains_present(hv) if kind == "chains" and not
                                     hypervisor.is_simulated(uri) else False))
         return out
+
+    def clock(self, rec: LabRecord) -> Clock:
+        # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
+        dtype = rec.extra.get("domain_type")
+        return Clock(shared=False, emulated=dtype == "qemu", domain_type=dtype)
 
     def status(self, name: str) -> LabStatus:
         rec = self.store.require(name)

@@ -24,6 +24,7 @@ from orchestrator.labfile import isolation
 from orchestrator.labfile.topology import Host, Lab
 from orchestrator.localrun import Result, is_root, pid_start_time, run, run_attached, run_batch
 from orchestrator.providers.base import (
+    Clock,
     HostStatus,
     LabStatus,
     Prerequisite,
@@ -32,34 +33,18 @@ from orchestrator.providers.base import (
     Resource,
     no_progress,
 )
+from orchestrator.providers.faults import fault
 from orchestrator.providers.keys import ensure_lab_keys
+from orchestrator.providers.naming import PREFIX, ns_name, switch_name
 from orchestrator.providers.netns import namespaces, nftables
 from orchestrator.providers.netns.limits import Registry, needs, open_files_needed
 from orchestrator.providers.state import LabRecord
 
-PREFIX = "wt."
 # runs a command as the host: its own /run, its own /root (so root's shell start-up files on this machine
 # do not run in the lab), its own hostname — a private mount and UTS namespace. /tmp is shared.
 _HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/home" /root && hostname "$2" '
                  '&& shift 2 && exec "$@"')
 _SHADOWED = ("/run", "/root")   # what each host replaces: the state directory must not live there
-
-def ns_name(lab: str, host: str) -> str:
-    return f"{PREFIX}{lab}.{host}"
-
-
-def switch_name(lab: str) -> str:
-    return f"{PREFIX}{lab}.switch"
-
-
-def _fault(step: str) -> None:
-    """Test seam: TESTBED_FAULT_PAUSE=<step> makes `up` stop here (for SIGKILL-during-up tests)."""
-    if os.environ.get("TESTBED_FAULT_PAUSE") == step:
-        print(f"fault-pause:{step}", flush=True)
-        time.sleep(120)
-    if os.environ.get("TESTBED_FAULT_FAIL") == step:
-        raise ProviderError(f"injected failure at step '{step}' (TESTBED_FAULT_FAIL)")
-
 
 class NetnsProvider(Provider):
     name = "netns"
@@ -139,7 +124,7 @@ class NetnsProvider(Provider):
         total = 6
         progress("namespaces", 0, total)
         run_batch(["ip"], [f"netns add {n}" for n in rec.owns("netns")]).check("creating namespaces")
-        _fault("after-netns")
+        fault("after-netns")
 
         progress("sysctls", 1, total)
         for name in rec.owns("netns"):
@@ -158,12 +143,12 @@ class NetnsProvider(Provider):
                 veths.append(f"link add name {i.ifname} netns {ns_name(lab.name, h.name)} address {i.mac} "
                              f"type veth peer name {i.port} netns {sw}")
         run_batch(["ip"], veths).check("creating veth pairs")
-        _fault("after-veth")
+        fault("after-veth")
 
         progress("addresses", 3, total)
         self._configure_switch(lab)
         self._configure_hosts(lab)
-        _fault("after-config")
+        fault("after-config")
 
         progress("isolation", 4, total)
         for h in lab.hosts:
@@ -203,6 +188,24 @@ class NetnsProvider(Provider):
         if b and pid_start_time(b["pid"]) == b.get("starttime") is not None:
             return "booting"
         return "failed: the boot process ended without finishing (see boot.log)" if b else "booted"
+
+    def wait_ready(self, name: str) -> bool:
+        if self.boot_state(name) != "booting":
+            return False
+        self.wait_booted(name)
+        return True
+
+    def clock(self, rec: LabRecord) -> Clock:
+        return Clock(shared=True)      # every host is a namespace of this machine's one kernel
+
+    def unrecorded(self) -> list[str]:
+        """Namespaces that look like ours (wt.*) but no lab in this state directory recorded: left alone."""
+        owned: set[str] = set()
+        for name in self.store.names():
+            rec = self.store.load(name)
+            if rec:
+                owned |= set(rec.owns("netns"))
+        return sorted(n for n in namespaces.list_netns() if n.startswith(PREFIX) and n not in owned)
 
     def wait_booted(self, name: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
