@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.experiment.rundir import RunDir  # noqa: E402
-from orchestrator.experiment.runner import run_experiment  # noqa: E402
+from orchestrator.experiment.runner import RunOptions, run_experiment  # noqa: E402
+from orchestrator.results.publish import Publisher  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +34,10 @@ def main() -> None:
         sys.exit("bench_sweep: needs root")
     out = a.out or Path(tempfile.mkdtemp(prefix="wt-sweep-")) / "run"
     t0 = time.monotonic()
-    rdir = run_experiment(REPO / "labs" / "paper-sweep.yaml", out=out, index_path=out.parent / "index.sqlite",
-                          rates=[20, 100, 1000] if a.quick else None, repeat=1 if a.quick else None)
+    pub = Publisher(out.parent / "index.sqlite")
+    rdir = run_experiment(REPO / "labs" / "paper-sweep.yaml", RunOptions(
+        out=out, rates=[20, 100, 1000] if a.quick else None, repeat=1 if a.quick else None,
+        on_open=pub.opened, on_finish=pub.finished))
     wall = time.monotonic() - t0
     trials = RunDir(rdir.path).trials()
     over = [sum(v for k, v in t["phases"].items() if k != "run") for t in trials]

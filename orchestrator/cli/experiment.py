@@ -4,7 +4,7 @@ sweep. Registered on the main app by orchestrator.cli (`register(app)`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,6 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from orchestrator.cli.common import err, handles_errors
 from orchestrator.cli.results import finish_run
 from orchestrator.errors import UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.experiment.record import TrialRecord
 
 
 def register(app: typer.Typer) -> None:
@@ -33,17 +36,17 @@ class _SweepBar:
     def trial(self, t) -> None:
         self.p.update(self.trials, description=f"{t.protocol} {t.rate:g}/s #{t.repeat}")
 
-    def done(self, t, rec, est_s: float) -> None:
+    def done(self, t, rec: TrialRecord, est_s: float) -> None:
         self.p.advance(self.trials)
         self.p.advance(self.time, est_s)
-        m = rec.get("measured") or {}
-        stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.get("reason") or ""
-        agree = (rec.get("agreement") or {}).get("ok")
-        if rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
+        m, ev = rec.measured, rec.evaluation
+        stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.reason or ""
+        agree = ev.agreement.get("ok") if ev else None
+        if (ev is None or ev.model is None) and rec.status == "ok":      # a baseline: no throttle, no model
             verdict = f" · {m.get('wire_attempts')} attempts on the wire at {m.get('achieved_rate') or 0:.1f}/s"
         else:
             verdict = "" if agree is None else " · agrees with the model" if agree else " · DISAGREES with the model"
-        err.print(f"  {t.id}: {rec['status']} {stop}{verdict}", highlight=False)
+        err.print(f"  {t.id}: {rec.status} {stop}{verdict}", highlight=False)
 
     def close(self) -> None:
         self.p.stop()
@@ -58,7 +61,8 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
          junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
          index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite")):
     """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model."""
-    from orchestrator.experiment.runner import run_experiment
+    from orchestrator.experiment.runner import RunOptions, run_experiment
+    from orchestrator.results.publish import Publisher
 
     rate_list = None
     if rates is not None:          # checked like a file's rates (0 < rate ≤ 20000), as is --repeat
@@ -66,6 +70,8 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
             rate_list = [float(x) for x in rates.split(",") if x.strip()]
         except ValueError:
             raise UsageError(f"--rates takes numbers separated by commas, not {rates!r}") from None
-    rdir = run_experiment(file, rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
-                          index_path=index, console=err, progress=_SweepBar)
+    pub = Publisher(index)
+    rdir = run_experiment(file, RunOptions(rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
+                                           console=err, progress=_SweepBar, on_open=pub.opened,
+                                           on_finish=pub.finished))
     finish_run(rdir, junit)

@@ -1,4 +1,4 @@
-"""`testbed run`: build the lab, provision it, sweep the scan rates with repeats, write the results, report.
+"""`testbed run`: build the lab, provision it, sweep the scan rates with repeats, write the run directory.
 
 The lab is built and provisioned once per run and reused across trials; results are written after every
 trial (whole files, renamed into place), so an interrupted run keeps what it measured and `--resume`
@@ -14,20 +14,23 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
+from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
+from orchestrator.experiment.setup import Setup
 from orchestrator.experiment.spec import Experiment, check_overrides, load_experiment
-from orchestrator.experiment.trial import Setup, TrialSpec, run_trial
+from orchestrator.experiment.trial import run_trial
 from orchestrator.lab import lifecycle, provision
 from orchestrator.lab.programs import LabHosts
 from orchestrator.lab.ssh import Access
 from orchestrator.localrun import run
 from orchestrator.providers.state import StateStore
-from orchestrator.results.index import Index
 
 OVERHEAD_S = 2.0      # planning figure per trial (reset + start + collect + analyse)
 REPO = Path(__file__).resolve().parents[2]
@@ -116,18 +119,81 @@ class _Stop:
         return self.count > 0
 
 
-def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat: int | None = None,
-                   out: str | Path | None = None, keep: bool = False, resume: str | Path | None = None,
-                   index_path: str | Path | None = "results/index.sqlite", store: StateStore | None = None,
-                   console=None, progress=None) -> RunDir:
-    store = store or StateStore()
-    check_overrides(rates, repeat)
+@dataclass
+class RunOptions:
+    """How `run_experiment` runs a file: overrides of its plan, where the run goes, and the hooks of whoever
+    calls it (the CLI indexes and reports a run through `on_open`/`on_finish`; the runner writes only its
+    run directory)."""
+
+    rates: list[float] | None = None          # overriding the file's
+    repeat: int | None = None
+    out: str | Path | None = None             # the run directory (default results/<run id>)
+    keep: bool = False                        # leave the lab up afterwards
+    resume: str | Path | None = None          # continue the interrupted run in this directory
+    store: StateStore | None = None
+    console: Any = None                       # where progress lines go (rich Console), or None
+    progress: Callable[[int, int, float], Any] | None = None    # (planned, done, est_s) -> a sweep bar
+    on_open: Callable[[RunDir], None] | None = None      # once the run directory holds its manifest
+    on_finish: Callable[[RunDir], None] | None = None    # after the last write, also when interrupted
+    lab: Callable[..., AbstractContextManager[LabHosts]] | None = None   # default: lab_session
+
+
+@dataclass
+class OpenRun:
+    rdir: RunDir
+    trials: list[dict[str, Any]]          # the records so far (a resumed run's, then this run's)
+    done: set[str]
+    plan: list[TrialSpec]
+
+    @property
+    def todo(self) -> list[TrialSpec]:
+        return [t for t in self.plan if t.id not in self.done]
+
+
+def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDir:
+    """Run the experiment file at `path`: open its run directory (or resume one), run the sweep on its lab,
+    and finish the run directory. An interrupted run raises ExperimentError after writing what it measured."""
+    o = options or RunOptions()
+    store = o.store or StateStore()
+    check_overrides(o.rates, o.repeat)
     exp = load_experiment(path)
-    if resume:
-        rdir = RunDir(resume)
+    run = open_run(exp, o)
+    if o.on_open:      # e.g. indexed from the start: `results list` shows it running, or died if its runner is gone
+        o.on_open(run.rdir)
+    ref: dict[str, Any] = {}
+    status, failure = "running", None
+    try:
+        with _Stop(ref) as stopper:
+            with (o.lab or lab_session)(exp, store, keep=o.keep, console=o.console) as hosts:
+                st = prepare(exp, hosts, run.rdir, store)
+                ref["setup"] = st
+                if stopper.requested:
+                    st.stop.set()
+                sweep(exp, st, run, o.progress)
+            status = "interrupted" if len(run.trials) < len(run.plan) else "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except BaseException as exc:       # the lab could not be built or provisioned, or the runner failed
+        status, failure = "failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        finish_run(run, status, failure)
+    if o.on_finish:
+        o.on_finish(run.rdir)
+    if status == "interrupted":
+        raise ExperimentError(f"run interrupted after {len(run.trials)} of {len(run.plan)} trials; results so far "
+                              f"are in {run.rdir.path}", hint=f"continue with: testbed run {path} --resume {run.rdir.path}")
+    return run.rdir
+
+
+def open_run(exp: Experiment, o: RunOptions) -> OpenRun:
+    """A new run directory with its manifest, or the one being resumed (with the trials it finished)."""
+    rates, repeat = o.rates, o.repeat
+    if o.resume:
+        rdir = RunDir(o.resume)
         man = rdir.manifest()
         if man["spec_hash"] != exp.spec_hash:
-            raise ExperimentError(f"{path} changed since run {man['run_id']} started; resume needs the same file")
+            raise ExperimentError(f"{exp.source} changed since run {man['run_id']} started; resume needs the same file")
         if run_status(man) == "running":
             r = man.get("runner") or {}
             raise ExperimentError(f"run {man['run_id']} is still running (pid {r.get('pid')} on {r.get('host')}); "
@@ -138,108 +204,99 @@ def run_experiment(path: str | Path, *, rates: list[float] | None = None, repeat
         trials = [t for t in trials if t["trial"] in done]
         man.update(status="running", runner=runner_record())
         rdir.write_manifest(man)
-    else:
-        run_id = new_run_id(exp.spec.experiment)
-        rdir = RunDir(out or Path("results") / run_id)
-        if rdir.exists():
-            raise ExperimentError(f"{rdir.path} already holds a run; use --resume {rdir.path} or another --out")
-        rdir.path.mkdir(parents=True, exist_ok=True)
-        man = {"run_id": run_id, "experiment": exp.spec.model_dump(mode="json"), "spec_hash": exp.spec_hash,
-               "source": exp.source, "lab": exp.lab.to_dict(), "seed": exp.spec.seed, "git": git_info(),
-               "versions": versions(), "machine": machine(), "argv": sys.argv,
-               "plan": {"rates": exp.spec.rates if rates is None else rates,
-                        "repeats": exp.spec.repeats if repeat is None else repeat},
-               "started": time.time(), "status": "running", "runner": runner_record()}
-        rdir.write_manifest(man)
-        trials, done = [], set()
-    if index_path:      # listed from the start: `results list` shows it running, or died if its runner is gone
-        _index(index_path, rdir)
-    plan = plan_trials(exp, rates, repeat)
-    todo = [t for t in plan if t.id not in done]
+        return OpenRun(rdir, trials, done, plan_trials(exp, rates, repeat))
+    run_id = new_run_id(exp.spec.experiment)
+    rdir = RunDir(o.out or Path("results") / run_id)
+    if rdir.exists():
+        raise ExperimentError(f"{rdir.path} already holds a run; use --resume {rdir.path} or another --out")
+    rdir.path.mkdir(parents=True, exist_ok=True)
+    rdir.write_manifest({
+        "run_id": run_id, "experiment": exp.spec.model_dump(mode="json"), "spec_hash": exp.spec_hash,
+        "source": exp.source, "lab": exp.lab.to_dict(), "seed": exp.spec.seed, "git": git_info(),
+        "versions": versions(), "machine": machine(), "argv": sys.argv,
+        "plan": {"rates": exp.spec.rates if rates is None else rates,
+                 "repeats": exp.spec.repeats if repeat is None else repeat},
+        "started": time.time(), "status": "running", "runner": runner_record()})
+    return OpenRun(rdir, [], set(), plan_trials(exp, rates, repeat))
 
+
+@contextmanager
+def lab_session(exp: Experiment, store: StateStore, *, keep: bool = False, console=None) -> Iterator[LabHosts]:
+    """The experiment's lab, built (or reused when it is up from the same lab file), reachable over SSH and
+    provisioned; torn down afterwards unless it was reused or `keep`."""
     lab_name = exp.lab.name
-    reused = store.load(lab_name) is not None and store.load(lab_name).state == "up"
-    ref: dict[str, Any] = {}
-    status, failure = "running", None
+    rec = store.load(lab_name)
+    reused = rec is not None and rec.state == "up"
     try:
-        with _Stop(ref) as stopper:
-            if not reused:
-                _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
-                lifecycle.up(exp.lab.source, name=lab_name, store=store)
-            else:
-                up_lab = store.require(lab_name).topology
-                if up_lab.spec_hash != exp.lab.spec_hash:
-                    raise ExperimentError(
-                        f"lab {lab_name} is up, built from another version of its lab file ({up_lab.source}, "
-                        f"spec {up_lab.spec_hash[:12]}; this experiment's is {exp.lab.spec_hash[:12]})",
-                        hint=f"`testbed down {lab_name}` and run again, so the run measures the lab it describes")
-                _say(console, f"using lab {lab_name}, which is already up (it stays up)")
-                revived = lifecycle.provider_for(lab_name, store)[0].revive(lab_name)
-                if revived:
-                    _say(console, f"restarted {len(revived)} service(s) that had died: {', '.join(revived)}")
-            with Access(lab_name, store) as acc:
-                acc.wait_reachable(timeout=120)
-                _say(console, "provisioning …")
-                provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
-                lab_rec = store.require(lab_name)
-                st = Setup.resolve(exp, lab_rec.topology, LabHosts(acc), rdir)
-                # guests under QEMU's software emulation keep time less tightly: a wider tolerance, said so
-                emulated = lab_rec.provider == "libvirt" and lab_rec.extra.get("domain_type") == "qemu"
-                st.shared_clock, st.emulated = lab_rec.provider == "netns", emulated
-                man = rdir.manifest()
-                man.update(emulated=emulated, domain_type=lab_rec.extra.get("domain_type"), tolerance=st.tolerance,
-                           retransmit=st.retransmit, retransmit_why=st.retransmit_why)
-                rdir.write_manifest(man)
-                ref["setup"] = st
-                if stopper.requested:
-                    st.stop.set()
-                total_est = sum(estimate_s(exp, t) for t in todo)
-                bar = progress(len(plan), len(done), total_est) if progress else None
-                for t in todo:
-                    if st.stop.is_set():
-                        break
-                    if bar:
-                        bar.trial(t)
-                    rec = run_trial(st, t)
-                    if rec["status"] == "interrupted":
-                        break
-                    trials.append(rec)
-                    _write(rdir, trials)
-                    if bar:
-                        bar.done(t, rec, estimate_s(exp, t))
-                if bar:
-                    bar.close()
-            status = "interrupted" if len(trials) < len(plan) else "complete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-    except BaseException as exc:       # the lab could not be built or provisioned, or the runner failed
-        status, failure = "failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        raise
+        if not reused:
+            _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
+            lifecycle.up(exp.lab.source, name=lab_name, store=store)
+        else:
+            _reuse(exp, store, console)
+        with Access(lab_name, store) as acc:
+            acc.wait_reachable(timeout=120)
+            _say(console, "provisioning …")
+            provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
+            yield LabHosts(acc)
     finally:
         if not reused and not keep:
             lifecycle.down(lab_name, store=store)
-        man = rdir.manifest()
-        man.update(status=status, finished=time.time(), trials=len(trials), planned=len(plan))
-        if status == "failed":
-            man["error"] = failure
-        rdir.write_manifest(man)
-        _write(rdir, trials)
-    from orchestrator.results.report import build_report
-    build_report(rdir)
-    if index_path:
-        _index(index_path, rdir)
-    if status == "interrupted":
-        raise ExperimentError(f"run interrupted after {len(trials)} of {len(plan)} trials; results so far are in "
-                              f"{rdir.path}", hint=f"continue with: testbed run {path} --resume {rdir.path}")
-    return rdir
 
 
-def _index(index_path: str | Path, rdir: RunDir) -> None:
-    idx = Index(index_path)
-    try:
-        idx.record(rdir)
-    finally:
-        idx.close()
+def _reuse(exp: Experiment, store: StateStore, console) -> None:
+    lab_name = exp.lab.name
+    up_lab = store.require(lab_name).topology
+    if up_lab.spec_hash != exp.lab.spec_hash:
+        raise ExperimentError(
+            f"lab {lab_name} is up, built from another version of its lab file ({up_lab.source}, "
+            f"spec {up_lab.spec_hash[:12]}; this experiment's is {exp.lab.spec_hash[:12]})",
+            hint=f"`testbed down {lab_name}` and run again, so the run measures the lab it describes")
+    _say(console, f"using lab {lab_name}, which is already up (it stays up)")
+    revived = lifecycle.provider_for(lab_name, store)[0].revive(lab_name)
+    if revived:
+        _say(console, f"restarted {len(revived)} service(s) that had died: {', '.join(revived)}")
+
+
+def prepare(exp: Experiment, hosts: LabHosts, rdir: RunDir, store: StateStore) -> Setup:
+    """What every trial shares, and how the lab keeps time (from its provider), recorded in the manifest."""
+    lab_rec = store.require(exp.lab.name)
+    st = Setup.resolve(exp, lab_rec.topology, hosts, rdir)
+    clock = hosts.access.provider.clock(lab_rec)
+    st.shared_clock, st.emulated = clock.shared, clock.emulated
+    man = rdir.manifest()
+    man.update(emulated=clock.emulated, domain_type=clock.domain_type, tolerance=st.tolerance,
+               retransmit=st.retransmit, retransmit_why=st.retransmit_why)
+    rdir.write_manifest(man)
+    return st
+
+
+def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
+    """The trials not done yet, in order; the run directory is written after each. Stops early when asked."""
+    todo = run.todo
+    bar = progress(len(run.plan), len(run.done), sum(estimate_s(exp, t) for t in todo)) if progress else None
+    for t in todo:
+        if st.stop.is_set():
+            break
+        if bar:
+            bar.trial(t)
+        rec = run_trial(st, t)
+        if rec.status == "interrupted":
+            break
+        run.trials.append(rec.to_dict())
+        _write(run.rdir, run.trials)
+        if bar:
+            bar.done(t, rec, estimate_s(exp, t))
+    if bar:
+        bar.close()
+
+
+def finish_run(run: OpenRun, status: str, failure: str | None) -> None:
+    man = run.rdir.manifest()
+    man.update(status=status, finished=time.time(), trials=len(run.trials), planned=len(run.plan))
+    if status == "failed":
+        man["error"] = failure
+    run.rdir.write_manifest(man)
+    _write(run.rdir, run.trials)
 
 
 def _write(rdir: RunDir, trials: list[dict[str, Any]]) -> None:

@@ -207,7 +207,7 @@ def test_answers_count_what_got_through_a_throttle_the_capture_stands_in_front_o
 def test_when_attempts_out_are_counted_from_answers(throttled, placement, protocol, empty, expect):
     from types import SimpleNamespace as NS
 
-    from orchestrator.experiment.trial import answers_measurable
+    from orchestrator.experiment.setup import answers_measurable
     st = NS(exp=NS(throttled=throttled, spec=NS(throttle=NS(placement=placement), gateway_empty=empty)))
     assert answers_measurable(st, NS(protocol=protocol)) is expect
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.experiment import agreement, trial
+from orchestrator.experiment import agreement
+from orchestrator.experiment.evaluate import evaluate
+from orchestrator.experiment.record import TrialSpec
+from orchestrator.experiment.setup import Setup
 from orchestrator.experiment.spec import ThrottleSpec, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +30,12 @@ def evaluate_fixture(tmp_path: Path) -> dict:
     lab = exp.lab
     infected = lab.by_role("blade")[0]
     seg = next(i.segment for i in infected.interfaces if i.segment.startswith("experimental"))
-    st = trial.Setup(exp, lab, None, None, infected.name, lab.by_role("injector")[0].name,
-                     lab.by_role("sniffer")[0].name, lab.by_role("gateway")[0].name, [], seg, [], NORMAL,
-                     ("injector", "198.18.8.1"), shared_clock=True)
-    rec: dict = {}
+    st = Setup(exp, lab, None, None, infected.name, lab.by_role("injector")[0].name,
+               lab.by_role("sniffer")[0].name, lab.by_role("gateway")[0].name, [], seg, [], NORMAL,
+               ("injector", "198.18.8.1"), shared_clock=True)
     files = {"pcap": tmp_path / "capture.pcap", "throttle_log": tmp_path / "throttle.jsonl",
              "worm_log": tmp_path / "worm.jsonl"}
-    trial.evaluate(st, trial.TrialSpec(34, "udp", 2.0, 2), rec, files, tmp_path)
-    return rec
+    return evaluate(st, TrialSpec(34, "udp", 2.0, 2), files, tmp_path).to_dict()
 
 
 def test_the_paper_sweeps_tied_trial_agrees_with_the_models_set(tmp_path):

@@ -24,9 +24,10 @@ import pytest
 from orchestrator.analysis.pcap import read_capture
 from orchestrator.experiment.agreement import answered_counts
 from orchestrator.experiment.rundir import RunDir
-from orchestrator.experiment.runner import run_experiment
+from orchestrator.experiment.runner import RunOptions, run_experiment
 from orchestrator.lab import lifecycle
 from orchestrator.providers.state import StateStore
+from orchestrator.results.publish import Publisher
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 REPO = LABS.parent
@@ -104,7 +105,9 @@ def run_with_kills(tmp: Path, lab_path: Path, store, lab: str, name: str, plan, 
     killer = Killer(store, lab, plan)
     killer.start()
     try:
-        rdir = run_experiment(path, out=tmp / name, index_path=tmp / "index.sqlite", store=store)
+        pub = Publisher(tmp / "index.sqlite")
+        rdir = run_experiment(path, RunOptions(out=tmp / name, store=store, on_open=pub.opened,
+                                               on_finish=pub.finished))
     finally:
         killer.done.set()
         killer.join(5)

@@ -254,12 +254,12 @@ def test_run_status_is_the_manifests_unless_a_running_runner_is_gone(tmp_path):
 def test_a_run_still_running_is_not_resumed_by_another_runner(tmp_path):
     from orchestrator.errors import ExperimentError
     from orchestrator.experiment.rundir import runner_record
-    from orchestrator.experiment.runner import run_experiment
+    from orchestrator.experiment.runner import RunOptions, run_experiment
     from orchestrator.experiment.spec import load_experiment
     exp = Path(__file__).resolve().parents[2] / "labs" / "demo-sweep.yaml"
     run = make_run(tmp_path / "r", [], status="running", runner=runner_record(),
                    spec_hash=load_experiment(exp).spec_hash)
     with pytest.raises(ExperimentError, match=r"run exp-1 is still running \(pid \d+ on .*\); resume it once it "
                                               "has stopped"):
-        run_experiment(exp, resume=run.path, index_path=None)
+        run_experiment(exp, RunOptions(resume=run.path))
     assert run.manifest()["runner"] == runner_record()                  # untouched

@@ -1,0 +1,124 @@
+"""A trial's figures from its files, once collected: the analysis of the capture and the logs, the attempts
+out counted on the wire (or from the answers, in front of the mechanism), the clocks tied together, and the
+model's prediction beside them with the verdict of their agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.analysis.attempts import extract_attempts
+from orchestrator.analysis.metrics import MetricsSettings
+from orchestrator.analysis.pcap import read_capture
+from orchestrator.analysis.trial import analyse_trial
+from orchestrator.atomic import atomic_write_json
+from orchestrator.errors import TestbedError
+from orchestrator.experiment import agreement
+from orchestrator.experiment.record import Evaluation, TrialSpec
+from orchestrator.experiment.rundir import finite
+from orchestrator.experiment.setup import Setup, answers_measurable, lab_ip, unseen_by_mechanism
+
+
+def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path) -> Evaluation:
+    """The trial's figures from its collected files (the analysis is also written to tdir/analysis.json)."""
+    s = st.exp.spec
+    src = lab_ip(st.lab, st.infected, st.segment)
+    if not files.get("worm_log"):
+        raise TestbedError(f"the worm on {st.infected} left no scan log: it never started scanning")
+    sniffer = sniffer_side(st)
+    # the logs are on the infected host's clock, the capture on the sniffer's: VMs keep their own clocks, so
+    # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
+    pk = read_capture(files["pcap"])
+    att = extract_attempts(pk)
+    tlog = files.get("throttle_log")
+    verdicts = [json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()] if tlog else []
+    worm_lines = Path(files["worm_log"]).read_text().splitlines()
+    link: float | None = 0.0
+    if answers_measurable(st, t) and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's
+        link = agreement.answer_clock(att, verdicts, src=src)
+    offset, matched = 0.0, 0
+    if verdicts and sniffer == "after":
+        found, matched = agreement.clock_offset(att, verdicts, src=src)
+        offset = found or 0.0
+    an = analyse_trial(files["pcap"], throttle_log=tlog, worm_logs=[files["worm_log"]],
+                       settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
+    d = an.to_dict()
+    atomic_write_json(tdir / "analysis.json", d)
+    sm = next((x for x in d["metrics"]["sources"] if x["src"] == src), {})
+    att.ts = att.ts - offset
+    wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
+                                 block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
+    stop_s, skew = sm.get("stopping_time_s"), None
+    if stop_s is not None and sm.get("stopping_time_clock") == "wall" and verdicts:
+        # worm and throttle on different kernels (a VM and its hypervisor): their wall clocks disagree
+        skew, _ = agreement.send_offset(worm_lines, verdicts, src=src)
+        if skew is not None:
+            stop_s -= skew
+    measured = _measured(sm, wire, stop_s, offset, matched)
+    measured |= _out_counts(st, t, sniffer, wire, pk, sm, src, link)
+    if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
+        measured["achieved_rate_wire"] = wire.get("wire_rate")
+    measured = {k: finite(v) for k, v in measured.items()}
+    findings = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
+                for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
+    model = _model(st, t, verdicts, worm_lines, src) if st.exp.throttled else None
+    return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
+
+
+def sniffer_side(st: Setup) -> str:
+    """Where the capture stands relative to the mechanism: after it (it sees what the mechanism let out) when
+    the mechanism is in the host, or when there is none; before it otherwise."""
+    host = st.exp.throttled and st.exp.spec.throttle.placement == "host"
+    return "after" if host or not st.exp.throttled else "before"
+
+
+def _measured(sm: dict[str, Any], wire: dict[str, Any], stop_s: float | None, offset: float,
+              matched: int) -> dict[str, Any]:
+    return {
+        "blocked": bool(sm.get("blocked")), "stop_s": stop_s,
+        "first_attempt_wall": sm.get("first_attempt_wall"), "blocked_wall": sm.get("blocked_wall"),
+        "achieved_rate": sm.get("worm_scan_rate"), "attempts": sm.get("worm_attempts"),
+        "distinct_destinations": sm.get("worm_distinct_destinations"),
+        "max_queue_len": sm.get("max_queue_len"), "throttle_events": sm.get("throttle_events"),
+        "wire_attempts": wire["wire_attempts"], "wire_packets": wire["wire_packets"],
+        "capture_clock_offset_s": offset, "capture_clock_matches": matched,
+    }
+
+
+def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], pk, sm: dict[str, Any], src: str,
+                link: float | None) -> dict[str, Any]:
+    """The attempts out before (and after) the block: on the wire behind the mechanism, or from the answers
+    coming back when the capture stands in front of it."""
+    s = st.exp.spec
+    if sniffer == "after":
+        return {"out_before_block": wire["out_before_block"],
+                "packets_out_before_block": wire["packets_out_before_block"],
+                "out_after_block": wire["out_after_block"]}
+    if answers_measurable(st, t) and link is not None:
+        # in front of the throttle: what got through shows as the answers coming back (the gateway's RSTs),
+        # on the capture's clock — the block placed there by the measured link between the two clocks
+        block = sm.get("blocked_wall")
+        ans = agreement.answered_counts(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
+                                        block_wall=None if block is None else block + link,
+                                        unseen=unseen_by_mechanism(st),
+                                        tolerance_s=agreement.answer_tolerance(st.emulated))
+        return {"out_before_block": ans["out_before_block"], "out_after_block": ans["out_after_block"],
+                "out_measured_from": "answers", "answer_clock_offset_s": link}
+    return {"out_before_block": None, "out_after_block": None}
+
+
+def _model(st: Setup, t: TrialSpec, verdicts: list[dict[str, Any]], worm_lines: list[str],
+           src: str) -> dict[str, Any]:
+    """The throttle model's prediction for the worm's own logged attempts."""
+    s = st.exp.spec
+    cfg = agreement.throttle_config(s.throttle, st.normal)
+    # arrivals closer to a release tick than the daemon's own measured decision jitter are ties: the model
+    # gives every outcome their orderings allow, beside its strict (exact-clock) prediction
+    jitter = agreement.decision_jitter(verdicts, period_s=s.throttle.release_period_s)
+    model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
+                                  protocol=t.protocol, retransmit=st.retransmit, unseen=unseen_by_mechanism(st),
+                                  tie_window_s=jitter["window_s"], answered=s.gateway_empty == "reset")
+    if "orderings" in model:
+        model["orderings"]["jitter"] = jitter
+    return {k: finite(v) if not isinstance(v, list) else v for k, v in model.items()}
