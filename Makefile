@@ -40,7 +40,7 @@ demo: setup
 	@scripts/demo.sh
 
 lint: venv
-	$(PY) -m ruff check orchestrator testworm throttle hostagent tests benchmarks playbooks/library
+	$(PY) -m ruff check orchestrator testworm throttle hostagent workload tests benchmarks playbooks/library
 	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q
 
 bench: setup
