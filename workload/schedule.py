@@ -55,7 +55,7 @@ class GenSpec:
     tcp_port: int = 8080
     udp_port: int = 5353
     seed: int = 0
-    max_connections: int = 100_000
+    max_connections: int = 1_000_000
 
 
 def popularity_weights(n: int, popularity: str, zipf_s: float = 1.0) -> list[float]:

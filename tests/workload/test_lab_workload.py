@@ -58,8 +58,10 @@ def session(lab, name: str, *args: str, capture: bool = False) -> tuple[list[dic
     log, pcap = lab.tmp / f"{name}.jsonl", lab.tmp / f"{name}.pcap"
     dump = None
     if capture:
-        dump = lab.popen("c", ["tcpdump", "-i", "lan1", "-n", "-U", "--time-stamp-precision", "nano", "-w", str(pcap),
-                               "tcp[tcpflags] & tcp-syn != 0 or udp"], stderr=subprocess.PIPE, text=True)
+        # --immediate-mode: without it the last packets can still sit in the kernel's ring when tcpdump stops
+        dump = lab.popen("c", ["tcpdump", "-i", "lan1", "-n", "-U", "--immediate-mode", "--time-stamp-precision",
+                               "nano", "-w", str(pcap), "tcp[tcpflags] & tcp-syn != 0 or udp"],
+                         stderr=subprocess.PIPE, text=True)
         line = ""
         while "listening on" not in line:
             line = dump.stderr.readline()
