@@ -132,3 +132,35 @@ def test_refusals_and_timeouts_are_logged(lab):
     assert got == [(lab.addr("s3"), "tcp", "refused", None), (lab.addr("s3"), "udp", "refused", None),
                    ("198.18.201.99", "tcp", "timeout", "connect")]
     assert evs[-1]["outcomes"] == {"refused": 2, "timeout": 1}
+
+
+JUNK = """
+import json, socket, sys
+host = sys.argv[1]
+out = {}
+with socket.create_connection((host, 8080), timeout=5) as s:
+    s.sendall(b"POST /wl/1 HTTP/1.0\\r\\n\\r\\n")
+    out["post"] = s.recv(100).decode()
+with socket.create_connection((host, 8080), timeout=5) as s:
+    s.sendall(b"GET /wl/1 HTTP/1.0\\r\\n" + b"A" * 5000)
+    try:
+        out["oversized"] = s.recv(100).decode()
+    except ConnectionResetError:  # closed with our excess bytes unread
+        out["oversized"] = "reset"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"hello", (host, 5353))
+out["udp"] = u.recv(100).decode()
+print(json.dumps(out))
+"""
+
+
+def test_the_servers_answer_bad_requests_and_log_them(lab):
+    r = lab.run("c", [sys.executable, "-c", JUNK, lab.addr("s2")], timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["post"].startswith("HTTP/1.0 400 Bad Request") and out["udp"] == "WLE1 bad-request\n"
+    assert out["oversized"] in ("", "reset")  # closed without an answer
+    bad = [e for e in read_events(str(lab.tmp / "serve-s2.jsonl")) if e["event"] == "bad_request"]
+    assert [(e["protocol"], e["why"]) for e in bad[-3:]] == [("tcp", "not a GET"), ("tcp", "oversized"),
+                                                             ("udp", "not WLQ1")]
