@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(replayable with --trace), JSON lines, or a JSON summary with its fingerprint.")
     _session_options(s)
     s.add_argument("--format", default="csv", help="csv (default), jsonl or summary")
+    s.add_argument("--working-set", default="5", help="summary: count new destinations against an LRU list of "
+                   "this many servers, as a Williamson throttle's working set (default 5)")
 
     r = sub.add_parser("run", help="run a session", description="Open the schedule's connections on time "
                        "and log each one. Refuses targets outside --allow, an allow-list outside the lab "
@@ -150,7 +152,8 @@ def cmd_schedule(a: argparse.Namespace) -> int:
         sys.stdout.write(to_jsonl(conns))
     else:
         from .schedule import fingerprint
-        print(json.dumps({**summary(conns, info.get("duration_s")), "fingerprint": fingerprint(conns),
+        ws = params.num(a.working_set, "--working-set", 1, params.MAX_SERVERS, integer=True)
+        print(json.dumps({**summary(conns, info.get("duration_s"), ws), "fingerprint": fingerprint(conns),
                           "params": info}))
     return 0
 

@@ -116,14 +116,35 @@ def fingerprint(conns: Sequence[Conn]) -> str:
     return h.hexdigest()
 
 
-def summary(conns: Sequence[Conn], duration_s: float | None = None) -> dict:
-    """Counts a reader checks a schedule by: connections, pages, distinct servers, per protocol, the mean rate."""
+def new_destinations(conns: Sequence[Conn], working_set: int) -> int:
+    """Connections to a server that is not among the `working_set` servers used most recently (an LRU list
+    that starts empty): the new destinations a Williamson throttle with that working set would see, were every
+    connection of the schedule let through at once. A description of the schedule, not the throttle's model."""
+    recent: list[int] = []
+    misses = 0
+    for c in conns:
+        if c.server in recent:
+            recent.remove(c.server)
+        else:
+            misses += 1
+            if len(recent) >= working_set:
+                recent.pop(0)
+        recent.append(c.server)
+    return misses
+
+
+def summary(conns: Sequence[Conn], duration_s: float | None = None, working_set: int = 5) -> dict:
+    """Counts a reader checks a schedule by: connections, pages, distinct servers, per protocol, the mean rate,
+    and the new destinations against an LRU working set of `working_set` servers (and their rate)."""
     servers = {c.server for c in conns}
     protos = {p: sum(1 for c in conns if c.protocol == p) for p in PROTOCOLS}
     span = duration_s if duration_s is not None else (conns[-1].t if conns else 0.0)
+    new = new_destinations(conns, working_set)
     return {"connections": len(conns), "pages": len({c.page for c in conns}), "servers_used": len(servers),
             "per_protocol": protos, "span_s": span,
-            "rate_per_s": (len(conns) / span) if span > 0 else None}
+            "rate_per_s": (len(conns) / span) if span > 0 else None,
+            "working_set": working_set, "new_destinations": new,
+            "new_destinations_per_s": (new / span) if span > 0 else None}
 
 
 def to_csv(conns: Sequence[Conn]) -> str:

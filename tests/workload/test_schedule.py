@@ -7,7 +7,16 @@ from collections import Counter
 
 import pytest
 
-from workload.schedule import GenSpec, fingerprint, generate, popularity_weights, summary, to_csv
+from workload.schedule import (
+    Conn,
+    GenSpec,
+    fingerprint,
+    generate,
+    new_destinations,
+    popularity_weights,
+    summary,
+    to_csv,
+)
 
 SERVERS = tuple(f"198.18.201.{i}" for i in range(2, 12))
 
@@ -86,7 +95,21 @@ def test_max_connections_bounds_the_schedule():
 
 def test_summary_and_csv():
     s = generate(spec(arrivals="periodic", rate=2.0, duration_s=2.0))
+    new = new_destinations(s, 5)
     assert summary(s, 2.0) == {"connections": 4, "pages": 4, "servers_used": len({c.server for c in s}),
-                               "per_protocol": {"tcp": 4, "udp": 0}, "span_s": 2.0, "rate_per_s": 2.0}
+                               "per_protocol": {"tcp": 4, "udp": 0}, "span_s": 2.0, "rate_per_s": 2.0,
+                               "working_set": 5, "new_destinations": new, "new_destinations_per_s": new / 2.0}
     lines = to_csv(s).splitlines()
     assert lines[0] == "time,destination,protocol,port" and lines[2] == f"0.5,{s[1].server},tcp,8080"
+
+
+def test_new_destinations_against_an_lru_working_set():
+    def seq(servers):
+        return [Conn(i, float(i), i, k, f"198.18.201.{k + 2}", "tcp", 80) for i, k in enumerate(servers)]
+    assert new_destinations(seq([0, 1, 0, 1, 2, 0]), 2) == 4      # 0, 1 new; 0, 1 hits; 2 new (evicts 0); 0 new
+    assert new_destinations(seq([0, 1, 0, 1, 2, 0]), 3) == 3
+    assert new_destinations(seq([0, 1, 2, 3] * 3), 3) == 12       # a cycle one longer than the set: all misses
+    assert new_destinations(seq([]), 5) == 0
+    z = generate(spec(rate=50.0, duration_s=50.0, seed=9))
+    u = generate(spec(rate=50.0, duration_s=50.0, seed=9, popularity="uniform"))
+    assert new_destinations(z, 5) < new_destinations(u, 5) < len(u)  # Zipf concentrates on few servers
