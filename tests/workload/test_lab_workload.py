@@ -164,3 +164,9 @@ def test_the_servers_answer_bad_requests_and_log_them(lab):
     bad = [e for e in read_events(str(lab.tmp / "serve-s2.jsonl")) if e["event"] == "bad_request"]
     assert [(e["protocol"], e["why"]) for e in bad[-3:]] == [("tcp", "not a GET"), ("tcp", "oversized"),
                                                              ("udp", "not WLQ1")]
+
+
+def test_a_server_that_cannot_listen_fails_at_run_time(lab):
+    r = lab.run("s1", wl("serve", "--tcp", f"{lab.addr('s2')}:8080", "--log", str(lab.tmp / "nolisten.jsonl")))
+    assert (r.returncode, r.stderr) == (1, "workload: cannot listen: Cannot assign requested address\n")
+    assert read_events(str(lab.tmp / "nolisten.jsonl"))[-1]["reason"] == "error"
