@@ -19,6 +19,8 @@ from testworm.errors import UsageError
 
 TCP_SYN, TCP_ACK = 0x02, 0x10
 LINK_ETHERNET, LINK_RAW, LINK_RAW_IPV4, LINK_SLL, LINK_SLL2, LINK_NULL, LINK_LOOP = 1, 101, 228, 113, 276, 0, 108
+LINKTYPES = {LINK_ETHERNET: "Ethernet", LINK_RAW: "raw IP", LINK_RAW_IPV4: "raw IPv4", LINK_SLL: "Linux SLL",
+             LINK_SLL2: "Linux SLL2", LINK_NULL: "BSD loopback", LINK_LOOP: "OpenBSD loopback"}
 MAX_RECORD = 1 << 18
 
 
@@ -95,6 +97,7 @@ def _pcap(fh, path: str, magic: bytes) -> Iterator[Packet]:
     if len(rest) < 20:
         raise UsageError(f"{path}: the pcap file header is cut short")
     linktype = struct.unpack(e + "I", rest[16:20])[0] & 0x0FFFFFFF
+    _check_linktype(path, linktype)
     n, off = 0, 24
     while True:
         hdr = fh.read(16)
@@ -136,6 +139,7 @@ def _pcapng(fh, path: str) -> Iterator[Packet]:
             raise UsageError(f"{path}: block {n} at offset {off}: cut short")
         if btype == 1:  # interface description: link type, and the timestamp resolution option
             ifaces.append((struct.unpack(e + "H", body[:2])[0], _tsresol(body[8:-4], e)))
+            _check_linktype(path, ifaces[-1][0])
         elif btype in (6, 2) and len(body) >= 24:  # enhanced (6) and obsolete (2) packet blocks
             if btype == 6:
                 iface, hi, lo, incl = struct.unpack(e + "IIII", body[:16])
@@ -148,6 +152,11 @@ def _pcapng(fh, path: str) -> Iterator[Packet]:
             if p is not None:
                 yield p
         n, off = n + 1, off + blen
+
+
+def _check_linktype(path: str, linktype: int) -> None:
+    if linktype not in LINKTYPES:
+        raise UsageError(f"{path}: link type {linktype} is not supported (only {', '.join(LINKTYPES.values())})")
 
 
 def _tsresol(opts: bytes, e: str) -> float:

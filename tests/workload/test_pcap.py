@@ -53,5 +53,8 @@ def test_damaged_captures_are_named(tmp_path):
     (tmp_path / "short.pcap").write_bytes(data[:10])
     with pytest.raises(UsageError, match="the pcap file header is cut short"):
         list(pcap.read_packets(str(tmp_path / "short.pcap")))
+    (tmp_path / "wifi.pcap").write_bytes(data[:20] + (105).to_bytes(4, "little") + data[24:])
+    with pytest.raises(UsageError, match=r"wifi.pcap: link type 105 is not supported \(only Ethernet, raw IP"):
+        list(pcap.read_packets(str(tmp_path / "wifi.pcap")))
     with pytest.raises(UsageError, match="cannot read capture .*nope.pcap: No such file"):
         list(pcap.read_packets(str(tmp_path / "nope.pcap")))
