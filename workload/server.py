@@ -19,7 +19,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from testworm.addrs import AddressSet, ip_int
 from testworm.errors import InterlockError, WormError
@@ -50,7 +50,6 @@ class Counts:
     busy: int = 0
     timeouts: int = 0
     outside: int = 0
-    by_port: dict[str, int] = field(default_factory=dict)
 
 
 def parse_http(buf: bytes) -> int | None | bool:
@@ -118,6 +117,9 @@ class Server:
                 self.sel.register(s, selectors.EVENT_READ, ("udp", (host, port)))
                 socks.append(s)
         except OSError as exc:
+            s.close()
+            for x in socks:
+                x.close()
             self.log.event("stopped", reason="error", error=f"cannot listen: {exc.strerror}")
             self.log.close()
             raise WormError(f"cannot listen: {exc.strerror}") from None
@@ -134,13 +136,13 @@ class Server:
                     self.stop_reason = "lifetime"
                     break
                 for key, ev in self.sel.select(timeout=min(0.5, end - now)):
-                    kind, addr = key.data
+                    kind, what = key.data  # a listening address, or a client
                     if kind == "listen":
-                        self._accept(key.fileobj, addr)
+                        self._accept(key.fileobj, what)
                     elif kind == "udp":
-                        self._datagram(key.fileobj, addr)
+                        self._datagram(key.fileobj, what)
                     else:
-                        self._client(addr, ev)
+                        self._client(what, ev)
                 self._expire(_mono())
                 self.log.flush()
         finally:
