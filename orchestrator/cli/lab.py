@@ -154,7 +154,7 @@ def check(lab: Annotated[str, typer.Argument(help="lab name")],
 
 def schema():
     """Print the JSON Schema of lab files (for editors)."""
-    from orchestrator.labfile.load import json_schema
+    from orchestrator.labfile.models import json_schema
     print(json.dumps(json_schema(), indent=2))
 
 

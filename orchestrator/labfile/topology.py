@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from orchestrator.labfile import load
+from orchestrator.labfile import models
 
 # host-side interface names are the same on every host: playbooks and captures can rely on them
 _IFNAME = {"management": "mgmt0", "admin": "admin0"}
@@ -127,7 +127,7 @@ class _Entry(NamedTuple):
     role: str
     lans: list[str]                              # segment keys
     fixed: dict[str, ipaddress.IPv4Address]      # segment key -> fixed address
-    spec: load.HostSpec
+    spec: models.HostSpec
     template: str | None
     path: tuple
 
@@ -157,12 +157,12 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
     if net.prefixlen > 30:
         problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
         return None
-    if not net.subnet_of(ipaddress.ip_network(load.LAB_RANGE)):
-        problems.add(path, f"{cidr} is outside {load.LAB_RANGE}, the benchmark range every lab address comes from")
+    if not net.subnet_of(ipaddress.ip_network(models.LAB_RANGE)):
+        problems.add(path, f"{cidr} is outside {models.LAB_RANGE}, the benchmark range every lab address comes from")
     return net          # still checked for overlaps with this machine's routes, so every problem is said
 
 
-def _segments(spec: load.LabFile, problems) -> list[tuple[Segment, ipaddress.IPv4Network | None]]:
+def _segments(spec: models.LabFile, problems) -> list[tuple[Segment, ipaddress.IPv4Network | None]]:
     segs: list[tuple[Segment, ipaddress.IPv4Network | None]] = []
     for kind in ("management", "admin"):
         lan = getattr(spec.lans, kind)
@@ -222,7 +222,7 @@ def _lan_refs(name: str, role: str, lans: list[str], segs: dict[str, Segment], p
     return out
 
 
-def resolve(spec: load.LabFile, source: str, problems, *, machine_routes: list[str]) -> Lab | None:
+def resolve(spec: models.LabFile, source: str, problems, *, machine_routes: list[str]) -> Lab | None:
     seg_list = _segments(spec, problems)
     segs = {s.key: s for s, _ in seg_list}
     nets = {s.key: n for s, n in seg_list}
@@ -235,7 +235,7 @@ def resolve(spec: load.LabFile, source: str, problems, *, machine_routes: list[s
                  and net.overlaps(rn)]
         if clash:
             problems.add(_seg_path(key), f"{net} overlaps {', '.join(clash)}, route(s) this machine already "
-                         f"uses; choose another part of {load.LAB_RANGE}")
+                         f"uses; choose another part of {models.LAB_RANGE}")
 
     # expand hosts and templates, in file order
     expanded: list[_Entry] = []
@@ -246,10 +246,10 @@ def resolve(spec: load.LabFile, source: str, problems, *, machine_routes: list[s
             problems.add(path, f"invalid host name '{entry}': 1-20 lower-case letters, digits, dashes, "
                          "starting with a letter")
             continue
-        if entry in load.RESERVED_HOST_NAMES:
+        if entry in models.RESERVED_HOST_NAMES:
             problems.add(path, f"'{entry}' is reserved (the lab's own switch); choose another name")
             continue
-        lans = _lan_refs(entry, hs.role, list(hs.lans) if hs.lans is not None else load.DEFAULT_LANS[hs.role],
+        lans = _lan_refs(entry, hs.role, list(hs.lans) if hs.lans is not None else models.DEFAULT_LANS[hs.role],
                          segs, (*path, "lans"), problems)
         fixed: dict[str, ipaddress.IPv4Address] = {}
         for ref, addr in hs.addresses.items():
@@ -347,10 +347,10 @@ def resolve(spec: load.LabFile, source: str, problems, *, machine_routes: list[s
         hosts.append(Host(name, role, idx, tuple(ifaces), default_via, role == "gateway", template, opts))
 
     options = spec.libvirt.model_dump() if spec.libvirt else {}
-    return Lab(spec.name, spec.provider, source, load.spec_hash(spec), tuple(segs.values()), tuple(hosts), options)
+    return Lab(spec.name, spec.provider, source, models.spec_hash(spec), tuple(segs.values()), tuple(hosts), options)
 
 
-def _addr_key(hs: load.HostSpec, seg_key: str, ref: str) -> str:
+def _addr_key(hs: models.HostSpec, seg_key: str, ref: str) -> str:
     return seg_key if seg_key in hs.addresses else ref
 
 
@@ -364,7 +364,7 @@ def _seg_path(seg_key: str) -> tuple:
 
 def _valid_host_name(name: str) -> bool:
     import re
-    return re.fullmatch(load.HOST_PATTERN, name) is not None
+    return re.fullmatch(models.HOST_PATTERN, name) is not None
 
 
 def _role_rules(expanded: list[_Entry], segs: dict[str, Segment], problems) -> None:
@@ -385,8 +385,8 @@ def _role_rules(expanded: list[_Entry], segs: dict[str, Segment], problems) -> N
             problems.add((*e.path, "lans"), f"{e.name} must be on the admin LAN: it is how the orchestrator "
                          "provisions and reaches every host")
         for kind in kinds:
-            if e.role not in load.ALLOWED_ROLES[kind]:
-                allowed = ", ".join(sorted(load.ALLOWED_ROLES[kind]))
+            if e.role not in models.ALLOWED_ROLES[kind]:
+                allowed = ", ".join(sorted(models.ALLOWED_ROLES[kind]))
                 problems.add((*e.path, "lans"), f"a {e.role} may not sit on the {kind} LAN (allowed: {allowed})")
         if e.role in ("sniffer", "gateway", "target", "injector") and "experimental" not in kinds:
             problems.add((*e.path, "lans"), f"a {e.role} belongs on the experimental LAN")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.labfile.load import json_schema, load_lab
+from orchestrator.labfile.load import load_lab
+from orchestrator.labfile.models import json_schema
 from orchestrator.labfile.topology import Lab
 
 LABS = Path(__file__).resolve().parents[2] / "labs"

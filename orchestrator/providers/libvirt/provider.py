@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from orchestrator.errors import NotRootError, ProviderError
-from orchestrator.labfile.load import LibvirtOptions
+from orchestrator.labfile.models import LibvirtOptions
 from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import Result, is_root, run_attached
 from orchestrator.providers.base import (

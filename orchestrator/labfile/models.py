@@ -1,0 +1,110 @@
+"""The lab file's strict pydantic models and constants (roles, LANs, the lab address range, name patterns):
+a leaf every other step may import. Loading and checking a file is load.py; resolving it, topology.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROLES = ("admin-server", "blade", "gateway", "target", "sniffer", "injector")
+Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
+LAN_KINDS = ("management", "admin", "experimental")
+# Roles allowed on each LAN (the paper's separation: management is for the admin server and the blades' RMCs).
+ALLOWED_ROLES = {
+    "management": {"admin-server", "blade"},
+    "admin": set(ROLES),
+    "experimental": {"blade", "gateway", "target", "sniffer", "injector"},
+}
+# LANs a host sits on when its entry does not say.
+DEFAULT_LANS: dict[str, list[str]] = {
+    "admin-server": ["management", "admin"],
+    "blade": ["management", "admin", "experimental"],
+    "gateway": ["admin", "experimental"],
+    "target": ["admin", "experimental"],
+    "sniffer": ["admin", "experimental"],
+    "injector": ["admin", "experimental"],
+}
+LAB_RANGE = "198.18.0.0/15"     # RFC 2544 benchmark space: every lab address comes from here, nothing else
+DEFAULT_SUBNETS = {"management": "198.18.0.0/24", "admin": "198.18.1.0/24", "experimental": "198.18.8.0/22"}
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
+HOST_PATTERN = r"^[a-z][a-z0-9-]{0,19}$"
+RESERVED_HOST_NAMES = {"switch"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Cidr = Annotated[str, Field(description="IPv4 network in CIDR notation, e.g. 198.18.1.0/24",
+                            json_schema_extra={"format": "ipv4-cidr"})]
+
+
+class LanSpec(Strict):
+    subnet: Cidr = Field(description="the LAN's IPv4 subnet")
+
+
+class ExperimentalSpec(Strict):
+    """The experimental side: one subnet, or several named subnets joined by the gateway."""
+
+    subnet: Cidr | None = Field(None, description="a single experimental subnet")
+    subnets: dict[str, Cidr] | None = Field(
+        None, description="several experimental subnets by name (hosts refer to them as experimental.NAME)")
+
+
+class LansSpec(Strict):
+    management: LanSpec = Field(default_factory=lambda: LanSpec(subnet=DEFAULT_SUBNETS["management"]))
+    admin: LanSpec = Field(default_factory=lambda: LanSpec(subnet=DEFAULT_SUBNETS["admin"]))
+    experimental: ExperimentalSpec = Field(
+        default_factory=lambda: ExperimentalSpec(subnet=DEFAULT_SUBNETS["experimental"]))
+
+
+class HostSpec(Strict):
+    role: Role = Field(description="what the host does in the lab")
+    count: int | None = Field(None, ge=1, le=4096,
+                              description="a counted template: NAME1 … NAMEn (e.g. blade: {count: 16})")
+    lans: list[str] | None = Field(
+        None, description="LANs the host sits on: management, admin, experimental or experimental.NAME "
+                          "(default by role)")
+    addresses: dict[str, str] = Field(
+        default_factory=dict,
+        description="fixed IPv4 addresses by LAN; for a counted template, the first of a consecutive block")
+    image: str | None = Field(None, description="libvirt provider: guest image name (default: debian)")
+    memory_mib: int | None = Field(None, ge=64, le=65536, description="libvirt provider: guest RAM")
+    vcpus: int | None = Field(None, ge=1, le=64, description="libvirt provider: virtual CPUs")
+
+
+class LibvirtOptions(Strict):
+    uri: str = Field("qemu:///system", description="libvirt connection URI, e.g. qemu+ssh://host/system")
+    domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        "auto", description="kvm, qemu (software emulation, TCG), or auto: kvm where it works")
+    image: str = Field("debian", description="default guest image for every host")
+    memory_mib: int = Field(192, ge=64, le=65536)
+    vcpus: int = Field(1, ge=1, le=64)
+    tb_cache_mib: int = Field(96, ge=16, le=2048, description="QEMU TCG translation cache per VM")
+    network: str | None = Field(None, description="must not be set: lab networks are always made by the lab")
+
+
+class LabFile(Strict):
+    """A worm-testbed lab file (labs/*.yaml)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lab name: lower-case letters, digits, dashes")
+    description: str | None = None
+    provider: str = Field("netns", description="netns (default) or libvirt")
+    lans: LansSpec = Field(default_factory=LansSpec)
+    hosts: dict[str, HostSpec] = Field(min_length=1)
+    libvirt: LibvirtOptions | None = None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = LabFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "worm-testbed lab file"
+    return schema
+
+
+def spec_hash(spec: LabFile) -> str:
+    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
