@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.labfile.models import ROLES, LabFile
+from orchestrator.labfile.resolve import resolve
 from orchestrator.labfile.specfile import Problems, read_spec_file
 
 
@@ -106,7 +107,6 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
                   problems: Problems | None = None, *, machine_routes: Iterable[str] = (),
                   known_providers: Iterable[str] | None = None):
     """Validate parsed lab data; return the resolved topology.Lab or raise SpecError with every problem."""
-    from orchestrator.labfile import topology  # late import: topology imports this module's constants
 
     problems = problems or Problems(source, lines or {})
     if not isinstance(data, dict):
@@ -125,7 +125,7 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
         _pydantic_problems(exc, problems, LabFile, data)
         problems.raise_if_any()
         raise  # unreachable: a ValidationError always carries at least one error
-    lab = topology.resolve(spec, source, problems, machine_routes=list(machine_routes))
+    lab = resolve(spec, source, problems, machine_routes=list(machine_routes))
     problems.raise_if_any()
     assert lab is not None
     return lab
