@@ -17,6 +17,7 @@ app = typer.Typer(
     help="worm-testbed: build isolated labs, provision them, let a benign test worm loose, and measure how "
          "fast a containment mechanism (the Williamson virus throttle, or yours) stops it.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,      # click's plain help: typer's rich help imports rich's markdown, ~0.1 s a call
 )
 
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from orchestrator.analysis.metrics import MetricsSettings
-from orchestrator.analysis.trial import TrialAnalysis, analyse_trial
-from orchestrator.cli.common import handles_errors, out, report
+from orchestrator.cli.common import LazyConsole, handles_errors, out, report
 from orchestrator.errors import TestbedError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.analysis.trial import TrialAnalysis
 
 MAX_SOURCE_ROWS = 40
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -54,9 +54,13 @@ def analyse_verb(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng cap
                              tolerance_s=tolerance, udp=udp))
 
 
-def analyse(pcap: Path, throttle_log: Path | None, worm_log: Path | None, as_json: bool, console: Console, *,
-            sniffer: str | None = None, tolerance_s: float = 0.25, udp: str = "first_per_destination") -> int:
+def analyse(pcap: Path, throttle_log: Path | None, worm_log: Path | None, as_json: bool,
+            console: Console | LazyConsole, *, sniffer: str | None = None, tolerance_s: float = 0.25,
+            udp: str = "first_per_destination") -> int:
     """Run the analysis and print it (rich tables, or one JSON object with `as_json`). Returns the exit code."""
+    from orchestrator.analysis.metrics import MetricsSettings
+    from orchestrator.analysis.trial import analyse_trial
+
     try:
         try:
             settings = MetricsSettings(sniffer=sniffer, tolerance_s=tolerance_s)
@@ -94,7 +98,10 @@ def _spark(hist: list[int]) -> str:
     return "".join(SPARK[0 if h == 0 else 1 + (h * (len(SPARK) - 2)) // top] for h in hist)
 
 
-def render(res: TrialAnalysis, console: Console) -> None:
+def render(res: TrialAnalysis, console: Console | LazyConsole) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     d = res.to_dict()
     t0 = d["first_ts"]
     lts = ", ".join(f"{x['linktype']} {x['name']}" for x in d["linktypes"]) or "none"

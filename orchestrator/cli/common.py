@@ -15,17 +15,38 @@ import json
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 from typer.exceptions import TyperException
 
 from orchestrator.errors import TestbedError
 
-out = Console(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal
-err = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich Console made on first use: `testbed --help` never imports rich's console (the verbs are
+    listed without it, and a command line that starts at once is one that imports only what it needs)."""
+
+    def __init__(self, **kw: Any):
+        self._kw = kw
+        self._real: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        if self._real is None:
+            from rich.console import Console
+            self._real = Console(**self._kw)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+out = LazyConsole(soft_wrap=True)      # plain lines stay whole (grep-able); tables still fit the terminal
+err = LazyConsole(stderr=True, soft_wrap=True)
 _debug = os.environ.get("TESTBED_DEBUG") == "1"
 
 
@@ -48,8 +69,10 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
             f"again with --debug for the traceback"), None, 1
 
 
-def report(exc: BaseException, console: Console = err, *, as_json: bool = False) -> int:
+def report(exc: BaseException, console: Console | LazyConsole = err, *, as_json: bool = False) -> int:
     """Print `exc` (with its traceback first under --debug) and return the exit code it means."""
+    from rich.text import Text
+
     if _debug:
         traceback.print_exception(exc, file=sys.stderr)
     message, hint, code = describe(exc)
@@ -96,21 +119,30 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> int:
 
 
 class Bar:
-    """Progress for long work on stderr (silent when stderr is not a terminal)."""
+    """Progress for long work on stderr (silent, and rich's progress not even imported, when stderr is not a
+    terminal)."""
 
     def __init__(self, what: str):
         self.what = what
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
-                                 TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
-        self.task = None
+        self.progress: Any = None
+        self.task: Any = None
+        if err.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task(self.what, total=1, step="")
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     TextColumn("{task.fields[step]}"), TimeElapsedColumn(), console=err.real,
+                                     transient=True)
+
+    def __enter__(self) -> Bar:
+        if self.progress is not None:
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.what, total=1, step="")
         return self
 
     def __call__(self, step: str, done: int, total: int) -> None:
-        self.progress.update(self.task, completed=done, total=total, step=step)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=total, step=step)
 
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.cli.common import err, handles_errors
 from orchestrator.cli.results import finish_run
@@ -25,10 +24,17 @@ class _SweepBar:
     """Trials done, the current protocol and rate, elapsed and expected time."""
 
     def __init__(self, total: int, done: int, est_s: float):
-        from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("trials"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                          console=err, disable=not err.is_terminal)
+                          console=err.real, disable=not err.is_terminal)
         self.p.start()
         self.trials = self.p.add_task("sweep", total=total, completed=done)
         self.time = self.p.add_task("time", total=max(est_s, 1.0), visible=False)

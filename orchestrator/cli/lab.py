@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from orchestrator.cli.common import Bar, err, handles_errors, out
-from orchestrator.lab import lifecycle
+
+if TYPE_CHECKING:
+    from orchestrator.providers.base import Resource
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +31,7 @@ def up(file: Annotated[Path, typer.Argument(help="lab file (labs/*.yaml)")],
        name: Annotated[str | None, typer.Option(help="override the lab's name (run a second copy)")] = None,
        provision: Annotated[bool, typer.Option("--provision", help="provision every host after building")] = False):
     """Validate a lab file, then build the lab (nothing is created if the file has a problem)."""
+    from orchestrator.lab import lifecycle
     t0 = time.monotonic()
     with Bar("building lab") as bar:
         lab = lifecycle.up(file, provider=provider, name=name, progress=bar)
@@ -42,6 +44,7 @@ def up(file: Annotated[Path, typer.Argument(help="lab file (labs/*.yaml)")],
 def down(name: Annotated[str | None, typer.Argument(help="lab name (no lab file needed)")] = None,
          all_: Annotated[bool, typer.Option("--all", help="remove every lab this tool made, and nothing else")] = False):
     """Remove a lab — everything it made, found from its name alone. Idempotent."""
+    from orchestrator.lab import lifecycle
     if bool(name) == all_:
         raise typer.BadParameter("give a lab name or --all (not both)")
     t0 = time.monotonic()
@@ -64,7 +67,7 @@ def down(name: Annotated[str | None, typer.Argument(help="lab name (no lab file 
     out.print(f"lab [bold]{name}[/] removed ({_count(removed)}, {time.monotonic() - t0:.2f} s)")
 
 
-def _count(removed) -> str:
+def _count(removed: list[Resource]) -> str:
     kinds: dict[str, int] = {}
     for r in removed:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
@@ -74,6 +77,9 @@ def _count(removed) -> str:
 def status(name: Annotated[str | None, typer.Argument(help="lab name; all labs when omitted")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
     """Show the labs that are up, or one lab's hosts, addresses and processes."""
+    from rich.table import Table
+
+    from orchestrator.lab import lifecycle
     if name is None:
         labs = lifecycle.status_all()
         if as_json:
@@ -110,6 +116,7 @@ def exec_(lab: Annotated[str, typer.Argument(help="lab name")],
           via: Annotated[str, typer.Option(help="oob (through the provider) or ssh (from the admin server)")] = "oob",
           timeout: Annotated[float | None, typer.Option(help="seconds before the command is stopped")] = None):
     """Run a command on a lab host; its exit code is passed through."""
+    from orchestrator.lab import lifecycle
     if via == "oob":
         res = lifecycle.exec_(lab, host, cmd, capture=False, timeout=timeout)
     elif via == "ssh":
@@ -124,6 +131,9 @@ def check(lab: Annotated[str, typer.Argument(help="lab name")],
           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
           verbose: Annotated[bool, typer.Option("-v", "--verbose", help="one row per host and check")] = False):
     """Audit a running lab's isolation with real probes inside every host; non-zero exit names each leak."""
+    from rich.table import Table
+
+    from orchestrator.lab import lifecycle
     rep = lifecycle.check(lab)
     if as_json:
         print(json.dumps(rep.to_dict(), indent=2))

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
 from orchestrator.cli.common import handles_errors, out
 
@@ -19,7 +17,7 @@ from orchestrator.cli.common import handles_errors, out
 def register(app: typer.Typer) -> None:
     app.command()(handles_errors(report))
     results_app = typer.Typer(help="See and compare runs (the SQLite index, results/index.sqlite by default).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, rich_markup_mode=None)
     results_app.command("list")(handles_errors(results_list))
     results_app.command("show")(handles_errors(results_show))
     results_app.command("compare")(handles_errors(results_compare))
@@ -27,6 +25,9 @@ def register(app: typer.Typer) -> None:
 
 
 def finish_run(rdir, junit: Path | None) -> None:
+    from rich import box
+    from rich.table import Table
+
     from orchestrator.experiment.rundir import RunDir
     from orchestrator.results.regress import junit_xml
 
@@ -58,6 +59,8 @@ IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of run
 def results_list(index: IndexOpt = Path("results/index.sqlite"),
                  as_json: Annotated[bool, typer.Option("--json")] = False):
     """Every run in the index, newest first."""
+    from rich.table import Table
+
     from orchestrator.results.index import Index
 
     idx = Index(index)
@@ -107,6 +110,8 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                     index: IndexOpt = Path("results/index.sqlite"),
                     as_json: Annotated[bool, typer.Option("--json")] = False):
     """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks."""
+    from rich.table import Table
+
     from orchestrator.results.index import Index
     from orchestrator.results.regress import compare
 

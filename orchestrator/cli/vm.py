@@ -8,17 +8,15 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from orchestrator.cli.common import Bar, err, handles_errors, out
 from orchestrator.errors import UsageError
-from orchestrator.lab import lifecycle
-from orchestrator.providers.libvirt import images
+from orchestrator.providers.libvirt import DEFAULT_IMAGE
 
 
 def register(app: typer.Typer) -> None:
     image_app = typer.Typer(help="Guest images for the libvirt provider, built from distribution packages.",
-                            no_args_is_help=True)
+                            no_args_is_help=True, rich_markup_mode=None)
     app.add_typer(image_app, name="image")
     image_app.command("build")(handles_errors(image_build))
     image_app.command("list")(handles_errors(image_list))
@@ -26,10 +24,11 @@ def register(app: typer.Typer) -> None:
     app.command()(handles_errors(console))
 
 
-def image_build(name: Annotated[str, typer.Argument(help="recipe name (vm-images/NAME)")] = images.DEFAULT_IMAGE,
+def image_build(name: Annotated[str, typer.Argument(help="recipe name (vm-images/NAME)")] = DEFAULT_IMAGE,
                 force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
                 verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show the builder's output")] = False):
     """Build a guest image (cached by a hash of its recipe and package sources)."""
+    from orchestrator.providers.libvirt import images
     t0 = time.monotonic()
     with Bar(f"building image {name}") as bar:
         img, fresh = images.build(name, force=force, progress=bar,
@@ -41,6 +40,9 @@ def image_build(name: Annotated[str, typer.Argument(help="recipe name (vm-images
 
 def image_list(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
     """Known recipes, whether their current build exists, and the builds on disk."""
+    from rich.table import Table
+
+    from orchestrator.providers.libvirt import images
     rows = images.list_images()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -56,6 +58,7 @@ def power(lab: Annotated[str, typer.Argument(help="lab name")],
           host: Annotated[str, typer.Argument(help="host name")],
           action: Annotated[str, typer.Argument(help="on, off or cycle")]):
     """Out-of-band power control of a lab host (the paper's remote management cards)."""
+    from orchestrator.lab import lifecycle
     if action not in ("on", "off", "cycle"):
         raise UsageError(f"power action '{action}': use on, off or cycle")
     prov, _ = lifecycle.provider_for(lab)
@@ -64,5 +67,6 @@ def power(lab: Annotated[str, typer.Argument(help="lab name")],
 def console(lab: Annotated[str, typer.Argument(help="lab name")],
             host: Annotated[str, typer.Argument(help="host name")]):
     """Attach this terminal to a lab host's console (a VM's serial console; a shell in a namespace host)."""
+    from orchestrator.lab import lifecycle
     prov, _ = lifecycle.provider_for(lab)
     raise typer.Exit(prov.console(lab, host))

@@ -1,4 +1,5 @@
-"""The lab verbs behind the CLI: up, down, status, exec, check — one function each, provider-independent.
+"""The lab verbs behind the CLI: up, down, status, exec, check — one function each, provider-independent
+(each imports what only it needs when called: `testbed down` does not load the lab file's models).
 
 A lab that is up is found by name in the state store; its record says which provider made it.
 """
@@ -9,16 +10,17 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import LabNotFoundError
-from orchestrator.lab import audit
-from orchestrator.lab.provision import control_dir
-from orchestrator.labfile.load import load_lab
 from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import Result
 from orchestrator.providers import get_provider, known_providers
 from orchestrator.providers.base import LabStatus, Progress, Provider, Resource, no_progress
 from orchestrator.providers.state import StateStore
+
+if TYPE_CHECKING:
+    from orchestrator.lab.audit import CheckReport
 
 
 def provider_for(name: str, store: StateStore | None = None) -> tuple[Provider, Lab]:
@@ -30,6 +32,8 @@ def provider_for(name: str, store: StateStore | None = None) -> tuple[Provider, 
 def up(path: str | Path, *, provider: str | None = None, name: str | None = None,
        store: StateStore | None = None, progress: Progress = no_progress) -> Lab:
     """Validate a lab file completely, then build it. Nothing is created if the file has any problem."""
+    from orchestrator.labfile.load import load_lab
+
     lab = load_lab(path, provider_override=provider, name_override=name)
     prov = get_provider(lab.provider, store)
     prov.create(lab, progress)
@@ -50,6 +54,8 @@ def down(name: str, *, store: StateStore | None = None, progress: Progress = no_
                 return None if held is None else [Resource(
                     "state-dir", str(store.lab_dir(name)), True,
                     f"no record, only {len(held)} temporary file(s): killed while writing its first record")]
+    from orchestrator.lab.provision import control_dir
+
     removed = get_provider(rec.provider, store).destroy(name, progress)
     shutil.rmtree(control_dir(store, name), ignore_errors=True)   # Ansible's SSH control sockets, if any
     return removed
@@ -93,7 +99,9 @@ def exec_(name: str, host: str, argv: Sequence[str], *, capture: bool = False, t
     return prov.exec(name, host, argv, timeout=timeout, capture=capture)
 
 
-def check(name: str, *, store: StateStore | None = None) -> audit.CheckReport:
+def check(name: str, *, store: StateStore | None = None) -> CheckReport:
+    from orchestrator.lab import audit
+
     prov, lab = provider_for(name, store)
     return audit.run_check(prov, lab)
 

@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import TestbedError
 from orchestrator.localrun import is_root, run
+from orchestrator.providers.libvirt import DEFAULT_IMAGE
 
 BUILDER_VERSION = "1"        # bump when the build procedure changes what an image contains
 REPO_RECIPES = Path(__file__).resolve().parents[3] / "vm-images"
-DEFAULT_IMAGE = "debian"
 Progress = Callable[[str, int, int], None]
 
 

@@ -1,0 +1,74 @@
+"""How fast the `testbed` command starts: process time (user + system, of the command and what it waited
+for) of `testbed --help`, `status`, `down` of an unknown lab and `down` of a namespace lab that is up, beside
+`python -c pass` measured in the same run. Median of --repeat runs each.
+
+    flock /tmp/wt-heavy.lock .venv/bin/python benchmarks/bench_cli.py            # this checkout
+    flock /tmp/wt-heavy.lock .venv/bin/python benchmarks/bench_cli.py --src DIR  # another one (e.g. before)
+
+The namespace lab (labs/stopping-speed.yaml under a random name, in a private state directory) is built
+only as root, once per repeat, and always removed; without root that row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(user + system seconds, exit code) of one run of argv and everything it waited for."""
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_utime + ru.ru_stime, p.returncode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose orchestrator to time")
+    ap.add_argument("--repeat", type=int, default=7)
+    a = ap.parse_args()
+    if not 1 <= a.repeat <= 50:
+        sys.exit("bench_cli: --repeat is 1..50")
+    state = tempfile.mkdtemp(prefix="wt-bench-cli-")
+    env = {**os.environ, "PYTHONPATH": str(a.src), "TESTBED_STATE_DIR": state}
+    py = [sys.executable]
+    cli = [*py, "-m", "orchestrator.cli"]
+    rows: dict[str, list[float]] = {"python -c pass": [], "testbed --help": [], "testbed status": [],
+                                    "testbed down (unknown lab)": []}
+    root = os.geteuid() == 0
+    if root:
+        rows["testbed down (netns lab stopping-speed)"] = []
+    for _ in range(a.repeat):
+        rows["python -c pass"].append(cpu([*py, "-c", "pass"], env)[0])
+        rows["testbed --help"].append(cpu([*cli, "--help"], env)[0])
+        rows["testbed status"].append(cpu([*cli, "status"], env)[0])
+        rows["testbed down (unknown lab)"].append(cpu([*cli, "down", "xnolab" + secrets.token_hex(2)], env)[0])
+        if root:
+            name = "x" + secrets.token_hex(3)
+            up = subprocess.run([*cli, "up", str(REPO / "labs" / "stopping-speed.yaml"), "--name", name], env=env,
+                                capture_output=True, text=True, timeout=120)
+            try:
+                if up.returncode != 0:
+                    sys.exit(f"bench_cli: testbed up failed: {up.stderr.strip()[-500:]}")
+            finally:
+                t, code = cpu([*cli, "down", name], env)
+                if code != 0:
+                    subprocess.run([*cli, "down", name], env=env, timeout=120)
+            rows["testbed down (netns lab stopping-speed)"].append(t)
+    print(f"process time (user+sys), median of {a.repeat}, orchestrator from {a.src}")
+    for what, ts in rows.items():
+        print(f"  {what:36s} {statistics.median(ts):6.3f} s   (min {min(ts):.3f}, max {max(ts):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
