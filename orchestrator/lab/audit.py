@@ -182,114 +182,136 @@ def _boot_id() -> str:
 
 
 def evaluate(lab: Lab, observed: dict[str, dict[str, Any]]) -> CheckReport:
+    """Judge what every host's probe observed (one function per audit below); pure."""
     rep = CheckReport(lab.name)
-    add = rep.findings.append
     lab_nets = [ipaddress.ip_network(s.subnet) for s in lab.segments]
     forwarders = {h.ip(i.segment): h for h in lab.hosts if h.forwarding for i in h.interfaces if i.ip}
-
     for h in lab.hosts:
         obs = observed.get(h.name)
         if obs is None or "error" in obs:
-            add(Finding("probe", h.name, False, f"could not probe: {(obs or {}).get('error', 'no answer')}", "broken"))
+            rep.findings.append(Finding("probe", h.name, False,
+                                        f"could not probe: {(obs or {}).get('error', 'no answer')}", "broken"))
             continue
         if obs.get("netns_is_root"):
-            add(Finding("namespace", h.name, False, "runs in the machine's root network namespace"))
-        # interfaces: only what the lab made, addresses as declared, the sniffer's port passive
-        want = {i.ifname: i for i in h.interfaces}
-        for itf in obs.get("interfaces", []):
-            name = itf["name"]
-            if name == "lo":
-                continue
-            if name not in want:
-                add(Finding("interfaces", h.name, False, f"unexpected interface {name} (not made by the lab)"))
-                continue
-            decl = want[name]
-            v4 = [a for a in itf["addrs"] if ":" not in a]
-            v6 = [a for a in itf["addrs"] if ":" in a]
-            if decl.mirror:
-                sends = itf.get("tx_packets") or 0
-                ok = not itf["addrs"] and "NOARP" in itf["flags"] and sends == 0
-                add(Finding("sniffer-passive", h.name, ok,
-                            f"{name}: addresses {itf['addrs'] or 'none'}, "
-                            f"{'ARP off' if 'NOARP' in itf['flags'] else 'ARP ON'}, sent {sends} packets"))
-            elif v4 != [decl.address] or v6:
-                own = ipaddress.ip_network(decl.address, strict=False)
-                crossing = [a for a in v4 if ipaddress.ip_interface(a).ip not in own]    # another LAN's, or none
-                add(Finding("addresses", h.name, False, f"{name} has {itf['addrs']}, declared {decl.address}"
-                            + (f": {', '.join(crossing)} is not on its LAN" if crossing else ""),
-                            "leak" if crossing else "broken"))
-        missing = set(want) - {i["name"] for i in obs.get("interfaces", [])}
-        if missing:
-            add(Finding("interfaces", h.name, False, f"missing {', '.join(sorted(missing))}", "broken"))
-        if h.on("management") and h.role not in ("admin-server", "blade"):
-            add(Finding("management", h.name, False, f"a {h.role} is on the management LAN"))
-
+            rep.findings.append(Finding("namespace", h.name, False, "runs in the machine's root network namespace"))
+        rep.findings += _interface_findings(h, obs)
         if (expected := isolation.chains(h)) is not None:
-            add(_filter_finding(h.name, expected, obs.get("nft") or {}))
-        # forwarding: only the gateway, and only between experimental interfaces
-        sc = obs.get("sysctl", {})
-        if h.forwarding:
-            bad = [n for n, v in sc.get("conf", {}).items()
-                   if v == "1" and n not in ("lo", "all", "default") and not n.startswith("exp")]
-            add(Finding("forwarding", h.name, not bad, f"forwarding on {', '.join(bad)}" if bad else
-                        "forwards between experimental subnets only"))
-        else:
-            on = sc.get("ip_forward") == "1" or any(v == "1" for v in sc.get("conf", {}).values())
-            add(Finding("forwarding", h.name, not on,
-                        "forwarding is ON (only the gateway may forward)" if on else "off"))
-
-        # routes: only to lab subnets, next hops only lab forwarders
-        for r in obs.get("routes", []):
-            if r.get("table") == "local" or r.get("type") in ("local", "broadcast"):
-                continue
-            dst, via = r.get("dst", ""), r.get("gateway")
-            if via and via not in forwarders:
-                add(Finding("routes", h.name, False, f"route to {dst} via {via}, which is not the lab's gateway"))
-            elif dst != "default" and not via:
-                net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
-                if not any(net.subnet_of(n) for n in lab_nets):
-                    add(Finding("routes", h.name, False, f"route to {dst} outside the lab's networks"))
-
-        # uplink: routing lookups must fail here, or at the lab gateway they lead to
-        for rg in obs.get("route_get", []):
-            if not rg["ok"]:
-                continue
-            gw = forwarders.get(rg.get("via") or "")
-            gw_obs = observed.get(gw.name, {}) if gw else {}
-            beyond = next((x for x in gw_obs.get("route_get", []) if x["addr"] == rg["addr"]), None)
-            if gw is None or beyond is None or beyond["ok"]:
-                add(Finding("uplink", h.name, False,
-                            f"has a route towards the machine's uplink address {rg['addr']} "
-                            f"(via {rg.get('via') or rg.get('dev')})"))
-        if not any(f.check == "uplink" and f.host == h.name for f in rep.findings):
-            add(Finding("uplink", h.name, True, "no route to the machine's uplink"))
-
-        # probes
-        leaks = [p for p in obs.get("probes", []) if p["expect"] == "unreachable" and p["result"] != "unreachable"]
-        broken = [p for p in obs.get("probes", []) if p["expect"] == "reachable" and p["result"] == "unreachable"]
-        for p in leaks:
-            add(Finding("isolation", h.name, False,
-                        f"reaches {p['segment']} address {p['addr']} ({p['result']}); it must not"))
-        for p in broken:
-            add(Finding("connectivity", h.name, False,
-                        f"cannot reach {p['segment']} address {p['addr']} ({p['detail']})", "broken"))
-        fr = obs.get("frames") or {}
-        for e in fr.get("errors", [])[:1]:
-            add(Finding("isolation", h.name, False, f"could not send its experimental-side probes: {e}", "broken"))
-        if obs.get("beacon", "ok") != "ok":
-            add(Finding("forwarding", h.name, False, f"could not check in with the gateway's watch "
-                        f"({obs['beacon']}): its frames through the gateway went unobserved", "broken"))
-        n_unreach = sum(1 for p in obs.get("probes", []) if p["expect"] == "unreachable")
-        if not leaks:
-            add(Finding("isolation", h.name, True, f"{n_unreach} probes of LANs it is not on"
-                        + (f", {fr['sent']} frames to control addresses from its experimental side" if fr else "")
-                        + ": none answered"))
-        if not broken:
-            add(Finding("connectivity", h.name, True, "reaches its own LANs and the admin server"))
+            rep.findings.append(_filter_finding(h.name, expected, obs.get("nft") or {}))
+        rep.findings.append(_forwarding_finding(h, obs.get("sysctl", {})))
+        rep.findings += _route_findings(h, obs, forwarders, lab_nets)
+        rep.findings += _uplink_findings(h, obs, forwarders, observed)
+        rep.findings += _probe_findings(h, obs)
         if "watch" in obs:
             rep.findings += _watch_findings(h.name, obs["watch"])
     rep.findings += _answered_findings(observed)
     return rep
+
+
+def _interface_findings(h: Host, obs: dict[str, Any]) -> list[Finding]:
+    """Only what the lab made, addresses as declared, the sniffer's port passive; the management LAN's hosts."""
+    out: list[Finding] = []
+    want = {i.ifname: i for i in h.interfaces}
+    for itf in obs.get("interfaces", []):
+        name = itf["name"]
+        if name == "lo":
+            continue
+        if name not in want:
+            out.append(Finding("interfaces", h.name, False, f"unexpected interface {name} (not made by the lab)"))
+            continue
+        decl = want[name]
+        v4 = [a for a in itf["addrs"] if ":" not in a]
+        v6 = [a for a in itf["addrs"] if ":" in a]
+        if decl.mirror:
+            sends = itf.get("tx_packets") or 0
+            ok = not itf["addrs"] and "NOARP" in itf["flags"] and sends == 0
+            out.append(Finding("sniffer-passive", h.name, ok,
+                               f"{name}: addresses {itf['addrs'] or 'none'}, "
+                               f"{'ARP off' if 'NOARP' in itf['flags'] else 'ARP ON'}, sent {sends} packets"))
+        elif v4 != [decl.address] or v6:
+            own = ipaddress.ip_network(decl.address, strict=False)
+            crossing = [a for a in v4 if ipaddress.ip_interface(a).ip not in own]    # another LAN's, or none
+            out.append(Finding("addresses", h.name, False, f"{name} has {itf['addrs']}, declared {decl.address}"
+                               + (f": {', '.join(crossing)} is not on its LAN" if crossing else ""),
+                               "leak" if crossing else "broken"))
+    missing = set(want) - {i["name"] for i in obs.get("interfaces", [])}
+    if missing:
+        out.append(Finding("interfaces", h.name, False, f"missing {', '.join(sorted(missing))}", "broken"))
+    if h.on("management") and h.role not in ("admin-server", "blade"):
+        out.append(Finding("management", h.name, False, f"a {h.role} is on the management LAN"))
+    return out
+
+
+def _forwarding_finding(h: Host, sc: dict[str, Any]) -> Finding:
+    """Forwarding: only the gateway, and only between experimental interfaces."""
+    if h.forwarding:
+        bad = [n for n, v in sc.get("conf", {}).items()
+               if v == "1" and n not in ("lo", "all", "default") and not n.startswith("exp")]
+        return Finding("forwarding", h.name, not bad, f"forwarding on {', '.join(bad)}" if bad else
+                       "forwards between experimental subnets only")
+    on = sc.get("ip_forward") == "1" or any(v == "1" for v in sc.get("conf", {}).values())
+    return Finding("forwarding", h.name, not on, "forwarding is ON (only the gateway may forward)" if on else "off")
+
+
+def _route_findings(h: Host, obs: dict[str, Any], forwarders: dict[str | None, Host],
+                    lab_nets: list[Any]) -> list[Finding]:
+    """Routes: only to lab subnets, next hops only lab forwarders."""
+    out: list[Finding] = []
+    for r in obs.get("routes", []):
+        if r.get("table") == "local" or r.get("type") in ("local", "broadcast"):
+            continue
+        dst, via = r.get("dst", ""), r.get("gateway")
+        if via and via not in forwarders:
+            out.append(Finding("routes", h.name, False, f"route to {dst} via {via}, which is not the lab's gateway"))
+        elif dst != "default" and not via:
+            net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+            if not any(net.subnet_of(n) for n in lab_nets):
+                out.append(Finding("routes", h.name, False, f"route to {dst} outside the lab's networks"))
+    return out
+
+
+def _uplink_findings(h: Host, obs: dict[str, Any], forwarders: dict[str | None, Host],
+                     observed: dict[str, dict[str, Any]]) -> list[Finding]:
+    """Uplink: routing lookups must fail here, or at the lab gateway they lead to."""
+    out: list[Finding] = []
+    for rg in obs.get("route_get", []):
+        if not rg["ok"]:
+            continue
+        gw = forwarders.get(rg.get("via") or "")
+        gw_obs = observed.get(gw.name, {}) if gw else {}
+        beyond = next((x for x in gw_obs.get("route_get", []) if x["addr"] == rg["addr"]), None)
+        if gw is None or beyond is None or beyond["ok"]:
+            out.append(Finding("uplink", h.name, False,
+                               f"has a route towards the machine's uplink address {rg['addr']} "
+                               f"(via {rg.get('via') or rg.get('dev')})"))
+    return out or [Finding("uplink", h.name, True, "no route to the machine's uplink")]
+
+
+def _probe_findings(h: Host, obs: dict[str, Any]) -> list[Finding]:
+    """The probes: nothing answers from LANs the host is not on; its own LANs and the admin server do."""
+    out: list[Finding] = []
+    probes = obs.get("probes", [])
+    leaks = [p for p in probes if p["expect"] == "unreachable" and p["result"] != "unreachable"]
+    broken = [p for p in probes if p["expect"] == "reachable" and p["result"] == "unreachable"]
+    for p in leaks:
+        out.append(Finding("isolation", h.name, False,
+                           f"reaches {p['segment']} address {p['addr']} ({p['result']}); it must not"))
+    for p in broken:
+        out.append(Finding("connectivity", h.name, False,
+                           f"cannot reach {p['segment']} address {p['addr']} ({p['detail']})", "broken"))
+    fr = obs.get("frames") or {}
+    for e in fr.get("errors", [])[:1]:
+        out.append(Finding("isolation", h.name, False, f"could not send its experimental-side probes: {e}", "broken"))
+    if obs.get("beacon", "ok") != "ok":
+        out.append(Finding("forwarding", h.name, False, f"could not check in with the gateway's watch "
+                           f"({obs['beacon']}): its frames through the gateway went unobserved", "broken"))
+    n_unreach = sum(1 for p in probes if p["expect"] == "unreachable")
+    if not leaks:
+        out.append(Finding("isolation", h.name, True, f"{n_unreach} probes of LANs it is not on"
+                           + (f", {fr['sent']} frames to control addresses from its experimental side" if fr else "")
+                           + ": none answered"))
+    if not broken:
+        out.append(Finding("connectivity", h.name, True, "reaches its own LANs and the admin server"))
+    return out
 
 
 def _filter_finding(host: str, expected: tuple[isolation.Chain, ...], nft: dict[str, Any]) -> Finding:
