@@ -36,6 +36,7 @@ from orchestrator.providers.base import (
     Progress,
     Provider,
     Resource,
+    ResourceKind,
     no_progress,
 )
 from orchestrator.providers.faults import fault
@@ -328,104 +329,41 @@ class LibvirtProvider(Provider):
         return meta is not None and meta.get("lab") == lab and meta.get("state-dir") == str(self.store.root)
 
     def _teardown(self, rec: LabRecord, progress: Progress, conn=None) -> list[Resource]:
-        libvirt = hypervisor._libvirt()
         uri = _uri(rec)
         sim = hypervisor.is_simulated(uri)
         hv = hypervisor.Hypervisor(uri)
         own_conn = conn is None
         conn = conn or hypervisor.connect(uri)
-        removed: list[Resource] = []
-        failed: list[str] = []
+        sweep = _Sweep(self, rec, conn)
         try:
             progress("domains", 0, 6)
-            def owned(kind: str, lookup) -> list:   # what the journal names, exists, and carries our tag
-                found = []
-                for oname in rec.owns(kind):
-                    try:
-                        obj = lookup(oname)
-                    except libvirt.libvirtError:
-                        continue
-                    if self._ours(obj.XMLDesc(0), rec.name):
-                        found.append(obj)
-                    else:
-                        failed.append(f"{kind} {oname} exists but is not tagged as lab {rec.name}'s; left alone")
-                return found
-
-            doms = owned("domain", conn.lookupByName)
-            def remove(obj, what: str) -> str | None:     # a domain or a network: stop it, forget it
-                for attempt in range(DESTROY_ATTEMPTS):
-                    try:
-                        if obj.isActive():
-                            obj.destroy()
-                        obj.undefine()
-                        return None
-                    except libvirt.libvirtError as exc:
-                        # a loaded machine: QEMU slow to die ("Failed to terminate process … Device or
-                        # resource busy"), or it died between isActive and destroy; ask again
-                        if attempt == DESTROY_ATTEMPTS - 1:
-                            return f"{what}: {str(exc).splitlines()[0]}"
-                        time.sleep(1.0 + attempt)
-                return None
-
-            with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:   # a QEMU takes a second or two to go
-                problems = ex.map(lambda d: remove(d, f"domain {d.name()}"), doms)
-                for dom, problem in zip(doms, problems, strict=True):
-                    if problem:
-                        failed.append(problem)
-                    else:
-                        removed.append(Resource("domain", dom.name(), True))
+            sweep.domains()
             progress("taps", 1, 6)
             if not sim:
-                have = hv.links()
-                for t in rec.owns("tap"):
-                    if t in have:
-                        if hv.run(["ip", "link", "del", t], timeout=15).ok:
-                            removed.append(Resource("tap", t, True))
-                        else:
-                            failed.append(f"tap {t}")
+                sweep.taps(hv)
             progress("networks", 2, 6)
-            for net in owned("network", conn.networkLookupByName):
-                problem = remove(net, f"network {net.name()}")
-                if problem:
-                    failed.append(problem)
-                else:
-                    removed.append(Resource("network", net.name(), True))
+            sweep.networks()
             progress("volumes", 3, 6)
-            vols = [v for v in rec.owns("volume") if v.startswith(xml.volume_prefix(rec.name))]
-            if vols:
-                try:
-                    pool = conn.storagePoolLookupByName(xml.POOL)
-                    pool.refresh(0)
-                except libvirt.libvirtError:
-                    pool = None
-                for v in vols:
-                    vol = hypervisor.lookup_volume(pool, v) if pool is not None else None
-                    if vol is None:
-                        continue
-                    try:
-                        vol.delete(0)
-                        removed.append(Resource("volume", v, True))
-                    except libvirt.libvirtError as exc:
-                        failed.append(f"volume {v}: {str(exc).splitlines()[0]}")
+            sweep.volumes()
             progress("admin server", 4, 6)
             if not sim:
-                removed += self._remove_host_side(hv, rec, failed)
+                sweep.removed += self._remove_host_side(hv, rec, sweep.failed)
                 if rec.owns("chains") or (self.store.root / "libvirt-chains").exists():
                     active = [n for n in conn.listAllNetworks(0) if n.isActive()]
                     if not active:
-                        removed += [Resource("chain", c, True) for c in hypervisor.remove_empty_chains(hv)]
+                        sweep.removed += [Resource("chain", c, True) for c in hypervisor.remove_empty_chains(hv)]
         finally:
             if own_conn:
                 conn.close()
-        if failed:
-            rec.error = "; ".join(failed)
+        if sweep.failed:
+            rec.error = "; ".join(sweep.failed)
             self.store.save(rec)
-            raise ProviderError(f"lab '{rec.name}' was not removed completely: " + "; ".join(failed),
+            raise ProviderError(f"lab '{rec.name}' was not removed completely: " + "; ".join(sweep.failed),
                                 hint=f"the lab's state is kept; fix the cause and run `testbed down {rec.name}` again")
         progress("state", 5, 6)
         self.store.remove(rec.name)
         progress("done", 6, 6)
-        return removed
+        return sweep.removed
 
     def _remove_host_side(self, hv: hypervisor.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
         removed = []
@@ -627,3 +565,86 @@ def _relay_socket(hv: hypervisor.Hypervisor, ns: str, address: str, port: int, t
     theirs.close()
     mine.settimeout(timeout)
     return mine
+
+
+class _Sweep:
+    """One teardown's removal of a lab's libvirt objects, what it removed and what it could not."""
+
+    def __init__(self, provider: LibvirtProvider, rec: LabRecord, conn):
+        self.provider, self.rec, self.conn = provider, rec, conn
+        self.libvirt = hypervisor._libvirt()
+        self.removed: list[Resource] = []
+        self.failed: list[str] = []
+
+    def owned(self, kind: str, lookup) -> list:
+        """What the journal names, exists, and carries our tag."""
+        found = []
+        for oname in self.rec.owns(kind):
+            try:
+                obj = lookup(oname)
+            except self.libvirt.libvirtError:
+                continue
+            if self.provider._ours(obj.XMLDesc(0), self.rec.name):
+                found.append(obj)
+            else:
+                self.failed.append(f"{kind} {oname} exists but is not tagged as lab {self.rec.name}'s; left alone")
+        return found
+
+    def remove(self, obj, what: str) -> str | None:
+        """A domain or a network: stop it, forget it; what went wrong, or None."""
+        for attempt in range(DESTROY_ATTEMPTS):
+            try:
+                if obj.isActive():
+                    obj.destroy()
+                obj.undefine()
+                return None
+            except self.libvirt.libvirtError as exc:
+                # a loaded machine: QEMU slow to die ("Failed to terminate process … Device or
+                # resource busy"), or it died between isActive and destroy; ask again
+                if attempt == DESTROY_ATTEMPTS - 1:
+                    return f"{what}: {str(exc).splitlines()[0]}"
+                time.sleep(1.0 + attempt)
+        return None
+
+    def _removed(self, kind: ResourceKind, name: str, problem: str | None) -> None:
+        if problem:
+            self.failed.append(problem)
+        else:
+            self.removed.append(Resource(kind, name, True))
+
+    def domains(self) -> None:
+        doms = self.owned("domain", self.conn.lookupByName)
+        with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:   # a QEMU takes a second or two to go
+            problems = ex.map(lambda d: self.remove(d, f"domain {d.name()}"), doms)
+            for dom, problem in zip(doms, problems, strict=True):
+                self._removed("domain", dom.name(), problem)
+
+    def taps(self, hv: hypervisor.Hypervisor) -> None:
+        have = hv.links()
+        for t in self.rec.owns("tap"):
+            if t in have:
+                self._removed("tap", t, None if hv.run(["ip", "link", "del", t], timeout=15).ok else f"tap {t}")
+
+    def networks(self) -> None:
+        for net in self.owned("network", self.conn.networkLookupByName):
+            self._removed("network", net.name(), self.remove(net, f"network {net.name()}"))
+
+    def volumes(self) -> None:
+        vols = [v for v in self.rec.owns("volume") if v.startswith(xml.volume_prefix(self.rec.name))]
+        if not vols:
+            return
+        try:
+            pool = self.conn.storagePoolLookupByName(xml.POOL)
+            pool.refresh(0)
+        except self.libvirt.libvirtError:
+            pool = None
+        for v in vols:
+            vol = hypervisor.lookup_volume(pool, v) if pool is not None else None
+            if vol is None:
+                continue
+            try:
+                vol.delete(0)
+                self.removed.append(Resource("volume", v, True))
+            except self.libvirt.libvirtError as exc:
+                self.failed.append(f"volume {v}: {str(exc).splitlines()[0]}")
+
