@@ -33,7 +33,7 @@ def no_progress(step: str, done: int, total: int) -> None:
 ResourceKind = Literal["netns", "veth", "process", "sysctl", "file", "kernel-limits", "state-dir",
                        "domain", "network", "volume", "tap", "chain", "chains"]
 LabState = Literal["up", "creating", "failed", "destroying", "degraded"]
-HostState = Literal["up", "down", "missing"]
+HostState = Literal["up", "down", "missing", "degraded"]
 
 
 @dataclass(frozen=True)

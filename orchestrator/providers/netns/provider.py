@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import NotRootError, ProviderError
 from orchestrator.labfile import isolation
 from orchestrator.labfile.topology import Host, Lab
-from orchestrator.localrun import Result, is_root, pid_start_time, run, run_attached, run_batch
+from orchestrator.localrun import is_root, pid_start_time, run, run_batch
 from orchestrator.providers.base import (
     Clock,
-    HostStatus,
-    LabStatus,
     Prerequisite,
     Progress,
-    Provider,
     Resource,
     no_progress,
 )
@@ -37,16 +31,21 @@ from orchestrator.providers.faults import fault
 from orchestrator.providers.keys import ensure_lab_keys
 from orchestrator.providers.naming import PREFIX, ns_name, switch_name
 from orchestrator.providers.netns import namespaces, nftables
+from orchestrator.providers.netns.hosts import NamespaceHosts
 from orchestrator.providers.netns.limits import Registry, needs, open_files_needed
+from orchestrator.providers.netns.links import inspect_links, links_without_carrier
+from orchestrator.providers.netns.processes import (
+    raise_open_files,
+    signal_if_same,
+    tcp_listening,
+    terminate,
+    wait_gone,
+)
 from orchestrator.providers.state import LabRecord
 
-# runs a command as the host: its own /run, its own /root (so root's shell start-up files on this machine
-# do not run in the lab), its own hostname — a private mount and UTS namespace. /tmp is shared.
-_HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/home" /root && hostname "$2" '
-                 '&& shift 2 && exec "$@"')
 _SHADOWED = ("/run", "/root")   # what each host replaces: the state directory must not live there
 
-class NetnsProvider(Provider):
+class NetnsProvider(NamespaceHosts):
     name = "netns"
 
     def __init__(self, store=None, limits: Registry | None = None):
@@ -109,7 +108,7 @@ class NetnsProvider(Provider):
     def _claim_kernel_limits(self, lab: Lab, rec: LabRecord) -> None:
         """Size what the lab needs of the kernel's shared limits (limits.py) and raise them, journalled."""
         need = needs(lab)
-        _raise_open_files(open_files_needed(lab))
+        raise_open_files(open_files_needed(lab))
         with self.limits.locked():
             writes, notes = self.limits.check(lab.name, need)
             claim = self.limits.new_claim(lab.name)
@@ -337,7 +336,7 @@ class NetnsProvider(Provider):
             if p.returncode != 0:
                 errors.append(f"{h.name}: {err.strip().splitlines()[-1] if err.strip() else 'ip failed'}")
                 continue
-            down += [f"{h.name}/{n}" for n in _links_without_carrier(out, [i.ifname for i in h.interfaces])]
+            down += [f"{h.name}/{n}" for n in links_without_carrier(out, [i.ifname for i in h.interfaces])]
         if errors:
             raise ProviderError("configuring hosts failed: " + "; ".join(errors[:5]))
         if down:
@@ -351,7 +350,7 @@ class NetnsProvider(Provider):
             for item in pending:
                 host, ifname = item.split("/")
                 r = run(["ip", "-n", ns_name(lab.name, host), "-o", "link", "show", ifname], timeout=5)
-                if _links_without_carrier(r.stdout, [ifname]):
+                if links_without_carrier(r.stdout, [ifname]):
                     still.append(item)
             pending = still
         if pending:
@@ -364,15 +363,15 @@ class NetnsProvider(Provider):
         removed: list[Resource] = []
         progress("processes", 0, 3)
         booter = rec.extra.get("booter")        # first the boot process, so it starts nothing more
-        if booter and _signal_if_same(booter["pid"], booter.get("starttime"), signal.SIGTERM):
-            _wait_gone({booter["pid"]: booter.get("starttime")}, 3.0, kill=True)
+        if booter and signal_if_same(booter["pid"], booter.get("starttime"), signal.SIGTERM):
+            wait_gone({booter["pid"]: booter.get("starttime")}, 3.0, kill=True)
         recorded = set()
         for pid, starttime, label in self._recorded_processes(rec):
-            if _signal_if_same(pid, starttime, signal.SIGTERM):
+            if signal_if_same(pid, starttime, signal.SIGTERM):
                 recorded.add(pid)
                 removed.append(Resource("process", f"{pid}", True, label))
         # anything else still running inside the lab's namespaces was started in the lab: end it
-        _terminate({pid: ns for pid, ns in namespaces.pids_in_netns(names).items()}, removed, already=recorded)
+        terminate({pid: ns for pid, ns in namespaces.pids_in_netns(names).items()}, removed, already=recorded)
         progress("namespaces", 1, 3)
         present = [n for n in names if n in namespaces.list_netns()]
         if present:
@@ -415,103 +414,6 @@ class NetnsProvider(Provider):
                                 label))
         return out
 
-    def status(self, name: str) -> LabStatus:
-        rec = self.store.require(name)
-        lab = rec.topology
-        st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
-        have = namespaces.list_netns()
-        links = _inspect_links([ns_name(lab.name, h.name) for h in lab.hosts if ns_name(lab.name, h.name) in have])
-        for h in lab.hosts:
-            ns = ns_name(lab.name, h.name)
-            if ns not in have:
-                st.hosts.append(HostStatus(h.name, h.role, "missing"))
-                continue
-            info = links.get(ns, {})
-            hs = HostStatus(h.name, h.role, "up",
-                            addresses={i.ifname: info.get(i.ifname, {}).get("address", "") for i in h.interfaces},
-                            links={i.ifname: info.get(i.ifname, {}).get("state", "absent") for i in h.interfaces},
-                            processes=self.processes(name, h.name))
-            if any(v != "UP" for v in hs.links.values()):
-                hs.state = "degraded"
-            st.hosts.append(hs)
-        if rec.state == "up" and any(h.state != "up" for h in st.hosts):
-            st.state = "degraded"
-        limits = rec.extra.get("kernel_limits") or {}
-        if limits.get("raised"):
-            st.notes.append("kernel limits raised for this lab (put back when the last lab is down): "
-                            + ", ".join(limits["raised"]))
-        st.notes += limits.get("notes", [])
-        if rec.state != "up":
-            st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
-        elif (boot := self.boot_state(name)) != "booted":
-            st.notes.append(f"hosts {boot}" + ("" if boot == "booting" else f" — see {self.store.lab_dir(name) / 'boot.log'}"))
-        return st
-
-    # ------------------------------------------------------------ running things in hosts
-
-    def _host_argv(self, lab: str, host: str, argv: Sequence[str]) -> list[str]:
-        hdir = self.store.host_dir(lab, host)
-        return ["ip", "netns", "exec", ns_name(lab, host), "unshare", "--mount", "--uts", "--propagation",
-                "private", "--", "/bin/sh", "-c", _HOST_WRAPPER, "sh", str(hdir), host, *argv]
-
-    def _check_host(self, name: str, host: str) -> LabRecord:
-        return self.lab_host(name, host)[0]
-
-    def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
-             input: str | None = None, capture: bool = True) -> Result:
-        self._check_host(name, host)
-        return run_attached(self._host_argv(name, host, argv), argv, timeout=timeout, input=input,
-                            capture=capture, host=host)
-
-    def spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
-              env: dict[str, str] | None = None, service: bool = False) -> int:
-        """Start a long-running process in a host; its output goes to the host's log/<pname>.log.
-        A service (sshd) is started again when the host is powered on."""
-        self._check_host(name, host)
-        return self._spawn(name, host, pname, argv, env=env, service=service)
-
-    def _spawn(self, name: str, host: str, pname: str, argv: Sequence[str], *,
-               env: dict[str, str] | None = None, service: bool = False) -> int:
-        hdir = self.store.host_dir(name, host)
-        for sub in ("log", "procs", "run", "home"):      # the host may still be booting
-            os.makedirs(hdir / sub, exist_ok=True)
-        log = hdir / "log" / f"{pname}.log"
-        with open(log, "ab") as fh:
-            p = subprocess.Popen(self._host_argv(name, host, argv), stdin=subprocess.DEVNULL, stdout=fh,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=None if env is None else {**os.environ, **env})
-        atomic_write_json(hdir / "procs" / f"{pname}.json",
-                          {"name": pname, "pid": p.pid, "starttime": pid_start_time(p.pid), "argv": list(argv),
-                           "log": str(log), "started": time.time(), "service": service, "env": env or {}},
-                          fsync=False)
-        return p.pid
-
-    def processes(self, name: str, host: str) -> list[dict]:
-        pdir = self.store.host_dir(name, host) / "procs"
-        out = []
-        for f in sorted(pdir.glob("*.json")) if pdir.is_dir() else []:
-            try:
-                d = read_json(f)
-            except (OSError, ValueError):
-                continue
-            d["alive"] = d.get("starttime") is not None and pid_start_time(d["pid"]) == d["starttime"]
-            out.append(d)
-        return out
-
-    def stop(self, name: str, host: str, pname: str, *, timeout: float = 5.0) -> bool:
-        """Stop a process started with spawn (SIGTERM, then SIGKILL); False if it was not running."""
-        f = self.store.host_dir(name, host) / "procs" / f"{pname}.json"
-        try:
-            d = read_json(f)
-        except (OSError, ValueError):
-            return False
-        was = _signal_if_same(d["pid"], d.get("starttime"), signal.SIGTERM)
-        if was:
-            _wait_gone({d["pid"]: d.get("starttime")}, timeout, kill=True)
-        f.unlink(missing_ok=True)
-        return was
-
-
     def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
         # the switch side of the host's experimental veth, inside the lab's own switch namespace
         rec = self._check_host(name, host)
@@ -536,7 +438,7 @@ class NetnsProvider(Provider):
         rec = self._check_host(name, host)
         h = rec.topology.host(host)
         ns = ns_name(name, host)
-        links = _inspect_links([ns]).get(ns, {})
+        links = inspect_links([ns]).get(ns, {})
         was_on = all(links.get(i.ifname, {}).get("state") == "UP" for i in h.interfaces)
         if action in ("off", "cycle"):
             pdir = self.store.host_dir(name, host) / "procs"
@@ -544,7 +446,7 @@ class NetnsProvider(Provider):
                 if d.pop("alive"):
                     self.stop(name, host, d["name"])
                     atomic_write_json(pdir / f"{d['name']}.json", {**d, "powered_off": time.time()})
-            _terminate(namespaces.pids_in_netns([ns]), [])
+            terminate(namespaces.pids_in_netns([ns]), [])
             run_batch(["ip", "-n", ns], [f"link set {i.ifname} down" for i in h.interfaces]).check(
                 f"taking {host}'s links down")
         if action in ("on", "cycle"):
@@ -563,39 +465,9 @@ class NetnsProvider(Provider):
         now_on = action != "off"
         return f"{host}: {'on' if was_on else 'off'} -> {'on' if now_on else 'off'}"
 
-    def console(self, name: str, host: str) -> int:
-        """A shell in the host (its namespace, /run, /root and hostname)."""
-        self._check_host(name, host)
-        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        return subprocess.call(self._host_argv(name, host, [shell, "-i"]))
-
-    # ------------------------------------------------------------ control traffic
-
-    def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
-        rec = self.store.require(name)
-        admin = rec.topology.by_role("admin-server")[0].name
-        return namespaces.connect_from(ns_name(name, admin), address, port, timeout)
-
-    def control_argv(self, name: str) -> list[str]:
-        rec = self.store.require(name)
-        admin = rec.topology.by_role("admin-server")[0].name
-        return ["ip", "netns", "exec", ns_name(name, admin)]
-
 
 SSHD = "/usr/sbin/sshd"
 SSHD_LISTEN_TIMEOUT_S = 30.0      # a lab host is booted once its sshd listens
-
-
-def tcp_listening(pid: int, address: str, port: int) -> bool:
-    """Whether a TCP socket listens on address:port in the network namespace of process `pid`
-    (its /proc/PID/net/tcp: addresses in the kernel's byte order, state 0A = LISTEN)."""
-    want = f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}:{port:04X}"
-    try:
-        with open(f"/proc/{pid}/net/tcp") as fh:
-            next(fh, None)
-            return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in fh))
-    except OSError:
-        return False
 
 
 def sshd_config(address: str, host_key, authorized_keys) -> str:
@@ -624,91 +496,3 @@ MaxSessions 100
 LogLevel ERROR
 Subsystem sftp internal-sftp
 """
-
-
-def _raise_open_files(need: int) -> None:
-    """This process holds a pipe trio per host while it builds: lift its soft open-file limit to fit (up to the
-    hard limit; per-process, so nothing to restore), or refuse with the figure."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return
-    if hard != resource.RLIM_INFINITY and hard < need:
-        raise ProviderError(f"building this lab holds up to {need} open files; this process may open {hard}",
-                            hint=f"ulimit -n {need} (as root: raise the hard limit, e.g. LimitNOFILE=) — "
-                                 "or build a smaller lab")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-
-def _links_without_carrier(ip_o_output: str, wanted: list[str]) -> list[str]:
-    seen = {}
-    for line in ip_o_output.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) < 3:
-            continue
-        ifname = parts[1].strip().split("@")[0]
-        flags = line[line.find("<") + 1:line.find(">")].split(",")
-        seen[ifname] = "LOWER_UP" in flags
-    return [w for w in wanted if not seen.get(w, False)]
-
-
-def _inspect_links(ns_names: list[str]) -> dict[str, dict[str, dict[str, str]]]:
-    """{ns: {ifname: {"address": "a/len", "state": "UP"|…}}} for every namespace, via pyroute2."""
-    if not ns_names:
-        return {}
-    from pyroute2 import IPRoute
-
-    out: dict[str, dict[str, dict[str, str]]] = {}
-    for ns in ns_names:
-        with namespaces.entered(ns):
-            ipr = IPRoute()
-        try:
-            links = {}
-            for link in ipr.get_links():
-                name = link.get_attr("IFLA_IFNAME")
-                flags = link["flags"]
-                up, carrier = bool(flags & 0x1), bool(flags & 0x10000)
-                links[link["index"]] = name
-                out.setdefault(ns, {})[name] = {"state": "UP" if up and carrier else ("NO-CARRIER" if up else "DOWN"),
-                                                "address": ""}
-            for addr in ipr.get_addr(family=2):
-                name = links.get(addr["index"])
-                if name:
-                    out[ns][name]["address"] = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
-        finally:
-            ipr.close()
-    return out
-
-
-def _signal_if_same(pid: int, starttime: int | None, sig: int) -> bool:
-    """Signal pid only if it is still the process we started (same kernel start time)."""
-    if starttime is None or pid_start_time(pid) != starttime:
-        return False
-    try:
-        os.kill(pid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _wait_gone(pids: dict[int, int | None], timeout: float, kill: bool) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(pid_start_time(p) != st for p, st in pids.items()):
-            return
-        time.sleep(0.02)
-    if kill:
-        for p, st in pids.items():
-            _signal_if_same(p, st, signal.SIGKILL)
-        _wait_gone(pids, 2.0, kill=False)
-
-
-def _terminate(pids: dict[int, str], removed: list[Resource], already: set[int] = frozenset()) -> None:
-    """End processes found inside the lab's namespaces: SIGTERM, then SIGKILL after 3 s."""
-    known = {p: pid_start_time(p) for p in pids}
-    for p, st in known.items():
-        if _signal_if_same(p, st, signal.SIGTERM) and p not in already:
-            removed.append(Resource("process", str(p), True, f"in {pids[p]}"))
-    _wait_gone(known, 3.0, kill=True)
-

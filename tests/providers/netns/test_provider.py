@@ -17,7 +17,8 @@ from orchestrator.lab import lifecycle
 from orchestrator.localrun import pid_start_time
 from orchestrator.providers.naming import ns_name, switch_name
 from orchestrator.providers.netns import namespaces
-from orchestrator.providers.netns.provider import NetnsProvider, tcp_listening
+from orchestrator.providers.netns.processes import tcp_listening
+from orchestrator.providers.netns.provider import NetnsProvider
 
 LABS = Path(__file__).resolve().parents[3] / "labs"
 REPO = LABS.parent
