@@ -16,50 +16,37 @@ not), every LAN an isolated libvirt network, through libvirt-python — the same
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from orchestrator.errors import NotRootError, ProviderError
 from orchestrator.labfile.models import LibvirtOptions
 from orchestrator.labfile.topology import Lab
-from orchestrator.localrun import Result, is_root, run_attached
+from orchestrator.localrun import is_root
 from orchestrator.providers.base import (
     Clock,
     HostStatus,
     LabStatus,
     Prerequisite,
     Progress,
-    Provider,
     Resource,
-    ResourceKind,
     no_progress,
 )
 from orchestrator.providers.faults import fault
 from orchestrator.providers.keys import ensure_lab_keys
 from orchestrator.providers.libvirt import hypervisor, images, seed, xml
+from orchestrator.providers.libvirt.guests import GuestHosts, options, uri_of
+from orchestrator.providers.libvirt.teardown import Sweep, remove_host_side
 from orchestrator.providers.naming import ns_name
 from orchestrator.providers.netns import namespaces
 from orchestrator.providers.state import LabRecord
 
 BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
 CONSOLE_LINES = 12
-DESTROY_ATTEMPTS = 3          # virDomainDestroy can fail while a loaded machine's QEMU is still dying
 
 
-def options(lab: Lab) -> LibvirtOptions:
-    return LibvirtOptions.model_validate(lab.options or {})
-
-
-def _uri(rec: LabRecord) -> str:
-    return rec.extra.get("uri") or options(rec.topology).uri
-
-
-class LibvirtProvider(Provider):
+class LibvirtProvider(GuestHosts):
     name = "libvirt"
 
     # ------------------------------------------------------------ prerequisites
@@ -329,12 +316,12 @@ class LibvirtProvider(Provider):
         return meta is not None and meta.get("lab") == lab and meta.get("state-dir") == str(self.store.root)
 
     def _teardown(self, rec: LabRecord, progress: Progress, conn=None) -> list[Resource]:
-        uri = _uri(rec)
+        uri = uri_of(rec)
         sim = hypervisor.is_simulated(uri)
         hv = hypervisor.Hypervisor(uri)
         own_conn = conn is None
         conn = conn or hypervisor.connect(uri)
-        sweep = _Sweep(self, rec, conn)
+        sweep = Sweep(rec, conn, self._ours)
         try:
             progress("domains", 0, 6)
             sweep.domains()
@@ -347,7 +334,7 @@ class LibvirtProvider(Provider):
             sweep.volumes()
             progress("admin server", 4, 6)
             if not sim:
-                sweep.removed += self._remove_host_side(hv, rec, sweep.failed)
+                sweep.removed += remove_host_side(hv, rec, sweep.failed)
                 if rec.owns("chains") or (self.store.root / "libvirt-chains").exists():
                     active = [n for n in conn.listAllNetworks(0) if n.isActive()]
                     if not active:
@@ -365,34 +352,12 @@ class LibvirtProvider(Provider):
         progress("done", 6, 6)
         return sweep.removed
 
-    def _remove_host_side(self, hv: hypervisor.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
-        removed = []
-        spaces = set(namespaces.list_netns()) if not hv.remote else set(
-            hv.run(["ip", "netns", "list"], timeout=15).stdout.split())
-        for ns in rec.owns("netns"):
-            if ns in spaces:
-                if hv.run(["ip", "netns", "del", ns], timeout=15).ok:
-                    removed.append(Resource("netns", ns, True))
-                else:
-                    failed.append(f"namespace {ns}")
-        have = hv.links()
-        for v in rec.owns("veth"):
-            # removing the namespace removes its veths' peers too, in the kernel's own time: one listed a
-            # moment ago may be gone by now, which is what we wanted
-            if v in have and not hv.run(["ip", "link", "del", v], timeout=15).ok and v in hv.links():
-                failed.append(f"veth {v}")
-        files = rec.owns("file")
-        if files:
-            hv.run(["rm", "-f", "--", *files], timeout=15)
-            removed += [Resource("file", f, True) for f in files]
-        return removed
-
     # ------------------------------------------------------------ inspection
 
     def resources(self, name: str) -> list[Resource]:
         rec = self.store.require(name)
         libvirt = hypervisor._libvirt()
-        uri = _uri(rec)
+        uri = uri_of(rec)
         conn = hypervisor.connect(uri)
         hv = hypervisor.Hypervisor(uri)
         try:
@@ -430,12 +395,12 @@ class LibvirtProvider(Provider):
         lab = rec.topology
         st = LabStatus(rec.name, rec.provider, rec.state, lab.source, rec.created)
         libvirt = hypervisor._libvirt()
-        conn = hypervisor.connect(_uri(rec))
+        conn = hypervisor.connect(uri_of(rec))
         try:
             for h in lab.hosts:
                 addrs = {i.ifname: i.address or "" for i in h.interfaces}
                 if h.role == "admin-server":
-                    up = hypervisor.is_simulated(_uri(rec)) or ns_name(name, h.name) in namespaces.list_netns()
+                    up = hypervisor.is_simulated(uri_of(rec)) or ns_name(name, h.name) in namespaces.list_netns()
                     state = "up" if up else "missing"
                     st.hosts.append(HostStatus(h.name, h.role, state, addrs, {k: "UP" for k in addrs} if up else {}))
                     continue
@@ -450,201 +415,8 @@ class LibvirtProvider(Provider):
             conn.close()
         if rec.state == "up" and any(h.state != "up" for h in st.hosts):
             st.state = "degraded"
-        st.notes.append(f"{rec.extra.get('domain_type', '?')} guests at {_uri(rec)}"
+        st.notes.append(f"{rec.extra.get('domain_type', '?')} guests at {uri_of(rec)}"
                         + (f" ({rec.extra['domain_type_reason']})" if rec.extra.get("domain_type_reason") else ""))
         if rec.state != "up":
             st.notes.append(rec.error or f"left {rec.state} by an interrupted command; `testbed down {name}`")
         return st
-
-    # ------------------------------------------------------------ running things in hosts
-
-    def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
-             input: str | None = None, capture: bool = True) -> Result:
-        rec, h = self.lab_host(name, host)
-        uri = _uri(rec)
-        if h.role == "admin-server":
-            hv = hypervisor.Hypervisor(uri)
-            full = hv.argv(["ip", "netns", "exec", ns_name(name, host), *argv])
-            return run_attached(full, argv, timeout=timeout, input=input, capture=capture, host=host)
-        conn = hypervisor.connect(uri)
-        try:
-            dom = conn.lookupByName(xml.domain_name(name, host))
-            res = hypervisor.agent_exec(dom, argv, timeout=timeout, input=input, host=host)
-        finally:
-            conn.close()
-        if not capture:
-            sys.stdout.write(res.stdout)
-            sys.stdout.flush()
-            sys.stderr.write(res.stderr)
-        return res
-
-    # ------------------------------------------------------------ control traffic
-
-    def control_socket(self, name: str, address: str, port: int, timeout: float) -> socket.socket:
-        rec = self.store.require(name)
-        lab = rec.topology
-        ns = ns_name(name, xml.admin_server(lab).name)
-        hv = hypervisor.Hypervisor(_uri(rec))
-        if hv.remote:
-            return _relay_socket(hv, ns, address, port, timeout)
-        return namespaces.connect_from(ns, address, port, timeout)
-
-    def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
-        # the hypervisor's side of the VM's experimental tap (bridge netfilter sees its frames in FORWARD)
-        rec = self.store.require(name)
-        if hypervisor.is_remote(rec.lab.get("options", {}).get("uri", "qemu:///system")):
-            raise ProviderError("the wire placement runs the throttle on the hypervisor; it needs a local one "
-                                "(qemu:///system), not a remote URI")
-        h = rec.topology.host(host)
-        iface = next((i for i in h.interfaces if i.segment.startswith("experimental") and not i.mirror), None)
-        if iface is None:
-            raise ProviderError(f"{host} has no experimental interface to throttle on the wire")
-        return [], xml.tap_name(name, host, iface.ifname)
-
-    def ssh_hosts(self, lab: Lab) -> list[str]:
-        # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
-        return [h.name for h in lab.hosts if h.ip("admin") and h.role != "admin-server"]
-
-    def control_argv(self, name: str) -> list[str]:
-        rec = self.store.require(name)
-        ns = ns_name(name, xml.admin_server(rec.topology).name)
-        hv = hypervisor.Hypervisor(_uri(rec))
-        return [*hv.ssh, "--", "ip", "netns", "exec", ns] if hv.remote else ["ip", "netns", "exec", ns]
-
-    # ------------------------------------------------------------ out-of-band management
-
-    def power(self, name: str, host: str, action: str) -> str:
-        rec, h = self.lab_host(name, host)
-        if action not in ("on", "off", "cycle"):
-            raise ProviderError(f"power action '{action}': use on, off or cycle")
-        if h.role == "admin-server":
-            raise ProviderError(f"{host} is the hypervisor's own side of lab {name}, not a VM; it has no power "
-                                "control")
-        libvirt = hypervisor._libvirt()
-        uri = _uri(rec)
-        conn = hypervisor.connect(uri)
-        try:
-            dom = conn.lookupByName(xml.domain_name(name, host))
-            was = bool(dom.isActive())
-            if action in ("off", "cycle") and dom.isActive():
-                dom.destroy()                      # a remote management card's hard power-off
-            if action in ("on", "cycle") and not dom.isActive():
-                dom.create()
-                if not hypervisor.is_simulated(uri):
-                    self._after_start(hypervisor.Hypervisor(uri), rec.topology)
-            now = bool(dom.isActive())
-        except libvirt.libvirtError as exc:
-            raise ProviderError(f"power {action} of {host} failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            conn.close()
-        return f"{host}: {'on' if was else 'off'} -> {'on' if now else 'off'}"
-
-    def console(self, name: str, host: str) -> int:
-        rec, h = self.lab_host(name, host)
-        uri = _uri(rec)
-        if h.role == "admin-server":
-            hv = hypervisor.Hypervisor(uri)
-            return subprocess.call(hv.argv(["ip", "netns", "exec", ns_name(name, host), "/bin/bash", "-i"]))
-        print(f"console of {host} (serial ttyS0); leave with Ctrl+]", file=sys.stderr)
-        return subprocess.call(["virsh", "-c", uri, "console", "--force", xml.domain_name(name, host)])
-
-
-_RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]));"
-          "i,o=sys.stdin.buffer.raw,sys.stdout.buffer.raw\n"
-          "def up():\n while (d:=i.read(65536)):s.sendall(d)\n s.shutdown(1)\n"
-          "threading.Thread(target=up,daemon=True).start()\n"
-          "while (d:=s.recv(65536)):o.write(d)\n")
-
-
-def _relay_socket(hv: hypervisor.Hypervisor, ns: str, address: str, port: int, timeout: float) -> socket.socket:
-    """A socket whose other end is a TCP connection made inside the admin-server namespace of a remote
-    hypervisor (ssh + a small python3 relay there)."""
-    mine, theirs = socket.socketpair()
-    argv = hv.argv(["ip", "netns", "exec", ns, "python3", "-c", _RELAY, address, str(port), str(timeout)])
-    subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, start_new_session=True)
-    theirs.close()
-    mine.settimeout(timeout)
-    return mine
-
-
-class _Sweep:
-    """One teardown's removal of a lab's libvirt objects, what it removed and what it could not."""
-
-    def __init__(self, provider: LibvirtProvider, rec: LabRecord, conn):
-        self.provider, self.rec, self.conn = provider, rec, conn
-        self.libvirt = hypervisor._libvirt()
-        self.removed: list[Resource] = []
-        self.failed: list[str] = []
-
-    def owned(self, kind: str, lookup) -> list:
-        """What the journal names, exists, and carries our tag."""
-        found = []
-        for oname in self.rec.owns(kind):
-            try:
-                obj = lookup(oname)
-            except self.libvirt.libvirtError:
-                continue
-            if self.provider._ours(obj.XMLDesc(0), self.rec.name):
-                found.append(obj)
-            else:
-                self.failed.append(f"{kind} {oname} exists but is not tagged as lab {self.rec.name}'s; left alone")
-        return found
-
-    def remove(self, obj, what: str) -> str | None:
-        """A domain or a network: stop it, forget it; what went wrong, or None."""
-        for attempt in range(DESTROY_ATTEMPTS):
-            try:
-                if obj.isActive():
-                    obj.destroy()
-                obj.undefine()
-                return None
-            except self.libvirt.libvirtError as exc:
-                # a loaded machine: QEMU slow to die ("Failed to terminate process … Device or
-                # resource busy"), or it died between isActive and destroy; ask again
-                if attempt == DESTROY_ATTEMPTS - 1:
-                    return f"{what}: {str(exc).splitlines()[0]}"
-                time.sleep(1.0 + attempt)
-        return None
-
-    def _removed(self, kind: ResourceKind, name: str, problem: str | None) -> None:
-        if problem:
-            self.failed.append(problem)
-        else:
-            self.removed.append(Resource(kind, name, True))
-
-    def domains(self) -> None:
-        doms = self.owned("domain", self.conn.lookupByName)
-        with ThreadPoolExecutor(max_workers=max(1, len(doms))) as ex:   # a QEMU takes a second or two to go
-            problems = ex.map(lambda d: self.remove(d, f"domain {d.name()}"), doms)
-            for dom, problem in zip(doms, problems, strict=True):
-                self._removed("domain", dom.name(), problem)
-
-    def taps(self, hv: hypervisor.Hypervisor) -> None:
-        have = hv.links()
-        for t in self.rec.owns("tap"):
-            if t in have:
-                self._removed("tap", t, None if hv.run(["ip", "link", "del", t], timeout=15).ok else f"tap {t}")
-
-    def networks(self) -> None:
-        for net in self.owned("network", self.conn.networkLookupByName):
-            self._removed("network", net.name(), self.remove(net, f"network {net.name()}"))
-
-    def volumes(self) -> None:
-        vols = [v for v in self.rec.owns("volume") if v.startswith(xml.volume_prefix(self.rec.name))]
-        if not vols:
-            return
-        try:
-            pool = self.conn.storagePoolLookupByName(xml.POOL)
-            pool.refresh(0)
-        except self.libvirt.libvirtError:
-            pool = None
-        for v in vols:
-            vol = hypervisor.lookup_volume(pool, v) if pool is not None else None
-            if vol is None:
-                continue
-            try:
-                vol.delete(0)
-                self.removed.append(Resource("volume", v, True))
-            except self.libvirt.libvirtError as exc:
-                self.failed.append(f"volume {v}: {str(exc).splitlines()[0]}")
-
