@@ -60,6 +60,10 @@ class LabExistsError(TestbedError):
     pass
 
 
+class ImageError(TestbedError):
+    """An image recipe is invalid, missing, or its build failed."""
+
+
 class ProviderError(TestbedError):
     """Building, changing or removing a lab's resources failed."""
 

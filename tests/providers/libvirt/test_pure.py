@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.labfile.load import load_lab
-from orchestrator.providers.libvirt import images, seed, xml
+from orchestrator.providers.libvirt import images, initrd, seed, xml
 
 LABS = Path(__file__).resolve().parents[3] / "labs"
 
@@ -170,12 +170,12 @@ def test_initrd_modules_in_dependency_order_and_a_valid_cpio():
            "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
            "kernel/drivers/virtio/virtio.ko:\nkernel/drivers/virtio/virtio_ring.ko:\n"
            "kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n")
-    order = images.module_order(dep, ["virtio_pci", "virtio_blk"])
+    order = initrd.module_order(dep, ["virtio_pci", "virtio_blk"])
     assert order.index("kernel/drivers/virtio/virtio_ring.ko") < order.index("kernel/drivers/virtio/virtio_pci.ko")
     assert order.count("kernel/drivers/virtio/virtio.ko") == 1
     with pytest.raises(images.ImageError):
-        images.module_order(dep, ["ext4"])
-    blob = images.cpio_newc([("bin", 0o040755, b""), ("init", 0o100755, b"#!/bin/sh\n")])
+        initrd.module_order(dep, ["ext4"])
+    blob = initrd.cpio_newc([("bin", 0o040755, b""), ("init", 0o100755, b"#!/bin/sh\n")])
     assert _read_newc(blob) == [("bin", 0o040755, b""), ("init", 0o100755, b"#!/bin/sh\n")]
 
 
