@@ -6,6 +6,7 @@ stopping-speed metrics and cross-checks (`metrics`) and one trial's analysis fro
 
 from .attempts import Attempts, SourceTimeline, build_attempts, extract_attempts, source_timelines
 from .errors import CaptureReadError, LogReadError
+from .figures import Finding, MetricsResult, MetricsSettings, SourceMetrics
 from .logs import (
                    ThrottleLog,
                    WormLog,
@@ -15,7 +16,7 @@ from .logs import (
                    read_throttle_log,
                    read_worm_log,
 )
-from .metrics import Finding, MetricsResult, MetricsSettings, SourceMetrics, compute_metrics
+from .metrics import compute_metrics
 from .pcap import CaptureReader, Packets, read_capture
 from .scan import CaptureScan, CaptureSummary, scan_capture
 from .trial import TrialAnalysis, analyse_trial

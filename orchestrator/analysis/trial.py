@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .attempts import Attempts, SourceTimeline, source_timelines
+from .figures import Finding, MetricsResult, MetricsSettings
 from .logs import ThrottleLog, WormLog, merge_worm_logs, read_throttle_log, read_worm_log
-from .metrics import Finding, MetricsResult, MetricsSettings, compute_metrics, error_count
+from .metrics import compute_metrics, error_count
 from .packets import linktype_name
 from .scan import CaptureScan, CaptureSummary, scan_capture
 

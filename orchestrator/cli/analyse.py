@@ -58,7 +58,7 @@ def analyse(pcap: Path, throttle_log: Path | None, worm_log: Path | None, as_jso
             console: Console | LazyConsole, *, sniffer: str | None = None, tolerance_s: float = 0.25,
             udp: str = "first_per_destination") -> int:
     """Run the analysis and print it (rich tables, or one JSON object with `as_json`). Returns the exit code."""
-    from orchestrator.analysis.metrics import MetricsSettings
+    from orchestrator.analysis.figures import MetricsSettings
     from orchestrator.analysis.trial import analyse_trial
 
     try:

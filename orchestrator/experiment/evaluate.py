@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.analysis.attempts import extract_attempts
-from orchestrator.analysis.metrics import MetricsSettings
+from orchestrator.analysis.figures import MetricsSettings
 from orchestrator.analysis.pcap import read_capture
 from orchestrator.analysis.trial import analyse_trial
 from orchestrator.atomic import atomic_write_json

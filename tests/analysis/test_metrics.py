@@ -7,8 +7,9 @@ import json
 import pytest
 
 from orchestrator.analysis.attempts import build_attempts
+from orchestrator.analysis.figures import MetricsSettings
 from orchestrator.analysis.logs import parse_throttle_log, parse_worm_log
-from orchestrator.analysis.metrics import MetricsSettings, compute_metrics
+from orchestrator.analysis.metrics import compute_metrics
 
 OFF = 1_764_049_200.0  # t_wall - t_mono on the lab's kernel
 A = "198.18.8.2"
