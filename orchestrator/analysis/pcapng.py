@@ -137,7 +137,7 @@ class PcapngFramer:
         -1: at the end of the file), problem or None)."""
         sec = self.sec
         assert sec is not None
-        endian, unpack2, app = sec.endian, sec.unpack2, run.append
+        unpack2, app = sec.unpack2, run.append
         while True:
             try:
                 while True:  # the hot loop: Enhanced Packet Blocks only
@@ -148,60 +148,85 @@ class PcapngFramer:
                     else:
                         break
             except struct.error:
-                if off > have:  # the last EPB runs past the buffer: read it whole next round, or it is cut short
-                    off = run.pop()
-                    (bl,) = struct.unpack_from(endian + "I", mv, off + 4)
-                    at = base + off
-                    if at + bl > size:
-                        return off, 0, (f"file ends in the middle of a packet block at byte {at} (block length "
-                                        f"{bl}, {size - at} bytes left): truncated capture")
-                    return off, bl, self._epb_beyond(at, bl, sec)
-                if base + off >= size:
-                    return off, -1, None
-                if size - base - off < 8:
-                    return off, 0, (f"file ends inside a block header at byte {base + off} ({size - base - off} "
-                                    "bytes left): truncated")
-                return off, 8, None
-            at = base + off
+                return self._buffer_end(mv, base, have, size, off, run, sec)
             if bt == PCAPNG_SHB:
                 return off, 0, None
-            if bl < 12 or bl % 4:
-                return off, 0, f"corrupt block at byte {at}: type {bt:#x}, invalid length {bl}"
+            stop = self._block_frame(mv, base, have, size, off, bt, bl, sec)
+            if stop is None:
+                problem = self._other_block(mv, base + off, off, bt, bl, sec, others)
+                if problem:
+                    return off, 0, problem
+                off += bl
+            else:
+                return stop
+
+    def _buffer_end(self, mv: memoryview, base: int, have: int, size: int, off: int, run: list[int],
+                    sec: _Section) -> tuple[int, int, str | None]:
+        """The walk reached the end of the buffer: how much more to read, or the end of the file, or damage."""
+        if off > have:  # the last EPB runs past the buffer: read it whole next round, or it is cut short
+            off = run.pop()
+            (bl,) = struct.unpack_from(sec.endian + "I", mv, off + 4)
+            at = base + off
             if at + bl > size:
-                return off, 0, (f"file ends in the middle of a block at byte {at} (type {bt:#x}, length {bl}, "
-                                f"{size - at} bytes left): truncated capture")
-            if off + bl > have:  # read it whole next round, unless its trailer already says it is damage
-                (trail,) = struct.unpack(endian + "I", self.peek(at + bl - 4, 4))
-                if trail != bl:
-                    return off, 0, (f"corrupt block at byte {at}: trailing length {trail} differs from leading "
-                                    f"length {bl}")
-                return off, bl, None
-            (trail,) = struct.unpack_from(endian + "I", mv, off + bl - 4)
+                return off, 0, (f"file ends in the middle of a packet block at byte {at} (block length "
+                                f"{bl}, {size - at} bytes left): truncated capture")
+            return off, bl, self._epb_beyond(at, bl, sec)
+        if base + off >= size:
+            return off, -1, None
+        if size - base - off < 8:
+            return off, 0, (f"file ends inside a block header at byte {base + off} ({size - base - off} "
+                            "bytes left): truncated")
+        return off, 8, None
+
+    def _block_frame(self, mv: memoryview, base: int, have: int, size: int, off: int, bt: int, bl: int,
+                     sec: _Section) -> tuple[int, int, str | None] | None:
+        """A block's length and trailer checked: None when it is whole in the buffer and sound, else where the
+        walk stops (damage, or a block to read whole next round)."""
+        at = base + off
+        if bl < 12 or bl % 4:
+            return off, 0, f"corrupt block at byte {at}: type {bt:#x}, invalid length {bl}"
+        if at + bl > size:
+            return off, 0, (f"file ends in the middle of a block at byte {at} (type {bt:#x}, length {bl}, "
+                            f"{size - at} bytes left): truncated capture")
+        if off + bl > have:  # read it whole next round, unless its trailer already says it is damage
+            (trail,) = struct.unpack(sec.endian + "I", self.peek(at + bl - 4, 4))
             if trail != bl:
-                return off, 0, f"corrupt block at byte {at}: trailing length {trail} differs from leading length {bl}"
-            if bt == PCAPNG_IDB and bl >= 20:
-                lt, _res, snap = struct.unpack_from(endian + "HHI", mv, off + 8)
-                name, resol, tsoff = _idb_options(mv, off + 16, off + bl - 4, endian)
-                self.interfaces.append(Interface(lt, snap, _resol_name(resol), name))
-                sec.n_ifaces += 1
-                self.iface_block.append(at)
-                self.tsinfo.append((resol, tsoff))
-            elif bt == PCAPNG_SPB and bl >= 16:
-                if sec.n_ifaces == 0:
-                    return off, 0, f"simple packet block at byte {at} before any interface description"
-                (wl,) = struct.unpack_from(endian + "I", mv, off + 8)
-                snap = self.interfaces[sec.iface_base].snaplen
-                cap = min(wl, bl - 16, snap if snap else wl)
-                others.append((off, off + 12, sec.iface_base, None, cap, wl))
-            elif bt == PCAPNG_OPB and bl >= 32:
-                ifc, _drops, hi, lo, cap, wl = struct.unpack_from(endian + "HHIIII", mv, off + 8)
-                if ifc >= sec.n_ifaces or 32 + cap > bl:
-                    return off, 0, (f"corrupt packet block at byte {at} (obsolete format): interface {ifc}, "
-                                    f"length {cap}")
-                others.append((off, off + 28, sec.iface_base + ifc, (hi << 32) | lo, cap, wl))
-            elif bt == PCAPNG_EPB:  # bl < 32
-                return off, 0, f"corrupt packet block at byte {at}: length {bl} is too short"
-            off += bl
+                return off, 0, (f"corrupt block at byte {at}: trailing length {trail} differs from leading "
+                                f"length {bl}")
+            return off, bl, None
+        (trail,) = struct.unpack_from(sec.endian + "I", mv, off + bl - 4)
+        if trail != bl:
+            return off, 0, f"corrupt block at byte {at}: trailing length {trail} differs from leading length {bl}"
+        return None
+
+    def _other_block(self, mv: memoryview, at: int, off: int, bt: int, bl: int, sec: _Section,
+                     others: list) -> str | None:
+        """A block that is not a sound EPB: an interface description, a simple or obsolete packet block (or
+        anything else, skipped). Its problem, or None."""
+        endian = sec.endian
+        if bt == PCAPNG_IDB and bl >= 20:
+            lt, _res, snap = struct.unpack_from(endian + "HHI", mv, off + 8)
+            name, resol, tsoff = _idb_options(mv, off + 16, off + bl - 4, endian)
+            self.interfaces.append(Interface(lt, snap, _resol_name(resol), name))
+            sec.n_ifaces += 1
+            self.iface_block.append(at)
+            self.tsinfo.append((resol, tsoff))
+        elif bt == PCAPNG_SPB and bl >= 16:
+            if sec.n_ifaces == 0:
+                return f"simple packet block at byte {at} before any interface description"
+            (wl,) = struct.unpack_from(endian + "I", mv, off + 8)
+            snap = self.interfaces[sec.iface_base].snaplen
+            cap = min(wl, bl - 16, snap if snap else wl)
+            others.append((off, off + 12, sec.iface_base, None, cap, wl))
+        elif bt == PCAPNG_OPB and bl >= 32:
+            ifc, _drops, hi, lo, cap, wl = struct.unpack_from(endian + "HHIIII", mv, off + 8)
+            if ifc >= sec.n_ifaces or 32 + cap > bl:
+                return (f"corrupt packet block at byte {at} (obsolete format): interface {ifc}, "
+                        f"length {cap}")
+            others.append((off, off + 28, sec.iface_base + ifc, (hi << 32) | lo, cap, wl))
+        elif bt == PCAPNG_EPB:  # bl < 32
+            return f"corrupt packet block at byte {at}: length {bl} is too short"
+        return None
 
     def _epb_beyond(self, at: int, bl: int, sec: _Section) -> str | None:
         """An EPB that runs past the buffer is checked from the file before the buffer grows to hold it (a
