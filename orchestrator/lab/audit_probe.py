@@ -242,17 +242,7 @@ def probe(targets, timeout, frames=None, watch=None):
     for the watch, until every sender said done or its deadline)."""
     sel = selectors.DefaultSelector()
     results, pending = [], {}
-    for t in targets:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setblocking(False)
-        rc = s.connect_ex((t["addr"], t["port"]))
-        if rc in (0, errno.EINPROGRESS):
-            sel.register(s, selectors.EVENT_WRITE, ("connect", t))
-            pending[s] = t
-        else:
-            results.append({**t, "result": "refused" if rc == errno.ECONNREFUSED else "unreachable",
-                            "detail": errno.errorcode.get(rc, str(rc))})
-            s.close()
+    _start_connects(sel, targets, results, pending)
     for dev, s in (frames.socks if frames else {}).items():
         sel.register(s, selectors.EVENT_READ, ("frame", dev))
     if watch:
@@ -270,43 +260,67 @@ def probe(targets, timeout, frames=None, watch=None):
         if now >= stop or not (pending or frames or watch):      # frames may be answered until the timeout
             break
         for key, _ in sel.select(max(0.0, min(stop - now, 0.1))):
-            kind, data = key.data
-            if kind == "connect":
-                s, t = key.fileobj, data
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                res = "connected" if err == 0 else ("refused" if err == errno.ECONNREFUSED else "unreachable")
-                results.append({**t, "result": res, "detail": errno.errorcode.get(err, "ok") if err else "ok"})
-                sel.unregister(s)
-                s.close()
-                del pending[s]
-            elif kind == "frame":
-                frames.read(data)
-            elif kind == "watch":
-                watch.read(data)
-            elif kind == "accept":
-                try:
-                    c, _ = watch.listener.accept()
-                    c.setblocking(False)
-                    sel.register(c, selectors.EVENT_READ, ("conn", None))
-                    watch.conns[c] = b""
-                except OSError:
-                    pass
-            elif kind == "conn":
-                c = key.fileobj
-                try:
-                    chunk = c.recv(64)
-                except OSError:
-                    chunk = b""
-                watch.conns[c] += chunk
-                if not chunk or b"done" in watch.conns[c]:
-                    watch.heard += b"done" in watch.conns[c]
-                    sel.unregister(c)
-                    c.close()
-                    del watch.conns[c]
+            _event(sel, key, results, pending, frames, watch)
     for s, t in pending.items():
         results.append({**t, "result": "unreachable", "detail": "timeout"})
         s.close()
     return results
+
+
+def _start_connects(sel, targets, results, pending):
+    """A non-blocking connect to every target: in progress (watched for writability), or already answered."""
+    for t in targets:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        rc = s.connect_ex((t["addr"], t["port"]))
+        if rc in (0, errno.EINPROGRESS):
+            sel.register(s, selectors.EVENT_WRITE, ("connect", t))
+            pending[s] = t
+        else:
+            results.append({**t, "result": "refused" if rc == errno.ECONNREFUSED else "unreachable",
+                            "detail": errno.errorcode.get(rc, str(rc))})
+            s.close()
+
+
+def _event(sel, key, results, pending, frames, watch):
+    """One ready socket: a connect that finished, a frame, the watch's capture, a sender checking in."""
+    kind, data = key.data
+    if kind == "connect":
+        s, t = key.fileobj, data
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        res = "connected" if err == 0 else ("refused" if err == errno.ECONNREFUSED else "unreachable")
+        results.append({**t, "result": res, "detail": errno.errorcode.get(err, "ok") if err else "ok"})
+        sel.unregister(s)
+        s.close()
+        del pending[s]
+    elif kind == "frame":
+        frames.read(data)
+    elif kind == "watch":
+        watch.read(data)
+    elif kind == "accept":
+        try:
+            c, _ = watch.listener.accept()
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ, ("conn", None))
+            watch.conns[c] = b""
+        except OSError:
+            pass
+    elif kind == "conn":
+        _checked_in(sel, key.fileobj, watch)
+
+
+def _checked_in(sel, c, watch):
+    """A sender's connection to the watch: it says done, then closes."""
+    try:
+        chunk = c.recv(64)
+    except OSError:
+        chunk = b""
+    watch.conns[c] += chunk
+    if not chunk or b"done" in watch.conns[c]:
+        watch.heard += b"done" in watch.conns[c]
+        sel.unregister(c)
+        c.close()
+        del watch.conns[c]
 
 
 def route_get(addrs):
