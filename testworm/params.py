@@ -169,37 +169,9 @@ def resolve(explicit: dict[str, Any]) -> ScanParams:
     interlocks.check_lab_ranges(lab)
     interlocks.check_allow(allow, lab)
 
-    hits = tuple(ip_int(a) for a in _str_list(raw, "hit_list", "--hit-list"))
-    if raw["targets"] is None:
-        targets = AddressSet.from_addresses(hits) if strategy == "hit-list" and hits else allow
-    else:
-        targets = AddressSet.from_cidrs(_str_list(raw, "targets", "--targets"), "--targets")
-    interlocks.check_targets(targets, allow, "--targets")
-    if strategy == "hit-list":
-        if not hits:
-            raise UsageError("strategy hit-list needs --hit-list ADDR …")
-        interlocks.check_targets(AddressSet.from_addresses(hits), allow, "--hit-list")
-
-    start = raw["start"]
-    if start is not None:
-        if not isinstance(start, str):
-            raise UsageError("--start must be an address or a keyword")
-        if start not in START_KEYWORDS:
-            start = ip_int(start)
-            if start not in targets:
-                raise UsageError(f"--start {raw['start']} is not one of the targets")
-
-    weights = raw["local_weights"]
-    if isinstance(weights, str):
-        weights = weights.split(",")
-    try:
-        weights = tuple(float(w) for w in weights)
-    except (TypeError, ValueError):
-        raise UsageError(f"--local-weights must be three numbers, not {raw['local_weights']!r}") from None
-    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise UsageError(f"--local-weights must be three non-negative numbers (/16,/8,anywhere), not {weights!r}")
-    total = sum(weights)
-    weights = tuple(w / total for w in weights)
+    hits, targets = _targets(raw, strategy, allow)
+    start = _start(raw, targets)
+    weights = _weights(raw)
 
     p = ScanParams(
         rate=rate, protocol=protocol, port=port, strategy=strategy, seed=seed, targets=targets, allow=allow,
@@ -217,3 +189,46 @@ def resolve(explicit: dict[str, Any]) -> ScanParams:
     if p.generation > p.max_generations:
         raise UsageError(f"generation {p.generation} is beyond the bound --max-generations {p.max_generations}")
     return p
+
+
+def _targets(raw: dict[str, Any], strategy: str, allow: AddressSet) -> tuple[tuple[int, ...], AddressSet]:
+    """The hit list and the targets, each checked against the allow-list."""
+    hits = tuple(ip_int(a) for a in _str_list(raw, "hit_list", "--hit-list"))
+    if raw["targets"] is None:
+        targets = AddressSet.from_addresses(hits) if strategy == "hit-list" and hits else allow
+    else:
+        targets = AddressSet.from_cidrs(_str_list(raw, "targets", "--targets"), "--targets")
+    interlocks.check_targets(targets, allow, "--targets")
+    if strategy == "hit-list":
+        if not hits:
+            raise UsageError("strategy hit-list needs --hit-list ADDR …")
+        interlocks.check_targets(AddressSet.from_addresses(hits), allow, "--hit-list")
+    return hits, targets
+
+
+def _start(raw: dict[str, Any], targets: AddressSet) -> Any:
+    """Where a scan starts: a keyword, or one of the targets (as an integer)."""
+    start = raw["start"]
+    if start is not None:
+        if not isinstance(start, str):
+            raise UsageError("--start must be an address or a keyword")
+        if start not in START_KEYWORDS:
+            start = ip_int(start)
+            if start not in targets:
+                raise UsageError(f"--start {raw['start']} is not one of the targets")
+    return start
+
+
+def _weights(raw: dict[str, Any]) -> tuple[float, ...]:
+    """The local-preference weights (/16, /8, anywhere), normalised to sum to 1."""
+    weights = raw["local_weights"]
+    if isinstance(weights, str):
+        weights = weights.split(",")
+    try:
+        weights = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise UsageError(f"--local-weights must be three numbers, not {raw['local_weights']!r}") from None
+    if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise UsageError(f"--local-weights must be three non-negative numbers (/16,/8,anywhere), not {weights!r}")
+    total = sum(weights)
+    return tuple(w / total for w in weights)
