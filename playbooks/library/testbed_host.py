@@ -50,12 +50,24 @@ def write_if_changed(path, data, mode):
 
 
 def apply(params, run=subprocess.run):
-    """Apply the declared state; returns (changed items, failure message or None)."""
+    """Apply the declared state; returns (changed items, failure message or None). Each step below applies one
+    kind of item, appends what it changed, and returns a failure or None; the first failure ends the run."""
     changed = []
+    for step in (_dirs, _trees, _files, _sysctls, _nft, _commands, _python, _no_address):
+        failure = step(params, changed, run)
+        if failure:
+            return changed, failure
+    return changed, None
+
+
+def _dirs(params, changed, run):
     for d in params.get("dirs") or []:
         if not os.path.isdir(d):
             os.makedirs(d, mode=0o755, exist_ok=True)
             changed.append(f"dir {d}")
+
+
+def _trees(params, changed, run):
     for tree in params.get("trees") or []:
         root = tree["root"]
         want = {rel: base64.b64decode(b) for rel, b in tree["files"].items()}
@@ -63,32 +75,46 @@ def apply(params, run=subprocess.run):
             if write_if_changed(os.path.join(root, rel), data, 0o644):
                 changed.append(f"file {os.path.join(root, rel)}")
         for top in tree.get("purge") or []:
-            base = os.path.join(root, top)
-            for dirpath, _dirs, filenames in os.walk(base, topdown=False):
-                for f in filenames:
-                    rel = os.path.relpath(os.path.join(dirpath, f), root)
-                    if rel not in want:
-                        os.unlink(os.path.join(dirpath, f))
-                        if "__pycache__" not in rel:
-                            changed.append(f"removed {rel}")
-                if dirpath != base and not os.listdir(dirpath):
-                    os.rmdir(dirpath)
+            _purge(root, os.path.join(root, top), want, changed)
+
+
+def _purge(root, base, want, changed):
+    """Files under `base` the tree does not declare, and the directories they leave empty."""
+    for dirpath, _dirs, filenames in os.walk(base, topdown=False):
+        for f in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if rel not in want:
+                os.unlink(os.path.join(dirpath, f))
+                if "__pycache__" not in rel:
+                    changed.append(f"removed {rel}")
+        if dirpath != base and not os.listdir(dirpath):
+            os.rmdir(dirpath)
+
+
+def _files(params, changed, run):
     for spec in params.get("files") or []:
         path = spec["path"]
         data = base64.b64decode(spec["b64"]) if spec.get("b64") else (spec.get("content") or "").encode()
         if write_if_changed(path, data, int(str(spec.get("mode") or "0644"), 8)):
             changed.append(f"file {path}")
+
+
+def _sysctls(params, changed, run):
     for key, value in sorted((params.get("sysctls") or {}).items()):
         path = "/proc/sys/" + key.replace(".", "/")
         try:
             with open(path) as fh:
                 current = fh.read().strip()
         except OSError as exc:
-            return changed, f"sysctl {key}: {exc.strerror}"
+            return f"sysctl {key}: {exc.strerror}"
         if current != str(value):
             with open(path, "w") as fh:
                 fh.write(str(value))
             changed.append(f"sysctl {key}={value}")
+    return None
+
+
+def _nft(params, changed, run):
     for table, ruleset in sorted((params.get("nft") or {}).items()):
         digest = hashlib.sha256(ruleset.encode()).hexdigest()
         stamp = f"/run/testbed-nft-{table}.sha256"   # /run: gone after a reboot, as the table is
@@ -103,13 +129,19 @@ def apply(params, run=subprocess.run):
         text = (f"table inet {table}\ndelete table inet {table}\n" if present else "") + ruleset
         p = run(["nft", "-f", "-"], input=text.encode(), capture_output=True)
         if p.returncode != 0:
-            return changed, f"nft table {table}: {p.stderr.decode(errors='replace').strip()}"
+            return f"nft table {table}: {p.stderr.decode(errors='replace').strip()}"
         with open(stamp, "w") as fh:
             fh.write(digest + "\n")
         changed.append(f"nft table {table}")
+    return None
+
+
+def _commands(params, changed, run):
     missing = [c for c in params.get("commands") or [] if shutil.which(c) is None]
-    if missing:
-        return changed, f"missing command(s): {', '.join(missing)}"
+    return f"missing command(s): {', '.join(missing)}" if missing else None
+
+
+def _python(params, changed, run):
     py = params.get("python")
     if py and py.get("modules"):
         code = "import importlib,sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
@@ -117,16 +149,20 @@ def apply(params, run=subprocess.run):
         p = run([py["interpreter"], "-c", code, *py["modules"]], capture_output=True, env=env)
         if p.returncode != 0:
             last = p.stderr.decode(errors="replace").strip().splitlines()
-            return changed, f"{py['interpreter']} cannot import {', '.join(py['modules'])}: {last[-1] if last else p.returncode}"
+            return f"{py['interpreter']} cannot import {', '.join(py['modules'])}: {last[-1] if last else p.returncode}"
+    return None
+
+
+def _no_address(params, changed, run):
     for ifname in params.get("no_address") or []:
         p = run(["ip", "-j", "addr", "show", "dev", ifname], capture_output=True)
         info = json.loads(p.stdout or b"[]") if p.returncode == 0 else []
         if not info:
-            return changed, f"interface {ifname} is missing"
+            return f"interface {ifname} is missing"
         addrs = [a["local"] for a in info[0].get("addr_info", [])]
         if addrs:
-            return changed, f"interface {ifname} must carry no address but has {', '.join(addrs)}"
-    return changed, None
+            return f"interface {ifname} must carry no address but has {', '.join(addrs)}"
+    return None
 
 
 def main():
