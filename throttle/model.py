@@ -621,6 +621,43 @@ class Prediction:
         return d
 
 
+def _check_run(rate: float, protocol: str, targets: str, connect_timeout_s: float, horizon_s: float) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(f"rate must be a number > 0, got {rate!r}")
+    if protocol not in ("tcp", "udp"):
+        raise ConfigError(f"unknown protocol {protocol!r}; known: tcp, udp")
+    if targets not in TARGET_BEHAVIOURS:
+        raise ConfigError(f"unknown targets behaviour {targets!r}; known: {', '.join(TARGET_BEHAVIOURS)}")
+    if not connect_timeout_s > 0:
+        raise ConfigError(f"connect_timeout_s must be > 0, got {connect_timeout_s!r}")
+    if not horizon_s > 0:
+        raise ConfigError(f"horizon_s must be > 0, got {horizon_s!r}")
+
+
+def _prediction_config(config: ThrottleConfig | None, initial_working_set: int | None) -> ThrottleConfig:
+    """The throttle's configuration for a prediction: `initial_working_set` destinations already known, and
+    the armed release clock (a free clock's phase relative to the first attempt is unknown)."""
+    cfg = config or ThrottleConfig()
+    if initial_working_set is not None:
+        if isinstance(initial_working_set, bool) or not isinstance(initial_working_set, int) \
+                or not 0 <= initial_working_set <= cfg.working_set_size:
+            raise ConfigError(f"initial working set must be an integer in 0..{cfg.working_set_size}, "
+                              f"got {initial_working_set!r}")
+        cfg = replace(cfg, initial_working_set=tuple(f"known-{i}" for i in range(initial_working_set)))
+    if cfg.release_clock == "free":
+        raise ConfigError("the constant-rate prediction needs the armed release clock (a free clock's "
+                          "phase relative to the first attempt is unknown)")
+    return cfg
+
+
+def _prediction(sr, params: dict) -> Prediction:
+    """The source's tally as a prediction (nothing attempted: no source)."""
+    if sr is None:
+        return Prediction(None, 0, 0, 0, 0, params)
+    return Prediction(sr.stop_s, sr.out_before_block, sr.packets_out_before_block, sr.attempts_before_block,
+                      sr.arrivals_before_block, params, sr.queue_curve)
+
+
 def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: ThrottleConfig | None = None,
                           initial_working_set: int | None = None, retransmit: str = "linux",
                           placement: str = "gateway", connect_timeout_s: float = 3.0,
@@ -634,28 +671,10 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
     schedule (not while held, with placement="host"). `initial_working_set` destinations (other than the
     scan's) are already in the working set; None takes config.initial_working_set.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-        raise ConfigError(f"rate must be a number > 0, got {rate!r}")
-    if protocol not in ("tcp", "udp"):
-        raise ConfigError(f"unknown protocol {protocol!r}; known: tcp, udp")
-    if targets not in TARGET_BEHAVIOURS:
-        raise ConfigError(f"unknown targets behaviour {targets!r}; known: {', '.join(TARGET_BEHAVIOURS)}")
-    if not connect_timeout_s > 0:
-        raise ConfigError(f"connect_timeout_s must be > 0, got {connect_timeout_s!r}")
-    if not horizon_s > 0:
-        raise ConfigError(f"horizon_s must be > 0, got {horizon_s!r}")
+    _check_run(rate, protocol, targets, connect_timeout_s, horizon_s)
     _check_placement(placement)
     offsets = retransmit_schedule(retransmit) if protocol == "tcp" else ()
-    cfg = config or ThrottleConfig()
-    if initial_working_set is not None:
-        if isinstance(initial_working_set, bool) or not isinstance(initial_working_set, int) \
-                or not 0 <= initial_working_set <= cfg.working_set_size:
-            raise ConfigError(f"initial working set must be an integer in 0..{cfg.working_set_size}, "
-                              f"got {initial_working_set!r}")
-        cfg = replace(cfg, initial_working_set=tuple(f"known-{i}" for i in range(initial_working_set)))
-    if cfg.release_clock == "free":
-        raise ConfigError("the constant-rate prediction needs the armed release clock (a free clock's "
-                          "phase relative to the first attempt is unknown)")
+    cfg = _prediction_config(config, initial_working_set)
     src = "worm"
     core = Throttle(cfg, clock=lambda: 0.0)
     tally = _Tally()
@@ -702,13 +721,9 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
             if nxt < open_until[i]:
                 heapq.heappush(heap, (nxt, i, k + 1))
     tally.finish()
-    sr = tally.sources.get(src)
     params = {"rate": rate, "protocol": protocol, **cfg.to_dict(), "retransmit": retransmit,
               "retransmit_offsets_s": list(offsets), "placement": placement,
               "connect_timeout_s": connect_timeout_s, "targets": targets, "horizon_s": horizon_s,
               "max_attempts": max_attempts}
     params["initial_working_set"] = len(cfg.initial_working_set)
-    if sr is None:
-        return Prediction(None, 0, 0, 0, 0, params)
-    return Prediction(sr.stop_s, sr.out_before_block, sr.packets_out_before_block, sr.attempts_before_block,
-                      sr.arrivals_before_block, params, sr.queue_curve)
+    return _prediction(tally.sources.get(src), params)
