@@ -29,7 +29,12 @@ class Index:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=30)
-        self.db.executescript(self.SCHEMA)
+        try:
+            self.db.executescript(self.SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise ResultsError(f"{self.path} is not an index of runs ({exc})",
+                               hint="give --index the SQLite file `testbed run` writes (results/index.sqlite)") from None
 
     def close(self) -> None:
         self.db.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -263,3 +265,16 @@ def test_a_run_still_running_is_not_resumed_by_another_runner(tmp_path):
                                               "has stopped"):
         run_experiment(exp, RunOptions(resume=run.path))
     assert run.manifest()["runner"] == runner_record()                  # untouched
+
+
+def test_a_file_that_is_not_an_index_is_exit_2_with_what_it_is(tmp_path):
+    bad = tmp_path / "notadb"
+    bad.write_text("hello, not SQLite\n")
+    with pytest.raises(ResultsError, match=r"notadb is not an index of runs \(file is not a database\)"):
+        Index(bad)
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "results", "list", "--index", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"error: {bad} is not an index of runs (file is not a database)\n"
+                        "hint: give --index the SQLite file `testbed run` writes (results/index.sqlite)\n")
+    assert bad.read_text() == "hello, not SQLite\n"                 # left as it was
