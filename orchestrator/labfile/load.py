@@ -107,14 +107,13 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
                   problems: Problems | None = None, *, machine_routes: Iterable[str] = (),
                   known_providers: Iterable[str] | None = None):
     """Validate parsed lab data; return the resolved topology.Lab or raise SpecError with every problem."""
-
     problems = problems or Problems(source, lines or {})
     if not isinstance(data, dict):
         problems.add((), "a lab file is a mapping with at least 'name' and 'hosts'")
         problems.raise_if_any()
     if known_providers is None:
-        from orchestrator.providers import known_providers as _kp
-        known_providers = _kp()
+        from orchestrator import providers  # the registry: a leaf
+        known_providers = providers.known_providers()
     known = sorted(known_providers)
     provider = data.get("provider", "netns")
     if isinstance(provider, str) and provider not in known:
