@@ -245,6 +245,8 @@ class FakeHosts:
             cmds = [words[0]] + ([w for w in words[1:] if not w.startswith("-")][:1] if words[0] == "xargs" else [])
             if any(c not in SAFE for c in cmds):
                 raise AssertionError(f"the fake hosts refuse to run {part.strip()!r}")
+            if words[0] == "rm" and not all(w.startswith(("-", "/")) for w in words[1:]):
+                raise AssertionError(f"the fake hosts remove only absolute paths under their root: {part.strip()!r}")
             for w in words:
                 for path in re.findall(r"(?:^|[>=])(/[^\s'\"]*)", w):
                     if path != "/dev/null":
