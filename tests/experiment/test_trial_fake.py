@@ -108,3 +108,17 @@ def test_a_mechanism_in_the_host_is_started_watched_and_stopped(tmp_path, store)
     assert (rec.status, rec.reason) == ("ok", "worm stopped: max_attempts"), rec.reason
     assert rec.evaluation is not None and rec.evaluation.model is not None
     assert hosts.services == {}
+
+
+@pytest.mark.parametrize("script", ["ping -c 1 198.18.9.1", "true; nc 198.18.9.1 80", "rm -rf relative/dir",
+                                    "cat /etc/passwd", "ls /tmp | xargs -r python3 -c pass"])
+def test_the_fake_hosts_refuse_anything_but_their_short_list_on_their_own_files(setup, script):
+    _, hosts = setup
+    with pytest.raises(AssertionError, match="fake hosts"):
+        hosts.sh("blade", script)
+
+
+def test_the_fake_hosts_run_no_program_they_do_not_play(setup):
+    _, hosts = setup
+    with pytest.raises(AssertionError, match="does not know how to run"):
+        hosts.access.run("blade", ["python3", "-c", "import socket"])
