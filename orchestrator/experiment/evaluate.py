@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.analysis.attempts import extract_attempts
 from orchestrator.analysis.figures import MetricsSettings
-from orchestrator.analysis.pcap import read_capture
+from orchestrator.analysis.scan import scan_capture
 from orchestrator.analysis.trial import analyse_trial
 from orchestrator.atomic import atomic_write_json
 from orchestrator.errors import TestbedError
@@ -29,8 +28,8 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     sniffer = sniffer_side(st)
     # the logs are on the infected host's clock, the capture on the sniffer's: VMs keep their own clocks, so
     # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
-    pk = read_capture(files["pcap"])
-    att = extract_attempts(pk)
+    scan = scan_capture(files["pcap"], answers=True)      # one streamed pass: attempts, answers, summary
+    att = scan.attempts()
     tlog = files.get("throttle_log")
     verdicts = [json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()] if tlog else []
     worm_lines = Path(files["worm_log"]).read_text().splitlines()
@@ -41,7 +40,7 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     if verdicts and sniffer == "after":
         found, matched = agreement.clock_offset(att, verdicts, src=src)
         offset = found or 0.0
-    an = analyse_trial(files["pcap"], throttle_log=tlog, worm_logs=[files["worm_log"]],
+    an = analyse_trial(scan, throttle_log=tlog, worm_logs=[files["worm_log"]],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
     d = an.to_dict()
     atomic_write_json(tdir / "analysis.json", d)
@@ -56,7 +55,7 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
         if skew is not None:
             stop_s -= skew
     measured = _measured(sm, wire, stop_s, offset, matched)
-    measured |= _out_counts(st, t, sniffer, wire, pk, sm, src, link)
+    measured |= _out_counts(st, t, sniffer, wire, scan.answers, sm, src, link)
     if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
         measured["achieved_rate_wire"] = wire.get("wire_rate")
     measured = {k: finite(v) for k, v in measured.items()}
@@ -86,7 +85,7 @@ def _measured(sm: dict[str, Any], wire: dict[str, Any], stop_s: float | None, of
     }
 
 
-def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], pk, sm: dict[str, Any], src: str,
+def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], answers, sm: dict[str, Any], src: str,
                 link: float | None) -> dict[str, Any]:
     """The attempts out before (and after) the block: on the wire behind the mechanism, or from the answers
     coming back when the capture stands in front of it."""
@@ -99,7 +98,7 @@ def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], pk,
         # in front of the throttle: what got through shows as the answers coming back (the gateway's RSTs),
         # on the capture's clock — the block placed there by the measured link between the two clocks
         block = sm.get("blocked_wall")
-        ans = agreement.answered_counts(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
+        ans = agreement.answered_counts(answers, src=src, scan=s.worm.scan, dport=s.worm.port,
                                         block_wall=None if block is None else block + link,
                                         unseen=unseen_by_mechanism(st),
                                         tolerance_s=agreement.answer_tolerance(st.emulated))

@@ -194,6 +194,13 @@ def test_answers_count_what_got_through_a_throttle_the_capture_stands_in_front_o
     assert got == {"answered": 4, "out_before_block": 3, "out_after_block": 1, "answer_tolerance_s": 0.005}
     unblocked = agreement.answered_counts(pk, src=SRC, scan="198.18.9.0/24", dport=8080, block_wall=None)
     assert unblocked == {"answered": 5, "out_before_block": 5, "out_after_block": 0}   # .1 counts when seen
+    # the trial's evaluation counts them from one streamed pass's answer rows: the same figures
+    from orchestrator.analysis.scan import scan_capture
+    answers = scan_capture(tmp_path / "c.pcap", answers=True).answers
+    assert agreement.answered_counts(answers, src=SRC, scan="198.18.9.0/24", dport=8080, block_wall=t0 + 2.0,
+                                     unseen={"198.18.9.1"}) == got
+    assert agreement.answered_counts(answers, src=SRC, scan="198.18.9.0/24", dport=8080,
+                                     block_wall=None) == unblocked
 
 
 @pytest.mark.parametrize("throttled,placement,protocol,empty,expect", [
