@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.labfile.models import ROLES, LabFile
+from orchestrator.labfile.constants import ROLES
+from orchestrator.labfile.models import LabFile
 from orchestrator.labfile.resolve import resolve
 from orchestrator.labfile.specfile import Problems, read_spec_file
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, NamedTuple
 
-from orchestrator.labfile import models
+from orchestrator.labfile import constants, models
 from orchestrator.labfile.topology import Host, Interface, Lab, Segment, mac_for
 
 # host-side interface names are the same on every host: playbooks and captures can rely on them
@@ -45,8 +45,8 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
     if net.prefixlen > 30:
         problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
         return None
-    if not net.subnet_of(ipaddress.ip_network(models.LAB_RANGE)):
-        problems.add(path, f"{cidr} is outside {models.LAB_RANGE}, the benchmark range every lab address comes from")
+    if not net.subnet_of(ipaddress.ip_network(constants.LAB_RANGE)):
+        problems.add(path, f"{cidr} is outside {constants.LAB_RANGE}, the benchmark range every lab address comes from")
     return net          # still checked for overlaps with this machine's routes, so every problem is said
 
 
@@ -137,7 +137,7 @@ def _route_clashes(nets: dict[str, ipaddress.IPv4Network | None], machine_routes
                  and net.overlaps(rn)]
         if clash:
             problems.add(_seg_path(key), f"{net} overlaps {', '.join(clash)}, route(s) this machine already "
-                         f"uses; choose another part of {models.LAB_RANGE}")
+                         f"uses; choose another part of {constants.LAB_RANGE}")
 
 
 def _expand(spec: models.LabFile, segs: dict[str, Segment], problems) -> list[_Entry]:
@@ -150,10 +150,10 @@ def _expand(spec: models.LabFile, segs: dict[str, Segment], problems) -> list[_E
             problems.add(path, f"invalid host name '{entry}': 1-20 lower-case letters, digits, dashes, "
                          "starting with a letter")
             continue
-        if entry in models.RESERVED_HOST_NAMES:
+        if entry in constants.RESERVED_HOST_NAMES:
             problems.add(path, f"'{entry}' is reserved (the lab's own switch); choose another name")
             continue
-        lans = _lan_refs(entry, hs.role, list(hs.lans) if hs.lans is not None else models.DEFAULT_LANS[hs.role],
+        lans = _lan_refs(entry, hs.role, list(hs.lans) if hs.lans is not None else constants.DEFAULT_LANS[hs.role],
                          segs, (*path, "lans"), problems)
         fixed = _fixed(hs, lans, segs, path, problems)
         names = [entry] if hs.count is None else [f"{entry}{i}" for i in range(1, hs.count + 1)]
@@ -281,7 +281,7 @@ def _seg_path(seg_key: str) -> tuple:
 
 def _valid_host_name(name: str) -> bool:
     import re
-    return re.fullmatch(models.HOST_PATTERN, name) is not None
+    return re.fullmatch(constants.HOST_PATTERN, name) is not None
 
 
 def _role_rules(expanded: list[_Entry], segs: dict[str, Segment], problems) -> None:
@@ -302,8 +302,8 @@ def _role_rules(expanded: list[_Entry], segs: dict[str, Segment], problems) -> N
             problems.add((*e.path, "lans"), f"{e.name} must be on the admin LAN: it is how the orchestrator "
                          "provisions and reaches every host")
         for kind in kinds:
-            if e.role not in models.ALLOWED_ROLES[kind]:
-                allowed = ", ".join(sorted(models.ALLOWED_ROLES[kind]))
+            if e.role not in constants.ALLOWED_ROLES[kind]:
+                allowed = ", ".join(sorted(constants.ALLOWED_ROLES[kind]))
                 problems.add((*e.path, "lans"), f"a {e.role} may not sit on the {kind} LAN (allowed: {allowed})")
         if e.role in ("sniffer", "gateway", "target", "injector") and "experimental" not in kinds:
             problems.add((*e.path, "lans"), f"a {e.role} belongs on the experimental LAN")

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import LabNotFoundError, ProviderError, UsageError
-from orchestrator.labfile.models import NAME_PATTERN
+from orchestrator.labfile.constants import NAME_PATTERN
 from orchestrator.labfile.topology import Lab
 
 DEFAULT_ROOT = "/var/lib/worm-testbed"
