@@ -23,9 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cpu(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(user + system seconds, exit code) of one run of argv and everything it waited for."""
-    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def cpu(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
+    """(user + system seconds, exit code) of one run of argv and everything it waited for. Run from `cwd`,
+    the checkout timed: `python -m` looks in the working directory before PYTHONPATH."""
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return ru.ru_utime + ru.ru_stime, p.returncode
@@ -48,21 +49,21 @@ def main() -> int:
     if root:
         rows["testbed down (netns lab stopping-speed)"] = []
     for _ in range(a.repeat):
-        rows["python -c pass"].append(cpu([*py, "-c", "pass"], env)[0])
-        rows["testbed --help"].append(cpu([*cli, "--help"], env)[0])
-        rows["testbed status"].append(cpu([*cli, "status"], env)[0])
-        rows["testbed down (unknown lab)"].append(cpu([*cli, "down", "xnolab" + secrets.token_hex(2)], env)[0])
+        rows["python -c pass"].append(cpu([*py, "-c", "pass"], env, a.src)[0])
+        rows["testbed --help"].append(cpu([*cli, "--help"], env, a.src)[0])
+        rows["testbed status"].append(cpu([*cli, "status"], env, a.src)[0])
+        rows["testbed down (unknown lab)"].append(cpu([*cli, "down", "xnolab" + secrets.token_hex(2)], env, a.src)[0])
         if root:
             name = "x" + secrets.token_hex(3)
             up = subprocess.run([*cli, "up", str(REPO / "labs" / "stopping-speed.yaml"), "--name", name], env=env,
-                                capture_output=True, text=True, timeout=120)
+                                cwd=a.src, capture_output=True, text=True, timeout=120)
             try:
                 if up.returncode != 0:
                     sys.exit(f"bench_cli: testbed up failed: {up.stderr.strip()[-500:]}")
             finally:
-                t, code = cpu([*cli, "down", name], env)
+                t, code = cpu([*cli, "down", name], env, a.src)
                 if code != 0:
-                    subprocess.run([*cli, "down", name], env=env, timeout=120)
+                    subprocess.run([*cli, "down", name], env=env, cwd=a.src, timeout=120)
             rows["testbed down (netns lab stopping-speed)"].append(t)
     print(f"process time (user+sys), median of {a.repeat}, orchestrator from {a.src}")
     for what, ts in rows.items():
