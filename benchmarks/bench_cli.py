@@ -49,10 +49,13 @@ def main() -> int:
     if root:
         rows["testbed down (netns lab stopping-speed)"] = []
     for _ in range(a.repeat):
-        rows["python -c pass"].append(cpu([*py, "-c", "pass"], env, a.src)[0])
-        rows["testbed --help"].append(cpu([*cli, "--help"], env, a.src)[0])
-        rows["testbed status"].append(cpu([*cli, "status"], env, a.src)[0])
-        rows["testbed down (unknown lab)"].append(cpu([*cli, "down", "xnolab" + secrets.token_hex(2)], env, a.src)[0])
+        for what, argv in (("python -c pass", [*py, "-c", "pass"]), ("testbed --help", [*cli, "--help"]),
+                           ("testbed status", [*cli, "status"]),
+                           ("testbed down (unknown lab)", [*cli, "down", "xnolab" + secrets.token_hex(2)])):
+            t, code = cpu(argv, env, a.src)
+            if code != 0:          # a command that failed at once is no figure
+                sys.exit(f"bench_cli: {what} exited {code}")
+            rows[what].append(t)
         if root:
             name = "x" + secrets.token_hex(3)
             up = subprocess.run([*cli, "up", str(REPO / "labs" / "stopping-speed.yaml"), "--name", name], env=env,
