@@ -40,7 +40,8 @@ def main() -> int:
     if not 1 <= a.repeat <= 50:
         sys.exit("bench_cli: --repeat is 1..50")
     state = tempfile.mkdtemp(prefix="wt-bench-cli-")
-    env = {**os.environ, "PYTHONPATH": str(a.src), "TESTBED_STATE_DIR": state}
+    path = os.pathsep.join(p for p in (str(a.src), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TESTBED_STATE_DIR": state}
     py = [sys.executable]
     cli = [*py, "-m", "orchestrator.cli"]
     rows: dict[str, list[float]] = {"python -c pass": [], "testbed --help": [], "testbed status": [],
