@@ -354,11 +354,15 @@ def _units_to_ns(units: np.ndarray, resol: int, tsoffset: int) -> np.ndarray:
     off_ns = np.int64(tsoffset) * np.int64(1_000_000_000)
     if resol & 0x80:
         k = resol & 0x7F
+        if k >= 64:         # a damaged or absurd option: every 64-bit count is a fraction of a second
+            return np.round(units.astype(np.float64) * (1e9 / 2.0 ** k)).astype(np.int64) + off_ns
         secs = (units >> np.uint64(k)).astype(np.int64)
         frac = (units & np.uint64((1 << k) - 1)).astype(np.float64)
         return secs * 1_000_000_000 + np.round(frac * (1e9 / 2.0 ** k)).astype(np.int64) + off_ns
     u = units.astype(np.int64)
     if resol <= 9:
         return u * np.int64(10 ** (9 - resol)) + off_ns
+    if resol - 9 > 18:      # 10**19 is past int64: no 64-bit count reaches a nanosecond
+        return np.zeros_like(u) + off_ns
     return u // np.int64(10 ** (resol - 9)) + off_ns
 

@@ -284,3 +284,15 @@ def test_tshark_filter_from_the_issue(tmp_path):
     wrpcap(str(path), mixed_packets())
     rows = tshark_fields(path, "ip && tcp.flags.syn==1 && tcp.flags.ack==0", "frame.number")
     assert [int(r[0]) - 1 for r in rows] == np.flatnonzero(read_capture(path).syn).tolist()
+
+
+@pytest.mark.parametrize("resol", [28, 40, 127, 0x80 | 64, 0x80 | 127])
+def test_an_absurd_if_tsresol_gives_timestamps_not_an_overflow(resol):
+    """A damaged pcapng can claim 10^-28 s or 2^-127 s units: no 64-bit count then reaches a nanosecond past
+    the offset (10**19 does not fit an int64; 1 << 64 does not fit a uint64) — the reader must not raise."""
+    from orchestrator.analysis.pcapng import _units_to_ns
+    units = np.array([0, 12345, 2**63 - 1], dtype=np.uint64)
+    got = _units_to_ns(units, resol, 7)
+    assert got.dtype == np.int64
+    assert list(got) == [7_000_000_000] * 2 + [7_000_000_000 + (0 if resol in (28, 40, 127) else int(
+        round((2**63 - 1) * 1e9 / 2.0 ** (resol & 0x7F))))]
