@@ -1,6 +1,7 @@
 """Every exception the orchestrator raises on purpose, in one place.
 
-CLI verbs catch `TestbedError` and print its message (no traceback); `exit_code` is what the process returns.
+CLI verbs catch `TestbedError` and print its message (no traceback); `exit_code` is what the process returns:
+1 a failure, 2 bad input or usage, 3 not found (the table: orchestrator.cli.common.EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ class SpecError(TestbedError):
         super().__init__("\n".join(lines))
 
 
+class SpecErrors(SpecError):
+    """Several files with problems, e.g. an experiment file and the lab file it names: every one's list
+    (`problems` has them all, each file's `errors[i].problems` its own)."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = errors
+        self.source = errors[0].source
+        self.problems = [p for e in errors for p in e.problems]
+        TestbedError.__init__(self, "\n".join(e.message for e in errors))
+
+
+def spec_errors(errors: list[SpecError]) -> SpecError | SpecErrors:
+    """One file's SpecError as it is, several files' together."""
+    return errors[0] if len(errors) == 1 else SpecErrors(errors)
+
+
 class UsageError(TestbedError):
     """Bad command-line input."""
 
@@ -52,7 +69,17 @@ class UnknownProviderError(TestbedError):
     exit_code = 2
 
 
-class LabNotFoundError(TestbedError):
+class NotFoundError(TestbedError):
+    """No lab, host or run of the name given is known here: the same code for every verb."""
+
+    exit_code = 3
+
+
+class LabNotFoundError(NotFoundError):
+    pass
+
+
+class HostNotFoundError(NotFoundError):
     pass
 
 

@@ -43,7 +43,13 @@ def analyse_verb(pcap: Annotated[Path, typer.Argument(help="a pcap or pcapng cap
                                                        "first_per_flow, every or none")] = "first_per_destination",
                  as_json: Annotated[bool, typer.Option("--json", help="one JSON object (packets, syn_attempts, "
                                                                       "udp_attempts, sources, metrics, findings, …)")] = False):
-    """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given)."""
+    """Per-source attempt timelines and stopping-speed metrics from a capture (and the logs, when given).
+
+    Exit 0 when the analysis ran (failed cross-checks are findings in the output), 2 when an input cannot be read.
+
+    Examples:  testbed analyse RUN/trials/tcp-r20-1/capture.pcap  ·  T=RUN/trials/tcp-r20-1; testbed analyse
+    $T/capture.pcap --throttle-log $T/throttle.jsonl --worm-log $T/worm.jsonl --json
+    """
     from orchestrator.analysis.attempts import UDP_MODES
 
     if sniffer not in (None, "before", "after"):

@@ -1,11 +1,12 @@
 """What every `testbed` verb shares: the two consoles (`out` for results, `err` for errors and progress), a
 progress bar for long work (`Bar`), and how a verb ends on an error: one line on stderr (and the error's hint), the error's exit code
-(2 for bad input), and no traceback unless asked for with `--debug` (or TESTBED_DEBUG=1).
+(EXIT_CODES), and no traceback unless asked for with `--debug` (or TESTBED_DEBUG=1).
 
 `handles_errors` wraps each verb; `report` prints one error (as text, or as one JSON object) and returns its
 exit code, for verbs that report errors themselves. A `TestbedError` is a failure we anticipated and can
 explain; any other exception is a bug, and still one line — its type, its message and a pointer to
-`--debug` — with exit code 1.
+`--debug` — with exit code 1. With `--json` anywhere on the command line an error — a verb's, or a usage
+error of the command line itself — is one JSON object on stdout instead: {"error", "hint", "exit_code"}.
 """
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ import typer
 from typer.exceptions import TyperException
 
 from orchestrator.errors import TestbedError
+
+try:        # typer < 0.29 raises click's own usage errors; 0.29 vendors click, its errors are TyperExceptions
+    from click.exceptions import ClickException
+    USAGE_ERRORS: tuple[type[Exception], ...] = (ClickException, TyperException)
+except ImportError:                                                       # pragma: no cover
+    USAGE_ERRORS = (TyperException,)
+
+# The one table of exit codes, for every verb (README, `testbed --help`).
+EXIT_CODES = {
+    0: "ok",
+    1: "a failure: something ran and went wrong (a leak found, a regression, a provider or SSH failure, a bug)",
+    2: "bad input or usage: a lab or experiment file, an option, an argument (nothing was created)",
+    3: "not found: no lab, run or host of that name here (down, status, exec, check, results …)",
+    130: "interrupted (Ctrl-C)",
+}
+HELP_CONTEXT = {"help_option_names": ["-h", "--help"]}
+EXIT_TABLE = "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES.items())
+
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -86,19 +105,52 @@ def report(exc: BaseException, console: Console | LazyConsole = err, *, as_json:
 
 
 def handles_errors(fn):
-    """Wrap a typer verb: its errors become `report`'s line and exit code; Ctrl-C exits 130."""
+    """Wrap a typer verb: its errors become `report`'s line (JSON on stdout when the verb's `as_json` is set)
+    and exit code; Ctrl-C exits 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("as_json"))
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, TyperException):
-            raise                   # an exit code chosen by the verb, and typer's own usage errors (exit 2)
+        except (typer.Exit, typer.Abort):
+            raise                   # an exit code chosen by the verb
+        except USAGE_ERRORS as exc:         # typer.BadParameter raised by the verb: usage, exit 2
+            if not as_json:
+                raise
+            _json_error(exc.format_message(), exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
         except Exception as exc:
-            raise typer.Exit(report(exc)) from None
+            raise typer.Exit(report(exc, out if as_json else err, as_json=as_json)) from None
     return wrapper
+
+
+def _json_error(message: str, code: int, hint: str | None = None) -> None:
+    out.out(json.dumps({"error": message, "hint": hint, "exit_code": code}), highlight=False)
+
+
+def emit_json(data) -> None:
+    """A verb's --json result: one JSON document on stdout."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _show_flags_without_a_type() -> None:
+    """typer's help writes `<bool>` beside every flag (`--keep / --no-keep <bool>`): say nothing there."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)       # typer 0.29's rich help; older: none
+    if shown is None or getattr(shown, "_quiet_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+    display_type_rich._quiet_flags = True           # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich      # type: ignore[method-assign]
+
+
+_show_flags_without_a_type()
 
 
 def main(app: typer.Typer, argv: list[str] | None = None) -> int:
@@ -109,13 +161,28 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> int:
     if "--debug" in argv[:cut]:
         set_debug(True)
         argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
+    as_json = "--json" in argv[:cut]
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("interrupted")
+        return 130
+    except USAGE_ERRORS as exc:         # usage: an unknown option, a missing argument, a bad value (exit 2)
+        if as_json:
+            _json_error(exc.format_message(), exc.exit_code)
+        else:
+            exc.show()                  # type: ignore[attr-defined]  (every one typer raises here can)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
     except Exception as exc:
-        return report(exc)
-    return 0
+        return report(exc, out if as_json else err, as_json=as_json)
+    return code if isinstance(code, int) else 0
 
 
 class Bar:

@@ -65,8 +65,16 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
          keep: Annotated[bool, typer.Option(help="leave the lab up afterwards")] = False,
          resume: Annotated[Path | None, typer.Option(help="continue an interrupted run in this directory")] = None,
          junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
-         index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite")):
-    """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model."""
+         index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite"),
+         as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON on stdout (progress "
+                                                              "stays on stderr; errors are JSON too)")] = False):
+    """Build the lab, provision it, sweep the scan rates and report stopping speed beside the model.
+
+    A lab file is refused with a pointer to `testbed up`; check a file first with `testbed validate`.
+
+    Examples:  testbed run labs/demo-sweep.yaml  ·  testbed run labs/demo-sweep.yaml --rates 5,20 --repeat 3 --keep
+    ·  testbed run labs/demo-sweep.yaml --resume results/demo-sweep-20261201-190105-ab12
+    """
     from orchestrator.experiment.runner import RunOptions, run_experiment
     from orchestrator.results.publish import Publisher
 
@@ -80,4 +88,4 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
     rdir = run_experiment(file, RunOptions(rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
                                            console=err, progress=_SweepBar, on_open=pub.opened,
                                            on_finish=pub.finished))
-    finish_run(rdir, junit)
+    finish_run(rdir, junit, as_json)

@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import handles_errors, out
+from orchestrator.cli.common import emit_json, handles_errors, out
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (errors too, on stdout)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -24,11 +26,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(results_app, name="results")
 
 
-def finish_run(rdir, junit: Path | None) -> None:
+def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
     from rich import box
     from rich.table import Table
 
-    from orchestrator.experiment.rundir import RunDir
+    from orchestrator.experiment.rundir import RunDir, run_status
     from orchestrator.results.regress import junit_xml
 
     run = RunDir(rdir.path)
@@ -36,6 +38,11 @@ def finish_run(rdir, junit: Path | None) -> None:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(junit_xml(run))
     rows = run.summary()
+    if as_json:
+        man = run.manifest()
+        emit_json({"run_id": man.get("run_id"), "run_dir": str(run.path), "status": run_status(man),
+                   "report": str(run.path / "report.html"), "summary": rows})
+        return
     t = Table("protocol", "rate/s", "achieved/s", "stop s", "model s", "out", "model", "after", "agrees",
               title=f"stopping speed — {run.path}",
               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)     # fits 80 columns with whole headers
@@ -57,8 +64,11 @@ IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of run
 
 
 def results_list(index: IndexOpt = Path("results/index.sqlite"),
-                 as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Every run in the index, newest first."""
+                 as_json: JsonOpt = False):
+    """Every run in the index, newest first.
+
+    Examples:  testbed results list  ·  testbed results list --json
+    """
     from rich.table import Table
 
     from orchestrator.results.index import Index
@@ -77,10 +87,13 @@ def results_list(index: IndexOpt = Path("results/index.sqlite"),
     out.print(t if runs else f"no runs in {index}")
 
 
-def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix) or run directory")],
+def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix), run directory, or its name")],
                  index: IndexOpt = Path("results/index.sqlite"),
-                 as_json: Annotated[bool, typer.Option("--json")] = False):
-    """One run's summary: stopping speed per protocol and rate, measured and predicted."""
+                 as_json: JsonOpt = False):
+    """One run's summary: stopping speed per protocol and rate, measured and predicted.
+
+    Examples:  testbed results show demo-sweep-20261201  ·  testbed results show results/demo-20261201-190105
+    """
     from orchestrator.experiment.rundir import died_note, run_status
     from orchestrator.results.index import Index
 
@@ -108,8 +121,11 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                     fail_on_regression: Annotated[bool, typer.Option(
                         "--fail-on-regression", help="exit 1 when anything got worse beyond the tolerance")] = False,
                     index: IndexOpt = Path("results/index.sqlite"),
-                    as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks."""
+                    as_json: JsonOpt = False):
+    """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks.
+
+    Examples:  testbed results compare nightly-20261130 nightly-20261201 --fail-on-regression
+    """
     from rich.table import Table
 
     from orchestrator.results.index import Index
@@ -139,10 +155,19 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
         raise typer.Exit(1)
 
 
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
-    """Rebuild report.md and report.html (with plots) from a run directory's files alone."""
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+           out_dir: Annotated[Path | None, typer.Option(
+               "--out", help="write report.md, report.html and plots/ here instead of into the run directory")] = None,
+           as_json: JsonOpt = False):
+    """Rebuild report.md and report.html (with plots) from a run directory's files alone.
+
+    Examples:  testbed report results/demo-20261201-190105  ·  testbed report results/RUN --out /tmp/paper
+    """
     from orchestrator.experiment.rundir import RunDir
     from orchestrator.results.report import build_report
 
-    md, page = build_report(RunDir(run_dir))
-    out.print(f"wrote {md} and {page}")
+    md, page = build_report(RunDir(run_dir), out_dir)
+    if as_json:
+        emit_json({"markdown": str(md), "html": str(page), "plots": str(md.parent / "plots")})
+        return
+    out.print(f"wrote {md} and {page}", highlight=False)

@@ -1,7 +1,8 @@
 """Experiment files (labs/*.yaml with `experiment:`): strict models and the semantic pass against their lab.
 
 `load_experiment(path)` returns an `Experiment` (the validated file plus its resolved lab) or raises SpecError
-with every problem, before anything is built.
+with every problem, before anything is built — the experiment file's and its lab file's together (SpecErrors),
+the semantic checks run on whatever parsed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.errors import SpecError
-from orchestrator.labfile.load import _pydantic_problems, load_lab
-from orchestrator.labfile.specfile import read_spec_file
+from orchestrator.errors import SpecError, spec_errors
+from orchestrator.labfile.load import load_lab, validate_partly
+from orchestrator.labfile.specfile import Problems, read_spec_file
 from orchestrator.labfile.topology import Lab
 
 STRATEGIES = ("sequential", "random", "local-preference", "hit-list")
@@ -103,25 +104,43 @@ class Experiment:
         return self.spec.kind == "stopping-speed" and self.spec.throttle != "none"
 
 
+LAB_NOT_EXPERIMENT = ("this is a lab file (it has 'hosts:' and no 'experiment:'): build it with `testbed up "
+                      "FILE`, or name it in an experiment file's 'lab:' and run that")
+
+
 def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
     path = Path(path)
     source = str(path)
     data, lines, problems = read_spec_file(path)
     if not isinstance(data, dict) or "experiment" not in data:
-        problems.add((), "an experiment file is a mapping that starts with 'experiment: NAME'")
+        problems.add((), LAB_NOT_EXPERIMENT if isinstance(data, dict) and "hosts" in data
+                     else "an experiment file is a mapping that starts with 'experiment: NAME'")
         problems.raise_if_any()
-    try:
-        spec = ExperimentFile.model_validate(data)
-    except ValidationError as exc:
-        _pydantic_problems(exc, problems, ExperimentFile, data)
-        problems.raise_if_any()
-        raise
-    lab_path = (path.parent / spec.lab) if not Path(spec.lab).is_absolute() else Path(spec.lab)
-    if not lab_path.is_file():
-        problems.add(("lab",), f"lab file {lab_path} does not exist")
-        problems.raise_if_any()
-    lab = load_lab(lab_path, machine_routes=machine_routes)     # its own SpecError names the lab file
+    spec, _cuts = validate_partly(ExperimentFile, data, problems)
+    lab_ref = spec.lab if isinstance(spec, ExperimentFile) else data.get("lab")
+    lab, lab_error = None, None
+    if isinstance(lab_ref, str):
+        lab_path = Path(lab_ref) if Path(lab_ref).is_absolute() else path.parent / lab_ref
+        if not lab_path.is_file():
+            problems.add(("lab",), f"lab file {lab_path} does not exist")
+        else:
+            try:
+                lab = load_lab(lab_path, machine_routes=machine_routes)
+            except SpecError as exc:       # its own SpecError names the lab file: reported beside this one's
+                lab_error = exc
+    if isinstance(spec, ExperimentFile) and lab is not None:
+        _check_against_lab(spec, lab, problems)
+    errors = [SpecError(source, problems.items)] if problems.items else []
+    if lab_error is not None:
+        errors.append(lab_error)
+    if errors:
+        raise spec_errors(errors)
+    assert isinstance(spec, ExperimentFile) and lab is not None
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return Experiment(spec, lab, source, digest)
 
+
+def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> None:
     try:
         scan = ipaddress.ip_network(spec.worm.scan, strict=True)
     except ValueError as exc:
@@ -150,9 +169,6 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
         problems.add(("throttle",), "a stopping-speed experiment needs a throttle; use kind: baseline for none")
     if thr != "none" and thr.placement == "gateway" and not lab.by_role("gateway"):
         problems.add(("throttle", "placement"), f"lab {lab.name} has no gateway to place the throttle on")
-    problems.raise_if_any()
-    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return Experiment(spec, lab, source, digest)
 
 
 class SweepOverrides(Strict):
@@ -172,4 +188,7 @@ def check_overrides(rates: list[float] | None, repeats: int | None) -> None:
 
 
 def experiment_schema() -> dict:
-    return ExperimentFile.model_json_schema()
+    schema = ExperimentFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "worm-testbed experiment file"
+    return schema

@@ -248,11 +248,12 @@ class Access:
 
 
 def exec_lab(lab: str, host: str, argv: Sequence[str], *, timeout: float | None = None,
-             store: StateStore | None = None) -> Result:
-    """`testbed exec --via ssh`: run argv on host over SSH from the admin server, streaming its output."""
+             store: StateStore | None = None, capture: bool = False) -> Result:
+    """`testbed exec --via ssh`: run argv on host over SSH from the admin server, streaming its output (or
+    keeping it in the result, with `capture`)."""
     def stream(kind: str, data: bytes) -> None:
         out = sys.stdout.buffer if kind == "stdout" else sys.stderr.buffer
         out.write(data)
         out.flush()
     with Access(lab, store) as acc:
-        return acc.run(host, argv, timeout=timeout, on_output=stream)
+        return acc.run(host, argv, timeout=timeout, on_output=None if capture else stream)

@@ -3,10 +3,15 @@ lines: specfile.py).
 
 `load_lab(path)` returns a resolved `topology.Lab` or raises SpecError listing every problem (file, key path,
 line, reason). Nothing here touches the network; the machine's routes are passed in for the overlap check.
+
+Every problem at once: when the models refuse part of a file, the semantic checks (addresses, roles, LANs)
+still run on the rest — the refused keys (or the entries that lack a required key) are cut out, and what the
+cut could make up is not reported (`validate_partly`).
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -101,6 +106,82 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 
+# ---------------------------------------------------------------- every problem at once
+
+EXPERIMENT_NOT_LAB = ("this is an experiment file (it has 'experiment:'): run it with `testbed run FILE`; "
+                      "`testbed up` builds a lab file (the one its 'lab:' names)")
+
+
+def _has(data: Any, loc: tuple) -> bool:
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
+        else:
+            return False
+    return True
+
+
+def _cut(data: Any, loc: tuple) -> None:
+    cur = data
+    for part in loc[:-1]:
+        cur = cur[part]
+    del cur[loc[-1]]
+
+
+def validate_partly(model: type[BaseModel], data: Any, problems: Problems, rounds: int = 4
+                    ) -> tuple[BaseModel | None, list[tuple]]:
+    """Validate `data` against `model`, every refusal into `problems`; then, for the semantic pass, the model
+    of what is left once every refused key is cut out (a missing required key cuts the entry that lacks it),
+    with the cuts made — or None when what is left cannot stand (a required top-level key is refused)."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        _pydantic_problems(exc, problems, model, data)
+        errors = exc.errors()
+    left, cuts = copy.deepcopy(data), []
+    for _ in range(rounds):
+        round_cuts = set()
+        for e in errors:
+            loc = _data_loc(e["loc"], left)
+            loc = loc[:-1] if e["type"] == "missing" else loc
+            while loc and not _has(left, loc):
+                loc = loc[:-1]
+            if not loc or len(loc) == 1 and model.model_fields.get(str(loc[0])) is not None \
+                    and model.model_fields[str(loc[0])].is_required():
+                return None, cuts
+            round_cuts.add(loc)
+        for loc in sorted(round_cuts, key=lambda c: [str(p) for p in c], reverse=True):
+            if _has(left, loc):
+                _cut(left, loc)          # list entries last to first: the indices of the others stay
+        cuts += sorted(round_cuts, key=str)
+        try:
+            return model.model_validate(left), cuts
+        except ValidationError as exc:
+            errors = exc.errors()
+    return None, cuts
+
+
+class _AfterCuts(Problems):
+    """The semantic pass's problems on what was left after cuts: none about what was cut (or inside it), none
+    that a cut could make up (a host cut out leaves the role counts short), none at all after a LAN cut (the
+    defaults that take its place are not the file's)."""
+
+    def __init__(self, base: Problems, cuts: list[tuple]):
+        super().__init__(base.source, base.lines)
+        self.base, self.cuts = base, cuts
+        self.hosts_cut = any(len(c) == 2 and c[0] == "hosts" for c in cuts)
+
+    def add(self, path, reason: str) -> None:
+        key = tuple(path)
+        if any(key[:len(c)] == c for c in self.cuts) or self.hosts_cut and key == ("hosts",):
+            return
+        self.items.append((key, reason))
+        self.base.add(path, reason)
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -112,6 +193,9 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
     if not isinstance(data, dict):
         problems.add((), "a lab file is a mapping with at least 'name' and 'hosts'")
         problems.raise_if_any()
+    if "experiment" in data:
+        problems.add((), EXPERIMENT_NOT_LAB)
+        problems.raise_if_any()
     if known_providers is None:
         from orchestrator import providers  # the registry: a leaf
         known_providers = providers.known_providers()
@@ -119,13 +203,12 @@ def validate_data(data: Any, source: str, lines: dict[tuple, int] | None = None,
     provider = data.get("provider", "netns")
     if isinstance(provider, str) and provider not in known:
         problems.add(("provider",), f"unknown provider '{provider}'; known providers: {', '.join(known)}")
-    try:
-        spec = LabFile.model_validate(data)
-    except ValidationError as exc:
-        _pydantic_problems(exc, problems, LabFile, data)
+    spec, cuts = validate_partly(LabFile, data, problems)
+    if spec is None or any(c[0] == "lans" for c in cuts):
         problems.raise_if_any()
-        raise  # unreachable: a ValidationError always carries at least one error
-    lab = resolve(spec, source, problems, machine_routes=list(machine_routes))
+        raise AssertionError("a refused lab file without a problem")     # unreachable
+    assert isinstance(spec, LabFile)
+    lab = resolve(spec, source, _AfterCuts(problems, cuts) if cuts else problems, machine_routes=list(machine_routes))
     problems.raise_if_any()
     assert lab is not None
     return lab

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from orchestrator.errors import LabExistsError, ProviderError
+from orchestrator.errors import HostNotFoundError, LabExistsError
 from orchestrator.labfile.topology import Host, Lab
 from orchestrator.localrun import Result
 from orchestrator.providers.state import LabRecord, StateStore
@@ -99,7 +99,7 @@ class Provider(ABC):
             return rec, rec.topology.host(host)
         except KeyError:
             hosts = ", ".join(h.name for h in rec.topology.hosts)
-            raise ProviderError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
+            raise HostNotFoundError(f"lab '{name}' has no host '{host}'; its hosts: {hosts}") from None
 
     @abstractmethod
     def prerequisites(self, lab: Lab | None = None) -> list[Prerequisite]:

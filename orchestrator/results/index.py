@@ -7,7 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import NotFoundError
 from orchestrator.experiment.rundir import ResultsError, RunDir, run_status, summarise
+
+
+class RunNotFoundError(NotFoundError, ResultsError):
+    """No run of that id or name in the index (exit 3, as for a lab)."""
 
 
 class Index:
@@ -83,13 +88,18 @@ class Index:
         return out
 
     def find(self, ref: str) -> RunDir:
-        """A run by id, id prefix, or directory path."""
+        """A run by id, id prefix, directory path, or directory name (`--out` names a run's directory: the
+        name need not be its id)."""
         p = Path(ref)
         if (p / "manifest.json").is_file():
             return RunDir(p)
         rows = self.db.execute("SELECT run_id, path FROM runs WHERE run_id LIKE ?", (ref + "%",)).fetchall()
+        if not rows and "/" not in ref:
+            rows = [r for r in self.db.execute("SELECT run_id, path FROM runs").fetchall()
+                    if Path(r[1]).name == ref]
         if len(rows) == 1:
             return RunDir(rows[0][1])
         if not rows:
-            raise ResultsError(f"no run '{ref}' in {self.path} (and no run directory at that path)")
+            raise RunNotFoundError(f"no run '{ref}' in {self.path} (by id or directory name), and no run "
+                                   "directory at that path")
         raise ResultsError(f"'{ref}' matches {len(rows)} runs: {', '.join(r[0] for r in rows[:5])}")

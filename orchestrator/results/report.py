@@ -89,13 +89,14 @@ def _queue_series(run: RunDir, t: dict[str, Any]) -> list[tuple[float, int]]:
     return pts
 
 
-def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Path]:
+def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+          out_dir: Path | None = None) -> dict[str, Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pdir = run.path / "plots"
-    pdir.mkdir(exist_ok=True)
+    pdir = (out_dir or run.path) / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     protos = sorted({r["protocol"] for r in rows})
     colors = {"tcp": "tab:blue", "udp": "tab:orange"}
@@ -304,11 +305,14 @@ def _notes(c: dict[str, Any]) -> list[str]:
     return notes
 
 
-def build_report(run: RunDir | str | Path) -> tuple[Path, Path]:
+def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md, report.html and plots/ into the run directory, or into `out_dir` (made if need be)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     c = _content(run)
     man, e = c["man"], c["e"]
-    images = plots(run, man, c["trials"], c["rows"]) if c["trials"] else {}
+    dest = out_dir or run.path
+    dest.mkdir(parents=True, exist_ok=True)
+    images = plots(run, man, c["trials"], c["rows"], dest) if c["trials"] else {}
     head, body = _table(c)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(man.get("started", 0)))
     meta = [("experiment", f"{e['experiment']} ({e['kind']})"), ("lab", f"{man['lab']['name']} ({man['lab']['provider']})"),
@@ -325,7 +329,7 @@ def build_report(run: RunDir | str | Path) -> tuple[Path, Path]:
     md += ["| " + " | ".join(row) + " |" for row in body]
     md += ["", "## Notes", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     md += [f"![{name}](plots/{p.name})" for name, p in images.items()]
-    md_path = run.path / "report.md"
+    md_path = dest / "report.md"
     atomic_write_text(md_path, "\n".join(md) + "\n")
 
     def esc(s: str) -> str:
@@ -349,6 +353,6 @@ img{{max-width:520px}}dt{{font-weight:bold;float:left;width:7em}}dd{{margin-left
 <h2>Notes</h2><ul>{''.join(f'<li>{esc(n)}</li>' for n in notes)}</ul>
 <h2>Plots</h2>{imgs}</body></html>
 """
-    html_path = run.path / "report.html"
+    html_path = dest / "report.html"
     atomic_write_text(html_path, page)
     return md_path, html_path

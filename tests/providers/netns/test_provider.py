@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -244,7 +245,7 @@ def test_not_root_says_so_with_the_fix(store, monkeypatch):
     assert exc.value.hint == "run as root, e.g. sudo testbed …"
 
 
-def test_cli_errors_and_idempotent_down(store, tmp_path):
+def test_cli_errors_a_lab_not_here_and_a_lab_named_by_its_file(store, tmp_path):
     before = namespaces.list_netns()
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nhosts:\n  admin-server: {role: admin-server, colour: red}\n")
@@ -254,17 +255,21 @@ def test_cli_errors_and_idempotent_down(store, tmp_path):
     assert "hosts.admin-server.colour (line 3): unknown key 'colour'" in res.stderr
     assert "Traceback" not in res.stderr
     assert namespaces.list_netns() == before
-    res = cli("down", "no-such-lab")
-    assert res.returncode == 0 and "no lab named 'no-such-lab'; nothing to do" in res.stdout
+    res = cli("down", "no-such-lab")              # not found: 3, as for status, exec and check
+    assert res.returncode == 3 and "no lab named 'no-such-lab' is here; nothing to remove" in res.stderr
     name = uniq()
     lifecycle.up(LABS / "stopping-speed.yaml", name=name, store=store)
     res = cli("exec", name, "target1", "--", "sh", "-c", "echo hi; exit 7")
     assert res.returncode == 7 and res.stdout == "hi\n"
     res = cli("exec", name, "nosuch", "--", "true")
-    assert res.returncode == 1 and f"lab '{name}' has no host 'nosuch'; its hosts: admin-server, gateway" in res.stderr
+    assert res.returncode == 3 and f"lab '{name}' has no host 'nosuch'; its hosts: admin-server, gateway" in res.stderr
     res = cli("status", name, "--json")
     assert res.returncode == 0 and '"name": "target2"' in res.stdout
     assert switch_name(name) in namespaces.list_netns()
+    own = tmp_path / "own.yaml"                     # the lab named by its file, as containerlab's -t FILE
+    own.write_text((LABS / "stopping-speed.yaml").read_text().replace("name: stopping-speed", f"name: {name}"))
+    res = cli("exec", str(own), "target1", "--json", "--", "sh", "-c", "echo hi; exit 7")
+    assert res.returncode == 7 and json.loads(res.stdout)["stdout"] == "hi\n"
 
 
 def test_hosts_boot_after_up_and_ssh_waits_for_them(store):
