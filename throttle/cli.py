@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--control", default=control.DEFAULT_CONTROL, metavar="SOCKET")
     rs.add_argument("--src", metavar="IP", help="only this source")
 
+    mk = sub.add_parser("mark", help="write a `state` line to the event log: every source's working set now")
+    mk.add_argument("--control", default=control.DEFAULT_CONTROL, metavar="SOCKET")
+    mk.add_argument("--why", required=True, help="what the moment is, e.g. worm (just before the worm starts)")
+
     sub.add_parser("clear", help="remove the rules a dead daemon left in this network namespace (root; refused "
                    "while a live daemon owns them)")
     return p
@@ -171,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.verb == "status":
             st = control.request(a.control, {"cmd": "status"})["status"]
             print(json.dumps(st) if a.json else _fmt_status(st))
+            return 0
+        if a.verb == "mark":
+            print(json.dumps(control.request(a.control, {"cmd": "mark", "why": a.why})["state"]))
             return 0
         if a.verb == "clear":
             return _clear()

@@ -125,6 +125,23 @@ def _jnum(v: float | int | None) -> str:
     return "null" if v is None else repr(v)
 
 
+def state_line(core: Throttle, config: ThrottleConfig, why: str, now: float, wall: float) -> dict[str, Any]:
+    """The `state` line: what the mechanism holds at a moment the runner names (`why`: e.g. `worm` just
+    before the worm is triggered) — per source its working set and the state that makes (fresh, partial,
+    full: as `initial_state` says of the configured start), and its queue. A source the throttle has not
+    seen holds the configured initial working set: `default`."""
+    n = config.working_set_size
+
+    def state(ws: list) -> str:
+        return "fresh" if not ws else "full" if len(ws) >= n else "partial"
+    sources = {src: {"working_set": st["working_set"], "state": state(st["working_set"]),
+                     "queue_len": st["queue_len"], "blocked": st["blocked"]}
+               for src, st in core.status().items()}
+    default = list(config.initial_working_set)
+    return {"event": "state", "t_mono": now, "t_wall": wall, "why": why, "sources": sources,
+            "default": {"working_set": default, "state": state(default)}}
+
+
 def event_line(e: Event, now: float, wall: float) -> str:
     """One decision as a JSON line (hand-built: json.dumps costs more than the decision itself)."""
     due = f',"due_mono":{e.t!r}' if e.event == "released" else ""
@@ -365,7 +382,16 @@ class Daemon:
             events = self.core.reset(src, now)
             self._apply(events, now)
             return {"ok": True, "dropped": sum(e.event == "dropped" for e in events), "src": src}
-        return {"ok": False, "error": f"unknown command {cmd!r}; known: status, reset, ping"}
+        if cmd == "mark":
+            why = req.get("why")
+            if not isinstance(why, str) or not why or len(why) > 200:
+                return {"ok": False, "error": "why must be a short non-empty string"}
+            self._apply(self.core.advance(now), now)
+            line = state_line(self.core, self.config, why, now, time.time())
+            if self._log is not None:
+                self._log.write(line)
+            return {"ok": True, "state": line}
+        return {"ok": False, "error": f"unknown command {cmd!r}; known: status, reset, mark, ping"}
 
     def _accept_clients(self) -> None:
         assert self._ctl is not None

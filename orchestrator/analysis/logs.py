@@ -91,6 +91,7 @@ class ThrottleLog:
     issues: LogIssues
     config: dict | None = None
     events: list[ThrottleEvent] = field(default_factory=list)
+    states: list[dict] = field(default_factory=list)     # `state` lines: what the mechanism held, and when
 
     @property
     def policy(self) -> str:
@@ -229,6 +230,9 @@ def parse_throttle_log(lines: Iterable[tuple[int, str]] | Iterable[str], path: s
         if ev == "config":
             if log.config is None:
                 log.config = o
+            continue
+        if ev == "state":
+            log.states.append(o)
             continue
         if ev == "reset":
             src = o.get("src")

@@ -5,6 +5,12 @@ the worm log (what the worm tried), the throttle event log (what the throttle sa
 Clocks: worm and throttle times are compared on `t_mono` when both logs come from one kernel (their
 wall-minus-monotonic offsets agree), else on `t_wall`; the capture is always aligned on `t_wall`.
 The throttle's own log is only ever *compared* with the other witnesses here, never used to predict anything.
+
+The host's own traffic: with a worm log, a 5-tuple of an infected source that is not in the log and was first
+seen (on the wire or by the throttle) before the worm's first attempt is the host's earlier traffic — the
+runner's *normal traffic* that fills the working set first, and its retransmissions. It is left out of the
+wire counts and the "not in the worm log" checks (as the runner leaves it out of its own counts) and said in
+one info finding, `prior_traffic`.
 """
 
 from __future__ import annotations
@@ -161,10 +167,21 @@ def compute_metrics(attempts: Attempts | None, worm: WormLog | None, throttle: T
         infected = sorted({s for s, evs in thr_by_src.items() if any(e.event == "blocked" for e in evs)},
                           key=ip_to_int)
 
-    rows_by_src = _wire_rows(attempts, infected)
+    all_rows = _wire_rows(attempts, infected)
     if capture_span is None and attempts is not None and len(attempts):
         finite = attempts.ts[np.isfinite(attempts.ts)]
         capture_span = (float(finite.min()), float(finite.max())) if len(finite) else None
+    prior = _prior_flows(worm_by_src, all_rows, thr_by_src, clock)
+    if prior:
+        by = {src: len(keys) for src, keys in prior.items()}
+        findings.append(Finding(
+            "prior_traffic", "info",
+            f"{sum(by.values())} 5-tuple(s) of infected sources began before the worm's first attempt and are not in "
+            "its log: the host's own traffic (the runner's normal traffic, and its retransmissions), left out of the "
+            "wire counts", sum(by.values()), by,
+            [_key_dict(k) for keys in prior.values() for k in sorted(keys)][:st.max_examples]))
+    rows_by_src = {src: [r for r in rows if r.key not in prior.get(src, ())] for src, rows in all_rows.items()}
+    thr_worm = {src: [e for e in evs if _tkey(e) not in prior.get(src, ())] for src, evs in thr_by_src.items()}
 
     sources = []
     for src in infected:
@@ -176,17 +193,37 @@ def compute_metrics(attempts: Attempts | None, worm: WormLog | None, throttle: T
                                     by_source={src: 1}))
 
     if attempts is not None:
-        _coverage_checks(sources, capture_span, tol, findings)
-        _leak_check(sources, rows_by_src, sniffer, tol, findings, st.max_examples)
+        _coverage_checks(sources, capture_span, tol, findings, thr_by_src, sniffer)
+        _leak_check(sources, all_rows, sniffer, tol, findings, st.max_examples)
         if throttle is not None:
-            _throttle_vs_wire(infected, thr_by_src, rows_by_src, throttle, sources, sniffer, tol, capture_span,
+            _throttle_vs_wire(infected, thr_by_src, all_rows, throttle, sources, sniffer, tol, capture_span,
                               findings, st.max_examples)
         if worm is not None:
             _worm_vs_wire(worm_by_src, rows_by_src, sniffer, throttle is not None, tol, capture_span, findings,
                           st.max_examples)
     if worm is not None and throttle is not None:
-        _worm_vs_throttle(worm_by_src, thr_by_src, throttle, clock, tol, findings, st.max_examples)
+        _worm_vs_throttle(worm_by_src, thr_worm, throttle, clock, tol, findings, st.max_examples)
     return MetricsResult(sniffer, clock, tol, sources, findings)
+
+
+def _prior_flows(worm_by_src: dict[str, list[WormAttempt]], rows_by_src: dict[str, list[_Row]],
+                 thr_by_src: dict[str, list[ThrottleEvent]], clock: str) -> dict[str, set[Key]]:
+    """Per infected source, the 5-tuples not in the worm log first seen before the worm's first attempt."""
+    out: dict[str, set[Key]] = {}
+    for src, atts in worm_by_src.items():
+        if not atts:
+            continue
+        wkeys = {_wkey(a) for a in atts}
+        first_wall = min(a.t_wall for a in atts)
+        first_t = min(a.t_mono for a in atts) if clock == "mono" else first_wall
+        keys = {r.key for r in rows_by_src.get(src, []) if r.ts < first_wall and r.key not in wkeys}
+        for e in thr_by_src.get(src, []):
+            k = _tkey(e)
+            if k is not None and k not in wkeys and (e.t_mono if clock == "mono" else e.t_wall) < first_t:
+                keys.add(k)
+        if keys:
+            out[src] = keys
+    return out
 
 
 def _wire_rows(attempts: Attempts | None, srcs: Sequence[str]) -> dict[str, list[_Row]]:
@@ -298,7 +335,12 @@ def _log_findings(worm: WormLog | None, throttle: ThrottleLog | None, findings: 
 
 
 def _coverage_checks(sources: list[SourceMetrics], span: tuple[float, float] | None, tol: float,
-                     findings: list[Finding]) -> None:
+                     findings: list[Finding], thr_by_src: dict[str, list[ThrottleEvent]] | None = None,
+                     sniffer: str = "after") -> None:
+    """A capture that starts after the worm's first attempt; one that ends before the block *while the
+    throttle still had packets for the wire* — let out (passed, released) with the sniffer after it, or
+    arriving with the sniffer before it. With the sniffer after a throttle that let nothing out near the
+    block, a quiet wire before the block is what it should be, not an early end (no warning)."""
     if span is None:
         if sources:
             findings.append(Finding("capture_no_attempts", "error",
@@ -312,12 +354,24 @@ def _coverage_checks(sources: list[SourceMetrics], span: tuple[float, float] | N
             "capture_started_late", "error",
             f"the capture starts ({lo:.6f}) after the first worm attempt of {len(late)} source(s): "
             "attempts before it were not captured", len(late), late))
-    early = {s.src: 1 for s in sources if s.blocked_wall is not None and s.blocked_wall > hi + tol}
+    wanted = ("passed", "released") if sniffer == "after" else ("passed", "queued", "blocked", "dropped")
+    early: dict[str, int] = {}
+    for s in sources:
+        if s.blocked_wall is None or s.blocked_wall <= hi + tol:
+            continue
+        if thr_by_src is None:
+            early[s.src] = 1
+            continue
+        missed = sum(1 for e in thr_by_src.get(s.src, []) if e.event in wanted and hi + tol < e.t_wall
+                     <= s.blocked_wall + tol)
+        if missed:
+            early[s.src] = missed
     if early:
         findings.append(Finding(
             "capture_ended_early", "warning",
-            f"the capture ends ({hi:.6f}) before the throttle blocked {len(early)} source(s): "
-            "wire counts before the block may be incomplete", len(early), early))
+            f"the capture ends ({hi:.6f}) before the throttle blocked {len(early)} source(s), and the throttle log "
+            f"has {sum(early.values())} packet(s) for the wire after that end: wire counts before the block are "
+            "incomplete", len(early), early))
 
 
 def _leak_check(sources: list[SourceMetrics], rows_by_src: dict[str, list[_Row]], sniffer: str, tol: float,

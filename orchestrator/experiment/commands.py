@@ -1,5 +1,6 @@
 """The command lines a trial runs on its hosts, built from the experiment and the lab alone (pure: no I/O):
-the worm server on every vulnerable host, the throttle daemon at its placement, the injector's trigger."""
+the worm server on every vulnerable host, the throttle daemon at its placement (and its `mark` just before the
+worm), the injector's trigger."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def throttle_argv(place: HostPlace | LocalPlace, st: Setup, t: TrialSpec, events
                              "--period", str(th.release_period_s), "--limit", str(th.delay_queue_limit),
                              "--policy", th.policy, "--protocols", t.protocol,
                              *([] if th.fail_open else ["--fail-closed"]))
+
+
+def mark_argv(place: HostPlace | LocalPlace) -> list[str]:
+    """Ask the throttle daemon to log a `state` line (what it holds now) just before the worm is triggered."""
+    return place.module_argv("throttle", "mark", "--why", "worm")
 
 
 def trigger_argv(st: Setup, t: TrialSpec) -> list[str]:

@@ -19,10 +19,16 @@ from typing import Any
 
 from orchestrator.errors import CaptureError, ProcessDied, TestbedError
 from orchestrator.experiment.capture import Capture
-from orchestrator.experiment.commands import server_argv, throttle_argv, trigger_argv, worm_state_dir
+from orchestrator.experiment.commands import (
+    mark_argv,
+    server_argv,
+    throttle_argv,
+    trigger_argv,
+    worm_state_dir,
+)
 from orchestrator.experiment.evaluate import evaluate
 from orchestrator.experiment.record import TrialRecord, TrialSpec
-from orchestrator.experiment.setup import Setup
+from orchestrator.experiment.setup import Setup, lab_ip
 from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
 from orchestrator.lab.programs import HostPlace, quote
 
@@ -159,10 +165,14 @@ class TrialRun:
             time.sleep(0.05)
 
     def fill_working_set(self) -> None:
-        """The host's normal traffic fills its working set (state: full)."""
+        """The host's normal traffic fills its working set (state: full); then the throttle logs what it holds
+        as the worm arrives (a `state` line), kept as the record's `state_met`."""
         if self.st.normal:
             self.h.access.run(self.st.infected, ["python3", "-c", _NORMAL, self.t.protocol, *self.st.normal],
                               timeout=15, check=True)
+        if self.st.throttle:
+            self.rec.extra["state_met"] = state_met(self.st.throttle,
+                                                    lab_ip(self.st.lab, self.st.infected, self.st.segment))
 
     def trigger(self) -> None:
         """The injector triggers the worm on the infected host, then leaves the experiment (one round trip:
@@ -230,6 +240,20 @@ class TrialRun:
                 clear_throttle(self.st)
         except Exception as exc:
             rec.reason = f"{rec.reason}; cleaning up also failed: {exc}"
+
+
+def state_met(place, src: str) -> dict[str, Any] | None:
+    """Ask the throttle to log what it holds now (`python -m throttle mark`): the infected source's working set
+    and its state (fresh, partial, full), as the worm will meet it. None (and the trial goes on) if it cannot."""
+    r = place.sh(quote(mark_argv(place)), timeout=15)
+    try:
+        said = json.loads(r.stdout) if r.ok else None
+    except ValueError:
+        said = None
+    if not isinstance(said, dict):
+        return None
+    got = (said.get("sources") or {}).get(src) or said.get("default") or {}
+    return {"state": got.get("state"), "working_set": got.get("working_set"), "t_wall": said.get("t_wall")}
 
 
 def reset(st: Setup, extra=()) -> None:

@@ -246,6 +246,29 @@ def _table(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _state_note(e: dict[str, Any], trials: list[dict[str, Any]]) -> str:
+    """The state the worm met, as the experiment asked for it and as the throttle's own log says it met it (its
+    `state` line just before each trigger; its `config` line says how it started: fresh)."""
+    asked = e["state"]
+    why = ("the host's normal traffic filled its working set first, as on the paper's hosts" if asked == "full"
+           else "an empty working set")
+    met = [t["state_met"] for t in trials if t.get("state_met")]
+    if not met:
+        return f"State the worm met: **{asked}** ({why})."
+    seen: dict[str, int] = {}
+    for m in met:
+        seen[m.get("state") or "?"] = seen.get(m.get("state") or "?", 0) + 1
+    sizes = sorted({len(m.get("working_set") or []) for m in met})
+    held = f"{'–'.join(map(str, sizes))} destination(s) in the working set"
+    if set(seen) == {asked}:
+        return (f"State the worm met: **{asked}** ({why}) — the throttle's own log agrees: its `state` line just "
+                f"before each trigger says {asked} ({held}) in {len(met)} of {len(trials)} trials; it started "
+                "fresh (its `config` line's `initial_state`), and the host's normal traffic filled it.")
+    counts = ", ".join(f"{k} in {n}" for k, n in sorted(seen.items()))
+    return (f"State asked for: **{asked}** ({why}); the throttle's `state` line just before the trigger says "
+            f"**{counts}** of {len(met)} trials ({held}).")
+
+
 def _notes(c: dict[str, Any]) -> list[str]:
     e, man = c["e"], c["man"]
     th = e.get("throttle")
@@ -253,9 +276,7 @@ def _notes(c: dict[str, Any]) -> list[str]:
     if isinstance(th, dict):
         notes.append(f"Throttle in the **{th['placement']}**: working set {th['working_set_size']}, delay-queue limit "
                      f"{th['delay_queue_limit']}, release period {th['release_period_s']} s, policy {th['policy']}.")
-    notes.append(f"State the worm met: **{e['state']}** "
-                 + ("(the host's normal traffic filled its working set first, as on the paper's hosts)."
-                    if e["state"] == "full" else "(an empty working set)."))
+    notes.append(_state_note(e, c["trials"]))
     tol = man.get("tolerance") or {"stop_abs_s": 0.02, "stop_rel": 0.03}
     notes.append("The model is fed from the worm's own attempt log (and its schedule past the log's end) and the "
                  "sender's measured retransmission schedule, never from the throttle's decisions. Agreement: "

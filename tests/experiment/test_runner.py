@@ -77,6 +77,12 @@ def test_a_small_sweep_end_to_end(env):
     for t in trials:
         assert t["status"] == "ok" and t["reason"] == "blocked", t
         assert t["state"] == "full" and len(t["initial_working_set"]) == 5
+        # the throttle's own log says what it met: started fresh, filled by the normal traffic before the worm
+        assert t["state_met"]["state"] == "full"
+        assert sorted(t["state_met"]["working_set"]) == sorted(t["initial_working_set"])
+        tlog = [json.loads(x) for x in (out / t["files"]["throttle_log"]).read_text().splitlines()]
+        assert tlog[0]["initial_state"] == "fresh"
+        assert [x["why"] for x in tlog if x["event"] == "state"] == ["worm"]
         m, mo, ag = t["measured"], t["model"], t["agreement"]
         assert m["blocked"] and mo["blocked"]
         assert abs(m["stop_s"] - mo["stop_s"]) <= max(0.020, 0.03 * mo["stop_s"]), t

@@ -105,6 +105,11 @@ def test_scan_blocks_at_the_limit_then_reset_unblocks(lab, tmp_path):
     tail = d.events()[len(ev):]
     assert [(e["event"], e.get("src"), e.get("reason")) for e in tail][:2] == \
         [("reset", None, None), ("passed", a, "room")]
+    m = d.cli("mark", "--why", "check")          # what it holds now, into its log (the runner: before the worm)
+    assert m.returncode == 0, m.stderr
+    said = json.loads(m.stdout)
+    assert said["sources"][a]["working_set"] == ["198.18.204.3"] and said["sources"][a]["state"] == "partial"
+    assert d.events("state") == [said]
     assert d.stop() == 0
 
 

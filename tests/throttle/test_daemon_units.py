@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from throttle import control, rules
-from throttle.core import Event
-from throttle.daemon import event_line, parse_packet
+from throttle.core import Event, Request, Throttle, ThrottleConfig
+from throttle.daemon import event_line, parse_packet, state_line
 
 
 def ipv4(proto: int, l4: bytes, src="198.18.201.1", dst="198.18.202.9", ihl=5) -> bytes:
@@ -102,3 +102,22 @@ def test_control_addresses():
     assert control.sockaddr("/run/x.sock") == "/run/x.sock"
     with pytest.raises(control.ControlError):
         control.sockaddr("")
+
+
+def test_the_state_line_says_what_the_mechanism_holds_now():
+    """Started fresh, filled by the host's own traffic: the `state` line the runner asks for just before the
+    worm says `full` where the config line said `fresh`."""
+    cfg = ThrottleConfig(working_set_size=3)
+    th = Throttle(cfg)
+    a, b = "198.18.8.2", "198.18.8.3"
+    for k, d in enumerate(("198.18.10.254", "198.18.10.253", "198.18.10.252")):
+        th.submit(Request(a, d, 50000 + k, 53, "udp", None), 1.0 + k / 10)
+    th.submit(Request(b, "198.18.10.254", 50000, 53, "udp", None), 1.5)
+    line = state_line(th, cfg, "worm", 2.0, 1.7e9)
+    assert cfg.to_dict()["initial_state"] == "fresh"
+    assert line["event"] == "state" and line["why"] == "worm" and (line["t_mono"], line["t_wall"]) == (2.0, 1.7e9)
+    assert line["sources"][a] == {"working_set": ["198.18.10.254", "198.18.10.253", "198.18.10.252"],
+                                  "state": "full", "queue_len": 0, "blocked": False}
+    assert line["sources"][b]["state"] == "partial"
+    assert line["default"] == {"working_set": [], "state": "fresh"}
+    assert json.loads(json.dumps(line)) == line
