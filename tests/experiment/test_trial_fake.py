@@ -94,7 +94,7 @@ def test_a_trigger_the_injector_refuses_is_an_error_and_stops_what_started(setup
 
 
 def test_a_mechanism_in_the_host_is_started_watched_and_stopped(tmp_path, store):
-    exp = load_experiment(experiment_file(tmp_path, kind="stopping-speed", throttle={
+    exp = load_experiment(experiment_file(tmp_path, kind="stopping-speed", state="full", throttle={
         "placement": "host", "working_set_size": 5, "delay_queue_limit": 100, "release_period_s": 1.0,
         "policy": "packets"}), machine_routes=[])
     hosts = FakeHosts(exp.lab, tmp_path / "hosts", FakeProvider(store), attempts=6)
@@ -108,6 +108,11 @@ def test_a_mechanism_in_the_host_is_started_watched_and_stopped(tmp_path, store)
     assert (rec.status, rec.reason) == ("ok", "worm stopped: max_attempts"), rec.reason
     assert rec.evaluation is not None and rec.evaluation.model is not None
     assert hosts.services == {}
+    # just before the trigger the throttle logged what it held: the normal traffic's destinations, full
+    assert hosts.log.index(("blade", "throttle mark")) < next(i for i, (h, w) in enumerate(hosts.log)
+                                                              if w.startswith("ip link set") and w.endswith(" down"))
+    met = rec.to_dict()["state_met"]
+    assert met["state"] == "full" and met["working_set"] == st.normal and len(st.normal) == 5
 
 
 @pytest.mark.parametrize("script", ["ping -c 1 198.18.9.1", "true; nc 198.18.9.1 80", "rm -rf relative/dir",

@@ -108,6 +108,7 @@ class FakeHosts:
         self.canary: set[str] = set()
         self.sent: list[tuple[float, str, int, int]] = []     # the worm's attempts: (t, dst, sport, dport)
         self.src = ""
+        self.normal: list[str] = []
         for h in lab.hosts:
             (self.root / h.name).mkdir(parents=True, exist_ok=True)
 
@@ -158,6 +159,8 @@ class FakeHosts:
             self._trigger(host, shlex.split(trigger))
             self.log.append((host, then))
             return Result(["sh", "-c", script], 0, "", "")
+        if "fake-module throttle mark" in script:        # the throttle logs what it holds (the normal traffic)
+            return self._mark(host, script)
         if script.startswith("ip link set "):
             self.log.append((host, script))
             return Result(["sh", "-c", script], 0, "", "")
@@ -178,7 +181,8 @@ class FakeHosts:
         if argv[:2] == ["python3", "-c"] and argv[2] == _FIND:
             return ok if argv[4] in self.canary else Result(argv, 1, "", "")
         if argv[:2] == ["python3", "-c"] and argv[2] == _NORMAL:
-            return ok                          # the host's normal traffic: nothing to send here
+            self.normal = list(argv[4:])       # the host's normal traffic: nothing to send, but the throttle
+            return ok                          # would now hold these destinations
         if argv[:3] == ["grep", "-q", "-F"]:
             self.inside(argv[4])
             found = Path(argv[4]).exists() and argv[3] in Path(argv[4]).read_text()
@@ -186,6 +190,19 @@ class FakeHosts:
         if argv[:2] == ["fake-module", "throttle"]:
             return ok
         raise AssertionError(f"the fake host {host} does not know how to run {argv[:4]}")
+
+    def _mark(self, host: str, script: str) -> Result:
+        svc = self.services[(host, "throttle")]["argv"]
+        n = int(svc[svc.index("--working-set") + 1])
+        held = {"working_set": self.normal, "queue_len": 0, "blocked": False,
+                "state": "fresh" if not self.normal else "full" if len(self.normal) >= n else "partial"}
+        blades = [i.ip for h in self.lab.hosts if h.role == "blade" for i in h.interfaces if i.ip]
+        line = {"event": "state", "t_mono": 9.0, "t_wall": T0 - 0.5, "why": "worm",
+                "sources": {ip: held for ip in blades} if self.normal else {},
+                "default": {"working_set": [], "state": "fresh"}}
+        self._jsonl(svc[svc.index("--events") + 1], [line])
+        self.log.append((host, "throttle mark"))
+        return Result(["sh", "-c", script], 0, json.dumps(line) + "\n", "")
 
     def _trigger(self, injector: str, argv: list[str]) -> None:
         opt = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
