@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.experiment.rundir import RunDir, run_status, summarise
+from orchestrator.results.plots import plots
 
 # Twycross & Williamson 2003, Table 1 and §4.2.1 (what the excerpt in shared/reference states)
 PAPER = {
@@ -43,144 +43,6 @@ def _paper_for(profile: str | None, rate: float) -> dict[str, str] | None:
     if profile is None and abs(rate - 20) < 1e-9:
         return PAPER["test-worm-20"]
     return None
-
-
-def model_curve(man: dict[str, Any], protocol: str, rates: list[float]) -> list[tuple[float, float | None, int]]:
-    """The model's stopping time and attempts out over a grid of rates (for the plot's curve)."""
-    from orchestrator.experiment.agreement import throttle_config
-    from throttle.model import predict_constant_rate
-
-    e = man["experiment"]
-    th = e.get("throttle")
-    if not isinstance(th, dict) or e.get("kind") != "stopping-speed":
-        return []
-
-    class _T:  # the spec's throttle section as attributes
-        pass
-    t = _T()
-    t.__dict__.update(th)
-    cfg = throttle_config(t)
-    lo, hi = min(rates), max(rates)
-    grid = sorted({*rates, *(lo * (hi / lo) ** (i / 30) for i in range(31))}) if hi > lo else rates
-    out = []
-    for r in grid:
-        p = predict_constant_rate(r, protocol=protocol, config=cfg,
-                                  initial_working_set=th["working_set_size"] if e.get("state") == "full" else 0,
-                                  placement=th["placement"], horizon_s=float(e.get("timeout_s", 60)),
-                                  retransmit=man.get("retransmit", "linux"))
-        out.append((r, p.stop_s, p.out_before_block))
-    return out
-
-
-def _queue_series(run: RunDir, t: dict[str, Any]) -> list[tuple[float, int]]:
-    """Measured queue length over time for one trial, from its throttle log, relative to the first attempt."""
-    f = (t.get("files") or {}).get("throttle_log")
-    first = (t.get("measured") or {}).get("first_attempt_wall")
-    if not f or first is None or not (run.path / f).exists():
-        return []
-    pts = []
-    for line in (run.path / f).read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if "queue_len" in ev and ev.get("t_wall") is not None and ev.get("event") != "config":
-            pts.append((max(ev["t_wall"] - first, 1e-3), ev["queue_len"]))   # log axis: from 1 ms
-    return pts
-
-
-def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
-          out_dir: Path | None = None) -> dict[str, Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pdir = (out_dir or run.path) / "plots"
-    pdir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    protos = sorted({r["protocol"] for r in rows})
-    colors = {"tcp": "tab:blue", "udp": "tab:orange"}
-    throttled = man["experiment"].get("kind") == "stopping-speed"
-
-    def save(fig, name):
-        path = pdir / f"{name}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out[name] = path
-
-    if throttled:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for p in protos:
-            pr = [r for r in rows if r["protocol"] == p and r["stop_s"] is not None]
-            if pr:
-                xs = [r["rate"] for r in pr]
-                ys = [r["stop_s"] for r in pr]
-                err = [[r["stop_s"] - (r["stop_s_min"] or r["stop_s"]) for r in pr],
-                       [(r["stop_s_max"] or r["stop_s"]) - r["stop_s"] for r in pr]]
-                ax.errorbar(xs, ys, yerr=err, fmt="o", color=colors.get(p), capsize=3, label=f"{p} measured")
-            curve = [(r, s) for r, s, _ in model_curve(man, p, [r["rate"] for r in rows if r["protocol"] == p])
-                     if s is not None]
-            if curve:
-                ax.plot(*zip(*curve, strict=True), "-", color=colors.get(p), alpha=0.5, label=f"{p} model")
-        _frame(ax, "scan rate (attempts/s)", "time to stop (s)", "Stopping time against scan rate", loglog=True)
-        save(fig, "stopping-time")
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for p in protos:
-            pr = [r for r in rows if r["protocol"] == p and r["out_before_block"] is not None]
-            if pr:
-                ax.errorbar([r["rate"] for r in pr], [r["out_before_block"] for r in pr],
-                            yerr=[r["out_before_block_sd"] or 0 for r in pr], fmt="o", color=colors.get(p),
-                            capsize=3, label=f"{p} on the wire")
-                ax.plot([r["rate"] for r in pr], [r["out_before_block_model"] for r in pr], "x--",
-                        color=colors.get(p), alpha=0.6, label=f"{p} model")
-        _frame(ax, "scan rate (attempts/s)", "attempts out before the block", "Attempts that reached the wire")
-        if not ax.get_legend_handles_labels()[0]:
-            ax.text(0.5, 0.5, "not measured: the capture stands in front of the throttle\n(gateway and wire placements)",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        save(fig, "attempts-out")
-
-        fig, axes = plt.subplots(1, len(protos), figsize=(6.4 * len(protos) / 1.3, 4.2), squeeze=False)
-        for ax, p in zip(axes[0], protos, strict=True):
-            for t in sorted((t for t in trials if t["protocol"] == p and t.get("status") in ("ok", "timeout")),
-                            key=lambda t: t["rate"]):
-                pts = _queue_series(run, t)
-                if pts:
-                    ax.step(*zip(*pts, strict=True), where="post", label=f"{t['rate']:g}/s #{t['repeat']}")
-            ax.axhline(man["experiment"]["throttle"]["delay_queue_limit"], color="red", ls=":", lw=1)
-            _frame(ax, "time since the first attempt (s)", "delay-queue length", f"Queue length over time ({p})",
-                   legend_size=7)
-        save(fig, "queue-length")
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for p in protos:
-        ts = [t for t in trials if t["protocol"] == p and (t.get("measured") or {}).get("achieved_rate")]
-        ax.plot([t["rate"] for t in ts], [t["measured"]["achieved_rate"] for t in ts], "o", color=colors.get(p),
-                label=f"{p} (worm log)")
-        tw = [t for t in ts if t["measured"].get("achieved_rate_wire")]
-        if tw:
-            ax.plot([t["rate"] for t in tw], [t["measured"]["achieved_rate_wire"] for t in tw], "s",
-                    mfc="none", color=colors.get(p), label=f"{p} (capture)")
-    rates = [r["rate"] for r in rows] or [1, 10]
-    ax.plot([min(rates), max(rates)], [min(rates), max(rates)], "k:", lw=1, label="configured")
-    _frame(ax, "configured rate (attempts/s)", "achieved rate (attempts/s)", "Achieved against configured rate",
-           loglog=True)
-    save(fig, "achieved-rate")
-    return out
-
-
-def _frame(ax, xlabel: str, ylabel: str, title: str, *, loglog: bool = False, legend_size: int = 8) -> None:
-    """The frame every plot shares: a log rate axis (both axes log with loglog), labels, grid, legend."""
-    ax.set_xscale("log")
-    if loglog:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=legend_size)
 
 
 def _content(run: RunDir) -> dict[str, Any]:
