@@ -138,8 +138,8 @@ def test_report_is_rebuilt_from_the_run_directory_alone(tmp_path):
     run.write_trials(ts)
     md, page = build_report(run)
     text = md.read_text()
-    assert "| test worm | tcp | 20 | 20 | 5.250 | 5.250 | 5 | 5 | 0 | 1/1 | yes | – | < 5 s, ≤ 5 packets |" in text
-    assert "| test worm | udp | 1,000 | 1,000 | 0.100 | 0.100 | 0 | 0 | 0 | 1/1 | NO | – |" in text
+    assert "| test worm | tcp | 20 | 20 | 5.250 | – | 5.250 | 5 | 5 | 0 | 1/1 | yes | – | < 5 s, ≤ 5 packets |" in text
+    assert "| test worm | udp | 1,000 | 1,000 | 0.100 | – | 0.100 | 0 | 0 | 0 | 1/1 | NO | – |" in text
     assert "Trial udp-r1000-1: ok — stopping time off" in text
     assert "400 attempts/s" in text
     for name in ("stopping-time", "attempts-out", "queue-length", "achieved-rate"):
@@ -163,8 +163,8 @@ def test_the_report_shows_what_the_ties_allow_and_how_many_trials_a_tie_decided(
                                    "outcomes": [{"stop_s": None, "blocked": False, "out_before_block": 30}]}
     run = make_run(tmp_path / "r", [tied(1, 9.0, 8, True), tied(2, 9.5, 9, False), tied(3, 9.5, 9, False), never])
     text = build_report(run)[0].read_text()
-    assert "| test worm | udp | 2 | 2 | 9.333 ± 0.289 | 9.500 (9–9.500) | 8.667 | 9 (8–9) | 0 | 3/3 | yes | 1/3 |" in text
-    assert "| test worm | udp | 1 | 1 | not stopped | not stopped | 30 | 30 | 0 | 1/1 | yes | 0/1 |" in text
+    assert "| test worm | udp | 2 | 2 | 9.333 ± 0.289 | 8.616–10.051 | 9.500 (9–9.500) | 8.667 | 9 (8–9) | 0 | 3/3 | yes | 1/3 |" in text
+    assert "| test worm | udp | 1 | 1 | not stopped | – | not stopped | 30 | 30 | 0 | 1/1 | yes | 0/1 |" in text
     assert "a window of 0.2–0.6 ms" in text
     assert "In 3 of 4 trial(s) the ties could decide the outcome; **1** was decided by one" in text
 
@@ -180,7 +180,7 @@ def test_an_error_trials_figures_are_never_averaged_in_and_its_row_says_no_resul
     assert (rows[100]["stop_s"], rows[100]["out_before_block"], rows[100]["ok"], rows[100]["errors"],
             rows[100]["agree"]) == (None, None, 0, 1, False)
     md = build_report(run)[0].read_text()
-    assert "| test worm | tcp | 100 | – | no result (error) | – | – | – | – | 0/1 | NO | – |" in md
+    assert "| test worm | tcp | 100 | – | no result (error) | – | – | – | – | – | 0/1 | NO | – | < 5 s |" in md
     assert "Trial tcp-r20-2: error — the throttle daemon on blade was killed by SIGKILL mid-trial" in md
 
 
