@@ -121,10 +121,14 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                     fail_on_regression: Annotated[bool, typer.Option(
                         "--fail-on-regression", help="exit 1 when anything got worse beyond the tolerance")] = False,
                     index: IndexOpt = Path("results/index.sqlite"),
+                    report_dir: Annotated[Path | None, typer.Option(
+                        "--report", help="also write a side-by-side report here: compare.md and compare.html "
+                                         "with both runs' curves on one plot")] = None,
                     as_json: JsonOpt = False):
     """Compare two runs, per protocol and rate: stopping time, attempts out, model agreement, leaks.
 
-    Examples:  testbed results compare nightly-20261130 nightly-20261201 --fail-on-regression
+    Examples:  testbed results compare nightly-20261130 nightly-20261201 --fail-on-regression  ·
+    testbed results compare BASE NEW --report /tmp/cmp (then open /tmp/cmp/compare.html)
     """
     from rich.table import Table
 
@@ -138,9 +142,14 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
     idx.close()
     rows = compare(b, n, tolerance=tolerance)
     regressions = [r for r in rows if r.verdict == "regression"]
+    pages = None
+    if report_dir is not None:
+        from orchestrator.results.compare_report import write_compare_report
+        pages = write_compare_report(b, n, rows, tolerance, report_dir)
     if as_json:
         print(json.dumps({"base": str(b.path), "new": str(n.path), "tolerance": tolerance,
-                          "regressions": len(regressions), "rows": [r.to_dict() for r in rows]}, indent=2))
+                          "regressions": len(regressions), "rows": [r.to_dict() for r in rows],
+                          "report": str(pages[1]) if pages else None}, indent=2))
     else:
         t = Table("protocol", "rate/s", "stop s (base → new)", "out (base → new)", "verdict", "why",
                   title=f"{b.path.name} → {n.path.name} (tolerance {tolerance:.0%})")
@@ -151,6 +160,8 @@ def results_compare(base: Annotated[str, typer.Argument(help="the reference run 
                       f"[{colour}]{r.verdict}[/]", "; ".join(r.reasons))
         out.print(t)
         out.print(f"{len(regressions)} regression(s)")
+        if pages:
+            out.print(f"side-by-side report: {pages[1]} (and {pages[0].name})", highlight=False)
     if fail_on_regression and regressions:
         raise typer.Exit(1)
 

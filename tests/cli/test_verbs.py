@@ -213,3 +213,28 @@ def test_report_out_writes_elsewhere_and_says_where_as_json(tmp_path):
     assert doc["html"] == str(tmp_path / "paper" / "report.html")
     assert (tmp_path / "paper" / "report.md").is_file() and (tmp_path / "paper" / "plots").is_dir()
     assert not (run.path / "report.html").exists()
+
+
+def test_results_compare_writes_a_side_by_side_report_with_both_curves(tmp_path):
+    from orchestrator.results.index import Index
+
+    base = make_run(tmp_path / "base-run", [trial("tcp", 20, 1, 5.25, 5), trial("tcp", 100, 1, 1.0, 0)],
+                    run_id="exp-20261201-000000-aaaa")
+    new = make_run(tmp_path / "new-run", [trial("tcp", 20, 1, 6.5, 7), trial("tcp", 100, 1, 1.0, 0)],
+                   run_id="exp-20261202-000000-bbbb", seed=2)
+    idx = Index(tmp_path / "i.sqlite")
+    idx.record(base)
+    idx.record(new)
+    idx.close()
+    res = cli("results", "compare", "base-run", "new-run", "--index", str(tmp_path / "i.sqlite"),
+              "--report", str(tmp_path / "cmp"), state=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"side-by-side report: {tmp_path / 'cmp' / 'compare.html'} (and compare.md)" in res.stdout
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| tcp | 20 | 5.250 | 6.500 | 5 | 7 | yes → yes | regression | stopping time 5.250 s → 6.500 s; " \
+           "attempts out before the block 5 → 7 |" in md
+    assert "1 regression(s) beyond a tolerance of 10%, 2 row(s) compared." in md
+    assert "- `seed`: 1 → 2" not in md            # the manifest's seed is not the experiment's
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "base run base-run (circles, dashed)" in page
+    assert (tmp_path / "cmp" / "plots" / "compare-stopping-time.png").stat().st_size > 5000
