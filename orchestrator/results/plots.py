@@ -152,7 +152,7 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
             _frame(ax, "time since the first attempt (s)", "delay-queue length" if ax is axes[0] else "", p.upper())
         save(fig, "queue-length")
 
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.4))          # every figure 10 in wide: one scale on the page
     for p in protos:
         ts = [t for t in trials if t["protocol"] == p and (t.get("measured") or {}).get("achieved_rate")]
         ax.plot([t["rate"] for t in ts], [t["measured"]["achieved_rate"] for t in ts],

@@ -309,7 +309,7 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
 <title>Stopping speed — {html.escape(e['experiment'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;font-size:.9em}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
-th{{background:#f3f3f3}}td:first-child,td:nth-child(2){{text-align:left}}figure{{margin:1em 0}}
+th{{background:#f3f3f3}}td{{white-space:nowrap}}td:first-child,td:nth-child(2){{text-align:left}}figure{{margin:1em 0}}
 img{{width:100%;max-width:1100px}}figcaption{{font-size:.9em;color:#444}}dt{{font-weight:bold;float:left;width:7em}}
 dd{{margin-left:8em}}table.kv td,table.kv th{{text-align:left}}ul.files{{columns:2;font-size:.9em}}</style></head><body>
 <h1>Stopping speed — {html.escape(e['experiment'])}</h1>
