@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# What the libvirt provider needs, set up only where missing (called by `make setup`; silent when all is there):
+# What the libvirt provider needs, set up only where missing (called by `make setup-vm`, and so by `make test`;
+# `make demo` and `make setup` need none of it). It first says what it will change on this machine, then:
 #  1. Debian packages: libvirt + QEMU, the headers libvirt-python builds against, mmdebstrap for guest images;
 #  2. on a fresh libvirt install, libvirt's `default` NAT network is kept from autostarting (labs never use it);
 #  3. the daemons running (virtlogd, libvirtd; started directly where PID 1 is not systemd);
 #  4. QEMU run as root, but only where a probe shows it is needed: on machines whose /dev/kvm is present but
 #     unusable for libvirt's unprivileged QEMU user, every defineXML stalls 30-60 s while libvirt re-probes
 #     KVM; with user/group root in qemu.conf a define takes 0.01-0.04 s (measured on the CI machine kind).
+# Silent when all is there. SETUP_DRY_RUN=1: say what it would change, change nothing.
 set -euo pipefail
 
 PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
           libvirt-dev pkg-config mmdebstrap e2fsprogs)
-QEMU_CONF=/etc/libvirt/qemu.conf
+QEMU_CONF=${QEMU_CONF:-/etc/libvirt/qemu.conf}
 URI=qemu:///system
 
 say() { echo "setup-libvirt: $*"; }
@@ -19,10 +21,26 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
+plan=()
+[ ${#missing[@]} -gt 0 ] && plan+=("install the Debian packages ${missing[*]}")
+if ! dpkg-query -W -f='${Status}' libvirt-daemon-system 2>/dev/null | grep -q "install ok installed"; then
+  plan+=("keep libvirt's 'default' NAT network from autostarting (a fresh install; labs never use it)")
+fi
+command -v virsh >/dev/null 2>&1 && answers || plan+=("start virtlogd and libvirtd")
+if ! grep -qsE '^[[:space:]]*user[[:space:]]*=' "$QEMU_CONF"; then
+  plan+=("time one libvirt define; only if it takes over 5 s, add user/group root to $QEMU_CONF and restart libvirtd")
+fi
+if [ ${#plan[@]} -gt 0 ]; then
+  say "for VMs this changes the machine:"
+  for step in "${plan[@]}"; do say "  - $step"; done
+fi
+[ "${SETUP_DRY_RUN:-0}" = 1 ] && exit 0
+
 fresh=0
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    say "missing Debian packages: ${missing[*]}; run 'make setup' as root" >&2
+    say "missing Debian packages: ${missing[*]}; run 'make setup-vm' as root" >&2
     exit 1
   fi
   dpkg-query -W -f='${Status}' libvirt-daemon-system 2>/dev/null | grep -q "install ok installed" || fresh=1
@@ -38,7 +56,6 @@ if [ "$fresh" = 1 ] && [ -L /etc/libvirt/qemu/networks/autostart/default.xml ]; 
   say "libvirt's 'default' NAT network will not autostart (worm-testbed labs never use it)"
 fi
 
-answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 systemd_pid1() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
 

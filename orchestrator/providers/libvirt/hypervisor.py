@@ -30,7 +30,7 @@ def _libvirt():
         import libvirt
     except ImportError:
         raise ProviderError("the libvirt Python binding is not installed",
-                            hint="make setup (installs libvirt-python into .venv), or pip install libvirt-python") from None
+                            hint="make setup-vm (installs libvirt-python into .venv, and libvirt itself), or pip install libvirt-python") from None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)   # errors arrive as exceptions, not on stderr
     return libvirt
 
@@ -49,7 +49,7 @@ def explain_connect_error(uri: str, msg: str) -> ProviderError:
     if "no such file or directory" in low and "sock" in low or "connection refused" in low and not is_remote(uri):
         return ProviderError(f"no libvirt daemon answers at {uri} ({msg.strip().splitlines()[0]})",
                              hint="start it: `virtlogd -d && libvirtd -d` (no systemd) or `systemctl start libvirtd`; "
-                                  "`make setup` installs and starts both")
+                                  "`make setup-vm` installs and starts both")
     if "permission denied" in low or "authentication" in low or "not authorized" in low:
         return ProviderError(f"no permission to use libvirt at {uri} ({msg.strip().splitlines()[0]})",
                              hint="run as root (qemu:///system), or add your user to the 'libvirt' group")

@@ -359,7 +359,7 @@ def _build_mmdebstrap(recipe: Recipe, rdir: Path, work: Path, mirrors: list[str]
     total = 6
     for tool, pkg in (("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs"), ("qemu-img", "qemu-utils")):
         if shutil.which(tool) is None:
-            raise ImageError(f"'{tool}' is not installed", hint=f"apt-get install {pkg} (or make setup)")
+            raise ImageError(f"'{tool}' is not installed", hint=f"apt-get install {pkg} (or make setup-vm)")
     if not mirrors:
         raise ImageError(f"image '{recipe.name}': no apt source for suite {recipe.suite} in /etc/apt/sources.list*",
                          hint="add the mirror to the recipe's 'mirror:' list")
@@ -421,7 +421,7 @@ def _wheels(recipe: Recipe, dest: Path) -> list[Path]:
         raise ImageError(f"building wheels {', '.join(recipe.wheels)} failed: "
                          f"{(res.stderr.strip().splitlines() or ['pip failed'])[-1]}",
                          hint="the NetfilterQueue binding compiles against libnetfilter-queue-dev and gcc "
-                              "(make setup installs them)")
+                              "(make setup-vm installs them)")
     return sorted(dest.glob("*.whl"))
 
 

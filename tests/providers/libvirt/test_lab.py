@@ -32,10 +32,10 @@ def _why_not() -> str | None:
     try:
         import libvirt
     except ImportError:
-        return "libvirt-python is not installed (make setup)"
+        return "libvirt-python is not installed (make setup-vm)"
     for tool in ("qemu-system-x86_64", "mmdebstrap", "virsh"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
-            return f"{tool} is not installed (make setup)"
+            return f"{tool} is not installed (make setup-vm)"
     from orchestrator.providers.libvirt.hypervisor import connect
     try:
         connect("qemu:///system", timeout=10).close()
