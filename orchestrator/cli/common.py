@@ -38,7 +38,6 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C)",
 }
 HELP_CONTEXT = {"help_option_names": ["-h", "--help"]}
-EXIT_TABLE = "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES.items())
 
 
 if TYPE_CHECKING:

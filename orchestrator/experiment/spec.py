@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
-from orchestrator.labfile.load import load_lab, validate_partly
+from orchestrator.labfile.load import _AfterCuts, load_lab, validate_partly
 from orchestrator.labfile.specfile import Problems, read_spec_file
 from orchestrator.labfile.topology import Lab
 
@@ -116,7 +116,7 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
         problems.add((), LAB_NOT_EXPERIMENT if isinstance(data, dict) and "hosts" in data
                      else "an experiment file is a mapping that starts with 'experiment: NAME'")
         problems.raise_if_any()
-    spec, _cuts = validate_partly(ExperimentFile, data, problems)
+    spec, cuts = validate_partly(ExperimentFile, data, problems)
     lab_ref = spec.lab if isinstance(spec, ExperimentFile) else data.get("lab")
     lab, lab_error = None, None
     if isinstance(lab_ref, str):
@@ -128,8 +128,9 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
                 lab = load_lab(lab_path, machine_routes=machine_routes)
             except SpecError as exc:       # its own SpecError names the lab file: reported beside this one's
                 lab_error = exc
-    if isinstance(spec, ExperimentFile) and lab is not None:
-        _check_against_lab(spec, lab, problems)
+    if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts):
+        # on what parsed (a refused kind or throttle would be judged by its default instead: not at all)
+        _check_against_lab(spec, lab, _AfterCuts(problems, cuts) if cuts else problems)
     errors = [SpecError(source, problems.items)] if problems.items else []
     if lab_error is not None:
         errors.append(lab_error)

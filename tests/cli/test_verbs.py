@@ -238,3 +238,13 @@ def test_results_compare_writes_a_side_by_side_report_with_both_curves(tmp_path)
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert page.count('src="data:image/png;base64,') == 1 and "base run base-run (circles, dashed)" in page
     assert (tmp_path / "cmp" / "plots" / "compare-stopping-time.png").stat().st_size > 5000
+
+
+def test_a_refused_kind_is_not_judged_by_its_default(tmp_path):
+    exp = tmp_path / "exp.yaml"            # kind refused: its default (stopping-speed) must not demand a throttle
+    exp.write_text(f"experiment: e\nkind: basline\nlab: {LABS / 'stopping-speed.yaml'}\nthrottle: none\n"
+                   "worm: {scan: 198.18.9.0/24}\nrates: [5]\n")
+    res = cli("validate", str(exp), state=tmp_path / "state")
+    assert res.returncode == 2
+    assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed' or 'baseline'" in res.stderr
+    assert "needs a throttle" not in res.stderr
