@@ -79,7 +79,7 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from orchestrator.results.paper import ci95, paper_for, row_values
+    from orchestrator.results.paper import paper_for
 
     plt.rcParams.update(FONT)
     pdir = (out_dir or run.path) / "plots"
@@ -106,14 +106,8 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
         for ax, p in zip(axes, protos, strict=False):
             pr = [r for r in rows if r["protocol"] == p and r["stop_s"] is not None]
             if pr:
-                lo, hi = [], []
-                for r in pr:
-                    ci = ci95(row_values(trials, p, float(r["rate"]), "stop_s"))
-                    low, high = ci if ci else (r["stop_s_min"] or r["stop_s"], r["stop_s_max"] or r["stop_s"])
-                    lo.append(max(r["stop_s"] - low, 0))
-                    hi.append(max(high - r["stop_s"], 0))
-                ax.errorbar([r["rate"] for r in pr], [r["stop_s"] for r in pr], yerr=[lo, hi], fmt="o",
-                            color=colors.get(p), capsize=4, ms=6, label="measured")
+                ax.errorbar([r["rate"] for r in pr], [r["stop_s"] for r in pr], yerr=_stop_bars(pr, trials, p),
+                            fmt="o", color=colors.get(p), capsize=4, ms=6, label="measured")
             curve = [(r, s) for r, s, _ in model_curve(man, p, [r["rate"] for r in rows if r["protocol"] == p])
                      if s is not None]
             if curve:
@@ -167,6 +161,19 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
            loglog=True)
     save(fig, "achieved-rate")
     return out
+
+
+def _stop_bars(pr: list[dict[str, Any]], trials: list[dict[str, Any]], protocol: str) -> list[list[float]]:
+    """Error bars of the measured stopping times: the 95 % CI with several repeats, else min–max."""
+    from orchestrator.results.paper import ci95, row_values
+
+    lo, hi = [], []
+    for r in pr:
+        ci = ci95(row_values(trials, protocol, float(r["rate"]), "stop_s"))
+        low, high = ci if ci else (r["stop_s_min"] or r["stop_s"], r["stop_s_max"] or r["stop_s"])
+        lo.append(max(r["stop_s"] - low, 0))
+        hi.append(max(high - r["stop_s"], 0))
+    return [lo, hi]
 
 
 def _paper_marks(ax, figs: list, rates: list[float], what: str) -> None:
