@@ -238,7 +238,7 @@ def schema(experiment: Annotated[bool, typer.Option(
         from orchestrator.experiment.spec import experiment_schema
         emit_json(experiment_schema())
         return
-    from orchestrator.labfile.load import json_schema
+    from orchestrator.labfile.models import json_schema
     emit_json(json_schema())
 
 
