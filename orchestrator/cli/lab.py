@@ -252,7 +252,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="lab or experiment
 
     Examples:  testbed validate labs/*.yaml  ·  testbed validate labs/demo-sweep.yaml --json
     """
-    from orchestrator.labfile.validate import validate_file
+    from orchestrator.experiment.validate import validate_file
 
     results = [validate_file(f) for f in files]
     bad = sum(1 for r in results if not r.ok)
