@@ -29,23 +29,24 @@ def sockaddr(address: str) -> str | bytes:
     return b"\0" + address[1:].encode() if address.startswith("@") else address
 
 
-def listen(address: str) -> socket.socket:
-    """Bind and listen; a stale filesystem socket (nobody listening) is replaced, a live one refused."""
+def listen(address: str, what: str = "throttle daemon") -> socket.socket:
+    """Bind and listen; a stale filesystem socket (nobody listening) is replaced, a live one refused.
+    `what` names the daemon in messages (other mechanisms reuse this channel)."""
     addr = sockaddr(address)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if isinstance(addr, str) and os.path.exists(addr):
             try:
-                request(address, {"cmd": "ping"}, timeout=1.0)
+                request(address, {"cmd": "ping"}, timeout=1.0, what=what)
             except ControlError:
                 os.unlink(addr)
             else:
-                raise ControlError(f"another throttle daemon is listening on control socket {address}")
+                raise ControlError(f"another {what} is listening on control socket {address}")
         try:
             s.bind(addr)
         except OSError as exc:
             if exc.errno == 98:  # EADDRINUSE
-                raise ControlError(f"control socket {address} is in use: another throttle daemon runs in this "
+                raise ControlError(f"control socket {address} is in use: another {what} runs in this "
                                    "network namespace (stop it, or give --control another address)") from None
             raise ControlError(f"cannot bind control socket {address}: {exc.strerror}") from None
         s.listen(16)
@@ -56,7 +57,8 @@ def listen(address: str) -> socket.socket:
         raise
 
 
-def request(address: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+def request(address: str, req: dict[str, Any], timeout: float = 5.0,
+            what: str = "throttle daemon") -> dict[str, Any]:
     """Send one request to the daemon and return its reply (raises ControlError on failure)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -64,7 +66,7 @@ def request(address: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str
         try:
             s.connect(sockaddr(address))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"no throttle daemon is listening on {address} in this network namespace") \
+            raise ControlError(f"no {what} is listening on {address} in this network namespace") \
                 from None
         s.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
@@ -74,7 +76,7 @@ def request(address: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str
                 break
             buf += chunk
     except OSError as exc:
-        raise ControlError(f"talking to the throttle daemon on {address}: {exc}") from None
+        raise ControlError(f"talking to the {what} on {address}: {exc}") from None
     finally:
         s.close()
     try:

@@ -23,6 +23,24 @@ CHAIN = "WTB-THROTTLE"
 HOOKS = {"host": "OUTPUT", "gateway": "FORWARD", "wire": "FORWARD"}
 
 
+@dataclass(frozen=True)
+class Tag:
+    """Whose rules: the comment marker every rule carries, the chain of its own, the word a live owner's
+    command line contains, and its name in messages. Other mechanisms (mechanisms/trw) pass their own."""
+
+    marker: str
+    chain: str
+    owner: bytes
+    what: str
+
+    @property
+    def pid_re(self) -> re.Pattern:
+        return re.compile(re.escape(self.marker) + r" pid=(\d+)")
+
+
+THROTTLE = Tag(MARKER, CHAIN, b"throttle", "throttle")
+
+
 class RuleError(ThrottleError):
     """iptables is missing or refused."""
 
@@ -91,13 +109,10 @@ def listing() -> list[str]:
     return cp.stdout.splitlines()
 
 
-def ours(lines: Sequence[str] | None = None) -> list[str]:
+def ours(lines: Sequence[str] | None = None, tag: Tag = THROTTLE) -> list[str]:
     """Every rule line (`iptables -S` form) that belongs to a throttle: tagged, or in our chain."""
     lines = listing() if lines is None else lines
-    return [ln for ln in lines if MARKER in ln or ln.split()[:2] in (["-N", CHAIN], ["-A", CHAIN])]
-
-
-_PID = re.compile(MARKER + r" pid=(\d+)")
+    return [ln for ln in lines if tag.marker in ln or ln.split()[:2] in (["-N", tag.chain], ["-A", tag.chain])]
 
 
 def _netns_inode(pid: int | str) -> int | None:
@@ -107,12 +122,12 @@ def _netns_inode(pid: int | str) -> int | None:
         return None
 
 
-def live_owner(lines: Sequence[str] | None = None) -> int | None:
+def live_owner(lines: Sequence[str] | None = None, tag: Tag = THROTTLE) -> int | None:
     """PID of another throttle daemon, alive in this network namespace, that installed the current rules."""
     me = os.getpid()
     here = _netns_inode("self")
-    for ln in ours(lines):
-        m = _PID.search(ln)
+    for ln in ours(lines, tag):
+        m = tag.pid_re.search(ln)
         if not m:
             continue
         pid = int(m.group(1))
@@ -123,22 +138,22 @@ def live_owner(lines: Sequence[str] | None = None) -> int | None:
                 cmd = fh.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"throttle" in cmd and _netns_inode(pid) == here:
+        if tag.owner in cmd and _netns_inode(pid) == here:
             return pid
     return None
 
 
-def _removal(lines: Sequence[str]) -> list[str]:
+def _removal(lines: Sequence[str], tag: Tag = THROTTLE) -> list[str]:
     out = []
     has_chain = False
     for ln in lines:
         parts = ln.split(None, 2)
-        if parts[:2] == ["-N", CHAIN]:
+        if parts[:2] == ["-N", tag.chain]:
             has_chain = True
-        elif parts[0] == "-A" and parts[1] != CHAIN and len(parts) == 3:
+        elif parts[0] == "-A" and parts[1] != tag.chain and len(parts) == 3:
             out.append(f"-D {parts[1]} {parts[2]}")
     if has_chain:
-        out += [f"-F {CHAIN}", f"-X {CHAIN}"]
+        out += [f"-F {tag.chain}", f"-X {tag.chain}"]
     return out
 
 
@@ -149,23 +164,24 @@ def _restore(body: list[str], what: str) -> None:
         raise _fail(what, cp)
 
 
-def install(spec: RuleSpec) -> list[str]:
-    """Replace any stale throttle rules with `spec`'s, in one transaction. Returns the stale lines removed."""
+def install(spec: RuleSpec, tag: Tag = THROTTLE) -> list[str]:
+    """Replace any stale throttle rules with `spec`'s (anything with `lines()`), in one transaction. Returns
+    the stale lines removed."""
     check_tools()
     current = listing()
-    owner = live_owner(current)
+    owner = live_owner(current, tag)
     if owner is not None:
-        raise RulesOwnedError(f"another throttle daemon (pid {owner}) is running in this network namespace "
-                        "and owns the rules; stop it first")
-    stale = ours(current)
-    _restore(_removal(stale) + spec.lines(), "installing the throttle's iptables rules")
+        raise RulesOwnedError(f"another {tag.what} daemon (pid {owner}) is running in this network namespace "
+                              "and owns the rules; stop it first")
+    stale = ours(current, tag)
+    _restore(_removal(stale, tag) + spec.lines(), f"installing the {tag.what}'s iptables rules")
     return stale
 
 
-def remove() -> bool:
+def remove(tag: Tag = THROTTLE) -> bool:
     """Remove every throttle rule in this namespace (ours or stale). True when something was removed."""
-    current = ours()
+    current = ours(tag=tag)
     if not current:
         return False
-    _restore(_removal(current), "removing the throttle's iptables rules")
+    _restore(_removal(current, tag), f"removing the {tag.what}'s iptables rules")
     return True
