@@ -51,8 +51,9 @@ demo: setup
 	@scripts/demo.sh
 
 lint: venv
-	$(PY) -m ruff check orchestrator testworm throttle hostagent workload tests benchmarks playbooks/library
+	$(PY) -m ruff check orchestrator testworm throttle mechanisms hostagent workload tests benchmarks playbooks/library
 	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q
+	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q ../mechanisms/trw/role ../mechanisms/ratelimit/role
 
 bench: setup-vm
 	@scripts/setup-system.sh mininet bridge-utils   # the lab benchmark compares with Mininet 2.3
