@@ -250,10 +250,11 @@ class TrwDaemon:
         except OSError:
             return
         with c:
-            c.settimeout(1.0)
+            deadline = time.monotonic() + 1.0       # a slow client costs the loop at most ~1 s
             try:
                 buf = b""
                 for _ in range(64):                  # bounded: at most 64 reads of a request line
+                    c.settimeout(max(0.01, deadline - time.monotonic()))
                     chunk = c.recv(65536)
                     buf += chunk
                     if not chunk or b"\n" in buf or len(buf) >= control.MAX_REQUEST:

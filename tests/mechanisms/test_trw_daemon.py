@@ -18,7 +18,7 @@ from tests.mechanisms.lab import (
     worm_syn_sniffer,
 )
 from tests.support.minilab import MiniLab
-from tests.throttle.netlab import need_tools
+from tests.throttle.netlab import PY, need_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
@@ -71,3 +71,21 @@ def test_trw_blocks_the_worm_at_the_attempt_its_model_predicts(lab, tmp_path, ra
     assert sum(e["event"] == "dropped" for e in log) >= 26
     assert log[-1]["event"] == "stop" and log[-1]["reason"] == "SIGTERM"
     assert lab.run("a", ["iptables", "-S"]).stdout.count("wtb-trw") == 0
+
+
+def test_fail_closed_drops_new_connections_after_a_kill_and_clear_removes_the_rules(lab, tmp_path):
+    ev = tmp_path / "trw.jsonl"
+    d = popen_module(lab, "a", "mechanisms.trw", "run", "--mode", "host", "--events", str(ev), "--fail-closed")
+    _wait_config(d, ev)
+    r = lab.run("a", [PY, "-m", "mechanisms.trw", "clear"], timeout=30)
+    assert r.returncode == 1 and f"a live TRW daemon (pid {d.pid}) owns the rules" in r.stderr
+    d.kill()
+    d.wait(timeout=10)
+    sniff = worm_syn_sniffer(lab)
+    worm = run_worm(lab, tmp_path / "worm.jsonl", rate=20, attempts=5, lifetime=5)
+    assert len(sniff.stop()) == 0                       # nobody listens, nothing leaves
+    assert len([e for e in worm if e["event"] == "attempt"]) == 5
+    r = lab.run("a", [PY, "-m", "mechanisms.trw", "clear"], timeout=30)
+    assert r.returncode == 0 and r.stdout == "removed TRW's stale rules\n"
+    assert "wtb-trw" not in lab.run("a", ["iptables", "-S"]).stdout
+    assert lab.run("a", [PY, "-m", "mechanisms.trw", "clear"], timeout=30).stdout == "no TRW rules here\n"
