@@ -17,7 +17,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
+from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.load import _AfterCuts, load_lab, validate_partly
+from orchestrator.labfile.models import Cidr, schema_document
 from orchestrator.labfile.specfile import Problems, read_spec_file
 from orchestrator.labfile.topology import Lab
 
@@ -50,7 +52,7 @@ class WormSpec(Strict):
         "sequential", description="target strategy (ignored with a profile, which chooses its own)")
     port: int = Field(8080, ge=1, le=65535, description="the port scanned (where the test-worm server listens)")
     protocols: list[Literal["tcp", "udp"]] = Field(default_factory=lambda: ["tcp", "udp"], min_length=1)
-    scan: str = Field(description="the range the worm scans (CIDR, inside the lab's experimental subnets)")
+    scan: Cidr = Field(description="the range the worm scans (CIDR, inside the lab's experimental subnets)")
     max_attempts: int = Field(5000, ge=1, le=1_000_000)
     lifetime_s: float = Field(120.0, gt=0, le=3600)
     connect_timeout_s: float = Field(3.0, gt=0, le=60)
@@ -147,6 +149,9 @@ def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> No
     except ValueError as exc:
         problems.add(("worm", "scan"), f"'{spec.worm.scan}' is not a valid CIDR ({exc})")
         scan = None
+    if scan is not None and (why := cidr_notation_problem(spec.worm.scan)):
+        problems.add(("worm", "scan"), f"'{spec.worm.scan}' is not a valid CIDR: {why}")
+        scan = None
     if scan is not None:
         exp = [ipaddress.ip_network(s.subnet) for s in lab.experimental_segments()]
         if not any(scan.subnet_of(n) for n in exp):
@@ -189,7 +194,4 @@ def check_overrides(rates: list[float] | None, repeats: int | None) -> None:
 
 
 def experiment_schema() -> dict:
-    schema = ExperimentFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "worm-testbed experiment file"
-    return schema
+    return schema_document(ExperimentFile, "worm-testbed experiment file")

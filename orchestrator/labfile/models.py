@@ -13,6 +13,7 @@ from orchestrator.labfile.constants import (
     DEFAULT_SUBNETS,
     NAME_PATTERN,
 )
+from orchestrator.labfile.ipv4 import CIDR_PATTERN, IPV4_PATTERN
 
 Role = Literal["admin-server", "blade", "gateway", "target", "sniffer", "injector"]
 
@@ -21,8 +22,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The patterns are for the schema's users (editors, validators): the loader checks these fields itself, with
+# messages that say more (resolve.py), and accepts exactly the strings the patterns match (ipv4.py).
 Cidr = Annotated[str, Field(description="IPv4 network in CIDR notation, e.g. 198.18.1.0/24",
-                            json_schema_extra={"format": "ipv4-cidr"})]
+                            json_schema_extra={"format": "ipv4-cidr", "pattern": CIDR_PATTERN})]
+Ipv4 = Annotated[str, Field(description="IPv4 address, e.g. 198.18.1.10",
+                            json_schema_extra={"format": "ipv4", "pattern": IPV4_PATTERN})]
 
 
 class LanSpec(Strict):
@@ -51,7 +56,7 @@ class HostSpec(Strict):
     lans: list[str] | None = Field(
         None, description="LANs the host sits on: management, admin, experimental or experimental.NAME "
                           "(default by role)")
-    addresses: dict[str, str] = Field(
+    addresses: dict[str, Ipv4] = Field(
         default_factory=dict,
         description="fixed IPv4 addresses by LAN; for a counted template, the first of a consecutive block")
     image: str | None = Field(None, description="libvirt provider: guest image name (default: debian)")
@@ -81,11 +86,16 @@ class LabFile(Strict):
     libvirt: LibvirtOptions | None = None
 
 
-def json_schema() -> dict[str, Any]:
-    schema = LabFile.model_json_schema()
+def schema_document(model: type[BaseModel], title: str) -> dict[str, Any]:
+    """A model's JSON Schema as a document of its own: draft 2020-12, titled."""
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "worm-testbed lab file"
+    schema["title"] = title
     return schema
+
+
+def json_schema() -> dict[str, Any]:
+    return schema_document(LabFile, "worm-testbed lab file")
 
 
 def spec_hash(spec: LabFile) -> str:

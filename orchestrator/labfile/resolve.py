@@ -8,6 +8,7 @@ import ipaddress
 from typing import Any, NamedTuple
 
 from orchestrator.labfile import constants, models
+from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.topology import Host, Interface, Lab, Segment, mac_for
 
 # host-side interface names are the same on every host: playbooks and captures can rely on them
@@ -41,6 +42,9 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
         return None
     if net.version != 4:
         problems.add(path, f"'{cidr}' is not IPv4; lab networks are IPv4")
+        return None
+    if why := cidr_notation_problem(str(cidr)):
+        problems.add(path, f"'{cidr}' is not a valid CIDR: {why}")
         return None
     if net.prefixlen > 30:
         problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
