@@ -17,7 +17,7 @@ mkdir -p "$RESULTS"
 NAME="$(.venv/bin/python -c 'import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))["experiment"])' "$EXP")"
 BASE="${BASELINE:-$($T results list --index "$INDEX" --json | .venv/bin/python -c '
 import json, sys
-runs = [r for r in json.load(sys.stdin) if r["experiment"] == sys.argv[1] and r["status"] == "complete"]
+runs = [r for r in json.load(sys.stdin) if r["experiment"] == sys.argv[1] and r["status"] == "complete" and not r["gone"]]
 print(runs[0]["path"] if runs else "")' "$NAME")}"
 $T run "$EXP" --out "$OUT" --index "$INDEX" --junit "$OUT/junit.xml"
 ln -sfn "$STAMP" "$RESULTS/latest"

@@ -1,6 +1,6 @@
-"""The results verbs of `testbed`: report, results list|show|compare, and the summary table a finished run
-prints. Registered on the main app by orchestrator.cli (`register(app)`); each verb parses its arguments and
-calls one core function."""
+"""The results verbs of `testbed`: report, results list|show|compare|prune, and the summary table a finished
+run prints. Registered on the main app by orchestrator.cli (`register(app)`); each verb parses its arguments
+and calls one core function."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
     results_app.command("list")(handles_errors(results_list))
     results_app.command("show")(handles_errors(results_show))
     results_app.command("compare")(handles_errors(results_compare))
+    results_app.command("prune")(handles_errors(results_prune))
     app.add_typer(results_app, name="results")
 
 
@@ -65,7 +66,7 @@ IndexOpt = Annotated[Path, typer.Option("--index", help="the SQLite index of run
 
 def results_list(index: IndexOpt = Path("results/index.sqlite"),
                  as_json: JsonOpt = False):
-    """Every run in the index, newest first.
+    """Every run in the index, newest first; a run whose directory is gone is marked so (`gone` in --json).
 
     Examples:  testbed results list  ·  testbed results list --json
     """
@@ -83,8 +84,34 @@ def results_list(index: IndexOpt = Path("results/index.sqlite"),
     for r in runs:
         t.add_row(r["run_id"], r["experiment"], r["kind"],
                   time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"] or 0)), r["status"],
-                  f"{r['ok']}/{r['trials']}", (r["git_commit"] or "")[:10], r["path"])
+                  f"{r['ok']}/{r['trials']}", (r["git_commit"] or "")[:10],
+                  f"[red]gone:[/] {r['path']}" if r["gone"] else r["path"])
     out.print(t if runs else f"no runs in {index}")
+    gone = sum(r["gone"] for r in runs)
+    if gone:
+        out.print(f"{gone} of {len(runs)} runs point at a directory that no longer exists (gone); "
+                  f"`testbed results prune --index {index}` forgets them", highlight=False)
+
+
+def results_prune(index: IndexOpt = Path("results/index.sqlite"),
+                  dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would be forgotten")] = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Forget the runs whose directory is gone (their trials and summaries too); the run directories that
+    exist are left alone."""
+    from orchestrator.results.index import Index
+
+    idx = Index(index)
+    gone = idx.prune(dry_run=dry_run)
+    idx.close()
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "forgotten": [{k: r[k] for k in ("run_id", "experiment", "path")}
+                                                             for r in gone]}, indent=2))
+        return
+    verb = "would forget" if dry_run else "forgot"
+    for r in gone:
+        out.print(f"{verb} {r['run_id']} ({r['experiment']}): {r['path']} is gone", highlight=False)
+    out.print(f"{verb} {len(gone)} run(s) whose directory is gone" if gone
+              else f"nothing to forget: every run in {index} has its directory", highlight=False)
 
 
 def results_show(run: Annotated[str, typer.Argument(help="run id (or prefix), run directory, or its name")],

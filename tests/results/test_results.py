@@ -276,5 +276,6 @@ def test_a_file_that_is_not_an_index_is_exit_2_with_what_it_is(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == (f"error: {bad} is not an index of runs (file is not a database)\n"
-                        "hint: give --index the SQLite file `testbed run` writes (results/index.sqlite)\n")
+                        "hint: give --index the SQLite file `testbed run` writes (results/index.sqlite), "
+                        "or move this file away to start a new index\n")
     assert bad.read_text() == "hello, not SQLite\n"                 # left as it was
