@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -46,8 +47,11 @@ def load(name: str) -> dict | None:
         return None
 
 
-def alive(rec: dict | None) -> bool:
-    return bool(rec) and start_time(rec["pid"]) == rec.get("starttime") is not None
+def alive(rec: dict | None) -> TypeGuard[dict]:
+    """A record whose process still runs (its PID, told from a reused one by its start time)."""
+    if not rec:
+        return False
+    return start_time(rec["pid"]) == rec.get("starttime") is not None
 
 
 def exit_status(name: str) -> int | None:

@@ -13,7 +13,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import control
 from .core import POLICIES, RELEASE_CLOCKS, ConfigError, ThrottleConfig, ThrottleError
@@ -21,7 +21,7 @@ from .model import PLACEMENTS, RETRANSMIT_SCHEDULES, TARGET_BEHAVIOURS, predict_
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:       # one line, exit 2 (argparse prints usage too)
+    def error(self, message: str) -> NoReturn:       # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

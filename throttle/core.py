@@ -235,8 +235,8 @@ class Throttle:
     def _release(self, s: _Source, due: float, out: list[Event]) -> None:
         head = s.queue[0]
         dst = head.dst
-        keep = []
-        leaving = []
+        keep: list[_Entry] = []
+        leaving: list[_Entry] = []
         for e in s.queue:
             (leaving if e.dst == dst else keep).append(e)
         s.queue = keep

@@ -19,10 +19,13 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import control, rules
 from .core import ConfigError, Event, Request, Throttle, ThrottleConfig, ThrottleError
+
+if TYPE_CHECKING:
+    from netfilterqueue import NetfilterQueue  # imported when the daemon starts: it needs the C library
 
 _UNPACK_PORTS = struct.Struct("!HH").unpack_from
 _inet_ntoa = socket.inet_ntoa
@@ -176,7 +179,7 @@ class EventLog:
             os.write(self.fd, text.encode())
 
     def close(self, discard: bool = False) -> None:
-        if self.fd is not None and self.path != "-":
+        if self.fd is not None and self.path is not None and self.path != "-":
             os.close(self.fd)
             if discard and self.created and os.path.getsize(self.path) == 0:
                 os.unlink(self.path)
@@ -196,12 +199,13 @@ class Daemon:
         self.ignored: dict[str, int] = {}
         self._stop: str | None = None
         self._stopping = False
-        self._nfq = None
+        self._nfq: NetfilterQueue | None = None
         self._ctl: socket.socket | None = None
         self._clients: dict[socket.socket, tuple[bytes, float]] = {}
         self._log: EventLog | None = None
         self._rules_installed = False
-        self._wake_r = self._wake_w = None
+        self._wake_r: socket.socket | None = None      # the loop's wake-up pair (signals write to _wake_w)
+        self._wake_w: socket.socket | None = None
         self._fd: int | None = None
         self._budget = 0
         self.started_mono = time.monotonic()
@@ -249,9 +253,9 @@ class Daemon:
             self.rcvbuf = nl.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         for w in caught:
             print(f"throttle: warning: {w.message}", file=sys.stderr)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
         spec = rules.RuleSpec(o.mode, o.queue_num, o.protocols, o.interface, o.fail_closed, os.getpid())
         try:
             stale = rules.install(spec)
@@ -430,7 +434,7 @@ class Daemon:
 
     # ---- loop ----------------------------------------------------------------------------------------
     def loop(self) -> None:
-        assert self._fd is not None and self._ctl is not None and self._nfq is not None
+        assert self._fd is not None and self._ctl is not None and self._nfq is not None and self._wake_r is not None
         nl, ctl, wake, nfq = self._fd, self._ctl, self._wake_r, self._nfq
         core, opts = self.core, self.opts
         while self._stop is None:
@@ -441,7 +445,8 @@ class Daemon:
                 # select()'s kernel slack is 0.1 % of the timeout (1 ms for 1 s): wake a little early,
                 # then sleep the short rest, whose slack is negligible.
                 timeout -= timeout / 400 + 0.0002
-            r, _, _ = select.select([nl, ctl, wake, *self._clients], [], [], timeout)
+            watched: list[int | socket.socket] = [nl, ctl, wake, *self._clients]
+            r, _, _ = select.select(watched, [], [], timeout)
             now = time.monotonic()
             due = core.next_due()
             if due is not None and due <= now:
@@ -478,6 +483,7 @@ class Daemon:
             for sig, h in old.items():
                 signal.signal(sig, h)
             raise
+        assert self._wake_w is not None         # start() made it, or raised
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         status = 0
         try:

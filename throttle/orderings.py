@@ -138,7 +138,7 @@ def orderings(arrivals: Iterable[Arrival], config: ThrottleConfig | None = None,
     for o in sorted(found, key=lambda o: (*o.key, o.packets_out_before_block)):
         p = outcomes[-1] if outcomes else None     # one outcome: the same block within the window, as many out
         if p is None or p.out_before_block != o.out_before_block or (p.blocked_at is None) != (o.blocked_at is None) \
-                or (o.blocked_at is not None and o.blocked_at - p.blocked_at > window_s):
+                or (o.blocked_at is not None and p.blocked_at is not None and o.blocked_at - p.blocked_at > window_s):
             outcomes.append(o)
     return OrderingSet(src, window_s, strict, outcomes, sum(1 for t in strict.ties if t.src == src),
                        len(outcomes) - 1, max((rp.complex_ties for rp in (*early, *late)), default=0),
