@@ -31,7 +31,7 @@ def frame(arr: np.ndarray, have: int, endian: str, maxcap: int, frac_limit: int)
     """(offsets of the records from buffer offset 0, through the first bad one; offset where the walk stopped).
     `arr` holds `have` bytes of records, then at least 16 bytes of padding."""
     unpack = struct.Struct(endian + "8xI").unpack_from
-    mv = memoryview(arr)[:have]
+    mv = arr.data[:have]
     if have < LOCKSTEP_MIN:
         offs, end, _kind = _walk(mv, unpack, 0, have, have, maxcap)
         return np.array(offs, dtype=np.int64), end

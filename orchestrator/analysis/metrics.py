@@ -74,7 +74,9 @@ def _match(left: Iterable[tuple[Key, float, object]], right: Iterable[tuple[Key,
         lg[item[0]].append(item)
     for item in right:
         rg[item[0]].append(item)
-    ul, ur, pairs = [], [], []
+    ul: list = []
+    ur: list = []
+    pairs: list = []
     for k in lg.keys() | rg.keys():
         ls = sorted(lg.get(k, ()), key=lambda x: x[1])
         rs = sorted(rg.get(k, ()), key=lambda x: x[1])
@@ -381,7 +383,8 @@ def _leak_check(sources: list[SourceMetrics], rows_by_src: dict[str, list[_Row]]
     (and the throttle-vs-wire check tells whether the throttle did let it out); beyond `tol`, an error."""
     if sniffer != "after":
         return
-    late, near = [], []
+    late: list[tuple[Key, float, _Row]] = []
+    near: list[tuple[Key, float, _Row]] = []
     for s in sources:
         if s.blocked_wall is None:
             continue

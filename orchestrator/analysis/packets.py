@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class Packets:
     def concat(cls, parts: list[Packets], **facts) -> Packets:
         """One table from chunks of the same capture (in order); `facts` (path, format, interfaces,
         partial, problems, notes) are the whole file's. A column's chunks are freed as it is joined."""
-        cols = {}
+        cols: dict[str, Any] = {}       # column name -> its joined array
         for c in COLUMNS:
             cols[c] = np.concatenate([getattr(x, c) for x in parts]) if parts else _EMPTY[c]()
             for x in parts:

@@ -12,6 +12,7 @@ flagged `partial`, with the reason in `problems`.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ class CaptureReader:
         except CaptureReadError:
             fh.close()
             raise
-        self._fh: object | None = fh
+        self._fh: io.BufferedReader | None = fh
 
     @property
     def interfaces(self) -> list[Interface]:
@@ -126,7 +127,7 @@ class CaptureReader:
                 want = min(cap, size - base)
                 while have < want:
                     with reading(p, CaptureReadError, "capture file"):
-                        got = fh.readinto(memoryview(buf)[have:want])
+                        got = fh.readinto(buf.data[have:want])
                     if not got:  # the file shrank while we read it: it ends here
                         size = self.size = base + have
                         break

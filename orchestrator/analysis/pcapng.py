@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,7 @@ class _Section:
     endian: str
     iface_base: int
     n_ifaces: int = 0
-    unpack2: object = field(default=None, repr=False)
+    unpack2: Callable[[memoryview, int], tuple[Any, ...]] = field(init=False, repr=False)  # (block type, length)
 
     def __post_init__(self) -> None:
         self.unpack2 = struct.Struct(self.endian + "II").unpack_from
@@ -65,7 +67,7 @@ class PcapngFramer:
     # ------------------------------------------------------------------------------------------ one round
 
     def frame(self, arr: np.ndarray, base: int, have: int, size: int, n: int) -> Framed:
-        mv = memoryview(arr)[:have]
+        mv = arr.data[:have]
         runs: list[tuple[_Section, list[int]]] = []  # EPB offsets (in the buffer), per section
         # blocks other than EPBs (SPB, OPB), handled one by one: (block off, data off, iface, ts units|None, cap, len)
         others: list[tuple[int, int, int, int | None, int, int]] = []
@@ -240,7 +242,8 @@ class PcapngFramer:
 
     # ------------------------------------------------------------------------------- records of one round
 
-    def _records(self, arr: np.ndarray, base: int, have: int, size: int, runs: list, others: list) -> tuple:
+    def _records(self, arr: np.ndarray, base: int, have: int, size: int, runs: list, others: list
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The round's packet records, EPBs checked vectorised (the first bad one is damage), in file order."""
         cols: list[tuple[np.ndarray, ...]] = []
         blocks = np.array(self.iface_block, np.int64)
