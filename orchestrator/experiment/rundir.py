@@ -135,7 +135,7 @@ def runner_record() -> dict[str, Any]:
     return {"pid": pid, "starttime": pid_start_time(pid), "host": socket.gethostname(), "boot_id": _boot_id()}
 
 
-def run_status(man: dict[str, Any]) -> str:
+def run_status(man: dict[str, Any]) -> str | None:
     """A run's status as it stands now. A manifest says `running` while its runner works; a runner that was
     SIGKILLed (or whose machine went down) cannot say otherwise, so a `running` run whose runner process is
     gone — checked on the machine that ran it — `died`. On another machine it stays `running` (unknown)."""

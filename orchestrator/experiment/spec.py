@@ -26,6 +26,8 @@ from orchestrator.labfile.topology import Lab
 STRATEGIES = ("sequential", "random", "local-preference", "hit-list")
 PROFILES = ("nimda-like", "codered2-like", "blaster-like", "slammer-like")
 MAX_RATE = 20000.0
+Protocol = Literal["tcp", "udp"]
+PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 MAX_REPEATS = 100
 
 
@@ -51,7 +53,7 @@ class WormSpec(Strict):
     strategy: Literal["sequential", "random", "local-preference", "hit-list"] = Field(
         "sequential", description="target strategy (ignored with a profile, which chooses its own)")
     port: int = Field(8080, ge=1, le=65535, description="the port scanned (where the test-worm server listens)")
-    protocols: list[Literal["tcp", "udp"]] = Field(default_factory=lambda: ["tcp", "udp"], min_length=1)
+    protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
     scan: Cidr = Field(description="the range the worm scans (CIDR, inside the lab's experimental subnets)")
     max_attempts: int = Field(5000, ge=1, le=1_000_000)
     lifetime_s: float = Field(120.0, gt=0, le=3600)
@@ -145,7 +147,7 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
 
 def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> None:
     try:
-        scan = ipaddress.ip_network(spec.worm.scan, strict=True)
+        scan: ipaddress.IPv4Network | None = ipaddress.IPv4Network(spec.worm.scan, strict=True)
     except ValueError as exc:
         problems.add(("worm", "scan"), f"'{spec.worm.scan}' is not a valid CIDR ({exc})")
         scan = None
@@ -153,7 +155,7 @@ def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> No
         problems.add(("worm", "scan"), f"'{spec.worm.scan}' is not a valid CIDR: {why}")
         scan = None
     if scan is not None:
-        exp = [ipaddress.ip_network(s.subnet) for s in lab.experimental_segments()]
+        exp = [ipaddress.IPv4Network(s.subnet) for s in lab.experimental_segments()]
         if not any(scan.subnet_of(n) for n in exp):
             problems.add(("worm", "scan"), f"{scan} is not inside the lab's experimental subnets "
                          f"({', '.join(map(str, exp))}); the worm scans nothing else")
@@ -189,7 +191,7 @@ def check_overrides(rates: list[float] | None, repeats: int | None) -> None:
         SweepOverrides(rates=rates, repeats=repeats)
     except ValidationError as exc:
         flags = {"rates": "--rates", "repeats": "--repeat"}
-        raise SpecError("command line", [(flags[e["loc"][0]], e["msg"].removeprefix("Value error, "))
+        raise SpecError("command line", [(flags[str(e["loc"][0])], e["msg"].removeprefix("Value error, "))
                                          for e in exc.errors()]) from None
 
 

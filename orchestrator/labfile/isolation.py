@@ -106,7 +106,8 @@ def loaded(doc: dict[str, Any]) -> tuple[Chain, ...]:
     """The chains of table inet wt_isolation from `nft -j list table inet wt_isolation` output, in our model.
     Anything that is not one of the filter's own statements is kept, as its JSON, so it still differs."""
     items = doc.get("nftables", []) if isinstance(doc, dict) else []
-    heads, rules = [], {}
+    heads: list[dict[str, Any]] = []
+    rules: dict[str | None, list[Rule]] = {}      # by chain name
     for it in items:
         if "chain" in it:
             heads.append(it["chain"])
@@ -131,8 +132,10 @@ def _rule(exprs: list[dict[str, Any]]) -> Rule:
             key = "ip daddr"
         right = m.get("right") if m else None
         vals = right.get("set") if isinstance(right, dict) else [right]
-        if key and m.get("op") in ("==", "!=", "in") and all(isinstance(v, str) for v in vals or [None]):
-            matches.append(Match(key, "==" if m["op"] == "in" else m["op"], tuple(vals)))
+        vals = vals if isinstance(vals, list) else []
+        texts = tuple(v for v in vals if isinstance(v, str))
+        if m and key and m.get("op") in ("==", "!=", "in") and texts and len(texts) == len(vals):
+            matches.append(Match(key, "==" if m["op"] == "in" else m["op"], texts))
         elif isinstance(e, dict) and len(e) == 1 and next(iter(e.values())) is None:
             verdict.append(next(iter(e)))                       # {"drop": null}, {"accept": null}
         else:

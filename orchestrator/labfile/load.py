@@ -47,7 +47,7 @@ def _data_loc(loc: tuple, data: Any) -> tuple:
 
 
 def _pydantic_problems(exc: ValidationError, problems: Problems, model: type[BaseModel], data: Any) -> None:
-    errors = [{**e, "loc": _data_loc(e["loc"], data)} for e in exc.errors()]
+    errors: list[dict[str, Any]] = [{**e, "loc": _data_loc(e["loc"], data)} for e in exc.errors()]
     # a value that failed as a mapping and as a literal alternative (throttle: {…} | none): the mapping's
     # complaints, deeper in the path, say more than "should be 'none'"
     deeper = {e["loc"][:i] for e in errors if e["type"] != "literal_error" for i in range(len(e["loc"]))}

@@ -40,7 +40,7 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
         except ValueError:
             problems.add(path, f"'{cidr}' is not a valid CIDR ({exc})")
         return None
-    if net.version != 4:
+    if not isinstance(net, ipaddress.IPv4Network):
         problems.add(path, f"'{cidr}' is not IPv4; lab networks are IPv4")
         return None
     if why := cidr_notation_problem(str(cidr)):
@@ -49,7 +49,7 @@ def _network(cidr: Any, path: tuple, problems) -> ipaddress.IPv4Network | None:
     if net.prefixlen > 30:
         problems.add(path, f"'{cidr}' is too small for a LAN (a /30 holds 2 hosts; use /30 or larger)")
         return None
-    if not net.subnet_of(ipaddress.ip_network(constants.LAB_RANGE)):
+    if not net.subnet_of(ipaddress.IPv4Network(constants.LAB_RANGE)):
         problems.add(path, f"{cidr} is outside {constants.LAB_RANGE}, the benchmark range every lab address comes from")
     return net          # still checked for overlaps with this machine's routes, so every problem is said
 
@@ -176,15 +176,15 @@ def _fixed(hs: models.HostSpec, lans: list[str], segs: dict[str, Segment], path:
     """A host's fixed addresses, by segment key."""
     fixed: dict[str, ipaddress.IPv4Address] = {}
     for ref, addr in hs.addresses.items():
-        key = ref if ref in segs else None
+        lan = ref if ref in segs else None
         if ref == "experimental":
             exp_on = [k for k in lans if segs[k].kind == "experimental"]
-            key = exp_on[0] if len(exp_on) == 1 else None
-        if key is None or key not in lans:
+            lan = exp_on[0] if len(exp_on) == 1 else None
+        if lan is None or lan not in lans:
             problems.add((*path, "addresses", ref), f"'{ref}' is not a LAN this host is on")
             continue
         try:
-            fixed[key] = ipaddress.IPv4Address(str(addr))
+            fixed[lan] = ipaddress.IPv4Address(str(addr))
         except ValueError:
             problems.add((*path, "addresses", ref), f"'{addr}' is not a valid IPv4 address")
     return fixed

@@ -37,7 +37,8 @@ MERGE_TAG = "tag:yaml.org,2002:merge"     # `<<: *template`
 
 class Problems:
     def __init__(self, source: str, lines: dict[tuple, int]):
-        self.source, self.lines, self.items = source, lines, []
+        self.source, self.lines = source, lines
+        self.items: list[tuple[str, str]] = []      # (where, reason)
 
     def add(self, path: Sequence[Any], reason: str) -> None:
         key = tuple(path)
@@ -105,6 +106,8 @@ def _read_text(path: Path, source: str) -> str:
 class LimitError(yaml.MarkedYAMLError):
     """The YAML is well-formed but beyond what a lab or experiment file may hold."""
 
+    problem: str        # every raise says what (a MarkedYAMLError's may be None)
+
 
 class _BoundedComposer(Composer):
     """PyYAML's composer, refusing depth beyond MAX_DEPTH and more than MAX_NODES nodes, an alias counting as
@@ -161,7 +164,7 @@ class PythonLoader(Reader, Scanner, Parser, _BoundedComposer, SafeConstructor, R
 
 LOADERS: dict[str, type] = {"python": PythonLoader}
 if yaml.__with_libyaml__:       # libyaml's parser (C, ~5x faster) under the same bounded composer
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
     class LibyamlLoader(_BoundedComposer, CParser, SafeConstructor, Resolver):
         def __init__(self, text: str):
@@ -246,7 +249,8 @@ def parse_yaml(text: str, source: str, *, loader: str = DEFAULT_LOADER) -> tuple
         if isinstance(exc, yaml.reader.ReaderError):
             reason = (f"character {exc.character!r} is not allowed in YAML" if isinstance(exc.character, str)
                       else str(exc.reason))
-        elif isinstance(exc, yaml.composer.ComposerError) and exc.problem == "second occurrence":
+        elif isinstance(exc, yaml.composer.ComposerError) and exc.problem == "second occurrence" and exc.context \
+                and exc.context_mark:
             reason = f"{exc.context.split(';')[0]} (first on line {exc.context_mark.line + 1})"
         elif isinstance(exc, yaml.composer.ComposerError) and exc.context:
             reason = f"{exc.context}, {exc.problem}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import ImageError
@@ -53,9 +53,6 @@ class Recipe(BaseModel):
     packages: list[str] = []
     wheels: list[str] = []
     initrd_modules: list[str] = []
-    initrd: Literal["distribution", "minimal"] = Field(
-        "minimal", description="minimal: our own initrd (busybox-static + initrd_modules, no udev): it only "
-                               "mounts /dev/vda; distribution: the one the kernel package made")
     mask: list[str] = []
     enable: list[str] = []
     mask_generators: list[str] = []
@@ -63,9 +60,25 @@ class Recipe(BaseModel):
     # import: a disk the user brings (qcow2 or raw), optionally with a kernel for direct boot
     disk: str | None = None
     kernel: str | None = None
-    initrd: str | None = None
+    # one key for both builders (two fields of one name were one field: the last, so a mmdebstrap recipe
+    # without `initrd:` got the distribution's initrd, not the documented default)
+    initrd: str | None = Field(
+        None, description="mmdebstrap: minimal (the default: our own initrd, busybox-static + initrd_modules, "
+                          "no udev: it only mounts /dev/vda) or distribution (the one the kernel package made); "
+                          "import: an initrd file to boot the disk with")
     cmdline: str = ""
     seed: bool = Field(True, description="the guest reads the worm-testbed seed disk at boot")
+
+    @model_validator(mode="after")
+    def _initrd_kind_known(self) -> Recipe:
+        if self.builder == "mmdebstrap" and self.initrd not in (None, "minimal", "distribution"):
+            raise ValueError(f"initrd is minimal or distribution for a mmdebstrap image, not {self.initrd!r}")
+        return self
+
+    @property
+    def initrd_kind(self) -> Literal["minimal", "distribution"]:
+        """A mmdebstrap image's initrd: ours (minimal, the default) or the distribution's."""
+        return "distribution" if self.initrd == "distribution" else "minimal"
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,7 @@ def require(name: str) -> BuiltImage:
 
 def list_images() -> list[dict[str, Any]]:
     """Every recipe, whether its current build exists, and every build on disk."""
-    out = []
+    out: list[dict[str, Any]] = []
     for name in sorted(known_recipes()):
         try:
             _r, d, key, _m = current_key(name)
@@ -390,7 +403,7 @@ def _build_mmdebstrap(recipe: Recipe, rdir: Path, work: Path, mirrors: list[str]
     if not kernel or not initrd:
         raise ImageError(f"image '{recipe.name}': no kernel/initrd in /boot; add a linux-image package to 'packages'")
     shutil.copyfile(kernel[-1], work / "vmlinuz")
-    if recipe.initrd == "minimal":
+    if recipe.initrd_kind == "minimal":
         (work / "initrd.img").write_bytes(minimal_initrd(rootfs, kernel[-1].name.removeprefix("vmlinuz-"),
                                                          recipe.initrd_modules))
     else:

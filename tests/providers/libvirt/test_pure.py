@@ -194,3 +194,13 @@ def _read_newc(blob: bytes) -> list[tuple[str, int, bytes]]:
         if name == "TRAILER!!!":
             return out
         out.append((name, mode, data))
+
+
+def test_a_recipe_has_one_initrd_key_for_both_builders():
+    """`initrd` was declared twice (mmdebstrap's kind, import's file): the second won, so a mmdebstrap recipe
+    without it got the distribution's initrd instead of the documented default, ours."""
+    assert images.Recipe(name="d", builder="mmdebstrap", suite="bookworm").initrd_kind == "minimal"
+    assert images.Recipe(name="d", builder="mmdebstrap", initrd="distribution").initrd_kind == "distribution"
+    assert images.Recipe(name="d", builder="import", disk="d.qcow2", initrd="boot/initrd.img").initrd == "boot/initrd.img"
+    with pytest.raises(ValueError, match="initrd is minimal or distribution for a mmdebstrap image, not 'busybox'"):
+        images.Recipe(name="d", builder="mmdebstrap", initrd="busybox")
