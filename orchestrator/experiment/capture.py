@@ -133,8 +133,8 @@ class Capture:
         stats = CaptureStats(self.file, self.interface, counts["captured"], counts["received"], counts["dropped"],
                              counts["if_dropped"], self.canary, round(time.monotonic() - self._started, 3),
                              sniffer=self.sniffer, forced=bool(rep.get("forced")))
-        if check and stats.problem():
-            raise CaptureError(stats.problem())
+        if check and (problem := stats.problem()):
+            raise CaptureError(problem)
         return stats
 
     def fetch(self, local: str | Path) -> Path:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int | None = None) -> list[TrialSpec]:
     s = exp.spec
-    out = []
+    out: list[TrialSpec] = []
     for proto in s.worm.protocols:
         for rate in s.rates if rates is None else rates:
             for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
@@ -48,14 +48,14 @@ def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int 
 
 def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     """Expected wall time of a trial: the model's stopping time (or the timeout), plus overhead."""
-    s = exp.spec
-    if not exp.throttled:
+    s, thr = exp.spec, exp.spec.throttle
+    if not exp.throttled or thr == "none":
         return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
     from orchestrator.experiment.agreement import throttle_config
     from throttle.model import predict_constant_rate
-    p = predict_constant_rate(t.rate, protocol=t.protocol, config=throttle_config(s.throttle),
-                              initial_working_set=s.throttle.working_set_size if s.state == "full" else 0,
-                              placement=s.throttle.placement, horizon_s=s.timeout_s)
+    p = predict_constant_rate(t.rate, protocol=t.protocol, config=throttle_config(thr),
+                              initial_working_set=thr.working_set_size if s.state == "full" else 0,
+                              placement=thr.placement, horizon_s=s.timeout_s)
     return min(p.stop_s if p.stop_s is not None else s.timeout_s, s.timeout_s) + OVERHEAD_S
 
 
@@ -95,7 +95,8 @@ class _Stop:
     """First SIGINT/SIGTERM: finish the current step, write, tear down. A second one: stop at once."""
 
     def __init__(self, setup_ref: dict):
-        self.ref, self.count, self.saved = setup_ref, 0, {}
+        self.ref, self.count = setup_ref, 0
+        self.saved: dict[int, Any] = {}     # signal -> the handler it had
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -284,8 +284,8 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
             ident="run",
         )
     finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
         if bar:
             bar.close()
     duration = time.monotonic() - started

@@ -71,7 +71,8 @@ class Access:
         """A connected, authenticated client for `host` (cached); AccessError saying why not."""
         with self._lock:
             c = self._clients.get(host)
-        if c is not None and c.get_transport() is not None and c.get_transport().is_active():
+        transport = c.get_transport() if c is not None else None
+        if c is not None and transport is not None and transport.is_active():
             return c
         addr = self.address(host)
         timeout = timeout or self.connect_timeout
@@ -139,7 +140,10 @@ class Access:
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
         argv = (command,) if isinstance(cmd, str) else tuple(cmd)
         started = time.monotonic()
-        chan = self.connect(host).get_transport().open_session(timeout=self.connect_timeout)
+        transport = self.connect(host).get_transport()
+        if transport is None:          # connect() returns an active client; it closed in between
+            raise AccessError(f"{host}: the SSH connection closed before the command could start")
+        chan = transport.open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(command)
             if input is not None:

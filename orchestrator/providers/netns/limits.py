@@ -255,7 +255,8 @@ class Kernel:
             try:
                 mx = (d / "pids.max").read_text().strip()
                 cur = int((d / "pids.current").read_text().strip())
-                if mx != "max" and (best is None or int(mx) - cur < best.value - (best.in_use or 0)):
+                if mx != "max" and (best is None or best.value is None
+                                    or int(mx) - cur < best.value - (best.in_use or 0)):
                     best = Reading(int(mx), cur, False, str(d / "pids.max"))
             except (OSError, ValueError):
                 pass
