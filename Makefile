@@ -12,7 +12,7 @@ help:
 	@echo "make test     - set up for namespaces and VMs, then run the whole test suite"
 	@echo "make setup    - install the missing Debian packages namespaces need, and the .venv (idempotent)"
 	@echo "make setup-vm - also libvirt, QEMU, mmdebstrap and libvirt-python; says what it changes first"
-	@echo "make lint     - ruff, ansible-lint (production profile)"
+	@echo "make lint     - ruff, ansible-lint (production profile), mypy"
 	@echo "make bench    - run every benchmark in benchmarks/"
 
 # namespaces only: what `make demo` needs (no libvirt, no QEMU, nothing in /etc/libvirt)
@@ -54,6 +54,7 @@ lint: venv
 	$(PY) -m ruff check orchestrator testworm throttle mechanisms hostagent workload tests benchmarks playbooks/library
 	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q
 	cd playbooks && ../$(VENV)/bin/ansible-lint --nocolor -q ../mechanisms/trw/role ../mechanisms/ratelimit/role
+	$(PY) -m mypy
 
 bench: setup-vm
 	@scripts/setup-system.sh mininet bridge-utils   # the lab benchmark compares with Mininet 2.3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
+from orchestrator.experiment.spec import ThrottleSpec
 from orchestrator.lab.programs import HostPlace, LocalPlace
 
 
@@ -21,8 +22,7 @@ def server_argv(st: Setup, srv: str, t: TrialSpec) -> list[str]:
                          "--lab-ranges", *st.exp_ranges, "--allow", s.worm.scan, "--max-generations", "0")
 
 
-def throttle_argv(place: HostPlace | LocalPlace, st: Setup, t: TrialSpec, events: str) -> list[str]:
-    th = st.exp.spec.throttle
+def throttle_argv(place: HostPlace | LocalPlace, th: ThrottleSpec, st: Setup, t: TrialSpec, events: str) -> list[str]:
     assert st.throttle_iface is not None
     return place.module_argv("throttle", "run", "--mode", th.placement, "--interface", st.throttle_iface,
                              "--events", events, "--working-set", str(th.working_set_size),

@@ -17,22 +17,26 @@ from orchestrator.experiment import agreement
 from orchestrator.experiment.record import Evaluation, TrialSpec
 from orchestrator.experiment.rundir import finite
 from orchestrator.experiment.setup import Setup, answers_measurable, lab_ip, unseen_by_mechanism
+from orchestrator.experiment.spec import ThrottleSpec
 
 
 def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path) -> Evaluation:
     """The trial's figures from its collected files (the analysis is also written to tdir/analysis.json)."""
     s = st.exp.spec
     src = lab_ip(st.lab, st.infected, st.segment)
-    if not files.get("worm_log"):
+    worm_log, pcap = files.get("worm_log"), files.get("pcap")
+    if not worm_log:
         raise TestbedError(f"the worm on {st.infected} left no scan log: it never started scanning")
+    if pcap is None:
+        raise TestbedError(f"no capture was fetched from {st.sniffer}")
     sniffer = sniffer_side(st)
     # the logs are on the infected host's clock, the capture on the sniffer's: VMs keep their own clocks, so
     # measure the offset from packets the throttle accepted (namespaces share one clock: it comes out ≈ 0)
-    scan = scan_capture(files["pcap"], answers=True)      # one streamed pass: attempts, answers, summary
+    scan = scan_capture(pcap, answers=True)      # one streamed pass: attempts, answers, summary
     att = scan.attempts()
     tlog = files.get("throttle_log")
     verdicts = [json.loads(x) for x in Path(tlog).read_text().splitlines() if x.strip()] if tlog else []
-    worm_lines = Path(files["worm_log"]).read_text().splitlines()
+    worm_lines = worm_log.read_text().splitlines()
     link: float | None = 0.0
     if answers_measurable(st, t) and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's
         link = agreement.answer_clock(att, verdicts, src=src)
@@ -40,11 +44,11 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     if verdicts and sniffer == "after":
         found, matched = agreement.clock_offset(att, verdicts, src=src)
         offset = found or 0.0
-    an = analyse_trial(scan, throttle_log=tlog, worm_logs=[files["worm_log"]],
+    an = analyse_trial(scan, throttle_log=tlog, worm_logs=[worm_log],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
     d = an.to_dict()
     atomic_write_json(tdir / "analysis.json", d)
-    sm = next((x for x in d["metrics"]["sources"] if x["src"] == src), {})
+    sm: dict[str, Any] = next((x for x in d["metrics"]["sources"] if x["src"] == src), {})
     att.ts = att.ts - offset
     wire = agreement.wire_counts(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol,
                                  block_wall=sm.get("blocked_wall"), first_wall=sm.get("first_attempt_wall"))
@@ -61,15 +65,16 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     measured = {k: finite(v) for k, v in measured.items()}
     findings = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                 for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
-    model = _model(st, t, verdicts, worm_lines, src) if st.exp.throttled else None
+    th = st.exp.throttle
+    model = _model(st, th, t, verdicts, worm_lines, src) if th is not None else None
     return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
 
 
 def sniffer_side(st: Setup) -> str:
     """Where the capture stands relative to the mechanism: after it (it sees what the mechanism let out) when
     the mechanism is in the host, or when there is none; before it otherwise."""
-    host = st.exp.throttled and st.exp.spec.throttle.placement == "host"
-    return "after" if host or not st.exp.throttled else "before"
+    th = st.exp.throttle
+    return "after" if th is None or th.placement == "host" else "before"
 
 
 def _measured(sm: dict[str, Any], wire: dict[str, Any], stop_s: float | None, offset: float,
@@ -107,15 +112,15 @@ def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], ans
     return {"out_before_block": None, "out_after_block": None}
 
 
-def _model(st: Setup, t: TrialSpec, verdicts: list[dict[str, Any]], worm_lines: list[str],
+def _model(st: Setup, th: ThrottleSpec, t: TrialSpec, verdicts: list[dict[str, Any]], worm_lines: list[str],
            src: str) -> dict[str, Any]:
     """The throttle model's prediction for the worm's own logged attempts."""
     s = st.exp.spec
-    cfg = agreement.throttle_config(s.throttle, st.normal)
+    cfg = agreement.throttle_config(th, st.normal)
     # arrivals closer to a release tick than the daemon's own measured decision jitter are ties: the model
     # gives every outcome their orderings allow, beside its strict (exact-clock) prediction
-    jitter = agreement.decision_jitter(verdicts, period_s=s.throttle.release_period_s)
-    model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=s.throttle.placement,
+    jitter = agreement.decision_jitter(verdicts, period_s=th.release_period_s)
+    model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=th.placement,
                                   protocol=t.protocol, retransmit=st.retransmit, unseen=unseen_by_mechanism(st),
                                   tie_window_s=jitter["window_s"], answered=s.gateway_empty == "reset")
     if "orderings" in model:

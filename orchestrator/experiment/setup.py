@@ -55,12 +55,14 @@ class Setup:
         gateway = lab.by_role("gateway")[0] if lab.by_role("gateway") else None
         servers = [infected.name] + [h.name for h in lab.by_role("target")]
         # the canary crosses the infected host's segment between two hosts that are not the worm
-        if injector.ip(iface.segment) and gateway and gateway.ip(iface.segment):
-            canary = (injector.name, gateway.ip(iface.segment))
-        elif gateway and gateway.ip(iface.segment):
-            canary = (gateway.name, infected.ip(iface.segment))
+        gateway_ip = gateway.ip(iface.segment) if gateway else None
+        infected_ip = lab_ip(lab, infected.name, iface.segment)
+        if injector.ip(iface.segment) and gateway_ip:
+            canary = (injector.name, gateway_ip)
+        elif gateway and gateway_ip:
+            canary = (gateway.name, infected_ip)
         else:
-            canary = (injector.name, infected.ip(iface.segment))
+            canary = (injector.name, infected_ip)
         setup = cls(exp, lab, hosts, run, infected.name, injector.name, lab.by_role("sniffer")[0].name,
                     gateway.name if gateway else None, servers, iface.segment,
                     [seg.subnet for seg in lab.experimental_segments()],
@@ -69,10 +71,10 @@ class Setup:
                     canary)
         setup.retransmit, setup.retransmit_why = agreement.sender_schedule(hosts.sh(
             infected.name, "cat /proc/sys/net/ipv4/tcp_syn_linear_timeouts 2>/dev/null", timeout=30).stdout)
-        if exp.throttled:
-            if s.throttle.placement == "host":
+        if (th := exp.throttle) is not None:
+            if th.placement == "host":
                 setup.throttle, setup.throttle_iface = HostPlace(hosts, infected.name), iface.ifname
-            elif s.throttle.placement == "gateway":
+            elif th.placement == "gateway":
                 assert gateway is not None
                 setup.throttle = HostPlace(hosts, gateway.name)
                 setup.throttle_iface = next(i.ifname for i in gateway.interfaces if i.segment == iface.segment)
@@ -121,19 +123,20 @@ def delivered_to_gateway(lab: Lab) -> set[str]:
     out: set[str] = set()
     for gw in lab.by_role("gateway"):
         for i in gw.interfaces:
-            if i.address:
+            if i.address and i.ip:
                 out |= {i.ip, str(ipaddress.ip_interface(i.address).network.broadcast_address)}
     return out
 
 
 def unseen_by_mechanism(st: Setup) -> set[str]:
-    th = st.exp.spec.throttle
-    return delivered_to_gateway(st.lab) if st.exp.throttled and th.placement == "gateway" else set()
+    th = st.exp.throttle
+    return delivered_to_gateway(st.lab) if th is not None and th.placement == "gateway" else set()
 
 
 def answers_measurable(st: Setup, t: TrialSpec) -> bool:
     """Can the attempts out be counted from the answers, with the capture in front of the throttle? For TCP,
     when the gateway answers every scan of an empty address (reset); the capture's clock must then be tied to
     the throttle's (one kernel on namespaces; measured from the packets it passed on VMs)."""
-    return bool(st.exp.throttled and st.exp.spec.throttle.placement in ("gateway", "wire")
+    th = st.exp.throttle
+    return bool(th is not None and th.placement in ("gateway", "wire")
                 and t.protocol == "tcp" and st.exp.spec.gateway_empty == "reset")

@@ -104,8 +104,14 @@ class Experiment:
     spec_hash: str
 
     @property
+    def throttle(self) -> ThrottleSpec | None:
+        """The throttle the trials run: None for a baseline, or with `throttle: none`."""
+        thr = self.spec.throttle
+        return thr if self.spec.kind == "stopping-speed" and thr != "none" else None
+
+    @property
     def throttled(self) -> bool:
-        return self.spec.kind == "stopping-speed" and self.spec.throttle != "none"
+        return self.throttle is not None
 
 
 LAB_NOT_EXPERIMENT = ("this is a lab file (it has 'hosts:' and no 'experiment:'): build it with `testbed up "

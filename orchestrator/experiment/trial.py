@@ -27,7 +27,7 @@ from orchestrator.experiment.commands import (
     worm_state_dir,
 )
 from orchestrator.experiment.evaluate import evaluate
-from orchestrator.experiment.record import TrialRecord, TrialSpec
+from orchestrator.experiment.record import TrialRecord, TrialSpec, TrialStatus
 from orchestrator.experiment.setup import Setup, lab_ip
 from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
 from orchestrator.lab.programs import HostPlace, quote
@@ -51,10 +51,9 @@ _NORMAL = ("import socket,sys,time\nss=[]\nfor d in sys.argv[2:]:\n"
 
 
 def new_record(st: Setup, t: TrialSpec) -> TrialRecord:
-    s = st.exp.spec
-    return TrialRecord(t.id, t.index, t.protocol, t.rate, t.repeat, s.state, st.normal,
-                       s.throttle.placement if st.exp.throttled else None,
-                       s.throttle.fail_open if st.exp.throttled else None, time.time())
+    th = st.exp.throttle
+    return TrialRecord(t.id, t.index, t.protocol, t.rate, t.repeat, st.exp.spec.state, st.normal,
+                       th.placement if th else None, th.fail_open if th else None, time.time())
 
 
 def run_trial(st: Setup, t: TrialSpec) -> TrialRecord:
@@ -129,10 +128,11 @@ class TrialRun:
         an earlier run on the same lab must not be read as this trial's (the throttle appends to its log: an
         old "blocked" line would end this trial at once)."""
         st, h = self.st, self.h
-        stale: list[Callable[[], Any]] = [lambda srv=srv: h.sh(srv, f"rm -rf {self.state_dirs[srv]}",
-                                                                timeout=15).check() for srv in st.servers]
-        if self.tlog and st.throttle:
-            stale.append(lambda: st.throttle.sh(f"rm -f {self.tlog} {self.terr}", timeout=15).check())
+        def wipe(srv: str) -> Callable[[], Any]:
+            return lambda: h.sh(srv, f"rm -rf {self.state_dirs[srv]}", timeout=15).check()
+        stale = [wipe(srv) for srv in st.servers]
+        if self.tlog and (place := st.throttle) is not None:
+            stale.append(lambda: place.sh(f"rm -f {self.tlog} {self.terr}", timeout=15).check())
         reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {self.inj_if} up", timeout=15).check(), *stale])
         self.phase("reset")
 
@@ -150,10 +150,10 @@ class TrialRun:
         self.watch.add(service(srv, self.h.prefix(srv), "worm-server", "the worm server", log=log))
 
     def start_mechanism(self) -> None:
-        place, th = self.st.throttle, self.st.exp.spec.throttle
-        if not place or not self.tlog:
+        place, th = self.st.throttle, self.st.exp.throttle
+        if place is None or th is None or not self.tlog:
             return
-        place.start("throttle", throttle_argv(place, self.st, self.t, self.tlog), log=self.terr)
+        place.start("throttle", throttle_argv(place, th, self.st, self.t, self.tlog), log=self.terr)
         self.watch.add(service(place.label, place.prefix, "throttle", "the throttle daemon", log=self.terr,
                                note=FAIL_OPEN_NOTE if th.fail_open else FAIL_CLOSED_NOTE))
         ready_s = READY_S * (EMULATED_SLOWDOWN if self.st.emulated else 1)
@@ -260,12 +260,13 @@ def reset(st: Setup, extra=()) -> None:
     """Stop whatever a previous (interrupted) trial left running."""
     h = st.hosts
     jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, CAPTURE)]
-    more = [lambda: st.throttle.stop("throttle", timeout=5)] if st.throttle else []
+    place = st.throttle
+    more = [lambda: place.stop("throttle", timeout=5)] if place is not None else []
     parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + more + list(extra))
 
 
 def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_dir: str,
-              timeout: float) -> tuple[str, str | None]:
+              timeout: float) -> tuple[TrialStatus, str | None]:
     """Poll until the throttle blocks, the worm's own bounds end it, or the timeout. Each poll is one round
     trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
     process watched there stands, and now and then one to another place in turn (orchestrator.experiment.watch); one
@@ -273,12 +274,13 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
     place before returning leaves nothing between the last poll and the stop unseen."""
     extra: dict[str, dict[str, str]] = {
         st.infected: {"scan": f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"}}
-    if tlog:
-        extra.setdefault(st.throttle.label, {})["blocked"] = (
+    place = st.throttle if tlog else None       # the throttle's log, read where it runs
+    if tlog and place is not None:
+        extra.setdefault(place.label, {})["blocked"] = (
             f"grep -q -F {shlex.quote(BLOCKED)} {shlex.quote(tlog)} && echo blocked")
     deadline = time.monotonic() + timeout
 
-    def done(status: str, reason: str) -> tuple[str, str]:
+    def done(status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:
         deaths, _ = watch.poll(everywhere=True)
         if deaths:
             raise ProcessDied(deaths)
@@ -290,7 +292,7 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
         deaths, out = watch.poll(extra)
         if deaths:
             raise ProcessDied(deaths)
-        if tlog and out.get(st.throttle.label, {}).get("blocked") == "blocked":
+        if place is not None and out.get(place.label, {}).get("blocked") == "blocked":
             time.sleep(AFTER_BLOCK_S)
             return done("ok", "blocked")
         last = out.get(st.infected, {}).get("scan", "")
@@ -329,9 +331,12 @@ def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:
 def clear_throttle(st: Setup) -> None:
     """Remove the rules a dead throttle left behind (fail-closed, they would drop the host's new connections
     until the next trial's throttle replaced them)."""
-    r = st.throttle.run(st.throttle.module_argv("throttle", "clear"), timeout=30)
+    place = st.throttle
+    if place is None:
+        return
+    r = place.run(place.module_argv("throttle", "clear"), timeout=30)
     if not r.ok:
-        raise TestbedError(f"the dead throttle's rules on {st.throttle.label} could not be removed: "
+        raise TestbedError(f"the dead throttle's rules on {place.label} could not be removed: "
                            f"{(r.stderr or r.stdout).strip()[-300:]}")
 
 
@@ -343,10 +348,6 @@ def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
     def pcap() -> None:
         files["pcap"] = cap.fetch(tdir / "capture.pcap")
 
-    def throttle_log() -> None:
-        files["throttle_log"] = tdir / "throttle.jsonl"
-        st.throttle.fetch(tlog, files["throttle_log"])
-
     def worm_logs(srv: str) -> None:
         listing = h.sh(srv, f"ls {state_dirs[srv]} 2>/dev/null").stdout.split()
         for name in (n for n in listing if n.endswith(".jsonl")):
@@ -354,5 +355,13 @@ def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
             dest = tdir / (f"worm-{srv}-{name}" if key != "worm_log" else "worm.jsonl")
             h.access.get(srv, f"{state_dirs[srv]}/{name}", dest)
             files[key] = dest
-    parallel([pcap, *([throttle_log] if tlog else []), *(lambda srv=srv: worm_logs(srv) for srv in st.servers)])
+    jobs = [pcap, *(lambda srv=srv: worm_logs(srv) for srv in st.servers)]
+    if tlog and st.throttle is not None:
+        place, log = st.throttle, tlog
+
+        def throttle_log() -> None:
+            files["throttle_log"] = dest = tdir / "throttle.jsonl"
+            place.fetch(log, dest)
+        jobs.insert(1, throttle_log)
+    parallel(jobs)
     return files

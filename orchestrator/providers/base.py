@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from orchestrator.errors import HostNotFoundError, LabExistsError
 from orchestrator.labfile.topology import Host, Lab
 from orchestrator.localrun import Result
-from orchestrator.providers.state import LabRecord, StateStore
+from orchestrator.providers.state import LabRecord, LabState, StateStore
 
 # progress(step, done, total): providers report long work through this; the CLI draws it.
 Progress = Callable[[str, int, int], None]
@@ -32,8 +32,7 @@ def no_progress(step: str, done: int, total: int) -> None:
 # what a provider journals and removes: names of kinds, one vocabulary for every provider
 ResourceKind = Literal["netns", "veth", "process", "sysctl", "file", "kernel-limits", "state-dir",
                        "domain", "network", "volume", "tap", "chain", "chains"]
-LabState = Literal["up", "creating", "failed", "destroying", "degraded"]
-HostState = Literal["up", "down", "missing", "degraded"]
+HostState = Literal["up", "down", "missing", "degraded"]    # degraded: up, with a link not UP (netns)
 
 
 @dataclass(frozen=True)

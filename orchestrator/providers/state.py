@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import LabNotFoundError, ProviderError, UsageError
@@ -33,11 +33,14 @@ def state_root() -> Path:
     return Path(os.environ.get("TESTBED_STATE_DIR", DEFAULT_ROOT))
 
 
+LabState = Literal["up", "creating", "failed", "destroying", "degraded"]   # degraded: only in a status
+
+
 @dataclass
 class LabRecord:
     name: str
     provider: str
-    state: str                      # creating | up | failed | destroying
+    state: LabState
     lab: dict[str, Any]             # topology.Lab.to_dict()
     journal: list[dict[str, str]] = field(default_factory=list)  # [{"kind": "netns", "name": …}, …]
     created: float = field(default_factory=time.time)

@@ -215,7 +215,8 @@ def test_when_attempts_out_are_counted_from_answers(throttled, placement, protoc
     from types import SimpleNamespace as NS
 
     from orchestrator.experiment.setup import answers_measurable
-    st = NS(exp=NS(throttled=throttled, spec=NS(throttle=NS(placement=placement), gateway_empty=empty)))
+    th = NS(placement=placement) if throttled else None
+    st = NS(exp=NS(throttled=throttled, throttle=th, spec=NS(throttle=th or "none", gateway_empty=empty)))
     assert answers_measurable(st, NS(protocol=protocol)) is expect
 
 

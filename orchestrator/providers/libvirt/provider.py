@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from orchestrator.errors import NotRootError, ProviderError
 from orchestrator.labfile.models import LibvirtOptions
@@ -26,11 +27,13 @@ from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import is_root
 from orchestrator.providers.base import (
     Clock,
+    HostState,
     HostStatus,
     LabStatus,
     Prerequisite,
     Progress,
     Resource,
+    ResourceKind,
     no_progress,
 )
 from orchestrator.providers.faults import fault
@@ -375,7 +378,8 @@ class LibvirtProvider(GuestHosts):
         present = {"domain": doms, "network": nets, "volume": vols, "tap": links, "veth": links, "netns": spaces}
         out = []
         for e in rec.journal:
-            kind, n = e["kind"], e["name"]
+            kind = cast(ResourceKind, e["kind"])     # the journal holds only the kinds this provider wrote
+            n = e["name"]
             if kind in present:
                 out.append(Resource(kind, n, n in present[kind]))
             elif kind == "file":
@@ -401,7 +405,7 @@ class LibvirtProvider(GuestHosts):
                 addrs = {i.ifname: i.address or "" for i in h.interfaces}
                 if h.role == "admin-server":
                     up = hypervisor.is_simulated(uri_of(rec)) or ns_name(name, h.name) in namespaces.list_netns()
-                    state = "up" if up else "missing"
+                    state: HostState = "up" if up else "missing"
                     st.hosts.append(HostStatus(h.name, h.role, state, addrs, {k: "UP" for k in addrs} if up else {}))
                     continue
                 try:
