@@ -15,6 +15,7 @@ import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .addrs import AddressSet, ip_str, parse_cidr
 from .errors import InterlockError
@@ -96,7 +97,7 @@ class Environment:
     probes: dict[str, str | None] = field(default_factory=dict)  # probe address → source chosen, None = no route
 
 
-def parse_route_table(text: str, byteorder: str = sys.byteorder) -> list[Route]:
+def parse_route_table(text: str, byteorder: Literal["little", "big"] = sys.byteorder) -> list[Route]:
     """/proc/net/route → routes (addresses as ints in network order)."""
     out = []
     for line in text.splitlines()[1:]:
@@ -104,7 +105,7 @@ def parse_route_table(text: str, byteorder: str = sys.byteorder) -> list[Route]:
         if len(f) < 8:
             continue
         def a(h: str) -> int:
-            return int.from_bytes(bytes.fromhex(h), byteorder)  # type: ignore[arg-type]
+            return int.from_bytes(bytes.fromhex(h), byteorder)
         out.append(Route(f[0], a(f[1]), a(f[2]), int(f[3], 16), a(f[7])))
     return out
 

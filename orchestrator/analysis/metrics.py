@@ -269,9 +269,9 @@ def _source_metrics(src: str, watts: list[WormAttempt], tevs: list[ThrottleEvent
         sm.blocked_mono, sm.blocked_wall, sm.blocked_queue_len = block.t_mono, block.t_wall, block.queue_len
         sm.throttle_emitted_before_block = sum(1 for e in tevs if e.event in ("passed", "released")
                                                and e.t_mono <= block.t_mono)
-        if sm.first_attempt_basis == "worm_log":
-            first = sm.first_attempt_mono if clock == "mono" else sm.first_attempt_wall
-            sm.stopping_time_s = (block.t_mono if clock == "mono" else block.t_wall) - first  # type: ignore[operator]
+        first = sm.first_attempt_mono if clock == "mono" else sm.first_attempt_wall
+        if sm.first_attempt_basis == "worm_log" and first is not None:      # the worm's log says when it began
+            sm.stopping_time_s = (block.t_mono if clock == "mono" else block.t_wall) - first
             sm.stopping_time_clock = clock
             sm.worm_attempts_before_block = sum(
                 1 for a in watts if (a.t_mono <= block.t_mono if clock == "mono" else a.t_wall <= block.t_wall))
