@@ -166,7 +166,7 @@ def schedule_after_log(source: WormLog | Iterable[str | Mapping[str, Any]], *, s
     own = [a for a in wl.attempts if a["src"] == src and isinstance(a.get("i"), int)]
     if not own:
         return None
-    burst = p.get("burst") if isinstance(p.get("burst"), int) and p["burst"] >= 1 else 1
+    burst = p["burst"] if isinstance(p.get("burst"), int) and p["burst"] >= 1 else 1
     last = max(own, key=lambda a: a["i"])
     due = last.get("due_mono")
     origin = (float(due) if isinstance(due, (int, float)) else float(last["t_mono"])) \
@@ -261,9 +261,10 @@ class _Tally:
     def absorb(self, events: list[Event]) -> None:
         for e in events:
             self.events.append(e)
-            sr = self.sources[e.src] if e.src is not None else None
-            if sr is None:
+            if e.src is None:
                 continue
+            src = e.src
+            sr = self.sources[src]
             sr.counts[e.event] = sr.counts.get(e.event, 0) + 1
             a: Arrival | None = e.ref
             ident = a.identity() if a is not None else None
@@ -278,11 +279,11 @@ class _Tally:
                     self.held.pop(ident, None)
             if e.event in ("passed", "released") and sr.blocked_at is None:
                 sr.packets_out_before_block += 1
-                self.out_ids[e.src].add(ident if ident is not None else object())
+                self.out_ids[src].add(ident if ident is not None else object())
             if e.event == "blocked":
                 sr.blocked_at = e.t
-                sr.out_before_block = len(self.out_ids[e.src])
-                sr.attempts_before_block = len(self.seen_ids[e.src])
+                sr.out_before_block = len(self.out_ids[src])
+                sr.attempts_before_block = len(self.seen_ids[src])
             if sr.queue_curve[-1][1] != e.queue_len or e.event == "blocked":
                 sr.queue_curve.append((e.t, e.queue_len))
 
@@ -436,7 +437,7 @@ class _Engine:
             return None
         st = self.core.status().get(a.src)
         tick = st["next_release"] if st else None
-        if tick is None or tick > a.t + rule.window_s:
+        if st is None or tick is None or tick > a.t + rule.window_s:
             return None
         complex_ = a.dst in st["working_set"]
         if rule.prefer == "exact":
@@ -487,8 +488,8 @@ def replay(arrivals: Iterable[Arrival], config: ThrottleConfig | None = None, *,
         eng.arrival(a)
     if more is not None:
         cont = _Continuation(more, eng)
-        while not eng.blocked(more.src) and (a := cont.next()) is not None:
-            eng.arrival(a, cont.valid)
+        while not eng.blocked(more.src) and (nxt := cont.next()) is not None:
+            eng.arrival(nxt, cont.valid)
     core = eng.core
     if until is None:
         while (due := core.next_due()) is not None:
@@ -611,7 +612,7 @@ class Prediction:
     queue_curve: list[tuple[float, int]] = field(default_factory=list)
 
     def to_dict(self, curve: bool = False) -> dict[str, Any]:
-        d = {"stop_s": self.stop_s, "out_before_block": self.out_before_block,
+        d: dict[str, Any] = {"stop_s": self.stop_s, "out_before_block": self.out_before_block,
              "packets_out_before_block": self.packets_out_before_block,
              "attempts_before_block": self.attempts_before_block,
              "arrivals_before_block": self.arrivals_before_block, "blocked": self.stop_s is not None,

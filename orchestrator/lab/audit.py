@@ -117,13 +117,13 @@ def frame_groups(lab: Lab, host: Host, idx: _Index | None = None) -> list[dict[s
         to = [{"mac": xi.mac, "host": x.name, "via": "on-link", "addrs": idx.ctl[x.name]}
               for x, xi in idx.on[i.segment] if x.name != host.name and not xi.mirror and idx.ctl[x.name]]
         gw_if = gateway.iface(i.segment) if gateway is not None and gateway.name != host.name else None
-        if gw_if is not None:
-            addrs = []
+        if gateway is not None and gw_if is not None:
+            addrs: list[list[str]] = []
             for seg in ctl_lans:         # an address on each control LAN beyond the gateway (the admin server's)
                 owner = admin_server if admin_server.ip(seg) else next(
                     (x for x, xi in idx.on[seg] if x.name not in (gateway.name, host.name) and xi.ip), None)
-                if owner is not None:
-                    addrs.append([owner.ip(seg), seg])
+                if owner is not None and (ip := owner.ip(seg)):
+                    addrs.append([ip, seg])
             if addrs:
                 to.append({"mac": gw_if.mac, "host": gateway.name, "via": "gateway", "addrs": addrs})
         if to:
@@ -158,8 +158,8 @@ def plan(lab: Lab, uplinks: list[str], beacon_port: int = 4739) -> dict[str, dic
             p.update(frames=groups, frame_port=PROBE_PORT)
             via_gw = next((g for g in groups if any(t["via"] == "gateway" for t in g["to"])), None)
             if via_gw is not None and gateway is not None:
-                seg = next(i.segment for i in h.interfaces if i.ifname == via_gw["dev"])
-                p["beacon"] = {"addr": gateway.ip(seg), "port": beacon_port, "wait": BEACON_WAIT}
+                seg_key = next(i.segment for i in h.interfaces if i.ifname == via_gw["dev"])
+                p["beacon"] = {"addr": gateway.ip(seg_key), "port": beacon_port, "wait": BEACON_WAIT}
         plans[h.name] = p
     if gateway is not None:
         senders = sum(1 for p in plans.values() if "beacon" in p)
@@ -228,8 +228,8 @@ def _interface_findings(h: Host, obs: dict[str, Any]) -> list[Finding]:
                                f"{name}: addresses {itf['addrs'] or 'none'}, "
                                f"{'ARP off' if 'NOARP' in itf['flags'] else 'ARP ON'}, sent {sends} packets"))
         elif v4 != [decl.address] or v6:
-            own = ipaddress.ip_network(decl.address, strict=False)
-            crossing = [a for a in v4 if ipaddress.ip_interface(a).ip not in own]    # another LAN's, or none
+            own = ipaddress.ip_network(decl.address, strict=False) if decl.address else None
+            crossing = [a for a in v4 if own is None or ipaddress.ip_interface(a).ip not in own]  # another LAN's
             out.append(Finding("addresses", h.name, False, f"{name} has {itf['addrs']}, declared {decl.address}"
                                + (f": {', '.join(crossing)} is not on its LAN" if crossing else ""),
                                "leak" if crossing else "broken"))

@@ -31,6 +31,10 @@ def uri_of(rec: LabRecord) -> str:
 class GuestHosts(Provider):
     """What the libvirt provider does with guests that are up (building and removing them is provider.py)."""
 
+    def _after_start(self, hv: hypervisor.Hypervisor, lab: Lab) -> None:
+        """After (re)starting VMs (power on/cycle): the provider's own step (provider.py)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ running things in hosts
 
     def exec(self, name: str, host: str, argv: Sequence[str], *, timeout: float | None = 60.0,
@@ -136,7 +140,7 @@ def _relay_socket(hv: hypervisor.Hypervisor, ns: str, address: str, port: int, t
     hypervisor (ssh + a small python3 relay there)."""
     mine, theirs = socket.socketpair()
     argv = hv.argv(["ip", "netns", "exec", ns, "python3", "-c", _RELAY, address, str(port), str(timeout)])
-    subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(argv, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.DEVNULL, start_new_session=True)
     theirs.close()
     mine.settimeout(timeout)
     return mine

@@ -30,6 +30,10 @@ _HOST_WRAPPER = ('mount --bind "$1/run" /run && mount --bind "$1/home" /root && 
 class NamespaceHosts(Provider):
     """What the netns provider does inside hosts that are up (the building and removing is provider.py)."""
 
+    def boot_state(self, name: str) -> str:
+        """booted | booting | failed: <why>: the provider's own reading of its boot (provider.py)."""
+        raise NotImplementedError
+
     def _host_argv(self, lab: str, host: str, argv: Sequence[str]) -> list[str]:
         hdir = self.store.host_dir(lab, host)
         return ["ip", "netns", "exec", ns_name(lab, host), "unshare", "--mount", "--uts", "--propagation",

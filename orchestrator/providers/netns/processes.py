@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Set as AbstractSet
 
 from orchestrator.errors import ProviderError
 from orchestrator.localrun import pid_start_time
@@ -50,7 +51,7 @@ def wait_gone(pids: dict[int, int | None], timeout: float, kill: bool) -> None:
         wait_gone(pids, 2.0, kill=False)
 
 
-def terminate(pids: dict[int, str], removed: list[Resource], already: set[int] = frozenset()) -> None:
+def terminate(pids: dict[int, str], removed: list[Resource], already: AbstractSet[int] = frozenset()) -> None:
     """End processes found inside the lab's namespaces: SIGTERM, then SIGKILL after 3 s."""
     known = {p: pid_start_time(p) for p in pids}
     for p, st in known.items():

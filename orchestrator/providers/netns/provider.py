@@ -227,14 +227,15 @@ class NetnsProvider(NamespaceHosts):
             for sub in ("run/sshd", "home", "log", "procs", "etc"):
                 os.makedirs(d / sub, exist_ok=True)
             os.chmod(d / "home", 0o700)
-            if not h.ip("admin"):
+            admin_ip = h.ip("admin")
+            if not admin_ip:
                 continue
             (d / "etc" / "authorized_keys").write_text(authorized)
-            (d / "etc" / "sshd_config").write_text(sshd_config(h.ip("admin"), keys.host_key(h.name),
+            (d / "etc" / "sshd_config").write_text(sshd_config(admin_ip, keys.host_key(h.name),
                                                                d / "etc" / "authorized_keys"))
             pid = self._spawn(lab.name, h.name, "sshd", [SSHD, "-D", "-e", "-f", str(d / "etc" / "sshd_config")],
                               service=True)
-            sshds.append((h.name, pid, h.ip("admin")))
+            sshds.append((h.name, pid, admin_ip))
         self._wait_listening(lab.name, sshds)     # booted means reachable
 
     def _wait_listening(self, name: str, sshds: list[tuple[str, int, str]]) -> None:
@@ -266,8 +267,8 @@ class NetnsProvider(NamespaceHosts):
                 if d.get("service") and not d["alive"] and not d.get("powered_off"):
                     pid = self.spawn(name, h.name, d["name"], d["argv"], env=d.get("env") or None, service=True)
                     revived.append(f"{h.name}/{d['name']}")
-                    if d["name"] == "sshd" and h.ip("admin"):
-                        sshds.append((h.name, pid, h.ip("admin")))
+                    if d["name"] == "sshd" and (admin_ip := h.ip("admin")):
+                        sshds.append((h.name, pid, admin_ip))
         self._wait_listening(name, sshds)
         return revived
 
@@ -302,11 +303,11 @@ class NetnsProvider(NamespaceHosts):
         run_batch(["bridge", "-n", sw], fdb).check("recording the hosts' MACs on the lab switch")
         # ingress-only mirroring: every frame enters the switch exactly once, so it is copied exactly once
         tc = []
-        for port, seg in exp_ports:
-            if seg in mirror_ports:
+        for port, seg_key in exp_ports:
+            if seg_key in mirror_ports:
                 tc += [f"qdisc add dev {port} clsact",
                        f"filter add dev {port} ingress protocol all prio 1 u32 match u32 0 0 "
-                       f"action mirred egress mirror dev {mirror_ports[seg]}"]
+                       f"action mirred egress mirror dev {mirror_ports[seg_key]}"]
         if tc:
             run_batch(["tc", "-n", sw], tc).check("mirroring the experimental LAN to the sniffer")
 
@@ -459,8 +460,8 @@ class NetnsProvider(NamespaceHosts):
             for d in self.processes(name, host):
                 if d.get("service") and not d["alive"]:       # as a machine's boot starts its services
                     pid = self.spawn(name, host, d["name"], d["argv"], env=d.get("env") or None, service=True)
-                    if d["name"] == "sshd" and h.ip("admin"):
-                        sshds.append((host, pid, h.ip("admin")))
+                    if d["name"] == "sshd" and (admin_ip := h.ip("admin")):
+                        sshds.append((host, pid, admin_ip))
             self._wait_listening(name, sshds)
         now_on = action != "off"
         return f"{host}: {'on' if was_on else 'off'} -> {'on' if now_on else 'off'}"
