@@ -7,6 +7,8 @@ exit code, for verbs that report errors themselves. A `TestbedError` is a failur
 explain; any other exception is a bug, and still one line — its type, its message and a pointer to
 `--debug` — with exit code 1. With `--json` anywhere on the command line an error — a verb's, or a usage
 error of the command line itself — is one JSON object on stdout instead: {"error", "hint", "exit_code"}.
+A reader that goes away (`testbed schema | head`) is no error: the verb stops quietly with 141,
+the exit code of a command a shell's SIGPIPE ended.
 """
 
 from __future__ import annotations
@@ -103,6 +105,21 @@ def report(exc: BaseException, console: Console | LazyConsole = err, *, as_json:
     return code
 
 
+READER_GONE = 141      # 128 + SIGPIPE: what `yes | head` leaves for yes
+
+
+def reader_gone() -> int:
+    """stdout's reader has closed the pipe: point stdout at /dev/null (so the interpreter's last flush does not
+    fail again at exit) and return the exit code that says so, with nothing on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return READER_GONE
+
+
 def handles_errors(fn):
     """Wrap a typer verb: its errors become `report`'s line (JSON on stdout when the verb's `as_json` is set)
     and exit code; Ctrl-C exits 130."""
@@ -121,6 +138,8 @@ def handles_errors(fn):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(reader_gone()) from None
         except Exception as exc:
             raise typer.Exit(report(exc, out if as_json else err, as_json=as_json)) from None
     return wrapper
@@ -162,7 +181,12 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> int:
         argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
     as_json = "--json" in argv[:cut]
     try:
-        code = app(args=argv, standalone_mode=False)
+        try:
+            code = app(args=argv, standalone_mode=False)
+        finally:
+            sys.stdout.flush()          # here, not at exit: a reader gone by now is a BrokenPipeError we catch
+    except BrokenPipeError:
+        return reader_gone()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except typer.Exit as exc:

@@ -121,3 +121,18 @@ def test_debug_after_a_double_dash_belongs_to_the_command(capsys, monkeypatch):
     assert capsys.readouterr().out == "a b --debug False\n"
     assert common.main(app, ["echo", "a", "--debug", "--", "b"]) == 0
     assert capsys.readouterr().out == "a b True\n"
+
+
+@pytest.mark.parametrize("args", [["schema"], ["schema", "--experiment"], ["--debug", "schema"]])
+def test_a_reader_that_goes_away_ends_the_verb_quietly(tmp_path, args):
+    """`testbed schema | head`: stdout's pipe is closed before the verb writes. Exit 141 (a shell's SIGPIPE
+    code), nothing on stderr — not the one line about a bug."""
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)
+    try:
+        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], stdout=w_fd, stderr=subprocess.PIPE,
+                           text=True, cwd=REPO, timeout=120, env={**os.environ, "TESTBED_STATE_DIR": str(tmp_path)})
+    finally:
+        os.close(w_fd)
+    assert (r.returncode, r.stderr) == (common.READER_GONE, "")
+
