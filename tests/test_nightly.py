@@ -48,6 +48,8 @@ def test_nightly_recipe(tmp_path):
         shutil.copytree(latest, fake)
         run = RunDir(fake)
         trials = run.trials()
+        # an errored trial has no figures (no "measured"): say which and why, not a KeyError
+        assert [(t["trial"], t["status"], t.get("reason")) for t in trials if "measured" not in t] == []
         for t in trials:
             t["measured"]["stop_s"] /= 10
         run.write_trials(trials)
