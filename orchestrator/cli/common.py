@@ -27,7 +27,8 @@ from orchestrator.errors import TestbedError
 
 try:        # typer < 0.29 raises click's own usage errors; 0.29 vendors click, its errors are TyperExceptions
     from click.exceptions import ClickException
-    USAGE_ERRORS: tuple[type[Exception], ...] = (ClickException, TyperException)
+    # click's and typer's usage errors share format_message, exit_code and show, but no base class that says so
+    USAGE_ERRORS: tuple[type[Any], ...] = (ClickException, TyperException)
 except ImportError:                                                       # pragma: no cover
     USAGE_ERRORS = (TyperException,)
 
@@ -164,8 +165,8 @@ def _show_flags_without_a_type() -> None:
 
     def display_type_rich(self, ctx):
         return None if self.is_flag else shown(self, ctx)
-    display_type_rich._quiet_flags = True           # type: ignore[attr-defined]
-    TyperOption.display_type_rich = display_type_rich      # type: ignore[method-assign]
+    setattr(display_type_rich, "_quiet_flags", True)        # noqa: B010 - typer < 0.29 has no such method:
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010 - setattr says so to the checker
 
 
 _show_flags_without_a_type()
@@ -198,7 +199,7 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> int:
         if as_json:
             _json_error(exc.format_message(), exc.exit_code)
         else:
-            exc.show()                  # type: ignore[attr-defined]  (every one typer raises here can)
+            exc.show()                  # every one typer raises here can
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -99,13 +99,13 @@ def down(name: Annotated[str | None, typer.Argument(
     assert name is not None
     lab_ = lab_name(name)
     with Bar(f"removing {lab_}") as bar:
-        removed = lifecycle.down(lab_, progress=bar)
-    if removed is None:
+        gone = lifecycle.down(lab_, progress=bar)
+    if gone is None:
         raise LabNotFoundError(f"no lab named '{lab_}' is here; nothing to remove")
     if as_json:
-        emit_json({"lab": lab_, "removed": _kinds(removed), "seconds": round(time.monotonic() - t0, 3)})
+        emit_json({"lab": lab_, "removed": _kinds(gone), "seconds": round(time.monotonic() - t0, 3)})
         return
-    out.print(f"lab [bold]{lab_}[/] removed ({_count(removed)}, {time.monotonic() - t0:.2f} s)")
+    out.print(f"lab [bold]{lab_}[/] removed ({_count(gone)}, {time.monotonic() - t0:.2f} s)")
 
 
 def _kinds(removed: list[Resource]) -> dict[str, int]:

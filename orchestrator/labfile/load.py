@@ -141,7 +141,7 @@ def validate_partly(model: type[BaseModel], data: Any, problems: Problems, round
     except ValidationError as exc:
         _pydantic_problems(exc, problems, model, data)
         errors = exc.errors()
-    left, cuts = copy.deepcopy(data), []
+    left, cuts = copy.deepcopy(data), list[tuple]()
     for _ in range(rounds):
         round_cuts = set()
         for e in errors:
@@ -178,7 +178,7 @@ class _AfterCuts(Problems):
         key = tuple(path)
         if any(key[:len(c)] == c for c in self.cuts) or self.hosts_cut and key == ("hosts",):
             return
-        self.items.append((key, reason))
+        self.items.append((".".join(str(p) for p in key) or "<top>", reason))
         self.base.add(path, reason)
 
 

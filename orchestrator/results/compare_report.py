@@ -40,7 +40,7 @@ def _plot(base: RunDir, new: RunDir, dest: Path) -> Path:
 
     from orchestrator.results.plots import FONT
 
-    plt.rcParams.update(FONT)
+    plt.style.use(FONT)             # the same as rcParams.update, typed for a plain dict
     runs = [(base, summarise(base.trials()), "o--", "base"), (new, summarise(new.trials()), "s-", "new")]
     protos = sorted({r["protocol"] for _, rows, _, _ in runs for r in rows})
     fig, axes = plt.subplots(1, max(len(protos), 1), figsize=(10, 4.4), squeeze=False, sharey=True)

@@ -67,7 +67,7 @@ CAPTIONS = {
     "achieved-rate": "The scan rate the worm achieved (from its own log, and on the wire where measured) against "
                      "the rate it was configured for; the dotted diagonal is equality.",
 }
-FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+FONT: dict[str, Any] = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
         "xtick.labelsize": 10, "ytick.labelsize": 10}
 
 
@@ -81,7 +81,7 @@ def plots(run: RunDir, man: dict[str, Any], trials: list[dict[str, Any]], rows: 
 
     from orchestrator.results.paper import paper_for
 
-    plt.rcParams.update(FONT)
+    plt.style.use(FONT)             # the same as rcParams.update, typed for a plain dict
     pdir = (out_dir or run.path) / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
