@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import pathlib
-import sys
+
+from tests.support.stdlib import foreign_imports, undocumented_or_long
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "testworm"
 
 
 def test_testworm_imports_only_the_standard_library():
-    foreign = []
-    modules = sorted(PKG.glob("*.py"))
-    assert len(modules) >= 10
-    for path in modules:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            for name in names:
-                top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top != "__future__":
-                    foreign.append(f"{path.name}: {name}")
-    assert foreign == []
+    assert len(list(PKG.glob("*.py"))) >= 10
+    assert foreign_imports(PKG) == []
 
 
 def test_every_module_opens_with_what_it_is_responsible_for():
-    for path in PKG.glob("*.py"):
-        doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc and len(doc) > 20, path.name
-        assert len(path.read_text().splitlines()) < 400, f"{path.name} is getting long"
+    assert undocumented_or_long(PKG) == []
