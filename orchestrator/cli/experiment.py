@@ -15,6 +15,19 @@ from orchestrator.errors import UsageError
 
 def register(app: typer.Typer) -> None:
     app.command(name="run")(handles_errors(run_))
+    app.command(name="mechanisms")(handles_errors(mechanisms_))
+
+
+def mechanisms_(as_json: Annotated[bool, typer.Option("--json", help="the registry as JSON")] = False):
+    """The containment mechanisms an experiment can name: parameters (default, type, range), placements,
+    daemon, event log, model, role. A user's own plugs in with a `custom:` block (docs/mechanisms.md)."""
+    import json
+
+    import mechanisms
+    if as_json:
+        print(json.dumps(mechanisms.describe(), indent=2))
+    else:
+        print(mechanisms.text())
 
 
 def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml with 'experiment:')")],

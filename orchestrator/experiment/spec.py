@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
+from orchestrator.experiment.mechspec import MechanismRun, MechanismSpec, resolve_mechanisms
 from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.load import _AfterCuts, load_lab, validate_partly
 from orchestrator.labfile.models import Cidr, schema_document
@@ -88,6 +89,9 @@ class ExperimentFile(Strict):
     repeats: Repeats = 1
     timeout_s: float = Field(60.0, gt=0, le=3600, description="per trial")
     throttle: ThrottleSpec | Literal["none"] = Field(default_factory=ThrottleSpec)
+    mechanisms: list[MechanismSpec] | None = Field(
+        None, min_length=1, description="the mechanisms swept over every rate, protocol and repeat (`testbed "
+                                        "mechanisms` lists the built-ins); replaces throttle: and kind:")
     state: Literal["full", "fresh"] = Field(
         "full", description="full: the host's normal traffic fills its working set before the worm starts "
                             "(as on the paper's hosts); fresh: an empty working set")
@@ -102,6 +106,7 @@ class Experiment:
     lab: Lab
     source: str
     spec_hash: str
+    mechanisms: tuple[MechanismRun, ...] = ()
 
     @property
     def throttle(self) -> ThrottleSpec | None:
@@ -113,10 +118,14 @@ class Experiment:
     def throttled(self) -> bool:
         return self.throttle is not None
 
+    @property
+    def legacy(self) -> bool:
+        """Named its mechanism with `throttle:` or `kind: baseline` (trial ids without the mechanism)."""
+        return self.spec.mechanisms is None
+
 
 LAB_NOT_EXPERIMENT = ("this is a lab file (it has 'hosts:' and no 'experiment:'): build it with `testbed up "
                       "FILE`, or name it in an experiment file's 'lab:' and run that")
-
 
 def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
     path = Path(path)
@@ -127,6 +136,8 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
                      else "an experiment file is a mapping that starts with 'experiment: NAME'")
         problems.raise_if_any()
     spec, cuts = validate_partly(ExperimentFile, data, problems)
+    mechs = (resolve_mechanisms(spec, path.parent, problems)
+             if isinstance(spec, ExperimentFile) and not any(c[0] == "mechanisms" for c in cuts) else [])
     lab_ref = spec.lab if isinstance(spec, ExperimentFile) else data.get("lab")
     lab, lab_error = None, None
     if isinstance(lab_ref, str):
@@ -140,7 +151,7 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
                 lab_error = exc
     if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts):
         # on what parsed (a refused kind or throttle would be judged by its default instead: not at all)
-        _check_against_lab(spec, lab, _AfterCuts(problems, cuts) if cuts else problems)
+        _check_against_lab(spec, lab, mechs, _AfterCuts(problems, cuts) if cuts else problems)
     errors = [SpecError(source, problems.items)] if problems.items else []
     if lab_error is not None:
         errors.append(lab_error)
@@ -148,10 +159,10 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
         raise spec_errors(errors)
     assert isinstance(spec, ExperimentFile) and lab is not None
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return Experiment(spec, lab, source, digest)
+    return Experiment(spec, lab, source, digest, tuple(mechs))
 
 
-def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> None:
+def _check_against_lab(spec: ExperimentFile, lab: Lab, mechs: list[MechanismRun], problems: Problems) -> None:
     try:
         scan: ipaddress.IPv4Network | None = ipaddress.IPv4Network(spec.worm.scan, strict=True)
     except ValueError as exc:
@@ -179,10 +190,13 @@ def _check_against_lab(spec: ExperimentFile, lab: Lab, problems: Problems) -> No
     if not lab.by_role("sniffer"):
         problems.add(("lab",), f"lab {lab.name} has no sniffer to capture the wire")
     thr = spec.throttle
-    if spec.kind == "stopping-speed" and thr == "none":
+    if spec.mechanisms is None and spec.kind == "stopping-speed" and thr == "none":
         problems.add(("throttle",), "a stopping-speed experiment needs a throttle; use kind: baseline for none")
-    if thr != "none" and thr.placement == "gateway" and not lab.by_role("gateway"):
+    if spec.mechanisms is None and thr != "none" and thr.placement == "gateway" and not lab.by_role("gateway"):
         problems.add(("throttle", "placement"), f"lab {lab.name} has no gateway to place the throttle on")
+    for i, m in enumerate(mechs if spec.mechanisms is not None else []):
+        if m.placement == "gateway" and not lab.by_role("gateway"):
+            problems.add(("mechanisms", i, "placement"), f"lab {lab.name} has no gateway to place {m.name} on")
 
 
 class SweepOverrides(Strict):

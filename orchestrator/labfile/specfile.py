@@ -40,15 +40,15 @@ class Problems:
         self.source, self.lines = source, lines
         self.items: list[tuple[str, str]] = []      # (where, reason)
 
-    def add(self, path: Sequence[Any], reason: str) -> None:
+    def add(self, path: Sequence[Any], reason: str, *, limit: int = MAX_REASON) -> None:
         key = tuple(path)
         line = None
         while key and line is None:
             line = self.lines.get(key)
             key = key[:-1]
         where = ".".join(str(p) for p in path) or "<top>"
-        if len(reason) > MAX_REASON:
-            reason = reason[:MAX_REASON] + f"… ({len(reason):,} characters)"
+        if len(reason) > limit:
+            reason = reason[:limit] + f"… ({len(reason):,} characters)"
         self.items.append((where + (f" (line {line})" if line else ""), reason))
 
     def raise_if_any(self) -> None:
