@@ -1,12 +1,12 @@
 """The command lines a trial runs on its hosts, built from the experiment and the lab alone (pure: no I/O):
-the worm server on every vulnerable host, the throttle daemon at its placement (and its `mark` just before the
-worm), the injector's trigger."""
+the worm server on every vulnerable host, the mechanism at its placement (through its registry descriptor; the
+throttle's `mark` just before the worm), the injector's trigger."""
 
 from __future__ import annotations
 
+from mechanisms.spec import StartContext
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
-from orchestrator.experiment.spec import ThrottleSpec
 from orchestrator.lab.programs import HostPlace, LocalPlace
 
 
@@ -22,13 +22,36 @@ def server_argv(st: Setup, srv: str, t: TrialSpec) -> list[str]:
                          "--lab-ranges", *st.exp_ranges, "--allow", s.worm.scan, "--max-generations", "0")
 
 
-def throttle_argv(place: HostPlace | LocalPlace, th: ThrottleSpec, st: Setup, t: TrialSpec, events: str) -> list[str]:
-    assert st.throttle_iface is not None
-    return place.module_argv("throttle", "run", "--mode", th.placement, "--interface", st.throttle_iface,
-                             "--events", events, "--working-set", str(th.working_set_size),
-                             "--period", str(th.release_period_s), "--limit", str(th.delay_queue_limit),
-                             "--policy", th.policy, "--protocols", t.protocol,
-                             *([] if th.fail_open else ["--fail-closed"]))
+def mechanism_context(st: Setup, t: TrialSpec, events: str | None) -> StartContext:
+    m = st.mech
+    assert m is not None and st.throttle_iface is not None
+    return StartContext(placement=m.placement, interface=st.throttle_iface, events=events, protocols=(t.protocol,),
+                        fail_closed=not m.fail_open)
+
+
+def mechanism_argv(place: HostPlace | LocalPlace, st: Setup, t: TrialSpec, events: str | None) -> list[str]:
+    """The trial's mechanism started through its registry descriptor, as a module of ours at its place."""
+    m = st.mech
+    assert m is not None and m.descriptor is not None
+    argv = m.descriptor.start_argv(m.params, mechanism_context(st, t, events))
+    assert argv is not None and argv[1] == "-m", argv      # descriptors start a module of ours: `python -m …`
+    return place.module_argv(argv[2], *argv[3:])
+
+
+def mechanism_stop_argv(place: HostPlace | LocalPlace, st: Setup, t: TrialSpec) -> list[str] | None:
+    """What removes the mechanism's rules (after a daemon's death, or per trial for one without a daemon)."""
+    m = st.mech
+    assert m is not None and m.descriptor is not None
+    argv = m.descriptor.stop_argv(mechanism_context(st, t, None))
+    return None if argv is None else place.module_argv(argv[2], *argv[3:])
+
+
+def custom_values(st: Setup, t: TrialSpec, run_dir: str) -> dict[str, str]:
+    """The placeholders of a user's mechanism, for this trial (orchestrator.experiment.mechspec.PLACEHOLDERS)."""
+    m, place = st.mech, st.throttle
+    assert m is not None and place is not None and st.throttle_iface is not None
+    return {"iface": st.throttle_iface, "protocol": t.protocol, "run": run_dir, "host": place.label,
+            "placement": m.placement, "rate": f"{t.rate:g}", "trial": t.id}
 
 
 def mark_argv(place: HostPlace | LocalPlace) -> list[str]:

@@ -17,7 +17,7 @@ from orchestrator.experiment import agreement
 from orchestrator.experiment.record import Evaluation, TrialSpec
 from orchestrator.experiment.rundir import finite
 from orchestrator.experiment.setup import Setup, answers_measurable, lab_ip, unseen_by_mechanism
-from orchestrator.experiment.spec import ThrottleSpec
+from throttle.core import ThrottleConfig
 
 
 def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path) -> Evaluation:
@@ -60,21 +60,20 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
             stop_s -= skew
     measured = _measured(sm, wire, stop_s, offset, matched)
     measured |= _out_counts(st, t, sniffer, wire, scan.answers, sm, src, link)
-    if sniffer == "before" or not st.exp.throttled:       # the capture sees the worm unthrottled
+    if sniffer == "before" or st.contained_by is None:       # the capture sees the worm unthrottled
         measured["achieved_rate_wire"] = wire.get("wire_rate")
     measured = {k: finite(v) for k, v in measured.items()}
     findings = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                 for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
-    th = st.exp.throttle
-    model = _model(st, th, t, verdicts, worm_lines, src) if th is not None else None
+    model = _model(st, t, verdicts, worm_lines, src) if st.throttled else None
     return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
 
 
 def sniffer_side(st: Setup) -> str:
     """Where the capture stands relative to the mechanism: after it (it sees what the mechanism let out) when
     the mechanism is in the host, or when there is none; before it otherwise."""
-    th = st.exp.throttle
-    return "after" if th is None or th.placement == "host" else "before"
+    m = st.contained_by
+    return "after" if m is None or m.placement == "host" else "before"
 
 
 def _measured(sm: dict[str, Any], wire: dict[str, Any], stop_s: float | None, offset: float,
@@ -112,15 +111,16 @@ def _out_counts(st: Setup, t: TrialSpec, sniffer: str, wire: dict[str, Any], ans
     return {"out_before_block": None, "out_after_block": None}
 
 
-def _model(st: Setup, th: ThrottleSpec, t: TrialSpec, verdicts: list[dict[str, Any]], worm_lines: list[str],
+def _model(st: Setup, t: TrialSpec, verdicts: list[dict[str, Any]], worm_lines: list[str],
            src: str) -> dict[str, Any]:
     """The throttle model's prediction for the worm's own logged attempts."""
-    s = st.exp.spec
-    cfg = agreement.throttle_config(th, st.normal)
+    s, m = st.exp.spec, st.mech
+    assert m is not None
+    cfg = ThrottleConfig(**m.params, initial_working_set=tuple(st.normal))
     # arrivals closer to a release tick than the daemon's own measured decision jitter are ties: the model
     # gives every outcome their orderings allow, beside its strict (exact-clock) prediction
-    jitter = agreement.decision_jitter(verdicts, period_s=th.release_period_s)
-    model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=th.placement,
+    jitter = agreement.decision_jitter(verdicts, period_s=m.params["release_period_s"])
+    model = agreement.model_trial(worm_lines, src=src, config=cfg, placement=m.placement,
                                   protocol=t.protocol, retransmit=st.retransmit, unseen=unseen_by_mechanism(st),
                                   tie_window_s=jitter["window_s"], answered=s.gateway_empty == "reset")
     if "orderings" in model:

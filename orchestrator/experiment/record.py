@@ -20,10 +20,12 @@ class TrialSpec:
     protocol: str
     rate: float
     repeat: int
+    mechanism: str | None = None     # named in the id (None: an experiment of `throttle:` or `kind:`, one mechanism)
 
     @property
     def id(self) -> str:
-        return f"{self.protocol}-r{self.rate:g}-{self.repeat}".replace(".", "_")
+        head = f"{self.mechanism}-" if self.mechanism else ""
+        return f"{head}{self.protocol}-r{self.rate:g}-{self.repeat}".replace(".", "_")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TrialRecord:
     placement: str | None                   # the mechanism's (None: no mechanism)
     fail_open: bool | None
     started: float
+    mechanism: str | None = None            # its name (none: the control group)
     status: TrialStatus = "error"           # until the trial says otherwise
     reason: str | None = None
     phases: dict[str, float] = field(default_factory=dict)     # seconds per step: reset, start, trigger, …
@@ -78,8 +81,8 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         """The trials.jsonl record: the same keys, in the same order, as the trial set them."""
         out: dict[str, Any] = {k: getattr(self, k) for k in (
-            "trial", "index", "protocol", "rate", "repeat", "state", "initial_working_set", "placement",
-            "fail_open", "started", "status", "reason", "phases")}
+            "trial", "index", "mechanism", "protocol", "rate", "repeat", "state", "initial_working_set",
+            "placement", "fail_open", "started", "status", "reason", "phases")}
         out |= {k: getattr(self, k) for k in self._OPTIONAL if getattr(self, k) is not None}
         if self.evaluation is not None:
             out |= self.evaluation.to_dict()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
+from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
 from orchestrator.experiment.setup import Setup
@@ -37,26 +38,36 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int | None = None) -> list[TrialSpec]:
+    """Every mechanism over every protocol, rate and repeat (mechanism outermost: one at a time on the lab)."""
     s = exp.spec
     out: list[TrialSpec] = []
-    for proto in s.worm.protocols:
-        for rate in s.rates if rates is None else rates:
-            for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
-                out.append(TrialSpec(len(out), proto, float(rate), rep))
+    for m in exp.mechanisms:
+        named = None if exp.legacy else m.name
+        for proto in s.worm.protocols:
+            for rate in s.rates if rates is None else rates:
+                for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
+                    out.append(TrialSpec(len(out), proto, float(rate), rep, named))
     return out
 
 
 def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     """Expected wall time of a trial: the model's stopping time (or the timeout), plus overhead."""
-    s, thr = exp.spec, exp.spec.throttle
-    if not exp.throttled or thr == "none":
+    s = exp.spec
+    m = mechanism_of(exp, t)
+    if m.name != "williamson":
         return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
-    from orchestrator.experiment.agreement import throttle_config
+    from throttle.core import ThrottleConfig
     from throttle.model import predict_constant_rate
-    p = predict_constant_rate(t.rate, protocol=t.protocol, config=throttle_config(thr),
-                              initial_working_set=thr.working_set_size if s.state == "full" else 0,
-                              placement=thr.placement, horizon_s=s.timeout_s)
+    cfg = ThrottleConfig(**m.params)
+    p = predict_constant_rate(t.rate, protocol=t.protocol, config=cfg,
+                              initial_working_set=m.params["working_set_size"] if s.state == "full" else 0,
+                              placement=m.placement, horizon_s=s.timeout_s)
     return min(p.stop_s if p.stop_s is not None else s.timeout_s, s.timeout_s) + OVERHEAD_S
+
+
+def mechanism_of(exp: Experiment, t: TrialSpec) -> MechanismRun:
+    """The mechanism a trial runs (a legacy experiment's one, or the one its id names)."""
+    return next((m for m in exp.mechanisms if m.name == t.mechanism), exp.mechanisms[0])
 
 
 def versions() -> dict[str, Any]:
@@ -237,11 +248,28 @@ def lab_session(exp: Experiment, store: StateStore, *, keep: bool = False, conso
         with Access(lab_name, store) as acc:
             acc.wait_reachable(timeout=120)
             _say(console, "provisioning …")
-            provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty)
+            provision.provision_lab(lab_name, store=store, gateway_empty=exp.spec.gateway_empty,
+                                    mechanisms=mechanism_roles(exp))
             yield LabHosts(acc)
     finally:
         if not reused and not keep:
             lifecycle.down(lab_name, store=store)
+
+
+def mechanism_roles(exp: Experiment) -> list[provision.MechanismRole]:
+    """The experiment's mechanism roles beyond the site's own (the reference throttle's is one of them), each
+    on the host that carries it: the infected host, or the gateway."""
+    lab, out = exp.lab, []
+    infected = exp.spec.infected or lab.by_role("blade")[0].name
+    gateway = lab.by_role("gateway")[0].name if lab.by_role("gateway") else None
+    for m in exp.mechanisms:
+        role = m.role_path or (REPO / m.descriptor.role if m.descriptor and m.descriptor.role else None)
+        if role is None or role == REPO / "playbooks/roles/throttle" or m.placement == "wire":
+            continue
+        host = infected if m.placement == "host" else gateway
+        if host is not None:
+            out.append(provision.MechanismRole(m.name, role, (host,)))
+    return out
 
 
 def _reuse(exp: Experiment, store: StateStore, console) -> None:
@@ -280,7 +308,7 @@ def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
             break
         if bar:
             bar.trial(t)
-        rec = run_trial(st, t)
+        rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
         if rec.status == "interrupted":
             break
         run.trials.append(rec.to_dict())

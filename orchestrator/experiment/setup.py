@@ -4,12 +4,14 @@ normal traffic, and how the lab's clocks relate (from the provider's `clock`).""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from dataclasses import dataclass, field
 
 from orchestrator.errors import TestbedError
 from orchestrator.experiment import agreement
+from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir
 from orchestrator.experiment.spec import Experiment
@@ -34,8 +36,10 @@ class Setup:
     exp_ranges: list[str]
     normal: list[str]
     canary: tuple[str, str]
-    throttle: HostPlace | LocalPlace | None = None     # where the throttle runs
+    throttle: HostPlace | LocalPlace | None = None     # where the trial's mechanism runs (None: nothing to run)
     throttle_iface: str | None = None
+    mech: MechanismRun | None = None                   # the trial's mechanism (for_mechanism)
+    places: dict[str, tuple[HostPlace | LocalPlace, str]] = field(default_factory=dict)   # placement → place, iface
     retransmit: str = "linux"         # the infected host's SYN retransmission schedule (for the model)
     retransmit_why: str = ""
     shared_clock: bool = False        # capture, worm and throttle on one kernel's clock (the netns provider)
@@ -45,6 +49,25 @@ class Setup:
     @property
     def tolerance(self) -> dict:
         return agreement.tolerance(self.emulated)
+
+    @property
+    def throttled(self) -> bool:
+        """The trial's mechanism is the reference throttle (williamson): its event log, model and agreement."""
+        return self.mech is not None and self.mech.name == "williamson"
+
+    @property
+    def contained_by(self) -> MechanismRun | None:
+        """The trial's mechanism, unless it is none (the control group)."""
+        return None if self.mech is None or self.mech.is_none else self.mech
+
+    def for_mechanism(self, m: MechanismRun) -> Setup:
+        """This run's setup for a trial of mechanism `m`: its place, interface and the host's normal traffic
+        (enough destinations to fill williamson's working set; five for the others). Shares the stop event."""
+        place, iface = self.places.get(m.placement, (None, None)) if not m.is_none else (None, None)
+        n = m.params["working_set_size"] if m.name == "williamson" else 5
+        normal = self.normal if len(self.normal) == n or not self.normal else \
+            normal_destinations(self.lab, self.infected, self.exp.spec.worm.scan, n)
+        return dataclasses.replace(self, mech=m, throttle=place, throttle_iface=iface, normal=normal)
 
     @classmethod
     def resolve(cls, exp: Experiment, lab: Lab, hosts: LabHosts, run: RunDir) -> Setup:
@@ -63,26 +86,29 @@ class Setup:
             canary = (gateway.name, infected_ip)
         else:
             canary = (injector.name, infected_ip)
+        first = exp.mechanisms[0] if exp.mechanisms else None
+        n = first.params["working_set_size"] if first is not None and first.name == "williamson" else 5
         setup = cls(exp, lab, hosts, run, infected.name, injector.name, lab.by_role("sniffer")[0].name,
                     gateway.name if gateway else None, servers, iface.segment,
                     [seg.subnet for seg in lab.experimental_segments()],
-                    normal_destinations(lab, infected.name, s.worm.scan, s.throttle.working_set_size
-                                        if s.throttle != "none" else 5) if s.state == "full" else [],
+                    normal_destinations(lab, infected.name, s.worm.scan, n) if s.state == "full" else [],
                     canary)
         setup.retransmit, setup.retransmit_why = agreement.sender_schedule(hosts.sh(
             infected.name, "cat /proc/sys/net/ipv4/tcp_syn_linear_timeouts 2>/dev/null", timeout=30).stdout)
-        if (th := exp.throttle) is not None:
-            if th.placement == "host":
-                setup.throttle, setup.throttle_iface = HostPlace(hosts, infected.name), iface.ifname
-            elif th.placement == "gateway":
+        for placement in dict.fromkeys(m.placement for m in exp.mechanisms if not m.is_none):
+            if placement == "host":
+                setup.places[placement] = HostPlace(hosts, infected.name), iface.ifname
+            elif placement == "gateway":
                 assert gateway is not None
-                setup.throttle = HostPlace(hosts, gateway.name)
-                setup.throttle_iface = next(i.ifname for i in gateway.interfaces if i.segment == iface.segment)
+                setup.places[placement] = (HostPlace(hosts, gateway.name),
+                                           next(i.ifname for i in gateway.interfaces if i.segment == iface.segment))
             else:   # wire: outside the unmodified host, where its frames enter the lab's switch
                 acc = hosts.access
                 argv, port = acc.provider.wire_point(lab.name, infected.name)
-                setup.throttle = LocalPlace(argv, acc.store.lab_dir(lab.name) / "wire", f"the wire of {infected.name}")
-                setup.throttle_iface = port
+                setup.places[placement] = (LocalPlace(argv, acc.store.lab_dir(lab.name) / "wire",
+                                                      f"the wire of {infected.name}"), port)
+        if first is not None:
+            setup = setup.for_mechanism(first)
         return setup
 
 
@@ -129,14 +155,14 @@ def delivered_to_gateway(lab: Lab) -> set[str]:
 
 
 def unseen_by_mechanism(st: Setup) -> set[str]:
-    th = st.exp.throttle
-    return delivered_to_gateway(st.lab) if th is not None and th.placement == "gateway" else set()
+    m = st.contained_by
+    return delivered_to_gateway(st.lab) if m is not None and m.placement == "gateway" else set()
 
 
 def answers_measurable(st: Setup, t: TrialSpec) -> bool:
     """Can the attempts out be counted from the answers, with the capture in front of the throttle? For TCP,
     when the gateway answers every scan of an empty address (reset); the capture's clock must then be tied to
     the throttle's (one kernel on namespaces; measured from the packets it passed on VMs)."""
-    th = st.exp.throttle
-    return bool(th is not None and th.placement in ("gateway", "wire")
+    m = st.contained_by
+    return bool(m is not None and m.placement in ("gateway", "wire")
                 and t.protocol == "tcp" and st.exp.spec.gateway_empty == "reset")

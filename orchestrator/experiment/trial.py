@@ -20,13 +20,16 @@ from typing import Any
 from orchestrator.errors import CaptureError, ProcessDied, TestbedError
 from orchestrator.experiment.capture import Capture
 from orchestrator.experiment.commands import (
+    custom_values,
     mark_argv,
+    mechanism_argv,
+    mechanism_stop_argv,
     server_argv,
-    throttle_argv,
     trigger_argv,
     worm_state_dir,
 )
 from orchestrator.experiment.evaluate import evaluate
+from orchestrator.experiment.mechspec import fill
 from orchestrator.experiment.record import TrialRecord, TrialSpec, TrialStatus
 from orchestrator.experiment.setup import Setup, lab_ip
 from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
@@ -51,9 +54,27 @@ _NORMAL = ("import socket,sys,time\nss=[]\nfor d in sys.argv[2:]:\n"
 
 
 def new_record(st: Setup, t: TrialSpec) -> TrialRecord:
-    th = st.exp.throttle
+    m = st.contained_by
     return TrialRecord(t.id, t.index, t.protocol, t.rate, t.repeat, st.exp.spec.state, st.normal,
-                       th.placement if th else None, th.fail_open if th else None, time.time())
+                       m.placement if m else None, m.fail_open if m and m.daemon else None, time.time(),
+                       st.mech.name if st.mech else None)
+
+
+def service_name(st: Setup) -> str:
+    """The mechanism's service name on its place: `throttle` for the reference throttle (as always), else its own."""
+    assert st.mech is not None
+    return "throttle" if st.throttled else st.mech.name
+
+
+def event_log_path(st: Setup, t: TrialSpec, run_dir: str) -> str | None:
+    """Where the trial's mechanism writes its event log on its place (None: it writes none)."""
+    m, place = st.contained_by, st.throttle
+    if m is None or place is None or not m.event_log:
+        return None
+    if m.custom is not None:
+        assert m.custom.events is not None
+        return fill(m.custom.events, custom_values(st, t, run_dir))
+    return f"{place.prefix}/log/{service_name(st)}-{t.id}.jsonl"
 
 
 def run_trial(st: Setup, t: TrialSpec) -> TrialRecord:
@@ -74,8 +95,10 @@ class TrialRun:
         self._mark = time.monotonic()
         self.cap = Capture(h, segment=st.segment, name=CAPTURE)
         self.state_dirs = {srv: worm_state_dir(st, srv, t) for srv in st.servers}
-        self.tlog = f"{st.throttle.prefix}/log/throttle-{t.id}.jsonl" if st.throttle else None
-        self.terr = f"{st.throttle.prefix}/log/throttle-{t.id}.log" if st.throttle else None   # its stderr
+        # the mechanism's: a directory of this trial ({run} of a custom one), its event log and its stderr
+        self.mdir = f"{st.throttle.prefix}/run/mechanisms/{t.id}" if st.throttle else None
+        self.tlog = event_log_path(st, t, self.mdir) if self.mdir else None
+        self.terr = f"{st.throttle.prefix}/log/{service_name(st)}-{t.id}.log" if st.throttle else None
         self.inj_if = next(i.ifname for i in st.lab.host(st.injector).interfaces
                            if i.segment.startswith("experimental"))
         places: dict[str, Any] = {n: HostPlace(h, n) for n in dict.fromkeys([*st.servers, st.sniffer])}
@@ -128,11 +151,11 @@ class TrialRun:
         an earlier run on the same lab must not be read as this trial's (the throttle appends to its log: an
         old "blocked" line would end this trial at once)."""
         st, h = self.st, self.h
-        def wipe(srv: str) -> Callable[[], Any]:
-            return lambda: h.sh(srv, f"rm -rf {self.state_dirs[srv]}", timeout=15).check()
-        stale = [wipe(srv) for srv in st.servers]
-        if self.tlog and (place := st.throttle) is not None:
-            stale.append(lambda: place.sh(f"rm -f {self.tlog} {self.terr}", timeout=15).check())
+        stale: list[Callable[[], Any]] = [lambda srv=srv: h.sh(srv, f"rm -rf {self.state_dirs[srv]}",
+                                                                timeout=15).check() for srv in st.servers]
+        if st.throttle:
+            old = " ".join(shlex.quote(p) for p in (self.mdir, self.tlog, self.terr) if p)
+            stale.append(lambda: st.throttle.sh(f"rm -rf {old}", timeout=15).check())
         reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {self.inj_if} up", timeout=15).check(), *stale])
         self.phase("reset")
 
@@ -150,19 +173,55 @@ class TrialRun:
         self.watch.add(service(srv, self.h.prefix(srv), "worm-server", "the worm server", log=log))
 
     def start_mechanism(self) -> None:
-        place, th = self.st.throttle, self.st.exp.throttle
-        if place is None or th is None or not self.tlog:
+        """The trial's mechanism, through its registry descriptor (or a user's start command): a daemon runs as
+        a watched service until it has logged its config; rules without a daemon are applied once."""
+        st, place, m = self.st, self.st.throttle, self.st.contained_by
+        if not place or m is None:
             return
-        place.start("throttle", throttle_argv(place, th, self.st, self.t, self.tlog), log=self.terr)
-        self.watch.add(service(place.label, place.prefix, "throttle", "the throttle daemon", log=self.terr,
-                               note=FAIL_OPEN_NOTE if th.fail_open else FAIL_CLOSED_NOTE))
-        ready_s = READY_S * (EMULATED_SLOWDOWN if self.st.emulated else 1)
+        name = service_name(st)
+        if m.custom is not None:
+            cmd = fill(m.custom.start, custom_values(st, self.t, self.mdir))
+            r = place.sh(f"mkdir -p {shlex.quote(self.mdir)} && {cmd}", timeout=READY_S * 3)
+            if not r.ok:
+                raise TestbedError(f"{m.name}'s start command on {place.label} failed (exit {r.exit_code}): "
+                                   f"{(r.stderr or r.stdout).strip()[-300:]}")
+            return
+        argv = mechanism_argv(place, st, self.t, self.tlog)
+        if not m.daemon:
+            r = place.run(argv, timeout=READY_S * 3)
+            if not r.ok:
+                raise TestbedError(f"{m.name} could not be applied on {place.label} (exit {r.exit_code}): "
+                                   f"{(r.stderr or r.stdout).strip()[-300:]}")
+            return
+        place.start(name, argv, log=self.terr)
+        label = "the throttle daemon" if st.throttled else f"the {m.name} daemon"
+        self.watch.add(service(place.label, place.prefix, name, label, log=self.terr,
+                               note=FAIL_OPEN_NOTE if m.fail_open else FAIL_CLOSED_NOTE))
+        if not self.tlog:
+            return
+        ready_s = READY_S * (EMULATED_SLOWDOWN if st.emulated else 1)
         deadline = time.monotonic() + ready_s     # ready once its rules are in: it logs its config then
         while not place.contains(self.tlog, '"event":"config"'):
             if time.monotonic() > deadline:
-                raise TestbedError(f"the throttle on {place.label} did not come up within {ready_s:g} s"
-                                   + (" (an emulated guest)" if self.st.emulated else ""))
+                raise TestbedError(f"{'the throttle' if st.throttled else m.name} on {place.label} did not come "
+                                   f"up within {ready_s:g} s" + (" (an emulated guest)" if st.emulated else ""))
             time.sleep(0.05)
+
+    def stop_mechanism(self, check: bool = True) -> None:
+        """Rules without a daemon (and a user's mechanism) are removed after every trial, a failed one too."""
+        st, place, m = self.st, self.st.throttle, self.st.contained_by
+        if not place or m is None or m.daemon:
+            return
+        if m.custom is not None:
+            r = place.sh(fill(m.custom.stop, custom_values(st, self.t, self.mdir)), timeout=30)
+        else:
+            argv = mechanism_stop_argv(place, st, self.t)
+            if argv is None:
+                return
+            r = place.run(argv, timeout=30)
+        if check and not r.ok:
+            raise TestbedError(f"{m.name}'s stop on {place.label} failed (exit {r.exit_code}): "
+                               f"{(r.stderr or r.stdout).strip()[-300:]}")
 
     def fill_working_set(self) -> None:
         """The host's normal traffic fills its working set (state: full); then the throttle logs what it holds
@@ -170,7 +229,7 @@ class TrialRun:
         if self.st.normal:
             self.h.access.run(self.st.infected, ["python3", "-c", _NORMAL, self.t.protocol, *self.st.normal],
                               timeout=15, check=True)
-        if self.st.throttle:
+        if self.st.throttled and self.st.throttle:
             self.rec.extra["state_met"] = state_met(self.st.throttle,
                                                     lab_ip(self.st.lab, self.st.infected, self.st.segment))
 
@@ -207,6 +266,7 @@ class TrialRun:
         """Stop everything, the worm first; collect (after a death too: the files show what happened)."""
         rec = self.rec
         died += stop_all(self.watch, known=died)
+        self.stop_mechanism()
         self.stopped = True
         stats = self.cap.stop(check=False)   # judged below, once the files are safe
         rec.capture = stats.to_dict()
@@ -234,10 +294,11 @@ class TrialRun:
         try:
             if not self.stopped:
                 stop_all(self.watch)
+                self.stop_mechanism(check=False)
                 if rec.capture is None and self.capture in self.watch.items:
                     self.cap.stop(check=False)
-            if any(d.get("service") == "throttle" for d in rec.died or []):
-                clear_throttle(self.st)
+            if self.st.throttle and any(d.get("service") == service_name(self.st) for d in rec.died or []):
+                clear_mechanism(self.st, self.t)
         except Exception as exc:
             rec.reason = f"{rec.reason}; cleaning up also failed: {exc}"
 
@@ -260,8 +321,8 @@ def reset(st: Setup, extra=()) -> None:
     """Stop whatever a previous (interrupted) trial left running."""
     h = st.hosts
     jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, CAPTURE)]
-    place = st.throttle
-    more = [lambda: place.stop("throttle", timeout=5)] if place is not None else []
+    m = st.contained_by
+    more = [lambda: st.throttle.stop(service_name(st), timeout=5)] if st.throttle and m and m.daemon else []
     parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + more + list(extra))
 
 
@@ -328,15 +389,15 @@ def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:
     return out
 
 
-def clear_throttle(st: Setup) -> None:
-    """Remove the rules a dead throttle left behind (fail-closed, they would drop the host's new connections
-    until the next trial's throttle replaced them)."""
-    place = st.throttle
-    if place is None:
+def clear_mechanism(st: Setup, t: TrialSpec) -> None:
+    """Remove the rules a dead mechanism's daemon left behind (fail-closed, they would drop the host's new
+    connections until the next trial's daemon replaced them): its descriptor's stop command."""
+    argv = mechanism_stop_argv(st.throttle, st, t)
+    if argv is None:
         return
-    r = place.run(place.module_argv("throttle", "clear"), timeout=30)
+    r = st.throttle.run(argv, timeout=30)
     if not r.ok:
-        raise TestbedError(f"the dead throttle's rules on {place.label} could not be removed: "
+        raise TestbedError(f"the dead {service_name(st)}'s rules on {st.throttle.label} could not be removed: "
                            f"{(r.stderr or r.stdout).strip()[-300:]}")
 
 
@@ -359,8 +420,9 @@ def collect(st: Setup, t: TrialSpec, tdir: Path, cap: Capture, tlog: str | None,
     if tlog and st.throttle is not None:
         place, log = st.throttle, tlog
 
-        def throttle_log() -> None:
-            files["throttle_log"] = dest = tdir / "throttle.jsonl"
+        def throttle_log() -> None:   # the reference throttle's under its old name; another mechanism's beside
+            key, name = ("throttle_log", "throttle.jsonl") if st.throttled else ("mechanism_log", "mechanism.jsonl")
+            files[key] = dest = tdir / name
             place.fetch(log, dest)
         jobs.insert(1, throttle_log)
     parallel(jobs)

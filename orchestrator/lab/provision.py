@@ -37,7 +37,7 @@ ROLES = ("common", "testworm", "throttle", "sniffer", "gateway", "injector")
 # which inventory groups each role configures (as in playbooks/site.yml)
 ROLE_GROUPS = {"common": None, "testworm": ("blade", "target"), "throttle": ("blade", "gateway"),
                "sniffer": ("sniffer",), "gateway": ("gateway",), "injector": ("injector",)}
-CODE_PACKAGES = ("hostagent", "testworm", "throttle", "netfilterqueue")
+CODE_PACKAGES = ("hostagent", "testworm", "throttle", "mechanisms", "netfilterqueue")
 GATEWAY_EMPTY = ("reset", "blackhole")
 KEEP_RUNS = 3
 
@@ -212,6 +212,26 @@ def _selected(roles: list[str] | None) -> list[str]:
     return roles
 
 
+@dataclass(frozen=True)
+class MechanismRole:
+    """An experiment's mechanism to install beside the site's roles: its Ansible role (a directory) on the hosts
+    that carry it (over the admin LAN, as every role)."""
+
+    name: str
+    path: Path
+    hosts: tuple[str, ...]
+
+
+def mechanisms_playbook(extra: list[MechanismRole]) -> str:
+    """site.yml, then one play per mechanism role (tagged `mechanisms`), as a playbook of the run (YAML as
+    JSON: no quoting to get wrong)."""
+    plays: list[dict[str, Any]] = [{"import_playbook": str(PLAYBOOKS / "site.yml")}]
+    for m in extra:
+        plays.append({"name": f"The mechanism {m.name}", "hosts": ":".join(m.hosts), "gather_facts": False,
+                      "roles": [{"role": str(m.path), "tags": ["mechanisms", m.name]}]})
+    return json.dumps(plays, indent=2) + "\n"
+
+
 def expected_results(lab: Lab, roles: list[str], hosts: list[str]) -> int:
     """How many host×task results a run produces (one task per role), for the progress bar."""
     n = 0
@@ -223,8 +243,10 @@ def expected_results(lab: Lab, roles: list[str], hosts: list[str]) -> int:
 
 def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStore | None = None,
                   gateway_empty: str = "reset", console=None,
-                  on_event: Callable[[str, int, int], None] | None = None) -> ProvisionReport:
-    """Run playbooks/site.yml (the selected roles) against every host of lab `name`."""
+                  on_event: Callable[[str, int, int], None] | None = None,
+                  mechanisms: list[MechanismRole] | None = None) -> ProvisionReport:
+    """Run playbooks/site.yml (the selected roles) against every host of lab `name`, and the roles of an
+    experiment's `mechanisms` (each on the hosts that carry it) in the same run."""
     import ansible_runner
 
     store = store or StateStore()
@@ -235,7 +257,11 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
     if gateway_empty not in GATEWAY_EMPTY:
         raise UsageError(f"gateway_empty is one of {', '.join(GATEWAY_EMPTY)}")
     pdd = _prepare(store, lab, provider)
-    total = expected_results(lab, roles, provider.ssh_hosts(lab))
+    total = expected_results(lab, roles, provider.ssh_hosts(lab)) + sum(len(m.hosts) for m in mechanisms or [])
+    playbook = "site.yml"
+    if mechanisms:
+        playbook = str(pdd / "mechanisms.yml")
+        (pdd / "mechanisms.yml").write_text(mechanisms_playbook(mechanisms))
     done = 0
     failures: list[str] = []
     changed: dict[str, int] = {h: 0 for h in provider.ssh_hosts(lab)}
@@ -276,10 +302,10 @@ def provision_lab(name: str, *, roles: list[str] | None = None, store: StateStor
         if threading.current_thread() is threading.main_thread() else {}
     try:
         r = ansible_runner.run(
-            private_data_dir=str(pdd), project_dir=str(PLAYBOOKS), playbook="site.yml",
+            private_data_dir=str(pdd), project_dir=str(PLAYBOOKS), playbook=playbook,
             inventory=inventory(lab, provider), extravars=extravars(lab, store, gateway_empty=gateway_empty),
             envvars=envvars(store, name, pdd, pdd / "bin" / "ssh"),
-            tags=",".join(roles) if set(roles) != set(ROLES) else None,
+            tags=",".join([*roles, *(["mechanisms"] if mechanisms else [])]) if set(roles) != set(ROLES) else None,
             forks=max(1, min(50, len(changed))), quiet=True, event_handler=handler, rotate_artifacts=KEEP_RUNS,
             ident="run",
         )

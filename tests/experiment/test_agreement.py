@@ -215,8 +215,7 @@ def test_when_attempts_out_are_counted_from_answers(throttled, placement, protoc
     from types import SimpleNamespace as NS
 
     from orchestrator.experiment.setup import answers_measurable
-    th = NS(placement=placement) if throttled else None
-    st = NS(exp=NS(throttled=throttled, throttle=th, spec=NS(throttle=th or "none", gateway_empty=empty)))
+    st = NS(contained_by=NS(placement=placement) if throttled else None, exp=NS(spec=NS(gateway_empty=empty)))
     assert answers_measurable(st, NS(protocol=protocol)) is expect
 
 

@@ -32,7 +32,7 @@ def evaluate_fixture(tmp_path: Path) -> dict:
     seg = next(i.segment for i in infected.interfaces if i.segment.startswith("experimental"))
     st = Setup(exp, lab, None, None, infected.name, lab.by_role("injector")[0].name,
                lab.by_role("sniffer")[0].name, lab.by_role("gateway")[0].name, [], seg, [], NORMAL,
-               ("injector", "198.18.8.1"), shared_clock=True)
+               ("injector", "198.18.8.1"), shared_clock=True).for_mechanism(exp.mechanisms[0])
     files = {"pcap": tmp_path / "capture.pcap", "throttle_log": tmp_path / "throttle.jsonl",
              "worm_log": tmp_path / "worm.jsonl"}
     return evaluate(st, TrialSpec(34, "udp", 2.0, 2), files, tmp_path).to_dict()

@@ -60,10 +60,12 @@ def test_a_baseline_trial_counts_the_worms_syns_on_the_wire_and_stops_at_its_bou
 def test_the_record_is_what_trials_jsonl_held_before_it_was_typed(setup):
     st, _ = setup
     d = run_trial(st, TrialSpec(0, "tcp", 100.0, 1)).to_dict()
-    assert list(d) == ["trial", "index", "protocol", "rate", "repeat", "state", "initial_working_set",
+    # one key more than before it was typed: the mechanism (none: the control group), after the index
+    assert list(d) == ["trial", "index", "mechanism", "protocol", "rate", "repeat", "state", "initial_working_set",
                        "placement", "fail_open", "started", "status", "reason", "phases", "triggered", "capture",
                        "files", "measured", "findings", "model", "agreement", "watched", "duration_s"]
-    assert d["trial"] == "tcp-r100-1" and d["model"] is None and json.loads(json.dumps(d)) == d
+    assert d["trial"] == "tcp-r100-1" and d["mechanism"] == "none" and d["model"] is None
+    assert json.loads(json.dumps(d)) == d
 
 
 def test_a_worm_server_that_dies_makes_the_trial_an_error_naming_it(setup):

@@ -29,7 +29,7 @@ from orchestrator.providers.base import Clock, HostStatus, LabStatus, Prerequisi
 from orchestrator.providers.state import LabRecord
 from tests.analysis.capgen import frames, syn, write_pcap
 
-SAFE = {"echo", "cat", "grep", "tail", "sed", "ls", "head", "xargs", "rm", ":", "true"}
+SAFE = {"echo", "cat", "grep", "tail", "sed", "ls", "head", "xargs", "rm", "mkdir", ":", "true"}
 T0 = 1_764_000_000.0       # the fake lab's wall clock at the trigger
 
 
@@ -132,7 +132,7 @@ class FakeHosts:
         self.log.append((host, f"start {name}"))
         if name == CAPTURE:
             Path(log).write_text("tcpdump: listening on fake0\n")
-        elif name == "throttle":
+        elif "--events" in argv:            # a mechanism's daemon (the throttle, trw): up once it logs its config
             events = argv[argv.index("--events") + 1]
             self._jsonl(events, [{"event": "config", "t_mono": 1.0, "t_wall": T0 - 1}])
         return {"name": name, "pid": 1}
@@ -187,8 +187,8 @@ class FakeHosts:
             self.inside(argv[4])
             found = Path(argv[4]).exists() and argv[3] in Path(argv[4]).read_text()
             return Result(argv, 0 if found else 1, "", "")
-        if argv[:2] == ["fake-module", "throttle"]:
-            return ok
+        if argv[:2] == ["fake-module", "throttle"] or argv[:2] == ["fake-module", "mechanisms.ratelimit"]:
+            return ok                          # `clear`, and the rate limiter's rules: applied, cleared
         raise AssertionError(f"the fake host {host} does not know how to run {argv[:4]}")
 
     def _mark(self, host: str, script: str) -> Result:

@@ -1,0 +1,99 @@
+"""Every mechanism of an experiment swept on the fake host set: started and stopped through its registry
+descriptor (or the user's commands), named in the trial ids and records, its daemon watched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.experiment.rundir import RunDir
+from orchestrator.experiment.runner import mechanism_of, mechanism_roles, plan_trials
+from orchestrator.experiment.setup import Setup
+from orchestrator.experiment.spec import load_experiment
+from orchestrator.experiment.trial import run_trial
+from tests.experiment.test_trial_fake import experiment_file
+from tests.support.fakes import FakeHosts, FakeProvider
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mechs(tmp_path) -> list[dict]:
+    role = tmp_path / "roles" / "mine" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text("- ansible.builtin.debug: {msg: mine}\n")
+    return [{"name": "trw", "params": {"alpha": 0.01}}, {"name": "rate-limit", "params": {"new_per_s": 2}},
+            {"name": "none"},
+            {"name": "mine", "custom": {"role": "roles/mine", "start": "echo {iface} {protocol} > {run}/started",
+                                        "stop": "rm {run}/started"}}]
+
+
+@pytest.fixture
+def swept(tmp_path, store):
+    path = experiment_file(tmp_path, kind="stopping-speed", throttle=None, mechanisms=mechs(tmp_path), rates=[20, 100])
+    text = path.read_text().replace('"throttle": null, ', "").replace('"kind": "stopping-speed", ', "")
+    path.write_text(text)
+    exp = load_experiment(path, machine_routes=[])
+    hosts = FakeHosts(exp.lab, tmp_path / "hosts", FakeProvider(store), attempts=12)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    st = Setup.resolve(exp, exp.lab, hosts, run)
+    st.shared_clock = True
+    return exp, st, hosts
+
+
+def test_every_mechanism_is_swept_and_named_in_the_ids(swept):
+    exp, _, _ = swept
+    assert [t.id for t in plan_trials(exp)] == [
+        "trw-tcp-r20-1", "trw-tcp-r100-1", "rate-limit-tcp-r20-1", "rate-limit-tcp-r100-1",
+        "none-tcp-r20-1", "none-tcp-r100-1", "mine-tcp-r20-1", "mine-tcp-r100-1"]
+
+
+def test_each_mechanism_runs_through_its_descriptor(swept):
+    exp, st, hosts = swept
+    recs = {}
+    for t in plan_trials(exp, rates=[100]):
+        hosts.log.clear()
+        rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
+        assert rec.status == "ok", rec.reason
+        recs[rec.mechanism] = (rec, list(hosts.log))
+    trw, log = recs["trw"]
+    assert trw.placement == "host" and trw.fail_open is False and "the trw daemon on blade" in trw.watched
+    assert ("blade", "start trw") in log and ("blade", "stop trw") in log
+    rl, log = recs["rate-limit"]
+    cmds = [w for h, w in log if h == "blade" and w.startswith("fake-module mechanisms.ratelimit")]
+    assert cmds == ["fake-module mechanisms.ratelimit apply", "fake-module mechanisms.ratelimit clear"]
+    assert rl.fail_open is None                                      # no daemon: nothing to fail open
+    none, log = recs["none"]
+    assert none.placement is None and not any("mechanisms" in w or "throttle" in w for _, w in log)
+    mine, _ = recs["mine"]
+    assert mine.mechanism == "mine" and mine.placement == "host"
+    assert hosts.services == {}                                       # nothing left running
+
+
+def test_a_custom_mechanisms_commands_are_filled_per_trial(swept, tmp_path):
+    exp, st, hosts = swept
+    t = plan_trials(exp, rates=[100])[-1]
+    st = st.for_mechanism(mechanism_of(exp, t))
+    hosts.services.clear()
+    run_dir = Path(hosts.prefix("blade"), "run", "mechanisms", t.id)
+    seen = {}
+    real_sh = hosts.sh
+
+    def spy(host, script, timeout=60.0):
+        if "started" in script:
+            seen.setdefault(host, []).append(script)
+        return real_sh(host, script, timeout)
+    hosts.sh = spy
+    assert run_trial(st, t).status == "ok"
+    start, stop = seen["blade"]
+    iface = st.throttle_iface
+    assert start.endswith(f"echo {iface} tcp > {run_dir}/started") and stop == f"rm {run_dir}/started"
+
+
+def test_roles_are_installed_on_the_host_that_carries_each_mechanism(swept, tmp_path):
+    exp, _, _ = swept
+    roles = {r.name: (r.path, r.hosts) for r in mechanism_roles(exp)}
+    assert roles == {"trw": (REPO / "mechanisms/trw/role", ("blade",)),
+                     "rate-limit": (REPO / "mechanisms/ratelimit/role", ("blade",)),
+                     "mine": ((tmp_path / "roles" / "mine").resolve(), ("blade",))}
