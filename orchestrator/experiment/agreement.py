@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
+from orchestrator.analysis.containment import answer_times
 from throttle.core import ThrottleConfig
 from throttle.model import WormLog, arrivals_from_worm_log, read_worm_log, schedule_after_log
 from throttle.orderings import Outcome, orderings
@@ -267,19 +267,7 @@ def answered_counts(pk, *, src: str, scan: str, dport: int, block_wall: float | 
     port back to `src`, timed by its first answer. Answers from addresses in `unseen` (the gateway's own: it
     answers them itself, they never pass its throttle) are left out. TCP only (UDP's ICMP errors are rate
     limited by the kernel); `block_wall` must be on the capture's clock (see answer_clock)."""
-    net = ipaddress.ip_network(scan)
-    lo, hi = int(net.network_address), int(net.broadcast_address)
-    flags = pk.tcp_flags
-    answer = ((flags & TCP_RST) != 0) | ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
-    mask = (pk.tcp & (pk.dst == int(ipaddress.IPv4Address(src))) & (pk.src >= lo) & (pk.src <= hi)
-            & (pk.sport == dport) & answer)
-    if unseen:
-        mask &= ~np.isin(pk.src, np.array([int(ipaddress.IPv4Address(a)) for a in unseen], dtype=np.uint32))
-    first: dict[tuple[int, int], float] = {}
-    for a, sp, t in zip(pk.src[mask].tolist(), pk.dport[mask].tolist(), pk.ts[mask].tolist(), strict=True):
-        if (a, sp) not in first or t < first[(a, sp)]:
-            first[(a, sp)] = t
-    ts = np.array(sorted(first.values()), dtype=np.float64)
+    ts = answer_times(pk, src=src, scan=scan, dport=dport, unseen=unseen)
     if block_wall is None:
         return {"answered": int(ts.size), "out_before_block": int(ts.size), "out_after_block": 0}
     before = int((ts <= block_wall + tolerance_s).sum())
