@@ -8,20 +8,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.analysis import containment
 from orchestrator.analysis.figures import MetricsSettings
 from orchestrator.analysis.scan import scan_capture
 from orchestrator.analysis.trial import analyse_trial
 from orchestrator.atomic import atomic_write_json
 from orchestrator.errors import TestbedError
-from orchestrator.experiment import agreement
+from orchestrator.experiment import agreement, judged
 from orchestrator.experiment.record import Evaluation, TrialSpec
 from orchestrator.experiment.rundir import finite
 from orchestrator.experiment.setup import Setup, answers_measurable, lab_ip, unseen_by_mechanism
 from throttle.core import ThrottleConfig
 
 
-def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path) -> Evaluation:
-    """The trial's figures from its collected files (the analysis is also written to tdir/analysis.json)."""
+def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
+             end_wall: float | None = None) -> Evaluation:
+    """The trial's figures from its collected files (the analysis is also written to tdir/analysis.json).
+    `end_wall`: when the trial stopped waiting (the wire's silence is measured up to then; default: the
+    capture's last packet)."""
     s = st.exp.spec
     src = lab_ip(st.lab, st.infected, st.segment)
     worm_log, pcap = files.get("worm_log"), files.get("pcap")
@@ -62,11 +66,50 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     measured |= _out_counts(st, t, sniffer, wire, scan.answers, sm, src, link)
     if sniffer == "before" or st.contained_by is None:       # the capture sees the worm unthrottled
         measured["achieved_rate_wire"] = wire.get("wire_rate")
+    mlog = files.get("mechanism_log")
+    events = verdicts if st.throttled else \
+        [json.loads(x) for x in Path(mlog).read_text().splitlines() if x.strip()] if mlog else []
+    times, contra = _wire_times(st, t, sniffer, att, scan.answers, src, link, events)
+    end = end_wall if end_wall is not None else (float(att.ts.max()) + offset if att.ts.size else None)
+    if times is not None and end is not None:
+        cf = containment.figures(times, end=end - offset, first=sm.get("first_attempt_wall"),
+                                 quiet_s=s.quiet_s)
+        measured |= {k: cf[k] for k in ("contained", "contained_s", "out_before_contained", "wire_rate",
+                                        "silent_s", "quiet_s")}
+    else:
+        measured |= {"contained": None, "contained_s": None, "out_before_contained": None, "wire_rate": None}
     measured = {k: finite(v) for k, v in measured.items()}
     findings = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                 for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
-    model = _model(st, t, verdicts, worm_lines, src) if st.throttled else None
-    return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
+    findings += [contra] if contra else []
+    if st.throttled:
+        model = _model(st, t, verdicts, worm_lines, src)
+        return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
+    m = st.mech
+    assert m is not None
+    model = judged.model(m, worm_lines, src)
+    verdict = judged.judge(m, measured, model, **st.tolerance)
+    if contra:
+        verdict["ok"] = False
+    return Evaluation(measured, findings, model, verdict, skew)
+
+
+def _wire_times(st: Setup, t: TrialSpec, sniffer: str, att, pk, src: str, link: float | None,
+                events: list[dict[str, Any]]):
+    """The worm's attempts as they left the placement point (on the worm's clock), and a finding when the
+    mechanism's own block is contradicted by them. (None, None) when the capture cannot tell: in front of the
+    mechanism with nothing answering (UDP, or a blackholing gateway)."""
+    s = st.exp.spec
+    if sniffer == "after":
+        times = containment.worm_times(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol)
+    elif answers_measurable(st, t) and link is not None:
+        times = containment.answer_times(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
+                                         unseen=unseen_by_mechanism(st)) - link
+    else:
+        return None, None
+    block = next((e.get("t_wall") for e in events if e.get("event") == "blocked" and e.get("src") in (src, None)),
+                 None)
+    return times, containment.block_contradicted(times, block)
 
 
 def sniffer_side(st: Setup) -> str:

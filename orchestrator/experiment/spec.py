@@ -88,6 +88,9 @@ class ExperimentFile(Strict):
     rates: Rates
     repeats: Repeats = 1
     timeout_s: float = Field(60.0, gt=0, le=3600, description="per trial")
+    quiet_s: float = Field(5.0, gt=0, le=600, description="a worm whose attempts leave the wire silent this long "
+                                                         "to the end of the trial is contained; a trial of a "
+                                                         "mechanism without a block event ends on it")
     throttle: ThrottleSpec | Literal["none"] = Field(default_factory=ThrottleSpec)
     mechanisms: list[MechanismSpec] | None = Field(
         None, min_length=1, description="the mechanisms swept over every rate, protocol and repeat (`testbed "

@@ -109,6 +109,15 @@ class TrialRun:
                                log=self.cap.log)
         self.scanner: Watched | None = None
         self.stopped = False
+        self.ended: float | None = None
+
+    def quiet_watch(self) -> tuple[str, float] | None:
+        """A mechanism with no block event (rate-limit, none, a user's without an event log) ends its trial on
+        quiet_s of wire silence, watched live from the capture's file (files of `throttle:`/`kind:` experiments
+        end as they always did)."""
+        if self.tlog or self.st.exp.legacy:
+            return None
+        return self.cap.file, self.st.exp.spec.quiet_s
 
     def phase(self, name: str) -> None:
         now = time.monotonic()
@@ -128,7 +137,7 @@ class TrialRun:
                 self.cap.stop(check=False)
                 return rec
             files = self.stop_and_collect(died)
-            rec.evaluation = evaluate(self.st, self.t, files, self.tdir)
+            rec.evaluation = evaluate(self.st, self.t, files, self.tdir, end_wall=self.ended)
             self.phase("analyse")
         except ProcessDied as exc:
             rec.status, rec.reason = "error", exc.message
@@ -256,9 +265,10 @@ class TrialRun:
         try:
             self.rec.status, self.rec.reason = wait_stop(self.st, self.watch, self.scanner, self.tlog,
                                                          self.state_dirs[self.st.infected],
-                                                         self.st.exp.spec.timeout_s)
+                                                         self.st.exp.spec.timeout_s, quiet=self.quiet_watch())
         except ProcessDied as exc:
             died = exc.deaths
+        self.ended = time.time()
         self.phase("run")
         return died
 
@@ -327,7 +337,7 @@ def reset(st: Setup, extra=()) -> None:
 
 
 def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_dir: str,
-              timeout: float) -> tuple[TrialStatus, str | None]:
+              timeout: float, quiet: tuple[str, float] | None = None) -> tuple[TrialStatus, str | None]:
     """Poll until the throttle blocks, the worm's own bounds end it, or the timeout. Each poll is one round
     trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
     process watched there stands, and now and then one to another place in turn (orchestrator.experiment.watch); one
@@ -339,7 +349,10 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
     if tlog and place is not None:
         extra.setdefault(place.label, {})["blocked"] = (
             f"grep -q -F {shlex.quote(BLOCKED)} {shlex.quote(tlog)} && echo blocked")
+    if quiet:        # the capture's size: it grows with every packet on the wire (tcpdump -U)
+        extra.setdefault(st.sniffer, {})["size"] = f"stat -c %s {shlex.quote(quiet[0])} 2>/dev/null"
     deadline = time.monotonic() + timeout
+    size, grew = None, time.monotonic()
 
     def done(status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:
         deaths, _ = watch.poll(everywhere=True)
@@ -356,6 +369,12 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
         if place is not None and out.get(place.label, {}).get("blocked") == "blocked":
             time.sleep(AFTER_BLOCK_S)
             return done("ok", "blocked")
+        if quiet and st.sniffer in out:
+            now_size = out[st.sniffer].get("size", "").strip()
+            if now_size != size:
+                size, grew = now_size, time.monotonic()
+            elif time.monotonic() - grew >= quiet[1]:
+                return done("ok", f"the wire was quiet for {quiet[1]:g} s")
         last = out.get(st.infected, {}).get("scan", "")
         if last:
             try:

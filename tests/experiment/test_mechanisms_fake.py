@@ -34,7 +34,7 @@ def swept(tmp_path, store):
     text = path.read_text().replace('"throttle": null, ', "").replace('"kind": "stopping-speed", ', "")
     path.write_text(text)
     exp = load_experiment(path, machine_routes=[])
-    hosts = FakeHosts(exp.lab, tmp_path / "hosts", FakeProvider(store), attempts=12)
+    hosts = FakeHosts(exp.lab, tmp_path / "hosts", FakeProvider(store), attempts=240)
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     st = Setup.resolve(exp, exp.lab, hosts, run)
@@ -97,3 +97,26 @@ def test_roles_are_installed_on_the_host_that_carries_each_mechanism(swept, tmp_
     assert roles == {"trw": (REPO / "mechanisms/trw/role", ("blade",)),
                      "rate-limit": (REPO / "mechanisms/ratelimit/role", ("blade",)),
                      "mine": ((tmp_path / "roles" / "mine").resolve(), ("blade",))}
+
+
+def test_every_mechanism_gets_wire_figures_and_a_verdict(swept):
+    exp, st, hosts = swept
+    got = {}
+    for t in plan_trials(exp, rates=[100]):
+        rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
+        got[rec.mechanism] = rec
+    for name, rec in got.items():       # the fake wire carries all 240 attempts at 100/s, to the end of the trial
+        m = rec.measured
+        assert (m["wire_attempts"], m["contained"], m["contained_s"]) == (240, False, None), name
+        assert m["wire_rate"] == pytest.approx(100.0, rel=0.01) and m["quiet_s"] == 5.0
+    none = got["none"].evaluation
+    assert none.model is None and none.agreement["ok"] and none.agreement["every_attempt_on_wire"]
+    rl = got["rate-limit"].evaluation        # the fake applies no bucket: 100/s against the model's 2/s
+    assert rl.model["wire_rate"] == pytest.approx(2.0, rel=0.05) and rl.agreement["ok"] is False
+    assert rl.agreement["rate_error"] > 10
+    # every probe timed out: the model blocks at the 4th failure, timeout_s (3 s) after the 4th attempt — when
+    # all 240 were out; the fake wire never went quiet, so it disagrees
+    trw = got["trw"].evaluation
+    assert trw.model["blocked"] and trw.model["stop_s"] == pytest.approx(3.03, abs=0.01)
+    assert trw.model["out_before_block"] == 240 and trw.agreement["ok"] is False
+    assert got["mine"].evaluation.agreement == {"ok": None}

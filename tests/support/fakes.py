@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from orchestrator.providers.base import Clock, HostStatus, LabStatus, Prerequisi
 from orchestrator.providers.state import LabRecord
 from tests.analysis.capgen import frames, syn, write_pcap
 
-SAFE = {"echo", "cat", "grep", "tail", "sed", "ls", "head", "xargs", "rm", "mkdir", ":", "true"}
-T0 = 1_764_000_000.0       # the fake lab's wall clock at the trigger
+SAFE = {"echo", "cat", "grep", "tail", "sed", "ls", "head", "xargs", "rm", "mkdir", "stat", ":", "true"}
+T0 = 1_764_000_000.0       # the fake lab's wall clock before a trigger (then: the real clock, as on a lab)
 
 
 class FakeProvider(Provider):
@@ -109,6 +110,7 @@ class FakeHosts:
         self.sent: list[tuple[float, str, int, int]] = []     # the worm's attempts: (t, dst, sport, dport)
         self.src = ""
         self.normal: list[str] = []
+        self.t0 = T0
         for h in lab.hosts:
             (self.root / h.name).mkdir(parents=True, exist_ok=True)
 
@@ -134,7 +136,7 @@ class FakeHosts:
             Path(log).write_text("tcpdump: listening on fake0\n")
         elif "--events" in argv:            # a mechanism's daemon (the throttle, trw): up once it logs its config
             events = argv[argv.index("--events") + 1]
-            self._jsonl(events, [{"event": "config", "t_mono": 1.0, "t_wall": T0 - 1}])
+            self._jsonl(events, [{"event": "config", "t_mono": 1.0, "t_wall": time.time()}])
         return {"name": name, "pid": 1}
 
     def stop(self, host: str, name: str, *, signal: str = "TERM", timeout: float = 10.0) -> dict[str, Any]:
@@ -214,17 +216,20 @@ class FakeHosts:
         state = Path(server[server.index("--state-dir") + 1])
         self.inside(str(state))
         base = opt["--targets"].split("/")[0].rsplit(".", 1)[0]
-        lines = [{"event": "start", "t_mono": 10.0, "t_wall": T0, "pid": 2, "generation": 0,
+        # the worm's clock is the lab's (the real one: a trial's end is measured on it), its attempts sent at once
+        t0 = self.t0 = time.time()
+        self.sent = []                 # this trial's (the capture of the next holds only its own)
+        lines = [{"event": "start", "t_mono": 10.0, "t_wall": t0, "pid": 2, "generation": 0,
                   "params": {"rate": rate, "protocol": proto, "port": port}}]
         for i in range(n):
             t = 10.0 + (i + 1) / rate
             dst, sport = f"{base}.{10 + i}", 40000 + i
-            self.sent.append((T0 + t - 10.0, dst, sport, port))
-            lines.append({"event": "attempt", "i": i, "t_mono": t, "t_wall": T0 + t - 10.0, "due_mono": t,
+            self.sent.append((t0 + t - 10.0, dst, sport, port))
+            lines.append({"event": "attempt", "i": i, "t_mono": t, "t_wall": t0 + t - 10.0, "due_mono": t,
                           "t_done_mono": t + 1, "src": src, "sport": sport, "dst": dst, "dport": port,
                           "protocol": proto, "outcome": "timeout", "generation": 0})
         end = 10.0 + (n + 1) / rate
-        lines.append({"event": "stop", "t_mono": end, "t_wall": T0 + end - 10.0, "reason": "max_attempts",
+        lines.append({"event": "stop", "t_mono": end, "t_wall": t0 + end - 10.0, "reason": "max_attempts",
                       "attempts": n})
         self._jsonl(str(state / "scan-1.jsonl"), lines)
         self._jsonl(str(state / "server.jsonl"), [{"event": "scan_exit", "returncode": 0}])
