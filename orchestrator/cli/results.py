@@ -44,6 +44,17 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         emit_json({"run_id": man.get("run_id"), "run_dir": str(run.path), "status": run_status(man),
                    "report": str(run.path / "report.html"), "summary": rows})
         return
+    if (run.manifest().get("experiment") or {}).get("mechanisms"):      # several mechanisms, from the wire
+        t = Table("mechanism", "protocol", "rate/s", "contained", "contained s", "out", "wire /s", "agrees",
+                  title=f"containment from the wire — {run.path}", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False)
+        for r in rows:
+            t.add_row(r["mechanism"] or "–", r["protocol"], f"{r['rate']:g}", f"{r['contained'] or 0}/{r['repeats']}",
+                      _n(r["contained_s"]), _n(r["out_before_contained"]), _n(r["wire_rate"]),
+                      "yes" if r["agree"] else "[red]NO[/]")
+        out.print(t)
+        out.print(f"report: {run.path / 'report.html'}")
+        return
     t = Table("protocol", "rate/s", "achieved/s", "stop s", "model s", "out", "model", "after", "agrees",
               title=f"stopping speed — {run.path}",
               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)     # fits 80 columns with whole headers

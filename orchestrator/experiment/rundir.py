@@ -25,9 +25,11 @@ from orchestrator.errors import TestbedError
 from orchestrator.localrun import pid_start_time
 
 SUMMARY_COLUMNS = [
-    "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",
+    "mechanism", "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd", "stop_s_min", "stop_s_max",
     "stop_s_model", "out_before_block", "out_before_block_sd", "out_before_block_model", "out_after_block",
     "repeats", "ok", "blocked", "agree", "errors",
+    "contained", "contained_s", "contained_s_sd", "out_before_contained", "out_before_contained_sd", "wire_rate",
+    "wire_rate_sd",
 ]
 
 
@@ -167,15 +169,19 @@ def _sd(xs: list[float]) -> float | None:
 
 
 def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (protocol, rate): means over repeats with their spread, the model's figures beside them.
+    """One row per (mechanism, protocol, rate) — mechanisms in the order they first ran —: means over repeats with
+    their spread, the model's figures beside them, and the wire's containment figures (every mechanism).
     Only trials that measured something (ok, timeout) are averaged; an error (a process it depended on died, a
     capture without statistics, …) counts in `repeats` and `errors` and gives no figure, so a rate whose every
     trial failed has a row of counts with its figures empty."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    order: dict[str, int] = {}
     for t in trials:
-        groups.setdefault((t["protocol"], float(t["rate"])), []).append(t)
+        mech = t.get("mechanism") or ""        # records from before mechanisms were named have none
+        order.setdefault(mech, len(order))
+        groups.setdefault((mech, t["protocol"], float(t["rate"])), []).append(t)
     rows = []
-    for (proto, rate), ts in sorted(groups.items()):
+    for (mech, proto, rate), ts in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])):
         done = [t for t in ts if t.get("status") in ("ok", "timeout")]   # trials that measured something
         m = [t.get("measured") or {} for t in done]
         mo = [t.get("model") or {} for t in done]
@@ -184,8 +190,10 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             return [float(x[key]) for x in src if x.get(key) is not None]
         stops = col(m, "stop_s")
         outs = col(m, "out_before_block")
+        contained, wr = col(m, "contained_s"), col(m, "wire_rate")
+        out_c = col(m, "out_before_contained")
         rows.append({
-            "protocol": proto, "rate": rate,
+            "mechanism": mech or None, "protocol": proto, "rate": rate,
             "achieved_rate": _mean(col(m, "achieved_rate")), "achieved_rate_sd": _sd(col(m, "achieved_rate")),
             "stop_s": _mean(stops), "stop_s_sd": _sd(stops),
             "stop_s_min": min(stops) if stops else None, "stop_s_max": max(stops) if stops else None,
@@ -197,6 +205,10 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "blocked": sum(1 for x in m if x.get("blocked")),
             "agree": all((t.get("agreement") or {}).get("ok") for t in done) if done else False,
             "errors": sum(1 for t in ts if t.get("status") == "error"),
+            "contained": sum(1 for x in m if x.get("contained")),
+            "contained_s": _mean(contained), "contained_s_sd": _sd(contained),
+            "out_before_contained": _mean(out_c), "out_before_contained_sd": _sd(out_c),
+            "wire_rate": _mean(wr), "wire_rate_sd": _sd(wr),
         })
     return rows
 

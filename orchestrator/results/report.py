@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.experiment.rundir import RunDir, run_status, summarise
+from orchestrator.results import mechreport
 from orchestrator.results.plots import plots
 
 
@@ -252,6 +253,10 @@ def _notes(c: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
 def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.md, report.html and plots/ into the run directory, or into `out_dir` (made if need be)."""
     from orchestrator.results.plots import CAPTIONS
@@ -261,8 +266,18 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
     man, e = c["man"], c["e"]
     dest = out_dir or run.path
     dest.mkdir(parents=True, exist_ok=True)
-    images = plots(run, man, c["trials"], c["rows"], dest) if c["trials"] else {}
-    head, body = _table(c)
+    mechs = mechreport.mechanisms_of(man, c["rows"])
+    if mechs:      # several mechanisms: Table 1 per mechanism, the comparison, one curve per mechanism
+        wman, wtrials, wrows = mechreport.williamson_view(man, c["trials"], c["rows"])
+        images = plots(run, wman, wtrials, wrows, dest) if c["trials"] else {}
+        images |= mechreport.plots(dest / "plots", c["rows"], mechs) if c["trials"] else {}
+        blocks = [(m, _table(c | {"rows": [r for r in c["rows"] if r.get("mechanism") == m],
+                                  "trials": [t for t in c["trials"] if t.get("mechanism") == m]})) for m in mechs]
+        compare = mechreport.comparison(c["rows"], mechs)
+        paper_c = c | {"e": wman["experiment"], "rows": wrows}
+    else:
+        images = plots(run, man, c["trials"], c["rows"], dest) if c["trials"] else {}
+        blocks, compare, paper_c = [("", _table(c))], None, c
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(man.get("started", 0)))
     meta = [("experiment", f"{e['experiment']} ({e['kind']})"), ("lab", f"{man['lab']['name']} ({man['lab']['provider']})"),
             ("started", when), ("status", f"{run_status(man)} — {len(c['trials'])} of {man.get('planned', '?')} trials"),
@@ -271,7 +286,7 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
             ("machine", f"{man['machine'].get('hostname')}, {man['machine'].get('cpus')} CPUs, kernel "
                         f"{man['versions'].get('kernel')}")]
     notes = _notes(c)
-    paper = _paper_section(c)
+    paper = _paper_section(paper_c)
     config = _config_section(man)
     files = _files_section(run, dest, c["trials"])
     caption = {n: CAPTIONS.get(n, n) for n in images}
@@ -281,9 +296,11 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
                   "repeats. \"agrees with the model\": every trial of the row matched the throttle's model.")
 
     md = [f"# Stopping speed — {e['experiment']}", ""]
-    md += [f"- **{k}**: {v}" for k, v in meta] + ["", "## Table 1 — stopping speed per scan rate", ""]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(row) + " |" for row in body]
+    md += [f"- **{k}**: {v}" for k, v in meta]
+    if compare:
+        md += ["", "## The mechanisms compared, from the wire", ""] + _md_table(*compare)
+    for m, (head, body) in blocks:
+        md += ["", f"## Table 1 — stopping speed per scan rate{f' — {m}' if m else ''}", ""] + _md_table(head, body)
     md += ["", table_note, "", "## Comparison with the paper", ""] + [f"- {x}" for x in paper]
     md += ["", "## Notes", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     md += [f"![{name}](plots/{p.name})\n\n*{caption[name]}*\n" for name, p in images.items()]
@@ -302,9 +319,16 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
     imgs = "".join(f'<figure><img alt="{html.escape(caption[n])}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(caption[n])}</figcaption>'
                    "</figure>" for n, p in images.items())
-    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in body)
     kv = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in config)
     links = "".join(f'<li><a href="{html.escape(v)}">{html.escape(k)}</a></li>' for k, v in files)
+
+    def table_html(head: list[str], body: list[list[str]]) -> str:
+        rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in body)
+        return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>"
+    tables = "".join(f"<h2>Table 1 — stopping speed per scan rate{html.escape(f' — {m}' if m else '')}</h2>"
+                     + table_html(head, body) for m, (head, body) in blocks)
+    if compare:
+        tables = "<h2>The mechanisms compared, from the wire</h2>" + table_html(*compare) + tables
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Stopping speed — {html.escape(e['experiment'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
@@ -314,8 +338,7 @@ img{{width:100%;max-width:1100px}}figcaption{{font-size:.9em;color:#444}}dt{{fon
 dd{{margin-left:8em}}table.kv td,table.kv th{{text-align:left}}ul.files{{columns:2;font-size:.9em}}</style></head><body>
 <h1>Stopping speed — {html.escape(e['experiment'])}</h1>
 <dl>{''.join(f'<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>' for k, v in meta)}</dl>
-<h2>Table 1 — stopping speed per scan rate</h2>
-<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>
+{tables}
 <p>{esc(table_note)}</p>
 <h2>Comparison with the paper</h2><ul>{''.join(f'<li>{esc(x)}</li>' for x in paper)}</ul>
 <h2>Notes</h2><ul>{''.join(f'<li>{esc(n)}</li>' for n in notes)}</ul>

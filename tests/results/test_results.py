@@ -60,14 +60,32 @@ def test_summary_means_spread_and_counts():
     assert [r["protocol"] for r in rows] == ["tcp", "udp"]
 
 
+def test_summary_has_one_row_per_mechanism_in_the_order_they_ran():
+    def rec(mech, proto, rate, **m):
+        return {"trial": f"{mech}-{proto}-{rate}", "mechanism": mech, "protocol": proto, "rate": rate,
+                "status": "ok", "measured": m, "agreement": {"ok": True}}
+    rows = summarise([rec("trw", "tcp", 200, contained=True, contained_s=0.02, out_before_contained=4),
+                      rec("trw", "tcp", 20, contained=True, contained_s=0.15, out_before_contained=4),
+                      rec("rate-limit", "tcp", 20, contained=False, wire_rate=2.02),
+                      rec("rate-limit", "tcp", 20, contained=False, wire_rate=1.98),
+                      rec("none", "tcp", 20, contained=False, wire_rate=19.9)])
+    assert [(r["mechanism"], r["rate"]) for r in rows] == [("trw", 20), ("trw", 200), ("rate-limit", 20),
+                                                            ("none", 20)]
+    assert (rows[0]["contained"], rows[0]["contained_s"], rows[0]["out_before_contained"]) == (1, 0.15, 4)
+    assert rows[2]["wire_rate"] == pytest.approx(2.0) and rows[2]["contained"] == 0 and rows[2]["repeats"] == 2
+    assert rows[2]["contained_s"] is None
+
+
 def test_run_dir_round_trip_and_csv(tmp_path):
     run = make_run(tmp_path / "r", [trial("tcp", 100, 1, 1.01, 1), trial("udp", 100, 1, 1.01, 1)])
     assert [t["trial"] for t in run.trials()] == ["tcp-r100-1", "udp-r100-1"]
     with open(run.path / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0])[:9] == ["protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s", "stop_s_sd",
-                                 "stop_s_min", "stop_s_max", "stop_s_model"]
-    assert {"out_before_block", "out_before_block_model", "out_after_block", "repeats"} <= set(rows[0])
+    assert list(rows[0])[:10] == ["mechanism", "protocol", "rate", "achieved_rate", "achieved_rate_sd", "stop_s",
+                                  "stop_s_sd", "stop_s_min", "stop_s_max", "stop_s_model"]
+    assert {"out_before_block", "out_before_block_model", "out_after_block", "repeats", "contained_s",
+            "out_before_contained", "wire_rate"} <= set(rows[0])
+    assert rows[0]["mechanism"] == ""           # records from before mechanisms were named
     assert rows[0]["stop_s"] == "1.01" and rows[0]["agree"] == "true"
     assert run.summary()[0]["stop_s"] == 1.01
     assert not list(run.path.glob(".*.tmp"))                   # nothing half-written left behind
