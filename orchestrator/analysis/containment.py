@@ -55,12 +55,15 @@ def answer_times(pk, *, src: str, scan: str, dport: int, unseen: Collection[str]
     return np.array(sorted(first.values()), dtype=np.float64)
 
 
-def figures(times, *, end: float, first: float | None = None, quiet_s: float = QUIET_S) -> dict[str, Any]:
+def figures(times, *, end: float, first: float | None = None, quiet_s: float = QUIET_S,
+            block: float | None = None, tolerance_s: float = BLOCK_TOLERANCE_S) -> dict[str, Any]:
     """The containment figures of one trial from the worm's attempt times on the wire (`times`, any order),
     the trial's end and the worm's first attempt (`first`, default the first on the wire), all on one clock.
 
     Contained: the wire carried the worm last at `last`, and nothing of it from then to `end`, at least
-    quiet_s long. A worm that never reached the wire is contained at once (contained_s 0, none out)."""
+    quiet_s long — or the mechanism logged a block (`block`) that the wire does not contradict (nothing of the
+    worm later than tolerance_s after it, to the end: a trial ends soon after a block). A worm that never
+    reached the wire is contained at once (contained_s 0, none out)."""
     ts = np.sort(np.asarray(times, dtype=np.float64))
     start = first if first is not None else (float(ts[0]) if ts.size else None)
     out: dict[str, Any] = {"wire_attempts": int(ts.size), "quiet_s": quiet_s,
@@ -71,8 +74,9 @@ def figures(times, *, end: float, first: float | None = None, quiet_s: float = Q
         return out | {"contained": None, "contained_s": None, "out_before_contained": None, "silent_s": None}
     last = float(ts[-1]) if ts.size else start
     silent = end - last
-    contained = silent >= quiet_s
+    contained = silent >= quiet_s or (block is not None and last <= block + tolerance_s and end >= block)
     return out | {"contained": contained, "silent_s": round(silent, 6),
+                  "contained_by": None if not contained else "quiet" if silent >= quiet_s else "block",
                   "contained_s": max(0.0, last - start) if contained else None,
                   "out_before_contained": int(ts.size) if contained else None}
 

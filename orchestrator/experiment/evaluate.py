@@ -69,13 +69,13 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     mlog = files.get("mechanism_log")
     events = verdicts if st.throttled else \
         [json.loads(x) for x in Path(mlog).read_text().splitlines() if x.strip()] if mlog else []
-    times, contra = _wire_times(st, t, sniffer, att, scan.answers, src, link, events)
+    times, block, contra = _wire_times(st, t, sniffer, att, scan.answers, src, link, events)
     end = end_wall if end_wall is not None else (float(att.ts.max()) + offset if att.ts.size else None)
     if times is not None and end is not None:
         cf = containment.figures(times, end=end - offset, first=sm.get("first_attempt_wall"),
-                                 quiet_s=s.quiet_s)
+                                 quiet_s=s.quiet_s, block=block)
         measured |= {k: cf[k] for k in ("contained", "contained_s", "out_before_contained", "wire_rate",
-                                        "silent_s", "quiet_s")}
+                                        "silent_s", "quiet_s", "contained_by")}
     else:
         measured |= {"contained": None, "contained_s": None, "out_before_contained": None, "wire_rate": None}
     measured = {k: finite(v) for k, v in measured.items()}
@@ -97,8 +97,9 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
 def _wire_times(st: Setup, t: TrialSpec, sniffer: str, att, pk, src: str, link: float | None,
                 events: list[dict[str, Any]]):
     """The worm's attempts as they left the placement point (on the worm's clock), and a finding when the
-    mechanism's own block is contradicted by them. (None, None) when the capture cannot tell: in front of the
-    mechanism with nothing answering (UDP, or a blackholing gateway)."""
+    mechanism's own block time (from its event log) and a finding when the wire contradicts it. (None, None,
+    None) when the capture cannot tell: in front of the mechanism with nothing answering (UDP, or a
+    blackholing gateway)."""
     s = st.exp.spec
     if sniffer == "after":
         times = containment.worm_times(att, src=src, scan=s.worm.scan, dport=s.worm.port, protocol=t.protocol)
@@ -106,10 +107,10 @@ def _wire_times(st: Setup, t: TrialSpec, sniffer: str, att, pk, src: str, link: 
         times = containment.answer_times(pk, src=src, scan=s.worm.scan, dport=s.worm.port,
                                          unseen=unseen_by_mechanism(st)) - link
     else:
-        return None, None
+        return None, None, None
     block = next((e.get("t_wall") for e in events if e.get("event") == "blocked" and e.get("src") in (src, None)),
                  None)
-    return times, containment.block_contradicted(times, block)
+    return times, block, containment.block_contradicted(times, block)
 
 
 def sniffer_side(st: Setup) -> str:

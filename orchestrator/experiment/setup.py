@@ -61,12 +61,19 @@ class Setup:
         return None if self.mech is None or self.mech.is_none else self.mech
 
     def for_mechanism(self, m: MechanismRun) -> Setup:
-        """This run's setup for a trial of mechanism `m`: its place, interface and the host's normal traffic
-        (enough destinations to fill williamson's working set; five for the others). Shares the stop event."""
+        """This run's setup for a trial of mechanism `m`: its place, interface and the host's normal traffic.
+        The normal traffic fills williamson's working set (state: full); no other mechanism has one, and to TRW
+        those first contacts to empty addresses would be failures that block the host before the worm starts,
+        so the others meet the worm fresh (a `kind: baseline` file keeps its five, as before). Shares the stop
+        event."""
         place, iface = self.places.get(m.placement, (None, None)) if not m.is_none else (None, None)
         n = m.params["working_set_size"] if m.name == "williamson" else 5
-        normal = self.normal if len(self.normal) == n or not self.normal else \
-            normal_destinations(self.lab, self.infected, self.exp.spec.worm.scan, n)
+        if m.name != "williamson" and not self.exp.legacy or not self.exp.spec.state == "full":
+            normal = []
+        elif len(self.normal) == n:
+            normal = self.normal
+        else:
+            normal = normal_destinations(self.lab, self.infected, self.exp.spec.worm.scan, n)
         return dataclasses.replace(self, mech=m, throttle=place, throttle_iface=iface, normal=normal)
 
     @classmethod

@@ -50,6 +50,15 @@ def test_quiet_s_decides_and_the_first_attempt_comes_from_the_worms_log():
     assert f["contained_s"] == pytest.approx(2.0) and f["out_before_contained"] == 2
 
 
+def test_a_block_the_wire_agrees_with_contains_the_worm_without_waiting_for_quiet_s():
+    ts = [T0 + i / 20 for i in range(4)]                       # 4 out, blocked at the 4th answer, trial ends soon
+    f = figures(ts, end=T0 + 0.5, first=T0, block=T0 + 0.151)
+    assert f["contained"] and f["contained_by"] == "block" and f["contained_s"] == pytest.approx(0.15)
+    assert f["out_before_contained"] == 4
+    assert not figures(ts + [T0 + 0.45], end=T0 + 0.5, first=T0, block=T0 + 0.151)["contained"]  # contradicted
+    assert figures(ts, end=T0 + 6, first=T0)["contained_by"] == "quiet"
+
+
 def test_a_worm_that_never_reached_the_wire_is_contained_at_once():
     f = figures([], end=T0 + 30, first=T0)
     assert f["contained"] and f["contained_s"] == 0.0 and f["out_before_contained"] == 0 and f["wire_rate"] is None
