@@ -37,10 +37,26 @@ class Index:
     # `list` reads runs newest first, `show`/`compare` find a run by id prefix (the primary key, as a range).
     MIGRATIONS = [
         ["CREATE INDEX IF NOT EXISTS runs_by_started ON runs (started)"],
+        # 1 -> 2: one summary row per mechanism (an index made before mechanisms were named keeps its rows,
+        # under mechanism ''), with the wire figures every mechanism has
+        ["ALTER TABLE summary RENAME TO summary_before_mechanisms",
+         """CREATE TABLE summary (run_id TEXT, protocol TEXT, rate REAL, achieved_rate REAL, stop_s REAL,
+            stop_s_sd REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
+            out_after_block REAL, repeats INTEGER, ok INTEGER, agree INTEGER, mechanism TEXT NOT NULL DEFAULT '',
+            contained_s REAL, out_before_contained REAL, wire_rate REAL,
+            PRIMARY KEY (run_id, mechanism, protocol, rate))""",
+         """INSERT INTO summary (run_id, protocol, rate, achieved_rate, stop_s, stop_s_sd, stop_s_model,
+            out_before_block, out_before_block_model, out_after_block, repeats, ok, agree)
+            SELECT run_id, protocol, rate, achieved_rate, stop_s, stop_s_sd, stop_s_model, out_before_block,
+            out_before_block_model, out_after_block, repeats, ok, agree FROM summary_before_mechanisms""",
+         "DROP TABLE summary_before_mechanisms"],
     ]
     SCHEMA_VERSION = len(MIGRATIONS)
     LIST_RUNS = "SELECT * FROM runs ORDER BY started DESC"
     FIND_RUNS = "SELECT run_id, path FROM runs WHERE run_id >= ? AND run_id < ?"   # an id prefix, as a key range
+    SUMMARY = ("run_id", "mechanism", "protocol", "rate", "achieved_rate", "stop_s", "stop_s_sd", "stop_s_model",
+               "out_before_block", "out_before_block_model", "out_after_block", "repeats", "ok", "agree",
+               "contained_s", "out_before_contained", "wire_rate")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -121,10 +137,9 @@ class Index:
                                  mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
                                  int(bool((t.get("agreement") or {}).get("ok")))))
             for r in summary:
-                self.db.execute("INSERT INTO summary VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                                (rid, r["protocol"], r["rate"], r["achieved_rate"], r["stop_s"], r["stop_s_sd"],
-                                 r["stop_s_model"], r["out_before_block"], r["out_before_block_model"],
-                                 r["out_after_block"], r["repeats"], r["ok"], int(r["agree"])))
+                row = {**r, "run_id": rid, "mechanism": r.get("mechanism") or "", "agree": int(r["agree"])}
+                self.db.execute(f"INSERT INTO summary ({', '.join(self.SUMMARY)}) VALUES "
+                                f"({', '.join('?' * len(self.SUMMARY))})", [row.get(k) for k in self.SUMMARY])
         return rid
 
     def runs(self) -> list[dict[str, Any]]:

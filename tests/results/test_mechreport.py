@@ -55,3 +55,27 @@ def test_the_report_shows_table_1_per_mechanism_and_the_curves(tmp_path):
         assert f"## Table 1 — stopping speed per scan rate — {m}" in text
     assert (run.path / "plots" / "contained-time.png").stat().st_size > 1000
     assert (run.path / "plots" / "contained-out.png").exists() and "contained-time" in page.read_text()
+
+
+def test_the_index_keeps_one_summary_row_per_mechanism_and_migrates_an_old_index(tmp_path):
+    import sqlite3
+
+    from orchestrator.results.index import Index
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)         # the summary table as it was before mechanisms were named
+    db.executescript("""CREATE TABLE summary (run_id TEXT, protocol TEXT, rate REAL, achieved_rate REAL,
+        stop_s REAL, stop_s_sd REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
+        out_after_block REAL, repeats INTEGER, ok INTEGER, agree INTEGER, PRIMARY KEY (run_id, protocol, rate));
+        INSERT INTO summary VALUES ('old-1', 'tcp', 20, 20, 5.25, 0, 5.25, 5, 5, 0, 1, 1, 1);""")
+    db.commit()
+    db.close()
+    idx = Index(old)
+    idx.record(run_of(tmp_path))
+    rows = idx.db.execute("SELECT run_id, mechanism, rate, stop_s, contained_s, wire_rate FROM summary "
+                          "ORDER BY run_id, rowid").fetchall()
+    idx.close()
+    assert rows[-1] == ("old-1", "", 20.0, 5.25, None, None)
+    assert [(m, r) for _, m, r, *_ in rows[:-1]] == [("williamson", 20), ("williamson", 200), ("trw", 20),
+                                                     ("trw", 200), ("rate-limit", 20), ("rate-limit", 200),
+                                                     ("none", 20), ("none", 200)]
+    assert rows[2][4] == 0.15 and rows[4][5] == 2.01
