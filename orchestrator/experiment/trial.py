@@ -349,10 +349,10 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
     if tlog and place is not None:
         extra.setdefault(place.label, {})["blocked"] = (
             f"grep -q -F {shlex.quote(BLOCKED)} {shlex.quote(tlog)} && echo blocked")
-    if quiet:        # the capture's size: it grows with every packet on the wire (tcpdump -U)
-        extra.setdefault(st.sniffer, {})["size"] = f"stat -c %s {shlex.quote(quiet[0])} 2>/dev/null"
+    silence = _Silence(st.sniffer, *quiet) if quiet else None
+    if silence:
+        extra.setdefault(st.sniffer, {})["size"] = silence.script
     deadline = time.monotonic() + timeout
-    size, grew = None, time.monotonic()
 
     def done(status: TrialStatus, reason: str) -> tuple[TrialStatus, str]:
         deaths, _ = watch.poll(everywhere=True)
@@ -369,12 +369,8 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
         if place is not None and out.get(place.label, {}).get("blocked") == "blocked":
             time.sleep(AFTER_BLOCK_S)
             return done("ok", "blocked")
-        if quiet and st.sniffer in out:
-            now_size = out[st.sniffer].get("size", "").strip()
-            if now_size != size:
-                size, grew = now_size, time.monotonic()
-            elif time.monotonic() - grew >= quiet[1]:
-                return done("ok", f"the wire was quiet for {quiet[1]:g} s")
+        if silence and silence.quiet(out):
+            return done("ok", f"the wire was quiet for {silence.quiet_s:g} s")
         last = out.get(st.infected, {}).get("scan", "")
         if last:
             try:
@@ -392,6 +388,26 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
         if time.monotonic() > deadline:
             return done("timeout", f"not blocked within {timeout:g} s" if tlog else f"still scanning after {timeout:g} s")
         time.sleep(POLL_S)
+
+
+class _Silence:
+    """The wire's silence, watched live: the capture's file grows with every packet on it (tcpdump -U)."""
+
+    def __init__(self, sniffer: str, pcap: str, quiet_s: float):
+        self.sniffer, self.quiet_s = sniffer, quiet_s
+        self.script = f"stat -c %s {shlex.quote(pcap)} 2>/dev/null"
+        self.size: str | None = None
+        self.grew = time.monotonic()
+
+    def quiet(self, out: dict[str, dict[str, str]]) -> bool:
+        """Has the file stayed the same size for quiet_s (from this poll's answers)?"""
+        if self.sniffer not in out:
+            return False
+        size = out[self.sniffer].get("size", "").strip()
+        if size != self.size:
+            self.size, self.grew = size, time.monotonic()
+            return False
+        return time.monotonic() - self.grew >= self.quiet_s
 
 
 def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:

@@ -4,6 +4,7 @@ containment and attempts out against scan rate). Pure over the summary rows, but
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ def williamson_view(man: dict[str, Any], trials: list[dict[str, Any]], rows: lis
             [r for r in rows if r.get("mechanism") == "williamson"])
 
 
-def comparison(rows: list[dict[str, Any]], mechs: list[str]) -> tuple[list[str], list[list[str]]]:
+def comparison(rows: list[dict[str, Any]], mechs: list[str],
+               fmt: Callable[[Any], str]) -> tuple[list[str], list[list[str]]]:
     """One line per mechanism, protocol and rate: contained (in how many repeats), time to containment and
-    attempts out on the wire, the rate let out, and whether the mechanism's model (or log, for none) agrees."""
-    from orchestrator.results.report import _fmt as fmt
+    attempts out on the wire, the rate let out, and whether the mechanism's model (or log, for none) agrees.
+    `fmt` writes a figure (the report's own)."""
     head = ["mechanism", "protocol", "scan rate (/s)", "contained", "contained_s", "out before contained",
             "wire rate (/s)", "agrees"]
     body = []

@@ -273,7 +273,7 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
         images |= mechreport.plots(dest / "plots", c["rows"], mechs) if c["trials"] else {}
         blocks = [(m, _table(c | {"rows": [r for r in c["rows"] if r.get("mechanism") == m],
                                   "trials": [t for t in c["trials"] if t.get("mechanism") == m]})) for m in mechs]
-        compare = mechreport.comparison(c["rows"], mechs)
+        compare = mechreport.comparison(c["rows"], mechs, _fmt)
         paper_c = c | {"e": wman["experiment"], "rows": wrows}
     else:
         images = plots(run, man, c["trials"], c["rows"], dest) if c["trials"] else {}

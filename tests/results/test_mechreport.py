@@ -4,7 +4,7 @@ per mechanism — from the run directory alone."""
 from __future__ import annotations
 
 from orchestrator.results.mechreport import comparison, mechanisms_of
-from orchestrator.results.report import build_report
+from orchestrator.results.report import _fmt, build_report
 from tests.results.test_results import make_run, trial
 
 
@@ -39,7 +39,7 @@ def test_the_comparison_has_one_line_per_mechanism_and_rate(tmp_path):
     rows = run.summary()
     mechs = mechanisms_of(run.manifest(), rows)
     assert mechs == ["williamson", "trw", "rate-limit", "none"]
-    head, body = comparison(rows, mechs)
+    head, body = comparison(rows, mechs, _fmt)
     assert head[:6] == ["mechanism", "protocol", "scan rate (/s)", "contained", "contained_s", "out before contained"]
     assert body[2] == ["trw", "tcp", "20", "1/1", "0.150", "4", "–", "yes"]
     assert body[5] == ["rate-limit", "tcp", "200", "0/1", "–", "–", "1.970", "NO"]
