@@ -61,12 +61,11 @@ def test_the_index_keeps_one_summary_row_per_mechanism_and_migrates_an_old_index
     import sqlite3
 
     from orchestrator.results.index import Index
+
+    from .test_index import OLD_TABLES
     old = tmp_path / "old.sqlite"
-    db = sqlite3.connect(old)         # the summary table as it was before mechanisms were named
-    db.executescript("""CREATE TABLE summary (run_id TEXT, protocol TEXT, rate REAL, achieved_rate REAL,
-        stop_s REAL, stop_s_sd REAL, stop_s_model REAL, out_before_block REAL, out_before_block_model REAL,
-        out_after_block REAL, repeats INTEGER, ok INTEGER, agree INTEGER, PRIMARY KEY (run_id, protocol, rate));
-        INSERT INTO summary VALUES ('old-1', 'tcp', 20, 20, 5.25, 0, 5.25, 5, 5, 0, 1, 1, 1);""")
+    db = sqlite3.connect(old)         # the index as it was before mechanisms were named (version 0)
+    db.executescript(OLD_TABLES + "INSERT INTO summary VALUES ('old-1', 'tcp', 20, 20, 5.25, 0, 5.25, 5, 5, 0, 1, 1, 1);")
     db.commit()
     db.close()
     idx = Index(old)
