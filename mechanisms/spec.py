@@ -44,13 +44,14 @@ class Param:
             v = float(v)
         if not isinstance(v, KINDS[self.kind]):
             raise MechanismError(f"{where} must be {'an' if self.kind == 'int' else 'a'} {self.kind}, got {v!r}")
-        if self.kind == "float" and not math.isfinite(v):
+        num: Any = v          # of the parameter's kind now (a number where there are bounds)
+        if self.kind == "float" and not math.isfinite(num):
             raise MechanismError(f"{where} must be finite, got {v!r}")
         if self.choices and v not in self.choices:
             raise MechanismError(f"{where} must be one of {', '.join(self.choices)}, got {v!r}")
         lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
-        if self.low is not None and (v < self.low or (lo_open and v == self.low)) or \
-                self.high is not None and (v > self.high or (hi_open and v == self.high)):
+        if self.low is not None and (num < self.low or (lo_open and num == self.low)) or \
+                self.high is not None and (num > self.high or (hi_open and num == self.high)):
             raise MechanismError(f"{where} must be in {self.range_text()}, got {v!r}")
         return v
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..spec import Mechanism, Param, StartContext, flags
 
 
-def _start(p: dict, c: StartContext) -> list[str]:
+def _start(p: Mapping[str, Any], c: StartContext) -> list[str]:
     argv = [c.python, "-m", "mechanisms.ratelimit", "apply", "--placement", c.placement,
             *flags([("--new-per-s", p["new_per_s"]), ("--burst", p["burst"]),
                     ("--protocols", ",".join(c.protocols))])]
@@ -14,7 +17,7 @@ def _start(p: dict, c: StartContext) -> list[str]:
     return argv
 
 
-def _check(p: dict) -> None:
+def _check(p: Mapping[str, Any]) -> None:
     from .rules import RateLimitConfig
     RateLimitConfig(new_per_s=p["new_per_s"], burst=p["burst"])
 

@@ -24,7 +24,8 @@ from .rules import ConfigError
 class TokenBucket:
     def __init__(self, rate: float, burst: int):
         self.rate, self.burst = float(rate), float(burst)
-        self.tokens, self.last = float(burst), None
+        self.tokens = float(burst)
+        self.last: float | None = None
 
     def take(self, t: float) -> bool:
         if self.last is not None:

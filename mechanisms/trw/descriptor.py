@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..spec import Mechanism, Param, StartContext, flags
 
 
-def _start(p: dict, c: StartContext) -> list[str]:
+def _start(p: Mapping[str, Any], c: StartContext) -> list[str]:
     argv = [c.python, "-m", "mechanisms.trw", "run", "--mode", c.placement,
             *flags([("--theta0", p["theta0"]), ("--theta1", p["theta1"]), ("--alpha", p["alpha"]),
                     ("--beta", p["beta"]), ("--timeout", p["timeout_s"]), ("--queue-num", c.queue_num)])]
@@ -18,7 +21,7 @@ def _start(p: dict, c: StartContext) -> list[str]:
     return argv
 
 
-def _check(p: dict) -> None:
+def _check(p: Mapping[str, Any]) -> None:
     from .core import TrwConfig
     TrwConfig(**p)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..spec import Mechanism, Param, StartContext, flags
 
 
-def _start(p: dict, c: StartContext) -> list[str]:
+def _start(p: Mapping[str, Any], c: StartContext) -> list[str]:
     argv = [c.python, "-m", "throttle", "run", "--mode", c.placement,
             *flags([("--working-set", p["working_set_size"]), ("--limit", p["delay_queue_limit"]),
                     ("--period", p["release_period_s"]), ("--policy", p["policy"]),
@@ -22,7 +25,7 @@ def _start(p: dict, c: StartContext) -> list[str]:
     return argv
 
 
-def _check(p: dict) -> None:
+def _check(p: Mapping[str, Any]) -> None:
     from throttle.core import ThrottleConfig
     ThrottleConfig(**p)
 

@@ -83,8 +83,8 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
                 for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
     findings += [contra] if contra else []
     if st.throttled:
-        model = _model(st, t, verdicts, worm_lines, src)
-        return Evaluation(measured, findings, model, agreement.judge(measured, model, **st.tolerance), skew)
+        tmodel = _model(st, t, verdicts, worm_lines, src)
+        return Evaluation(measured, findings, tmodel, agreement.judge(measured, tmodel, **st.tolerance), skew)
     m = st.mech
     assert m is not None
     model = judged.model(m, worm_lines, src)

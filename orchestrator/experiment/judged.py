@@ -21,9 +21,10 @@ RATE_TOL = 0.10      # rate-limit: the wire's rate against the model's
 
 def model(m: MechanismRun, worm_lines: Sequence[str], src: str) -> dict[str, Any] | None:
     """The mechanism's prediction for the worm's own logged attempts from `src` (None without a model)."""
-    if m.descriptor is None or m.descriptor.model is None or m.name == "williamson":
+    predict = m.descriptor.load_model() if m.descriptor is not None and m.name != "williamson" else None
+    if predict is None:
         return None
-    got = m.descriptor.load_model()(worm_lines, m.params, placement=m.placement)
+    got = predict(worm_lines, m.params, placement=m.placement)
     p = got.get(src)
     if p is None:
         return {"blocked": False, "stop_s": None, "out_before_block": 0, "wire_rate": None}
@@ -56,7 +57,8 @@ def judge(m: MechanismRun, measured: Mapping[str, Any], predicted: Mapping[str, 
         res["out_ok"] = True
     else:
         res["stop_error_s"] = None if cs is None or ps is None else cs - ps
-        res["stop_ok"] = bool(contained) and cs is not None and abs(cs - ps) <= max(stop_abs_s, stop_rel * ps)
+        res["stop_ok"] = (bool(contained) and cs is not None and ps is not None
+                          and abs(cs - ps) <= max(stop_abs_s, stop_rel * ps))
         res["out_ok"] = out == po
     res["ok"] = res["stop_ok"] and res["out_ok"]
     return res

@@ -160,11 +160,12 @@ class TrialRun:
         an earlier run on the same lab must not be read as this trial's (the throttle appends to its log: an
         old "blocked" line would end this trial at once)."""
         st, h = self.st, self.h
-        stale: list[Callable[[], Any]] = [lambda srv=srv: h.sh(srv, f"rm -rf {self.state_dirs[srv]}",
-                                                                timeout=15).check() for srv in st.servers]
-        if st.throttle:
+        def wipe(srv: str) -> Callable[[], Any]:
+            return lambda: h.sh(srv, f"rm -rf {self.state_dirs[srv]}", timeout=15).check()
+        stale = [wipe(srv) for srv in st.servers]
+        if (place := st.throttle) is not None:
             old = " ".join(shlex.quote(p) for p in (self.mdir, self.tlog, self.terr) if p)
-            stale.append(lambda: st.throttle.sh(f"rm -rf {old}", timeout=15).check())
+            stale.append(lambda: place.sh(f"rm -rf {old}", timeout=15).check())
         reset(st, extra=[lambda: h.sh(st.injector, f"ip link set {self.inj_if} up", timeout=15).check(), *stale])
         self.phase("reset")
 
@@ -184,13 +185,13 @@ class TrialRun:
     def start_mechanism(self) -> None:
         """The trial's mechanism, through its registry descriptor (or a user's start command): a daemon runs as
         a watched service until it has logged its config; rules without a daemon are applied once."""
-        st, place, m = self.st, self.st.throttle, self.st.contained_by
-        if not place or m is None:
+        st, place, m, mdir = self.st, self.st.throttle, self.st.contained_by, self.mdir
+        if place is None or m is None or mdir is None:
             return
         name = service_name(st)
         if m.custom is not None:
-            cmd = fill(m.custom.start, custom_values(st, self.t, self.mdir))
-            r = place.sh(f"mkdir -p {shlex.quote(self.mdir)} && {cmd}", timeout=READY_S * 3)
+            cmd = fill(m.custom.start, custom_values(st, self.t, mdir))
+            r = place.sh(f"mkdir -p {shlex.quote(mdir)} && {cmd}", timeout=READY_S * 3)
             if not r.ok:
                 raise TestbedError(f"{m.name}'s start command on {place.label} failed (exit {r.exit_code}): "
                                    f"{(r.stderr or r.stdout).strip()[-300:]}")
@@ -218,11 +219,11 @@ class TrialRun:
 
     def stop_mechanism(self, check: bool = True) -> None:
         """Rules without a daemon (and a user's mechanism) are removed after every trial, a failed one too."""
-        st, place, m = self.st, self.st.throttle, self.st.contained_by
-        if not place or m is None or m.daemon:
+        st, place, m, mdir = self.st, self.st.throttle, self.st.contained_by, self.mdir
+        if place is None or m is None or m.daemon or mdir is None:
             return
         if m.custom is not None:
-            r = place.sh(fill(m.custom.stop, custom_values(st, self.t, self.mdir)), timeout=30)
+            r = place.sh(fill(m.custom.stop, custom_values(st, self.t, mdir)), timeout=30)
         else:
             argv = mechanism_stop_argv(place, st, self.t)
             if argv is None:
@@ -331,8 +332,8 @@ def reset(st: Setup, extra=()) -> None:
     """Stop whatever a previous (interrupted) trial left running."""
     h = st.hosts
     jobs = [(srv, "worm-server") for srv in st.servers] + [(st.sniffer, CAPTURE)]
-    m = st.contained_by
-    more = [lambda: st.throttle.stop(service_name(st), timeout=5)] if st.throttle and m and m.daemon else []
+    m, place = st.contained_by, st.throttle
+    more = [lambda: place.stop(service_name(st), timeout=5)] if place is not None and m and m.daemon else []
     parallel([lambda j=j: h.stop(j[0], j[1], timeout=5) for j in jobs] + more + list(extra))
 
 
@@ -427,12 +428,15 @@ def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:
 def clear_mechanism(st: Setup, t: TrialSpec) -> None:
     """Remove the rules a dead mechanism's daemon left behind (fail-closed, they would drop the host's new
     connections until the next trial's daemon replaced them): its descriptor's stop command."""
-    argv = mechanism_stop_argv(st.throttle, st, t)
+    place = st.throttle
+    if place is None:
+        return
+    argv = mechanism_stop_argv(place, st, t)
     if argv is None:
         return
-    r = st.throttle.run(argv, timeout=30)
+    r = place.run(argv, timeout=30)
     if not r.ok:
-        raise TestbedError(f"the dead {service_name(st)}'s rules on {st.throttle.label} could not be removed: "
+        raise TestbedError(f"the dead {service_name(st)}'s rules on {place.label} could not be removed: "
                            f"{(r.stderr or r.stdout).strip()[-300:]}")
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.labfile.constants import ROLES
 from orchestrator.labfile.models import LabFile
 from orchestrator.labfile.resolve import resolve
-from orchestrator.labfile.specfile import Problems, read_spec_file
+from orchestrator.labfile.specfile import MAX_REASON, Problems, read_spec_file
 
 
 def _union_tag(part: Any) -> bool:
@@ -174,12 +174,12 @@ class _AfterCuts(Problems):
         self.base, self.cuts = base, cuts
         self.hosts_cut = any(len(c) == 2 and c[0] == "hosts" for c in cuts)
 
-    def add(self, path, reason: str) -> None:
+    def add(self, path, reason: str, *, limit: int = MAX_REASON) -> None:
         key = tuple(path)
         if any(key[:len(c)] == c for c in self.cuts) or self.hosts_cut and key == ("hosts",):
             return
         self.items.append((".".join(str(p) for p in key) or "<top>", reason))
-        self.base.add(path, reason)
+        self.base.add(path, reason, limit=limit)
 
 
 # ---------------------------------------------------------------- loading
