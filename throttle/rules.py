@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .core import ThrottleError
 
@@ -164,7 +165,13 @@ def _restore(body: list[str], what: str) -> None:
         raise _fail(what, cp)
 
 
-def install(spec: RuleSpec, tag: Tag = THROTTLE) -> list[str]:
+class Rules(Protocol):
+    """What install() takes: anything that renders its rules as iptables-restore lines (RuleSpec, TRW's)."""
+
+    def lines(self) -> list[str]: ...
+
+
+def install(spec: Rules, tag: Tag = THROTTLE) -> list[str]:
     """Replace any stale throttle rules with `spec`'s (anything with `lines()`), in one transaction. Returns
     the stale lines removed."""
     check_tools()

@@ -9,13 +9,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .model import predict_constant_rate, predict_worm_log
 from .rules import ConfigError, RateLimitConfig, RateLimitError, apply, clear, counters, render
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from throttle import control
 from throttle.core import ThrottleError
@@ -21,7 +22,7 @@ from .model import predict_constant_rate, replay_worm_log
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -96,7 +97,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         pred = predict_constant_rate(a.rate, answer=a.answer, rtt_s=a.rtt, config=_config(a))
         if a.json:
             print(json.dumps(pred.__dict__))
-        elif pred.stop_s is None:
+        elif pred.stop_s is None or pred.block_attempt is None:
             print(f"rate {a.rate:g}/s, every first contact {a.answer}: never blocked")
         else:
             print(f"rate {a.rate:g}/s, every first contact {a.answer}: blocked {pred.stop_s:.3f} s after the "

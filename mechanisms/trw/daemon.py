@@ -113,12 +113,13 @@ class TrwDaemon:
         self.core = Trw(config)
         self._tested_hook = TESTED_HOOK[opts.mode]
         self._stop: str | None = None
-        self._nfq = None
+        self._nfq: Any = None         # a NetfilterQueue once bound (the binding is imported late)
         self._fd: int | None = None
         self._ctl: socket.socket | None = None
         self._log: EventLog | None = None
         self._rules = False
-        self._wake_r = self._wake_w = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._budget = 0
         self.ignored = 0
         self.started_mono = time.monotonic()
@@ -151,9 +152,9 @@ class TrwDaemon:
                 raise DaemonError(f"cannot bind NFQUEUE {o.queue_num}: it is already bound in this network "
                                   "namespace (choose another --queue-num)") from None
         self._nfq, self._fd = nfq, nfq.get_fd()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
         spec = TrwRuleSpec(o.mode, o.queue_num, o.interface, o.fail_closed, os.getpid())
         try:
             stale = iptables.install(spec, TAG)
@@ -268,12 +269,13 @@ class TrwDaemon:
                 pass
 
     def loop(self) -> None:
-        assert self._fd is not None and self._ctl is not None and self._nfq is not None
+        assert self._fd is not None and self._ctl is not None and self._nfq is not None and self._wake_r is not None
         nl, ctl, wake, nfq, core = self._fd, self._ctl, self._wake_r, self._nfq, self.core
+        watched: list[Any] = [nl, ctl, wake]      # the queue's netlink fd, the control socket, the wake-up pipe
         while self._stop is None:
             due = core.next_due()
             timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.monotonic()))
-            r, _, _ = select.select([nl, ctl, wake], [], [], timeout)
+            r, _, _ = select.select(watched, [], [], timeout)
             now = time.monotonic()
             due = core.next_due()
             if due is not None and due <= now:
@@ -301,6 +303,7 @@ class TrwDaemon:
             for s, h in old.items():
                 signal.signal(s, h)
             raise
+        assert self._wake_w is not None
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         status = 0
         try:
