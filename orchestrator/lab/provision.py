@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -193,10 +194,13 @@ def _prepare(store: StateStore, lab: Lab, provider: Provider) -> Path:
     (pdd / "bin").mkdir(parents=True)
     (pdd / "tmp").mkdir()
     os.chmod(pdd, 0o700)
+    proxy = provider.control_proxy(lab.name)
     prefix = " ".join(provider.control_argv(lab.name))
     for tool in ("ssh", "sftp", "scp"):
         w = pdd / "bin" / tool
-        w.write_text(f"#!/bin/sh\n# {tool} from where the lab's control traffic stands\nexec {prefix} {tool} \"$@\"\n")
+        # on another machine's admin LAN ssh still runs here (its arguments name local files), through a proxy
+        cmd = f"{tool} -o {shlex.quote('ProxyCommand=' + proxy)}" if proxy else f"{prefix} {tool}"
+        w.write_text(f"#!/bin/sh\n# {tool} from where the lab's control traffic stands\nexec {cmd} \"$@\"\n")
         os.chmod(w, 0o755)
     cdir = control_dir(store, lab.name)
     cdir.mkdir(mode=0o700, exist_ok=True)

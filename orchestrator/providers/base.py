@@ -176,6 +176,11 @@ class Provider(ABC):
     def control_argv(self, name: str) -> list[str]:
         """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
 
+    def control_proxy(self, name: str) -> str | None:
+        """Where the admin LAN is on another machine: an ssh ProxyCommand (with %h and %p) that reaches it, so
+        ssh itself runs here, with the lab's keys and known_hosts; None where control_argv reaches it here."""
+        return None
+
     def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
         """Where a host's experimental traffic can be throttled *outside* the host (the wire placement):
         (argv prefix that runs a program there, on this machine; the bridge port its frames enter by)."""

@@ -4,6 +4,8 @@ placement (the hypervisor side of a guest's tap), power and the serial console."
 
 from __future__ import annotations
 
+import base64
+import shlex
 import socket
 import subprocess
 import sys
@@ -84,6 +86,16 @@ class GuestHosts(Provider):
         # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
         return [h.name for h in lab.hosts if h.ip("admin") and h.role != "admin-server"]
 
+    def control_proxy(self, name: str) -> str | None:
+        # on a remote hypervisor the admin LAN is only there: ssh keeps running here (with the lab's keys and
+        # known_hosts, which are here) and reaches %h:%p through a relay in the admin server's namespace there
+        rec = self.store.require(name)
+        hv = hypervisor.Hypervisor(uri_of(rec))
+        if not hv.remote:
+            return None
+        ns = ns_name(name, xml.admin_server(rec.topology).name)
+        return shlex.join(hv.argv(["ip", "netns", "exec", ns, *_relay_argv("%h", "%p", 10.0)]))
+
     def control_argv(self, name: str) -> list[str]:
         rec = self.store.require(name)
         ns = ns_name(name, xml.admin_server(rec.topology).name)
@@ -125,21 +137,29 @@ class GuestHosts(Provider):
             hv = hypervisor.Hypervisor(uri)
             return subprocess.call(hv.argv(["ip", "netns", "exec", ns_name(name, host), "/bin/bash", "-i"]))
         print(f"console of {host} (serial ttyS0); leave with Ctrl+]", file=sys.stderr)
-        return subprocess.call(["virsh", "-c", uri, "console", "--force", xml.domain_name(name, host)])
+        return subprocess.call(["virsh", "-c", hypervisor.libvirt_uri(uri), "console", "--force", xml.domain_name(name, host)])
 
 
-_RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]));"
-          "i,o=sys.stdin.buffer.raw,sys.stdout.buffer.raw\n"
-          "def up():\n while (d:=i.read(65536)):s.sendall(d)\n s.shutdown(1)\n"
-          "threading.Thread(target=up,daemon=True).start()\n"
-          "while (d:=s.recv(65536)):o.write(d)\n")
+# stdin/stdout as file descriptors (a PYTHONUNBUFFERED there has no .raw); the connect timeout is not kept for
+# the data (an idle SSH session would otherwise end after `timeout` seconds); partial writes are finished
+_RELAY_SRC = ("import os,socket,sys,threading\n"
+              "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]));s.settimeout(None)\n"
+              "def up():\n while (d:=os.read(0,65536)):s.sendall(d)\n s.shutdown(socket.SHUT_WR)\n"
+              "threading.Thread(target=up,daemon=True).start()\n"
+              "while (d:=s.recv(65536)):\n while d:d=d[os.write(1,d):]\n")
+# one argument without %, newlines or backslashes: shell-quoted once per shell, and unchanged by ssh's %-tokens
+_RELAY = f"import base64;exec(base64.b64decode('{base64.b64encode(_RELAY_SRC.encode()).decode()}'))"
+
+
+def _relay_argv(address: str, port: str, timeout: float) -> list[str]:
+    return ["python3", "-c", _RELAY, address, port, f"{timeout:g}"]
 
 
 def _relay_socket(hv: hypervisor.Hypervisor, ns: str, address: str, port: int, timeout: float) -> socket.socket:
     """A socket whose other end is a TCP connection made inside the admin-server namespace of a remote
     hypervisor (ssh + a small python3 relay there)."""
     mine, theirs = socket.socketpair()
-    argv = hv.argv(["ip", "netns", "exec", ns, "python3", "-c", _RELAY, address, str(port), str(timeout)])
+    argv = hv.argv(["ip", "netns", "exec", ns, *_relay_argv(address, str(port), timeout)])
     subprocess.Popen(argv, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.DEVNULL, start_new_session=True)
     theirs.close()
     mine.settimeout(timeout)

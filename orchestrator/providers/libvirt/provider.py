@@ -42,7 +42,6 @@ from orchestrator.providers.libvirt import hypervisor, images, seed, xml
 from orchestrator.providers.libvirt.guests import GuestHosts, options, uri_of
 from orchestrator.providers.libvirt.teardown import Sweep, remove_host_side
 from orchestrator.providers.naming import ns_name
-from orchestrator.providers.netns import namespaces
 from orchestrator.providers.state import LabRecord
 
 BOOT_TIMEOUT = float(os.environ.get("TESTBED_BOOT_TIMEOUT", "300"))
@@ -135,7 +134,7 @@ class LibvirtProvider(GuestHosts):
         have = set(conn.listDefinedDomains()) | {d.name() for d in conn.listAllDomains(0)}
         nets = {xml.network_name(lab.name, xml.seg_short(s.key, lab)) for s in lab.segments}
         clash = sorted((names & have) | (nets & {n.name() for n in conn.listAllNetworks(0)}))
-        if not sim and ns_name(lab.name, "admin-server") in namespaces.list_netns() and not hv.remote:
+        if not sim and ns_name(lab.name, "admin-server") in hv.netns():
             clash.append(ns_name(lab.name, "admin-server"))
         if clash:
             raise ProviderError(f"{', '.join(clash)} already exist(s) at {hv.uri} and no lab here recorded them; "
@@ -373,8 +372,9 @@ class LibvirtProvider(GuestHosts):
                 vols = set()
         finally:
             conn.close()
-        links = hv.links() if not hypervisor.is_simulated(uri) else set()
-        spaces = namespaces.list_netns() if not hv.remote else set()
+        sim = hypervisor.is_simulated(uri)
+        links = hv.links() if not sim else set()
+        spaces = hv.netns() if not sim else set()
         present = {"domain": doms, "network": nets, "volume": vols, "tap": links, "veth": links, "netns": spaces}
         out = []
         for e in rec.journal:
@@ -383,10 +383,10 @@ class LibvirtProvider(GuestHosts):
             if kind in present:
                 out.append(Resource(kind, n, n in present[kind]))
             elif kind == "file":
-                out.append(Resource(kind, n, os.path.exists(n) if not hv.remote else False))
+                out.append(Resource(kind, n, not sim and hv.exists(n)))
             else:
-                out.append(Resource(kind, n, hypervisor.chains_present(hv) if kind == "chains" and not
-                                    hypervisor.is_simulated(uri) else False))
+                out.append(Resource(kind, n, hypervisor.chains_present(hv) if kind == "chains" and not sim
+                                    else False))
         return out
 
     def clock(self, rec: LabRecord) -> Clock:
@@ -403,8 +403,9 @@ class LibvirtProvider(GuestHosts):
         try:
             for h in lab.hosts:
                 addrs = {i.ifname: i.address or "" for i in h.interfaces}
-                if h.role == "admin-server":
-                    up = hypervisor.is_simulated(uri_of(rec)) or ns_name(name, h.name) in namespaces.list_netns()
+                if h.role == "admin-server":     # its namespace is on the hypervisor, which may be another machine
+                    up = hypervisor.is_simulated(uri_of(rec)) or ns_name(name, h.name) in hypervisor.Hypervisor(
+                        uri_of(rec)).netns()
                     state: HostState = "up" if up else "missing"
                     st.hosts.append(HostStatus(h.name, h.role, state, addrs, {k: "UP" for k in addrs} if up else {}))
                     continue

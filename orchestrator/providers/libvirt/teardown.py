@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from orchestrator.providers.base import Resource, ResourceKind
 from orchestrator.providers.libvirt import hypervisor, xml
-from orchestrator.providers.netns import namespaces
 from orchestrator.providers.state import LabRecord
 
 DESTROY_ATTEMPTS = 3          # virDomainDestroy can fail while a loaded machine's QEMU is still dying
@@ -101,8 +100,7 @@ class Sweep:
 def remove_host_side(hv: hypervisor.Hypervisor, rec: LabRecord, failed: list[str]) -> list[Resource]:
     """What a lab made on the hypervisor itself: the admin server's namespace and its links."""
     removed = []
-    spaces = set(namespaces.list_netns()) if not hv.remote else set(
-        hv.run(["ip", "netns", "list"], timeout=15).stdout.split())
+    spaces = hv.netns()
     for ns in rec.owns("netns"):
         if ns in spaces:
             if hv.run(["ip", "netns", "del", ns], timeout=15).ok:
