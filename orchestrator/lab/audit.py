@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -371,23 +372,37 @@ def _watch_findings(gateway: str, w: dict[str, Any]) -> list[Finding]:
 # ---------------------------------------------------------------- running (I/O)
 
 
-def machine_uplinks() -> list[str]:
-    """The root namespace's default gateways and global addresses: what no lab host may have a route to."""
-    from orchestrator.localrun import run
-
+def uplinks_from(route_json: str, addr_json: str) -> list[str]:
+    """Default gateways and global IPv4 addresses from `ip -4 -j route show default` / `ip -4 -j addr show
+    scope global` output."""
     out: list[str] = []
-    r = run(["ip", "-4", "-j", "route", "show", "default"], timeout=10)
-    for x in json.loads(r.stdout or "[]") if r.ok else []:
+    for x in json.loads(route_json or "[]"):
         if x.get("gateway"):
             out.append(x["gateway"])
-    r = run(["ip", "-4", "-j", "addr", "show", "scope", "global"], timeout=10)
-    for a in json.loads(r.stdout or "[]") if r.ok else []:
+    for a in json.loads(addr_json or "[]"):
         out += [x["local"] for x in a.get("addr_info", []) if x.get("family") == "inet"]
     return sorted(set(out))
 
 
+def machine_uplinks(argv_prefix: list[str] | None = None) -> list[str]:
+    """The root namespace's default gateways and global addresses: what no lab host may have a route to. With
+    argv_prefix (a Provider.remote_shells entry), those of that machine."""
+    from orchestrator.localrun import run
+
+    pre = argv_prefix or []
+
+    def ip(*args: str) -> str:
+        argv = [*pre, shlex.join(["ip", *args])] if pre else ["ip", *args]
+        r = run(argv, timeout=15)
+        return r.stdout if r.ok else ""
+
+    return uplinks_from(ip("-4", "-j", "route", "show", "default"), ip("-4", "-j", "addr", "show", "scope", "global"))
+
+
 def run_check(provider: Provider, lab: Lab) -> CheckReport:
-    plans = plan(lab, machine_uplinks(), beacon_port=secrets.SystemRandom().randrange(40000, 50000))
+    # this machine's uplinks and those of every other machine the lab runs on (a remote hypervisor's)
+    uplinks = sorted({u for pre in [None, *provider.remote_shells(lab.name)] for u in machine_uplinks(pre)})
+    plans = plan(lab, uplinks, beacon_port=secrets.SystemRandom().randrange(40000, 50000))
 
     def one(host: str, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         timeout = 30 + (p["watch"]["deadline"] if "watch" in p else BEACON_WAIT if "beacon" in p else 0)

@@ -176,6 +176,11 @@ class Provider(ABC):
     def control_argv(self, name: str) -> list[str]:
         """argv prefix that runs a local program where control traffic stands (e.g. ansible-playbook)."""
 
+    def remote_shells(self, name: str) -> list[list[str]]:
+        """The other machines a lab runs on, each as an argv prefix that runs one shell command there (e.g.
+        ssh to a remote hypervisor): `testbed check` reads their uplinks too. None here."""
+        return []
+
     def control_proxy(self, name: str) -> str | None:
         """Where the admin LAN is on another machine: an ssh ProxyCommand (with %h and %p) that reaches it, so
         ssh itself runs here, with the lab's keys and known_hosts; None where control_argv reaches it here."""

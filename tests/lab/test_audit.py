@@ -324,6 +324,9 @@ class _SlowThenFine:
     def host_vars(self, name, host):
         return {"testbed_python": "/usr/bin/python3"}
 
+    def remote_shells(self, name):
+        return self.shells if hasattr(self, "shells") else []
+
     def exec(self, lab, host, argv, *, input=None, timeout=None):
         from orchestrator.localrun import Result
         plan = json.loads(input.split("\n", 1)[0])
@@ -341,7 +344,7 @@ class _SlowThenFine:
 
 @pytest.mark.parametrize("late", [True, False])
 def test_a_reachable_address_that_timed_out_is_tried_once_more(lab, late, monkeypatch):
-    monkeypatch.setattr(audit, "machine_uplinks", lambda: UPLINKS)
+    monkeypatch.setattr(audit, "machine_uplinks", lambda pre=None: UPLINKS)
     prov = _SlowThenFine(lab, late)
     rep = audit.run_check(prov, lab)
     retries = [(h, p) for h, p in prov.plans if p["timeout"] == audit.RETRY_TIMEOUT]
@@ -370,3 +373,27 @@ def test_an_extra_address_from_another_lan_is_a_leak_and_a_second_one_of_its_own
     admin0["addrs"][-1] = "198.18.1.250/24"
     assert [(f.kind, f.detail) for f in audit.evaluate(lab, obs).problems] == [
         ("broken", f"admin0 has ['{own}', '198.18.1.250/24'], declared {own}")]
+
+
+def test_a_remote_hypervisors_uplinks_are_audited_beside_this_machines(lab, monkeypatch):
+    asked = []
+
+    def uplinks(pre=None):
+        asked.append(pre)
+        return ["203.0.113.9"] if pre else UPLINKS
+
+    monkeypatch.setattr(audit, "machine_uplinks", uplinks)
+    prov = _SlowThenFine(lab, True)
+    prov.shells = [["ssh", "-p", "2222", "root@hv", "--"]]
+    audit.run_check(prov, lab)
+    assert asked == [None, ["ssh", "-p", "2222", "root@hv", "--"]]
+    first = [p for _, p in prov.plans if p["timeout"] != audit.RETRY_TIMEOUT]
+    assert first and all(p["uplinks"] == sorted([*UPLINKS, "203.0.113.9"]) for p in first)
+
+
+def test_uplinks_are_read_from_ip_json():
+    routes = '[{"dst":"default","gateway":"192.0.2.1","dev":"eth0"},{"dst":"default","dev":"wg0"}]'
+    addrs = ('[{"ifname":"eth0","addr_info":[{"family":"inet","local":"192.0.2.10"}]},'
+             '{"ifname":"eth1","addr_info":[{"family":"inet6","local":"2001:db8::1"}]}]')
+    assert audit.uplinks_from(routes, addrs) == ["192.0.2.1", "192.0.2.10"]
+    assert audit.uplinks_from("", "") == []

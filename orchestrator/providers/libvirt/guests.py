@@ -86,6 +86,10 @@ class GuestHosts(Provider):
         # the admin server is the hypervisor's own side of the lab: where SSH starts from, not a machine
         return [h.name for h in lab.hosts if h.ip("admin") and h.role != "admin-server"]
 
+    def remote_shells(self, name: str) -> list[list[str]]:
+        hv = hypervisor.Hypervisor(uri_of(self.store.require(name)))
+        return [[*hv.ssh, "--"]] if hv.remote else []
+
     def control_proxy(self, name: str) -> str | None:
         # on a remote hypervisor the admin LAN is only there: ssh keeps running here (with the lab's keys and
         # known_hosts, which are here) and reaches %h:%p through a relay in the admin server's namespace there
