@@ -7,14 +7,16 @@ through the QEMU guest agent.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shlex
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 from orchestrator.atomic import atomic_write_json, read_json
 from orchestrator.errors import ProviderError
@@ -50,14 +52,41 @@ def ssh_options(uri: str) -> dict[str, str]:
     return {k: q[k][-1] for k in ("keyfile", "known_hosts") if q.get(k)}
 
 
-def libvirt_uri(uri: str) -> str:
+def ssh_wrapper_text(known_hosts: str) -> str:
+    return ("#!/bin/sh\n# libvirt's ssh transport with the URI's known_hosts pinned (written by worm-testbed)\n"
+            f"exec ssh -o UserKnownHostsFile={shlex.quote(known_hosts)} -o StrictHostKeyChecking=yes "
+            "-o BatchMode=yes \"$@\"\n")
+
+
+def ssh_wrapper(known_hosts: str, root: Path | None = None) -> Path:
+    """A file that runs ssh with this known_hosts pinned, for libvirt's `command=` (written once per content,
+    in a directory of this user's only)."""
+    text = ssh_wrapper_text(known_hosts)
+    d = root or Path(tempfile.gettempdir()) / f"wt-ssh-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = d.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ProviderError(f"{d} is not a private directory of this user's; not writing an ssh command there")
+    f = d / f"ssh-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if not f.exists() or f.read_text() != text:
+        tmp = d / f".{f.name}.{os.getpid()}"
+        tmp.write_text(text)
+        tmp.chmod(0o700)
+        tmp.replace(f)
+    return f
+
+
+def libvirt_uri(uri: str, wrapper_root: Path | None = None) -> str:
     """The URI handed to libvirt. Its `ssh` transport (the OpenSSH binary) silently ignores `known_hosts=`
-    and checks the user's ~/.ssh/known_hosts instead; its `libssh` transport honours it. A qemu+ssh URI that
-    pins a known_hosts file is therefore opened as qemu+libssh, so the pin is what is checked."""
+    and checks the user's ~/.ssh/known_hosts instead, so a qemu+ssh URI that pins a known_hosts file gets
+    `command=` naming a small ssh wrapper that pins it. (Its libssh transport honours known_hosts=, but
+    hangs here with several connections at once: every guest-agent call of a `check` blocked for good.)"""
     u = urlparse(uri)
-    if u.scheme.endswith("+ssh") and "known_hosts" in ssh_options(uri):
-        return u._replace(scheme=u.scheme[:-len("+ssh")] + "+libssh").geturl()
-    return uri
+    opts = ssh_options(uri)
+    if not u.scheme.endswith("+ssh") or "known_hosts" not in opts or "command" in parse_qs(u.query):
+        return uri
+    cmd = ssh_wrapper(opts["known_hosts"], wrapper_root)
+    return u._replace(query=f"{u.query}&command={quote(str(cmd), safe='/')}").geturl()
 
 
 def explain_connect_error(uri: str, msg: str) -> ProviderError:

@@ -3,10 +3,15 @@ reaches the far side's admin LAN. No daemon, no root."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from orchestrator.errors import ProviderError
 from orchestrator.providers.libvirt import hypervisor
 from orchestrator.providers.libvirt.guests import _RELAY, _relay_argv
 
@@ -30,12 +35,27 @@ def test_a_plain_remote_uri_adds_nothing_and_a_local_one_runs_here():
     assert not local.remote and local.argv(["ip", "link"]) == ["ip", "link"]
 
 
-def test_a_pinned_known_hosts_makes_libvirt_use_its_libssh_transport():
-    # libvirt's `ssh` transport ignores known_hosts= (it checks ~/.ssh/known_hosts); libssh honours it
-    assert hypervisor.libvirt_uri(PINNED) == PINNED.replace("qemu+ssh://", "qemu+libssh://")
-    for uri in ("qemu+ssh://root@hv/system", "qemu+ssh://hv/system?keyfile=/k", "qemu:///system",
-                "test:///default", "qemu+libssh://hv/system?known_hosts=/k"):
-        assert hypervisor.libvirt_uri(uri) == uri
+def test_a_pinned_known_hosts_reaches_libvirts_ssh_through_a_wrapper(tmp_path):
+    # libvirt's ssh transport ignores known_hosts= (it checks ~/.ssh/known_hosts): command= names a wrapper
+    root = tmp_path / "w"
+    uri = hypervisor.libvirt_uri(PINNED, root)
+    assert uri.startswith(PINNED + "&command=" + str(root) + "/ssh-")
+    wrapper = Path(uri.split("command=")[1])
+    assert wrapper.read_text().splitlines()[-1] == ('exec ssh -o UserKnownHostsFile=/k/kh -o StrictHostKeyChecking=yes '
+                                                    '-o BatchMode=yes "$@"')
+    assert os.access(wrapper, os.X_OK) and root.stat().st_mode & 0o077 == 0
+    assert hypervisor.libvirt_uri(PINNED, root) == uri          # the same file, written once
+    for other in ("qemu+ssh://root@hv/system", "qemu+ssh://hv/system?keyfile=/k", "qemu:///system",
+                  "test:///default", "qemu+ssh://hv/system?known_hosts=/k&command=/bin/myssh"):
+        assert hypervisor.libvirt_uri(other, root) == other
+
+
+def test_a_wrapper_directory_open_to_others_is_refused(tmp_path):
+    root = tmp_path / "w"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    with pytest.raises(ProviderError, match="not a private directory"):
+        hypervisor.libvirt_uri(PINNED, root)
 
 
 def test_the_relay_is_one_argument_that_ssh_tokens_leave_alone():
