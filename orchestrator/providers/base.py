@@ -4,8 +4,8 @@ Everything above it (provisioning, capture, experiments, analysis) reaches hosts
 and is provider-independent; it never asks which provider it has. What it needs of the provider is on this
 contract: building and removing (`create`, `destroy`, `resources`, `status`, `unrecorded`), out-of-band
 management (`exec`, `power`, `console`, `revive`), where control traffic stands (`control_socket`,
-`control_argv`, `ssh_hosts`, `host_vars`, `wait_ready`), the wire placement (`wire_point`), and how the
-hosts keep time (`clock`).
+`control_argv`, `control_proxy`, `ssh_hosts`, `host_vars`, `wait_ready`), the other machines a lab runs on
+(`remote_shells`), the wire placement (`wire_point`), and how the hosts keep time (`clock`).
 """
 
 from __future__ import annotations
