@@ -68,7 +68,8 @@ class Setup:
         event."""
         place, iface = self.places.get(m.placement, (None, None)) if not m.is_none else (None, None)
         n = m.params["working_set_size"] if m.name == "williamson" else 5
-        if m.name != "williamson" and not self.exp.legacy or not self.exp.spec.state == "full":
+        if m.name != "williamson" and not self.exp.legacy or not self.exp.spec.state == "full" \
+                or self.exp.spec.worm is None:      # a benign experiment: its own traffic meets the mechanism
             normal = []
         elif len(self.normal) == n:
             normal = self.normal
@@ -98,7 +99,7 @@ class Setup:
         setup = cls(exp, lab, hosts, run, infected.name, injector.name, lab.by_role("sniffer")[0].name,
                     gateway.name if gateway else None, servers, iface.segment,
                     [seg.subnet for seg in lab.experimental_segments()],
-                    normal_destinations(lab, infected.name, s.worm.scan, n) if s.state == "full" else [],
+                    normal_destinations(lab, infected.name, s.worm.scan, n) if s.state == "full" and s.worm else [],
                     canary)
         setup.retransmit, setup.retransmit_why = agreement.sender_schedule(hosts.sh(
             infected.name, "cat /proc/sys/net/ipv4/tcp_syn_linear_timeouts 2>/dev/null", timeout=30).stdout)

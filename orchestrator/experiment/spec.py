@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
+from orchestrator.experiment import benignspec
+from orchestrator.experiment.benignspec import BenignSpec
 from orchestrator.experiment.mechspec import MechanismRun, MechanismSpec, resolve_mechanisms
 from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.load import _AfterCuts, load_lab, validate_partly
@@ -81,10 +83,13 @@ class ExperimentFile(Strict):
 
     experiment: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$", description="experiment name")
     description: str | None = None
-    kind: Literal["stopping-speed", "baseline"] = Field(
-        "stopping-speed", description="stopping-speed (the paper's §4.2.1) or baseline (no throttle)")
+    kind: Literal["stopping-speed", "baseline", "benign"] = Field(
+        "stopping-speed", description="stopping-speed (the paper's §4.2.1), baseline (no throttle) or benign "
+                                      "(only the benign workload: what containment costs it; docs/benign.md)")
     lab: str = Field(description="the lab file, relative to this file")
-    worm: WormSpec
+    worm: WormSpec = Field(None, description="required by every kind but benign (which runs none; checked "  # type: ignore[assignment]
+                                            "with the lab): None only in a benign experiment")
+    benign: BenignSpec | None = Field(None, description="the benign workload beside the mechanism (docs/benign.md)")
     rates: Rates
     repeats: Repeats = 1
     timeout_s: float = Field(60.0, gt=0, le=3600, description="per trial")
@@ -101,6 +106,11 @@ class ExperimentFile(Strict):
     infected: str | None = Field(None, description="the host the injector infects (default: the first blade)")
     gateway_empty: Literal["reset", "blackhole"] = "reset"
     seed: int = Field(1, ge=0)
+
+    @property
+    def protocols(self) -> list[Protocol]:
+        """Each protocol a trial runs: the worm's, or a benign experiment's workload's."""
+        return list(self.benign.protocols) if self.kind == "benign" and self.benign else self.worm.protocols
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,10 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
                 lab = load_lab(lab_path, machine_routes=machine_routes)
             except SpecError as exc:       # its own SpecError names the lab file: reported beside this one's
                 lab_error = exc
-    if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts):
+    if isinstance(spec, ExperimentFile):
+        benignspec.check(spec, lab, path.parent, problems)
+    if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts) \
+            and spec.worm is not None:
         # on what parsed (a refused kind or throttle would be judged by its default instead: not at all)
         _check_against_lab(spec, lab, mechs, _AfterCuts(problems, cuts) if cuts else problems)
     errors = [SpecError(source, problems.items)] if problems.items else []

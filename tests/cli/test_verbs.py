@@ -165,7 +165,8 @@ def test_schema_of_lab_and_experiment_files():
     assert lab["title"] == "worm-testbed lab file" and "hosts" in lab["properties"]
     assert doc["title"] == "worm-testbed experiment file"
     assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert {"experiment", "lab", "worm", "rates"} <= set(doc["required"])
+    assert {"experiment", "lab", "rates"} <= set(doc["required"])      # worm: every kind but benign (checked)
+    assert {"worm", "benign"} <= set(doc["properties"])
     assert doc["properties"]["rates"]["minItems"] == 1
 
 
@@ -246,5 +247,5 @@ def test_a_refused_kind_is_not_judged_by_its_default(tmp_path):
                    "worm: {scan: 198.18.9.0/24}\nrates: [5]\n")
     res = cli("validate", str(exp), state=tmp_path / "state")
     assert res.returncode == 2
-    assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed' or 'baseline'" in res.stderr
+    assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed', 'baseline' or 'benign'" in res.stderr
     assert "needs a throttle" not in res.stderr

@@ -1,0 +1,97 @@
+"""The `benign:` block of an experiment file and `kind: benign` (issue 17): the benign workload the host carrying
+the mechanism runs (workload/), checked against the lab before anything is built.
+
+```yaml
+kind: benign
+benign: {servers: 20, popularity: zipf, burst: 1, duration_s: 30}
+rates: [0.5, 1, 2, 5, 10]        # the workload's new connections per second
+mechanisms: [{name: williamson, placement: host, params: {working_set_size: 5}}]
+```
+The servers are the lab's first `servers` targets (one address each: a throttle's working set counts
+destinations), each running the workload's HTTP-like TCP and DNS-like UDP servers; the generator runs on the
+blade that carries the mechanism (`infected:`, default the first blade).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.labfile.topology import Lab
+
+TCP_PORT, UDP_PORT = 8081, 5354      # beside the worm's 8080 on the same targets
+
+
+class BenignSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    servers: int = Field(20, ge=1, le=4096, description="how many of the lab's targets serve the workload")
+    popularity: Literal["zipf", "uniform"] = Field("zipf", description="how a connection picks its server")
+    zipf_s: float = Field(1.0, gt=0, le=10, description="Zipf exponent: server k has weight 1/k^s")
+    burst: int = Field(1, ge=1, le=100, description="connections a page opens at once")
+    arrivals: Literal["poisson", "periodic"] = Field("poisson", description="how pages arrive")
+    duration_s: float = Field(30.0, gt=0, le=600, description="seconds over which connections are scheduled")
+    protocols: list[Literal["tcp", "udp"]] = Field(default_factory=lambda: list[Literal["tcp", "udp"]](["tcp"]), min_length=1,
+                                                   description="one trial per protocol: HTTP-like TCP or "
+                                                               "DNS-like UDP")
+    timeout_s: float = Field(10.0, gt=0, le=60, description="the generator's: connect and be answered")
+    trace: str | None = Field(None, description="replay this trace (CSV: time,destination,protocol,port; or "
+                                                "a pcap), relative to the experiment file, instead of a "
+                                                "generated schedule (then rates only label the trials)")
+    wrap: bool = Field(False, description="a trace with more destinations than servers: destination k → "
+                                          "server k mod n")
+    seed: int | None = Field(None, ge=0, description="the schedule's seed (default: the experiment's)")
+
+
+def check(spec, lab: Lab | None, base: Path, problems) -> None:
+    """`kind: benign` needs a `benign:` block (and no worm); other kinds need their worm. With the lab: enough
+    targets for the servers, a blade to run the generator, a sniffer; the trace file exists."""
+    b = spec.benign
+    if spec.kind == "benign":
+        if b is None:
+            problems.add(("benign",), "kind: benign needs a benign: block (servers, popularity, burst, "
+                                      "duration_s …)")
+        if spec.worm is not None:
+            problems.add(("worm",), "kind: benign runs no worm; drop the worm: block (or use kind: "
+                                    "stopping-speed with a benign: block beside it)")
+    elif spec.worm is None:
+        problems.add(("worm",), "Field required (every kind but benign runs a worm)")
+    if b is not None and b.trace is not None:
+        path = Path(b.trace) if Path(b.trace).is_absolute() else base / b.trace
+        if not path.is_file():
+            problems.add(("benign", "trace"), f"trace {path} does not exist")
+    if lab is None or b is None:
+        return
+    targets = lab.by_role("target")
+    if b.servers > len(targets):
+        problems.add(("benign", "servers"), f"lab {lab.name} has {len(targets)} target(s); {b.servers} servers "
+                                            "need as many (one address each)")
+    if spec.kind == "benign":
+        check_hosts(spec, lab, problems)
+
+
+def check_hosts(spec, lab: Lab, problems) -> None:
+    """The generator's host and the sniffer (a benign experiment has no worm checks to make them)."""
+    blade = spec.infected or (lab.by_role("blade")[0].name if lab.by_role("blade") else None)
+    if blade is None:
+        problems.add(("infected",), f"lab {lab.name} has no blade to run the benign workload")
+    else:
+        try:
+            if lab.host(blade).role != "blade":
+                problems.add(("infected",), f"{blade} is a {lab.host(blade).role}, not a blade")
+        except KeyError:
+            problems.add(("infected",), f"lab {lab.name} has no host '{blade}'")
+    if not lab.by_role("sniffer"):
+        problems.add(("lab",), f"lab {lab.name} has no sniffer to capture the wire")
+    for i, m in enumerate(spec.mechanisms or []):
+        if m.placement == "gateway" and not lab.by_role("gateway"):
+            problems.add(("mechanisms", i, "placement"), f"lab {lab.name} has no gateway to place {m.name} on")
+
+
+def trace_path(exp) -> Path | None:
+    b = exp.spec.benign
+    if b is None or b.trace is None:
+        return None
+    return Path(b.trace) if Path(b.trace).is_absolute() else Path(exp.source).parent / b.trace
