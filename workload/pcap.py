@@ -118,7 +118,8 @@ def _pcap(fh, path: str, magic: bytes) -> Iterator[Packet]:
 
 
 def _pcapng(fh, path: str) -> Iterator[Packet]:
-    e, ifaces, n, off = "<", [], 0, 0
+    ifaces: list[tuple[int, float]] = []
+    e, n, off = "<", 0, 0
     fh.seek(0)
     while True:
         hdr = fh.read(8)

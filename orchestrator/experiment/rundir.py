@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.analysis.benign import BENIGN_COLUMNS, summarise_benign
 from orchestrator.atomic import atomic_write_json, atomic_write_text, read_json
 from orchestrator.errors import TestbedError
 from orchestrator.localrun import pid_start_time
@@ -85,10 +86,11 @@ class RunDir:
 
     def write_summary(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        cols = BENIGN_COLUMNS if rows and "benign_rate" in rows[0] else SUMMARY_COLUMNS     # a benign run's rows
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(r.get(k)) for k in SUMMARY_COLUMNS})
+            w.writerow({k: _fmt(r.get(k)) for k in cols})
         atomic_write_text(self.path / "summary.csv", buf.getvalue())
 
     def summary(self) -> list[dict[str, Any]]:
@@ -174,6 +176,9 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     Only trials that measured something (ok, timeout) are averaged; an error (a process it depended on died, a
     capture without statistics, …) counts in `repeats` and `errors` and gives no figure, so a rate whose every
     trial failed has a row of counts with its figures empty."""
+    trials = list(trials)
+    if trials and all(t.get("kind") == "benign" for t in trials):
+        return summarise_benign(trials)
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     order: dict[str, int] = {}
     for t in trials:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
+from orchestrator.experiment import benign
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
@@ -43,7 +44,7 @@ def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int 
     out: list[TrialSpec] = []
     for m in exp.mechanisms:
         named = None if exp.legacy else m.name
-        for proto in s.worm.protocols:
+        for proto in s.protocols:
             for rate in s.rates if rates is None else rates:
                 for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
                     out.append(TrialSpec(len(out), proto, float(rate), rep, named))
@@ -54,6 +55,8 @@ def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     """Expected wall time of a trial: the model's stopping time (or the timeout), plus overhead."""
     s = exp.spec
     m = mechanism_of(exp, t)
+    if s.kind == "benign":
+        return benign.estimate_s(exp, t) + OVERHEAD_S
     if m.name != "williamson":
         return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
     from throttle.core import ThrottleConfig
@@ -308,7 +311,7 @@ def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
             break
         if bar:
             bar.trial(t)
-        rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
+        rec = (benign.run_trial if exp.spec.kind == "benign" else run_trial)(st.for_mechanism(mechanism_of(exp, t)), t)
         if rec.status == "interrupted":
             break
         run.trials.append(rec.to_dict())

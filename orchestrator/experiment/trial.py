@@ -137,7 +137,7 @@ class TrialRun:
                 self.cap.stop(check=False)
                 return rec
             files = self.stop_and_collect(died)
-            rec.evaluation = evaluate(self.st, self.t, files, self.tdir, end_wall=self.ended)
+            rec.evaluation = self.evaluate(files)
             self.phase("analyse")
         except ProcessDied as exc:
             rec.status, rec.reason = "error", exc.message
@@ -152,6 +152,10 @@ class TrialRun:
                 self.clean_up()
             rec.duration_s = round(time.time() - rec.started, 3)
         return rec
+
+    def evaluate(self, files: dict[str, Path | None]):
+        """The trial's figures from its files (an experiment kind with figures of its own overrides this)."""
+        return evaluate(self.st, self.t, files, self.tdir, end_wall=self.ended)
 
     # -- the steps, in order
 

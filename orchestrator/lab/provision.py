@@ -38,7 +38,7 @@ ROLES = ("common", "testworm", "throttle", "sniffer", "gateway", "injector")
 # which inventory groups each role configures (as in playbooks/site.yml)
 ROLE_GROUPS = {"common": None, "testworm": ("blade", "target"), "throttle": ("blade", "gateway"),
                "sniffer": ("sniffer",), "gateway": ("gateway",), "injector": ("injector",)}
-CODE_PACKAGES = ("hostagent", "testworm", "throttle", "mechanisms", "netfilterqueue")
+CODE_PACKAGES = ("hostagent", "testworm", "throttle", "mechanisms", "netfilterqueue", "workload")
 GATEWAY_EMPTY = ("reset", "blackhole")
 KEEP_RUNS = 3
 

@@ -137,7 +137,7 @@ class Index:
                                  mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
                                  int(bool((t.get("agreement") or {}).get("ok")))))
             for r in summary:
-                row = {**r, "run_id": rid, "mechanism": r.get("mechanism") or "", "agree": int(r["agree"])}
+                row = {**r, "run_id": rid, "mechanism": r.get("mechanism") or "", "agree": None if r.get("agree") is None else int(r["agree"])}
                 self.db.execute(f"INSERT INTO summary ({', '.join(self.SUMMARY)}) VALUES "
                                 f"({', '.join('?' * len(self.SUMMARY))})", [row.get(k) for k in self.SUMMARY])
         return rid
