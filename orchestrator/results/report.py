@@ -262,6 +262,9 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
     from orchestrator.results.plots import CAPTIONS
 
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if run.manifest()["experiment"].get("kind") == "benign":      # the price of containment (issue 17)
+        from orchestrator.results import benignreport
+        return benignreport.build(run, out_dir)
     c = _content(run)
     man, e = c["man"], c["e"]
     dest = out_dir or run.path
