@@ -44,6 +44,9 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         emit_json({"run_id": man.get("run_id"), "run_dir": str(run.path), "status": run_status(man),
                    "report": str(run.path / "report.html"), "summary": rows})
         return
+    if rows and "benign_rate" in rows[0]:          # a benign run: its table is in the report (docs/benign.md)
+        out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
+        return
     if (run.manifest().get("experiment") or {}).get("mechanisms"):      # several mechanisms, from the wire
         t = Table("mechanism", "protocol", "rate/s", "contained", "contained s", "out", "wire /s", "agrees",
                   title=f"containment from the wire — {run.path}", box=box.SIMPLE_HEAD, show_edge=False,
