@@ -45,11 +45,14 @@ class BenignSpec(BaseModel):
     seed: int | None = Field(None, ge=0, description="the schedule's seed (default: the experiment's)")
 
 
-def check(spec, lab: Lab | None, base: Path, problems) -> None:
-    """`kind: benign` needs a `benign:` block (and no worm); other kinds need their worm. With the lab: enough
-    targets for the servers, a blade to run the generator, a sniffer; the trace file exists."""
+def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = False) -> None:
+    """`kind: benign` needs a `benign:` block (and no worm); other kinds need their worm (a refused kind is not
+    judged by its default: whether it needs one is not known). With the lab: enough targets for the servers, a
+    blade to run the generator, a sniffer; the trace file exists."""
     b = spec.benign
-    if spec.kind == "benign":
+    if kind_refused:
+        pass
+    elif spec.kind == "benign":
         if b is None:
             problems.add(("benign",), "kind: benign needs a benign: block (servers, popularity, burst, "
                                       "duration_s …)")

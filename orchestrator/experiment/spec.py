@@ -158,7 +158,7 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
             except SpecError as exc:       # its own SpecError names the lab file: reported beside this one's
                 lab_error = exc
     if isinstance(spec, ExperimentFile):
-        benignspec.check(spec, lab, path.parent, problems)
+        benignspec.check(spec, lab, path.parent, problems, kind_refused=any(c[0] == "kind" for c in cuts))
     if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts) \
             and spec.worm is not None:
         # on what parsed (a refused kind or throttle would be judged by its default instead: not at all)

@@ -249,3 +249,23 @@ def test_a_refused_kind_is_not_judged_by_its_default(tmp_path):
     assert res.returncode == 2
     assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed', 'baseline' or 'benign'" in res.stderr
     assert "needs a throttle" not in res.stderr
+
+
+@pytest.mark.parametrize("verb", ["validate", "run"])
+@pytest.mark.parametrize("kind", ["stopping-speed", "baseline", None])
+def test_every_kind_but_benign_without_a_worm_is_exit_2_naming_worm(tmp_path, verb, kind):
+    exp = tmp_path / "exp.yaml"            # worm: is optional in the model (kind: benign has none): checked after
+    head = f"kind: {kind}\n" if kind else ""
+    exp.write_text(f"experiment: e\n{head}lab: {LABS / 'stopping-speed.yaml'}\nrates: [5]\n")
+    res = cli(verb, str(exp), state=tmp_path / "state")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{exp}: 1 problem\n  worm: Field required (every kind but benign runs a worm)" in res.stderr
+    assert nothing_made(tmp_path / "state")
+
+
+def test_a_refused_kind_without_a_worm_is_judged_on_its_kind_alone(tmp_path):
+    exp = tmp_path / "exp.yaml"            # kind refused: whether it needs a worm is not known
+    exp.write_text(f"experiment: e\nkind: benigh\nlab: {LABS / 'stopping-speed.yaml'}\nrates: [5]\n")
+    res = cli("validate", str(exp), state=tmp_path / "state")
+    assert res.returncode == 2 and f"{exp}: 1 problem\n  kind (line 2): Input should be" in res.stderr
+    assert "worm" not in res.stderr
