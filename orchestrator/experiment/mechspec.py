@@ -63,6 +63,12 @@ class MechanismRun:
     descriptor: Mechanism | None = None
     custom: CustomSpec | None = None
     role_path: Path | None = None
+    label: str | None = None            # a sweep's setting (`williamson-wss2`): names its trials
+
+    @property
+    def key(self) -> str:
+        """What its trials' ids name: the sweep's label, or its name."""
+        return self.label or self.name
 
     @property
     def is_none(self) -> bool:
@@ -82,6 +88,8 @@ class MechanismRun:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "placement": self.placement, "params": self.params}
+        if self.label:
+            out["label"] = self.label
         if self.daemon:
             out["fail_open"] = self.fail_open
         if self.custom:

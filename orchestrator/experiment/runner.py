@@ -43,7 +43,7 @@ def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int 
     s = exp.spec
     out: list[TrialSpec] = []
     for m in exp.mechanisms:
-        named = None if exp.legacy else m.name
+        named = None if exp.legacy and not exp.spec.sweep else m.key
         for proto in s.protocols:
             for rate in s.rates if rates is None else rates:
                 for rep in range(1, (s.repeats if repeats is None else repeats) + 1):
@@ -70,7 +70,7 @@ def estimate_s(exp: Experiment, t: TrialSpec) -> float:
 
 def mechanism_of(exp: Experiment, t: TrialSpec) -> MechanismRun:
     """The mechanism a trial runs (a legacy experiment's one, or the one its id names)."""
-    return next((m for m in exp.mechanisms if m.name == t.mechanism), exp.mechanisms[0])
+    return next((m for m in exp.mechanisms if m.key == t.mechanism), exp.mechanisms[0])
 
 
 def versions() -> dict[str, Any]:
@@ -272,7 +272,7 @@ def mechanism_roles(exp: Experiment) -> list[provision.MechanismRole]:
         host = infected if m.placement == "host" else gateway
         if host is not None:
             out.append(provision.MechanismRole(m.name, role, (host,)))
-    return out
+    return list(dict.fromkeys(out))         # a swept mechanism is installed once
 
 
 def _reuse(exp: Experiment, store: StateStore, console) -> None:

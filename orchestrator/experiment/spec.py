@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
-from orchestrator.experiment import benignspec
+from orchestrator.experiment import benignspec, sweepspec
 from orchestrator.experiment.benignspec import BenignSpec
 from orchestrator.experiment.mechspec import MechanismRun, MechanismSpec, resolve_mechanisms
 from orchestrator.labfile.ipv4 import cidr_notation_problem
@@ -100,6 +100,9 @@ class ExperimentFile(Strict):
     mechanisms: list[MechanismSpec] | None = Field(
         None, min_length=1, description="the mechanisms swept over every rate, protocol and repeat (`testbed "
                                         "mechanisms` lists the built-ins); replaces throttle: and kind:")
+    sweep: dict[str, Annotated[list[int | float | str | bool], Field(min_length=1, max_length=64)]] | None = Field(
+        None, description="kind: benign: a mechanism parameter's values, each a setting run over every rate "
+                          "(several keys: every combination); docs/benign.md")
     state: Literal["full", "fresh"] = Field(
         "full", description="full: the host's normal traffic fills its working set before the worm starts "
                             "(as on the paper's hosts); fresh: an empty working set")
@@ -146,6 +149,8 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
     spec, cuts = validate_partly(ExperimentFile, data, problems)
     mechs = (resolve_mechanisms(spec, path.parent, problems)
              if isinstance(spec, ExperimentFile) and not any(c[0] == "mechanisms" for c in cuts) else [])
+    if isinstance(spec, ExperimentFile) and not any(c[0] in ("sweep", "kind") for c in cuts):
+        mechs = sweepspec.expand(mechs, spec.sweep, spec.kind, problems)
     lab_ref = spec.lab if isinstance(spec, ExperimentFile) else data.get("lab")
     lab, lab_error = None, None
     if isinstance(lab_ref, str):

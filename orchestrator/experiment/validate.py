@@ -54,7 +54,7 @@ def validate_file(path: Path, *, machine_routes=None) -> FileCheck:
         if kind == "experiment":
             exp = load_experiment(path, machine_routes=machine_routes)
             s = exp.spec
-            trials = len(s.rates) * len(s.protocols) * s.repeats
+            trials = len(s.rates) * len(s.protocols) * s.repeats * len(exp.mechanisms)      # as plan_trials
             check.summary = (f"{s.experiment} ({s.kind}) on lab {exp.lab.name}: {trials} trial(s), "
                              f"rates {', '.join(f'{r:g}' for r in s.rates)}/s")
         else:
