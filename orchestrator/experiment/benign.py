@@ -93,7 +93,8 @@ class BenignTrial(TrialRun):
         self.wdir = {n: f"{h.prefix(n)}/run/benign/{t.id}" for n in dict.fromkeys([st.infected, *self.wl])}
         for n in self.wdir:
             self.watch.places.setdefault(n, HostPlace(h, n))
-        self.rec.extra |= {"kind": "benign", "setting": setting(self.st.mech), "servers": len(self.wl)}
+        self.rec.extra |= {"kind": "benign", "setting": setting(self.st.mech), "servers": len(self.wl),
+                           "params": dict(self.st.mech.params) if self.st.mech else {}}
         self.trace = benignspec.trace_path(st.exp)
 
     def reset(self) -> None:

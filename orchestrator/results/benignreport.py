@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.experiment.rundir import RunDir, run_status
+from orchestrator.results import tradeoff
 
 CAPTIONS = {
     "benign-delay": "Each benign connection's delay from its scheduled time to its first SYN on the wire (from "
@@ -23,6 +24,9 @@ CAPTIONS = {
                     "model's p99 (crosses) where the mechanism has a model.",
     "benign-model": "Every benign connection's delay on the wire (measured) against the williamson model's for the "
                     "same schedule; the diagonal is agreement.",
+    "benign-tradeoff": "The trade-off of the sweep: each setting's benign p99 delay (measured on the wire) "
+                       "across, against the worm's connections out before williamson blocks it (the model, a TCP "
+                       "worm at 20 new destinations/s from an empty working set) up; one line per benign rate.",
 }
 
 
@@ -143,6 +147,9 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
     dest = out_dir or run.path
     dest.mkdir(parents=True, exist_ok=True)
     images = plots(run, trials, rows, dest / "plots") if trials else {}
+    pts = tradeoff.points(trials, rows)
+    if tradeoff.settings_swept(pts):
+        images["benign-tradeoff"] = tradeoff.plot(pts, dest / "plots" / "benign-tradeoff.png")
     head, body = table(rows)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(man.get("started", 0)))
     meta = [("experiment", f"{e['experiment']} ({e['kind']})"), ("lab", f"{man['lab']['name']} ({man['lab']['provider']})"),
@@ -156,9 +163,24 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
     md += ["", "Delay: from each connection's scheduled time to its first SYN on the wire (the capture), over the "
                "connections that reached it. \"agrees\": every connection's delay within the stopping-time "
                "tolerance of the model's, and the model's block (if any) where the mechanism's came.", ""]
+    if tradeoff.settings_swept(pts):
+        th, tb = tradeoff.table(pts)
+        md += ["## The trade-off: benign cost against the worm's stopping speed", "",
+               "| " + " | ".join(th) + " |", "|" + "---|" * len(th)] + ["| " + " | ".join(r) + " |" for r in tb]
+        md += ["", f"Benign columns measured on the wire; the worm's from the williamson model (not a worm trial): "
+                   f"a TCP worm at {tradeoff.WORM_RATE:g} new destinations/s, from the paper's full working set "
+                   "(the host's normal destinations) and from an empty one (its first destinations pass at once).",
+               ""]
     md += ["## Notes", ""] + [f"- {n}" for n in ns] + ["", "## Plots", ""]
     md += [f"![{n}](plots/{p.name})\n\n*{CAPTIONS.get(n, n)}*\n" for n, p in images.items()]
     atomic_write_text(dest / "report.md", "\n".join(md) + "\n")
+    trade = ""
+    if tradeoff.settings_swept(pts):
+        th, tb = tradeoff.table(pts)
+        trade = ("<h2>The trade-off: benign cost against the worm's stopping speed</h2><table><tr>"
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in th) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in tb)
+                 + "</table><p>Benign columns measured on the wire; the worm's from the williamson model.</p>")
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in body)
     imgs = "".join(f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(CAPTIONS.get(n, n))}'
@@ -169,7 +191,7 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
             "padding:.3em .6em}}img{{width:100%}}</style></head><body>"
             f"<h1>The price of containment — {html.escape(e['experiment'])}</h1><dl>"
             + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta) + "</dl>"
-            + f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>"
+            + f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>" + trade
             + "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ns) + "</ul>"
             + f"<h2>Plots</h2>{imgs}</body></html>\n")
     atomic_write_text(dest / "report.html", page)
