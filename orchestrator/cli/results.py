@@ -44,7 +44,17 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         emit_json({"run_id": man.get("run_id"), "run_dir": str(run.path), "status": run_status(man),
                    "report": str(run.path / "report.html"), "summary": rows})
         return
-    if rows and "benign_rate" in rows[0]:          # a benign run: its table is in the report (docs/benign.md)
+    if rows and "benign_rate" in rows[0]:          # a benign run: the price of containment (docs/benign.md)
+        t = Table("mechanism", "setting", "rate/s", "conns", "p50 s", "p99 s", "model p99", "not ok", "false blocks",
+                  "block at s", "agrees", title=f"benign traffic on the wire — {run.path}", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+        for r in rows:
+            block = "–" if r["false_block_s"] is None else f"{r['false_block_s']:.4g} ({r['false_block_cause']})"
+            t.add_row(r["mechanism"] or "–", r["setting"] or "–", f"{r['benign_rate']:g}", _n(r["connections"]),
+                      _n(r["delay_p50_s"]), _n(r["delay_p99_s"]), _n(r["model_p99_s"]), _n(r["dropped"]),
+                      _n(r["false_blocks"]), block,
+                      "–" if r["agree"] is None else "yes" if r["agree"] else "[red]NO[/]")
+        out.print(t)
         out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
         return
     if (run.manifest().get("experiment") or {}).get("mechanisms"):      # several mechanisms, from the wire

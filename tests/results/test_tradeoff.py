@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.experiment.rundir import RunDir, summarise
 from orchestrator.results import benignreport, tradeoff
+from tests.cli.test_common import cli
 
 P = {"release_period_s": 1.0, "delay_queue_limit": 100, "policy": "packets"}
 
@@ -61,3 +62,18 @@ def test_the_report_of_a_sweep_has_the_trade_off_table_and_plot(tmp_path):
     assert "from the williamson model (not a worm trial)" in md
     assert (tmp_path / "plots" / "benign-tradeoff.png").stat().st_size > 5000
     assert "benign-tradeoff" in html_path.read_text()
+
+
+def test_results_show_of_a_benign_run_prints_its_delays_and_false_blocks(tmp_path):
+    trials = [*TRIALS, rec(5, 10.0, 9.0, blocks=1)]
+    run = RunDir(tmp_path / "run")
+    run.write_manifest({"experiment": {"experiment": "b", "kind": "benign"}, "lab": {"name": "l", "provider": "netns"},
+                        "started": 0, "status": "complete", "planned": len(trials)})
+    run.write_trials(trials)
+    run.write_summary(summarise(trials))
+    res = cli("results", "show", str(run.path), "--index", str(tmp_path / "i.sqlite"), state=tmp_path / "state")
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if "working_set_size=5" in x)
+    assert line.split() == ["williamson", "working_set_size=5", "release_period_s=1", "delay_queue_limit=100", "10",
+                            "20", "0", "9", "9", "0", "1", "7.5", "(limit)", "yes"]
+    assert f"report: {run.path / 'report.html'}" in res.stdout
