@@ -65,6 +65,8 @@ def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = F
         path = Path(b.trace) if Path(b.trace).is_absolute() else base / b.trace
         if not path.is_file():
             problems.add(("benign", "trace"), f"trace {path} does not exist")
+        elif (why := trace_problem(path, b)) is not None:
+            problems.add(("benign", "trace"), why)
     if lab is None or b is None:
         return
     targets = lab.by_role("target")
@@ -73,6 +75,19 @@ def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = F
                                             "need as many (one address each)")
     if spec.kind == "benign":
         check_hosts(spec, lab, problems)
+
+
+def trace_problem(path: Path, b: BenignSpec) -> str | None:
+    """What the generator would refuse in the trace (its line), read here so it fails before a lab is built."""
+    from testworm.errors import UsageError
+    from workload import trace
+
+    try:
+        trace.load(str(path), [f"server {k}" for k in range(b.servers)], wrap=b.wrap, ports="lab",
+                   tcp_port=TCP_PORT, udp_port=UDP_PORT)
+    except UsageError as exc:
+        return str(exc).replace("give more --servers or --wrap", "give more benign.servers or benign.wrap: true")
+    return None
 
 
 def check_hosts(spec, lab: Lab, problems) -> None:

@@ -66,6 +66,44 @@ def test_a_bad_benign_file_names_the_key(tmp_path, over, where, says):
     assert where in text and says in text
 
 
+@pytest.mark.parametrize("text, says", [
+    ("time,destination,protocol,port\n0,0,tcp,\n0.5,x,tcp,\n", "t.csv line 3: destination 'x' is not an index"),
+    ("0,0,tcp,\n1,3,tcp,\n", "t.csv line 2: destination 3, but only 2 server(s) (0 … 1); give more benign.servers "
+                            "or benign.wrap: true"),
+    ("1,0,tcp,\n0.5,1,tcp,\n", "t.csv line 2: time 0.5 is before the previous line's 1.0"),
+    ("# nothing\n", "no connections in the trace"),
+])
+def test_a_bad_trace_is_refused_before_a_lab_is_built_naming_its_line(tmp_path, text, says):
+    (tmp_path / "t.csv").write_text(text)
+    got = problems(write(tmp_path, benign={"servers": 2, "trace": "t.csv"}))
+    assert "benign.trace" in got and says in got, got
+
+
+def test_a_trace_with_more_destinations_than_servers_wraps_when_asked(tmp_path):
+    (tmp_path / "t.csv").write_text("0,0,tcp,\n1,3,tcp,\n")
+    exp = load_experiment(write(tmp_path, benign={"servers": 2, "trace": "t.csv", "wrap": True}), machine_routes=[])
+    assert exp.spec.benign.wrap
+
+
+@pytest.mark.parametrize("benign_block, where", [
+    ({"servers": 0}, "benign.servers (line"),
+    ({"burst": 101}, "benign.burst (line"),
+    ({"protocols": ["icmp"]}, "benign.protocols.0 (line"),
+    ({"arrivals": "bursty"}, "benign.arrivals (line"),
+    ({"servers": 30}, "benign.servers (line"),
+])
+def test_a_bad_benign_block_is_exit_2_through_validate_and_run(tmp_path, benign_block, where):
+    from tests.cli.test_common import cli
+    path = tmp_path / "b.yaml"
+    shutil.copy(LABS / "benign-lab.yaml", tmp_path / "benign-lab.yaml")
+    path.write_text("experiment: b\nkind: benign\nlab: benign-lab.yaml\nrates: [1]\nbenign:\n"
+                    + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in benign_block.items()))
+    for verb in ("validate", "run"):
+        res = cli(verb, str(path), state=tmp_path / "state")
+        assert res.returncode == 2 and where in res.stderr and "Traceback" not in res.stderr, (verb, res.stderr)
+    assert not (tmp_path / "state" / "labs").exists()
+
+
 def test_every_other_kind_still_needs_its_worm(tmp_path):
     path = write(tmp_path, kind="stopping-speed")
     text = problems(path)
