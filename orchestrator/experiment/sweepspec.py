@@ -54,10 +54,12 @@ def expand(mechs: Sequence[MechanismRun], sweep: Mapping[str, Sequence[Any]] | N
             problems.add(("sweep", k), "a value is named twice")
             bad = True
     for m in mechs:                     # each value alone, so a refusal names its own line
-        for k in (k for k in keys if m.descriptor is not None and k in m.descriptor.defaults()):
+        d = m.descriptor
+        for k in (k for k in keys if d is not None and k in d.defaults()):
             for j, v in enumerate(sweep[k]):
                 try:
-                    m.descriptor.validate(m.params | {k: v})       # type: ignore[union-attr]
+                    assert d is not None
+                    d.validate(m.params | {k: v})
                 except MechanismError as exc:
                     problems.add(("sweep", k, j), str(exc))
                     bad = True
