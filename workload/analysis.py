@@ -73,8 +73,14 @@ def join(conns: Sequence[dict], wire: dict[tuple, list[float]] | None, slack_s: 
             for k, c in enumerate(cs):
                 j = max(j, bisect.bisect_left(times, c["due_wall"] - slack_s))
                 r = pos[c["i"]]
-                if j >= len(times) or (k + 1 < len(cs) and times[j] >= cs[k + 1]["due_wall"] - slack_s):
+                if j >= len(times):
+                    continue
+                est = c.get("t_established_mono")
+                own = est is not None and times[j] <= c["due_wall"] + (est - c["due_mono"]) + slack_s
+                if (k + 1 < len(cs) and times[j] >= cs[k + 1]["due_wall"] - slack_s and not own):
                     continue  # not seen (the next connection of this key starts before the next packet)
+                # (`own`: an established connection's SYN came before it was established, even when a throttle
+                # held it until after the next connection of the same ports was due)
                 r["wire_s"] = times[j] - c["due_wall"]
                 nxt = cs[k + 1]["due_wall"] - slack_s if k + 1 < len(cs) else math.inf
                 end = bisect.bisect_left(times, nxt, j + 1)

@@ -53,6 +53,16 @@ def test_a_reused_four_tuple_is_matched_connection_by_connection():
     assert [r["retransmissions"] for r in rows] == [1, 0, 0]
 
 
+def test_a_held_syn_is_its_own_connections_when_the_ports_are_reused_within_the_slack():
+    # a throttle held connection 0's SYN 4.757 s; once it was answered the kernel gave connection 1, due 0.44 s
+    # later, the same ports (seen in a benign sweep): the SYN before 0's establishment is 0's, not 1's
+    conns = [conn(0, 0.0, sport=40000, est=4.7576), conn(1, 5.2, sport=40000, est=0.0012)]
+    pk = [syn(4.757, 40000), syn(5.201, 40000)]
+    rows = join(conns, attempts_on_wire(pk))
+    assert [r["wire_s"] for r in rows] == pytest.approx([4.757, 0.001], abs=1e-6)
+    assert [r["retransmissions"] for r in rows] == [0, 0]
+
+
 def test_connections_missing_from_the_wire_and_the_counts():
     conns = [conn(0, 0.0, sport=1), conn(1, 0.1, sport=2, outcome="timeout", est=None, answer=None),
              conn(2, 0.2, sport=3, outcome="refused", est=None, answer=None),
