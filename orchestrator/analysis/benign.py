@@ -99,19 +99,28 @@ def distribution_of(model: Mapping[str, Any]) -> dict[str, float | int | None]:
     return distribution(p["wire_s"] for p in model["per_conn"].values())
 
 
-def agreement(rows: Sequence[dict], model: Mapping[str, Any], *, abs_s: float, rel: float) -> dict[str, Any]:
+def agreement(rows: Sequence[dict], model: Mapping[str, Any], *, abs_s: float, rel: float,
+              observed_until_wall: float | None = None) -> dict[str, Any]:
     """Measured against predicted, connection by connection: a connection agrees when both saw its SYN go
-    out and the delays differ by at most max(abs_s, rel × predicted), or when neither did. Marks each row."""
+    out and the delays differ by at most max(abs_s, rel × predicted), or when neither did. Marks each row.
+    A connection the model releases only after `observed_until_wall` (the session's end: the generator had
+    given up on it and the capture stops with the trial) and that the wire did not show is not judged
+    (`agree` None, counted in `unobserved`)."""
     per = model["per_conn"]
-    n = agree = 0
+    n = agree = unobserved = 0
     worst: tuple[float, int] | None = None
     for r in rows:
         p = per.get(r["i"])
         if p is None:
             continue
-        n += 1
         r["model_wire_s"], r["model_fate"], r["queued_behind"] = p["wire_s"], p["fate"], p["queued_behind"]
         got, want = r.get("wire_s"), p["wire_s"]
+        if got is None and want is not None and observed_until_wall is not None and \
+                r.get("due_wall") is not None and r["due_wall"] + want > observed_until_wall:
+            r["agree"] = None
+            unobserved += 1
+            continue
+        n += 1
         if got is None or want is None:
             ok = got is None and want is None
         else:
@@ -122,6 +131,7 @@ def agreement(rows: Sequence[dict], model: Mapping[str, Any], *, abs_s: float, r
         r["agree"] = ok
         agree += ok
     return {"ok": n > 0 and agree == n, "connections": n, "agree": agree, "disagree": n - agree,
+            "unobserved": unobserved,
             "share": agree / n if n else None, "worst_error_s": worst[0] if worst else None,
             "worst_conn": worst[1] if worst else None, "tolerance": {"abs_s": abs_s, "rel": rel}}
 

@@ -211,7 +211,8 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     if st.throttled and m is not None:
         model = ab.williamson_model(conns, m.params, placement=m.placement, retransmit=st.retransmit)
         tol = st.tolerance
-        agree = ab.agreement(rows, model, abs_s=tol["stop_abs_s"], rel=tol["stop_rel"])
+        agree = ab.agreement(rows, model, abs_s=tol["stop_abs_s"], rel=tol["stop_rel"],
+                             observed_until_wall=(stop or {}).get("t_wall"))
         agree["block"] = block_agreement(model, blocks, tol)
         agree["ok"] = bool(agree["ok"] and agree["block"]["ok"])
     period = float(m.params["release_period_s"]) if st.throttled and m is not None else None

@@ -73,6 +73,9 @@ def notes(trials: list[dict[str, Any]]) -> list[str]:
             out.append(f"Trial {t['trial']}: {eq['n']} connection(s) met an empty delay queue; they waited at most "
                        f"{fmt(eq.get('max_s'))} s on the wire, {eq.get('over_one_period', 0)} beyond one release "
                        "period.")
+        if a.get("unobserved"):
+            out.append(f"Trial {t['trial']}: {a['unobserved']} connection(s) the model releases only after the session "
+                       "ended (the generator had given up on them; the capture stops with the trial): not judged.")
         if a.get("connections") and not a.get("ok"):
             out.append(f"Trial {t['trial']}: {a.get('disagree')} of {a.get('connections')} connection(s) disagree "
                        f"with the model (worst {fmt(a.get('worst_error_s'))} s, connection {a.get('worst_conn')}).")

@@ -60,6 +60,20 @@ def test_agreement_is_connection_by_connection_within_the_stopping_tolerance():
     assert ab.agreement(rows, model, abs_s=0.02, rel=0.03)["disagree"] == 2
 
 
+def test_a_release_the_model_puts_after_the_session_ended_is_not_judged():
+    # queued behind 27 others, the generator gave up after 10 s; the model releases it 13.2 s after its due
+    # time, after the session (and the capture) ended at 1029.9: unobserved, neither agreeing nor not
+    model = {"per_conn": {0: {"wire_s": 13.19, "fate": "released", "queued_behind": 27},
+                          1: {"wire_s": 2.0, "fate": "released", "queued_behind": 3}}}
+    rows = [{"i": 0, "wire_s": None, "due_wall": 1017.26}, {"i": 1, "wire_s": None, "due_wall": 1017.3}]
+    a = ab.agreement(rows, model, abs_s=0.02, rel=0.03, observed_until_wall=1029.9)
+    assert (a["connections"], a["unobserved"], a["disagree"], a["ok"]) == (1, 1, 1, False)
+    assert rows[0]["agree"] is None and rows[1]["agree"] is False     # 1 was due on the wire at 1019.3: missing
+    rows[1]["wire_s"] = 2.01
+    assert ab.agreement(rows, model, abs_s=0.02, rel=0.03, observed_until_wall=1029.9)["ok"] is True
+    assert ab.agreement(rows, model, abs_s=0.02, rel=0.03)["ok"] is False    # without the session's end: judged
+
+
 def test_a_false_block_says_when_and_why_and_a_worms_block_is_not_one():
     evs = [{"event": "queued", "src": SRC, "t_wall": 1001.0},
            {"event": "blocked", "src": SRC, "t_wall": 1012.5, "reason": "limit", "queue_len": 100, "dst": "x"},
