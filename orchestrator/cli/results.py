@@ -50,7 +50,7 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
                   show_edge=False, pad_edge=False)
         for r in rows:
             block = "–" if r["false_block_s"] is None else f"{r['false_block_s']:.4g} ({r['false_block_cause']})"
-            t.add_row(r["mechanism"] or "–", r["setting"] or "–", f"{r['benign_rate']:g}", _n(r["connections"]),
+            t.add_row(r["mechanism"] or "–", _initials(r["setting"]) or "–", f"{r['benign_rate']:g}", _n(r["connections"]),
                       _n(r["delay_p50_s"]), _n(r["delay_p99_s"]), _n(r["model_p99_s"]), _n(r["dropped"]),
                       _n(r["false_blocks"]), block,
                       "–" if r["agree"] is None else "yes" if r["agree"] else "[red]NO[/]")
@@ -77,6 +77,12 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
                   "yes" if r["agree"] else "[red]NO[/]")
     out.print(t)
     out.print(f"report: {run.path / 'report.html'}")
+
+
+def _initials(setting: str | None) -> str:
+    """`working_set_size=5 release_period_s=1` as `wss=5 rps=1`, to fit the table (the summary has it whole)."""
+    return " ".join(f"{''.join(w[0] for w in k.split('_') if w)}={v}" for k, _, v in
+                    (part.partition("=") for part in (setting or "").split()))
 
 
 def _n(v) -> str:

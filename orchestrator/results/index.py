@@ -137,7 +137,9 @@ class Index:
                                  mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
                                  int(bool((t.get("agreement") or {}).get("ok")))))
             for r in summary:
-                row = {**r, "run_id": rid, "mechanism": r.get("mechanism") or "", "agree": None if r.get("agree") is None else int(r["agree"])}
+                # a benign sweep has one row per setting: the index's key (run, mechanism, protocol, rate) names it
+                mech = " ".join(x for x in (r.get("mechanism") or "", r.get("setting") or "") if x)
+                row = {**r, "run_id": rid, "mechanism": mech, "agree": None if r.get("agree") is None else int(r["agree"])}
                 self.db.execute(f"INSERT INTO summary ({', '.join(self.SUMMARY)}) VALUES "
                                 f"({', '.join('?' * len(self.SUMMARY))})", [row.get(k) for k in self.SUMMARY])
         return rid

@@ -73,7 +73,22 @@ def test_results_show_of_a_benign_run_prints_its_delays_and_false_blocks(tmp_pat
     run.write_summary(summarise(trials))
     res = cli("results", "show", str(run.path), "--index", str(tmp_path / "i.sqlite"), state=tmp_path / "state")
     assert res.returncode == 0, res.stderr
-    line = next(x for x in res.stdout.splitlines() if "working_set_size=5" in x)
-    assert line.split() == ["williamson", "working_set_size=5", "release_period_s=1", "delay_queue_limit=100", "10",
+    line = next(x for x in res.stdout.splitlines() if "wss=5" in x)
+    assert line.split() == ["williamson", "wss=5", "rps=1", "dql=100", "10",
                             "20", "0", "9", "9", "0", "1", "7.5", "(limit)", "yes"]
     assert f"report: {run.path / 'report.html'}" in res.stdout
+
+
+def test_the_index_keeps_one_summary_row_per_setting_of_a_sweep(tmp_path):
+    from orchestrator.results.index import Index
+
+    run = RunDir(tmp_path / "run")
+    run.write_manifest({"run_id": "benign-sweep-1", "experiment": {"experiment": "benign-sweep", "kind": "benign"},
+                        "lab": {"name": "l", "provider": "netns"}, "started": 0, "status": "complete"})
+    run.write_trials(TRIALS)
+    idx = Index(tmp_path / "i.sqlite")
+    idx.record(run)          # two settings at the same rate: once a UNIQUE constraint failure
+    got = idx.db.execute("SELECT mechanism, rate FROM summary ORDER BY rate, mechanism").fetchall()
+    idx.close()
+    assert len(got) == len(TRIALS)
+    assert ("williamson working_set_size=10 release_period_s=1 delay_queue_limit=100", 1.0) in [tuple(g) for g in got]
