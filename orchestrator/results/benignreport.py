@@ -167,7 +167,7 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
                "connections that reached it. \"agrees\": every connection's delay within the stopping-time "
                "tolerance of the model's, and the model's block (if any) where the mechanism's came.", ""]
     if tradeoff.settings_swept(pts):
-        th, tb = tradeoff.table(pts)
+        th, tb = tradeoff.table(pts, fmt)
         md += ["## The trade-off: benign cost against the worm's stopping speed", "",
                "| " + " | ".join(th) + " |", "|" + "---|" * len(th)] + ["| " + " | ".join(r) + " |" for r in tb]
         md += ["", f"Benign columns measured on the wire; the worm's from the williamson model (not a worm trial): "
@@ -179,7 +179,7 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
     atomic_write_text(dest / "report.md", "\n".join(md) + "\n")
     trade = ""
     if tradeoff.settings_swept(pts):
-        th, tb = tradeoff.table(pts)
+        th, tb = tradeoff.table(pts, fmt)
         trade = ("<h2>The trade-off: benign cost against the worm's stopping speed</h2><table><tr>"
                  + "".join(f"<th>{html.escape(h)}</th>" for h in th) + "</tr>"
                  + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in tb)

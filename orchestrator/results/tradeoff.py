@@ -9,7 +9,7 @@ destinations) and from an empty one (where the working set lets the worm's first
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,8 @@ def order(p: Mapping[str, Any]) -> tuple:
                                 for k in ("working_set_size", "release_period_s", "delay_queue_limit")))
 
 
-def table(pts: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    from orchestrator.results.benignreport import fmt
-
+def table(pts: Sequence[Mapping[str, Any]], fmt: Callable[[Any], str]) -> tuple[list[str], list[list[str]]]:
+    """The trade-off's rows (`fmt`: the report's own number format)."""
     head = ["working set", "release (s)", "queue", "benign rate (/s)", "benign p99 (s)", "model p99 (s)",
             "false blocks", "not ok", "worm out (full)", "worm stop s (full)", "worm out (fresh)",
             "worm stop s (fresh)"]
