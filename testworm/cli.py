@@ -54,7 +54,7 @@ def _scan_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--max-in-flight", help="bound on TCP attempts in flight (default 256)")
     g.add_argument("--udp-size", help="UDP payload bytes (default 32)")
     g.add_argument("--generation", help="generation of this scanner (default 0)")
-    g.add_argument("--max-generations", help="hop bound (default 3, at most 16)")
+    g.add_argument("--max-generations", help="hop bound (default 3, at most 64)")
 
 
 def _override(ap: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--state-dir", required=True, help="where the server and its scanners log")
     v.add_argument("--allow", nargs="+", metavar="CIDR", help="widest allow-list a trigger may use (default: lab ranges)")
     v.add_argument("--lab-ranges", nargs="+", metavar="CIDR")
-    v.add_argument("--max-generations", default="3", help="hop bound for triggers (default 3, at most 16)")
+    v.add_argument("--max-generations", default="3", help="hop bound for triggers (default 3, at most 64)")
     v.add_argument("--replay-window", default=str(DEFAULT_WINDOW_S), help="trigger timestamp window, s (default 60)")
     _override(v)
 

@@ -663,14 +663,16 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
                           initial_working_set: int | None = None, retransmit: str = "linux",
                           placement: str = "gateway", connect_timeout_s: float = 3.0,
                           targets: str = "answer", horizon_s: float = 3600.0,
-                          max_attempts: int | None = None) -> Prediction:
+                          max_attempts: int | None = None,
+                          on_out: Callable[[int, float], None] = lambda attempt, t: None) -> Prediction:
     """Simulate one source opening connections to new destinations at `rate` per second from t=0.
 
     Closed loop: an attempt ends when a packet of it leaves the throttle and the target answers
     (`targets="answer"`: refused or accepted at once) or at `connect_timeout_s` (the worm's, 3 s by
     default; `targets="silent"`: only then). While open, TCP attempts are retransmitted on the `retransmit`
     schedule (not while held, with placement="host"). `initial_working_set` destinations (other than the
-    scan's) are already in the working set; None takes config.initial_working_set.
+    scan's) are already in the working set; None takes config.initial_working_set. `on_out(attempt, t)` is
+    told of every packet that leaves the throttle while its attempt is still open (the spread model's hook).
     """
     _check_run(rate, protocol, targets, connect_timeout_s, horizon_s)
     _check_placement(placement)
@@ -694,6 +696,7 @@ def predict_constant_rate(rate: float, *, protocol: str = "tcp", config: Throttl
             elif e.event in ("passed", "released") and targets == "answer":
                 i = e.ref.attempt
                 if open_until.get(i, -1.0) > e.t:
+                    on_out(i, e.t)
                     open_until[i] = e.t
 
     while heap and not blocked:

@@ -172,6 +172,8 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
     store = o.store or StateStore()
     check_overrides(o.rates, o.repeat)
     exp = load_experiment(path)
+    if exp.spec.kind == "spread":
+        raise ExperimentError(f"{path}: kind: spread is checked but not run yet (its trial flow lands next)")
     run = open_run(exp, o)
     if o.on_open:      # e.g. indexed from the start: `results list` shows it running, or died if its runner is gone
         o.on_open(run.rdir)

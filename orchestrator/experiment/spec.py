@@ -20,6 +20,7 @@ from orchestrator.errors import SpecError, spec_errors
 from orchestrator.experiment import benignspec, sweepspec
 from orchestrator.experiment.benignspec import BenignSpec
 from orchestrator.experiment.mechspec import MechanismRun, MechanismSpec, resolve_mechanisms
+from orchestrator.experiment.spread import check_spread
 from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.load import _AfterCuts, load_lab, validate_partly
 from orchestrator.labfile.models import Cidr, schema_document
@@ -83,9 +84,10 @@ class ExperimentFile(Strict):
 
     experiment: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$", description="experiment name")
     description: str | None = None
-    kind: Literal["stopping-speed", "baseline", "benign"] = Field(
-        "stopping-speed", description="stopping-speed (the paper's §4.2.1), baseline (no throttle) or benign "
-                                      "(only the benign workload: what containment costs it; docs/benign.md)")
+    kind: Literal["stopping-speed", "baseline", "benign", "spread"] = Field(
+        "stopping-speed", description="stopping-speed (the paper's §4.2.1), baseline (no throttle), benign "
+                                      "(only the benign workload: what containment costs it; docs/benign.md) or "
+                                      "spread (many vulnerable hosts: docs/spread.md)")
     lab: str = Field(description="the lab file, relative to this file")
     worm: WormSpec = Field(None, description="required by every kind but benign (which runs none; checked "  # type: ignore[assignment]
                                             "with the lab): None only in a benign experiment")
@@ -108,6 +110,12 @@ class ExperimentFile(Strict):
                             "(as on the paper's hosts); fresh: an empty working set")
     infected: str | None = Field(None, description="the host the injector infects (default: the first blade)")
     gateway_empty: Literal["reset", "blackhole"] = "reset"
+    vulnerable: str | list[str] | None = Field(None, description="spread: a role or a list of hosts, each running "
+                                                                 "a test-worm server (default: the blades)")
+    initial: str | None = Field(None, description="spread: the host the injector infects (default: the first "
+                                                  "vulnerable host)")
+    deploy: list[float | str] | None = Field(None, min_length=1, description="spread: fractions of the vulnerable "
+                                             "hosts carrying the mechanism, or `gateway` (default: 0, 0.5, 1)")
     seed: int = Field(1, ge=0)
 
     @property
@@ -205,6 +213,8 @@ def _check_against_lab(spec: ExperimentFile, lab: Lab, mechs: list[MechanismRun]
         problems.add(("lab",), f"lab {lab.name} has no injector to start the worm")
     if not lab.by_role("sniffer"):
         problems.add(("lab",), f"lab {lab.name} has no sniffer to capture the wire")
+    if spec.kind == "spread":
+        check_spread(spec, lab, problems)
     thr = spec.throttle
     if spec.mechanisms is None and spec.kind == "stopping-speed" and thr == "none":
         problems.add(("throttle",), "a stopping-speed experiment needs a throttle; use kind: baseline for none")
