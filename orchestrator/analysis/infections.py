@@ -24,6 +24,7 @@ from orchestrator.analysis.packets import TCP_PSH, TCP_SYN, Packets
 
 CSV_COLUMNS = ("host", "infected_at_s", "by", "generation", "confirmed_on_wire", "wire_at_s")
 FRACTIONS = (("t_50_s", 0.5), ("t_90_s", 0.9))
+FIGURE_KEYS = ("t_first_s", "t_50_s", "t_90_s", "t_all_s")
 
 
 @dataclass
@@ -67,10 +68,9 @@ def infections_from_logs(logs: Mapping[str, Iterable[Mapping[str, Any]]], names:
 
 def confirm_on_wire(infections: list[Infection], pk: Packets, addrs: Mapping[str, str], port: int) -> None:
     """Mark each infection confirmed when the capture holds its triggering connection: a SYN from the peer's
-    address and port to the host's `port`, and a data segment on it. `addrs`: host → its address. wire_at_s is
-    the SYN's time from the initial infection's SYN (the first infection's)."""
+    address and port to the host's `port`, and a data segment on it. `addrs`: host → its address. The SYN's
+    capture time goes into wire_at_s (seconds since the epoch, until `wire_relative`)."""
     tcp = pk.tcp
-    syn_t: dict[str, float | None] = {}
     for inf in infections:
         addr, _, sport = inf.peer.rpartition(":")
         dst = addrs.get(inf.host)
@@ -83,10 +83,14 @@ def confirm_on_wire(infections: list[Infection], pk: Packets, addrs: Mapping[str
         syns = np.flatnonzero(flow)[(flags & TCP_SYN) != 0]
         data = bool(((flags & TCP_PSH) != 0).any())     # the trigger line (sent in one write: PSH)
         inf.confirmed_on_wire = bool(syns.size) and data
-        syn_t[inf.host] = float(pk.ts[syns[0]]) if syns.size else None
-    t0 = syn_t.get(infections[0].host) if infections else None
+        inf.wire_at_s = float(pk.ts[syns[0]]) if syns.size else None
+
+
+def wire_relative(infections: list[Infection]) -> None:
+    """wire_at_s from the initial infection's SYN on the wire (None for all when it is not there)."""
+    t0 = infections[0].wire_at_s if infections else None
     for inf in infections:
-        t = syn_t.get(inf.host)
+        t = inf.wire_at_s
         inf.wire_at_s = round(t - t0, 6) if t is not None and t0 is not None else None
 
 

@@ -57,6 +57,12 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         out.print(t)
         out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
         return
+    if (run.manifest().get("experiment") or {}).get("kind") == "spread":     # epidemic figures (docs/spread.md)
+        from orchestrator.results.spreadreport import compact as spread_table
+        head, body = spread_table(rows)
+        out.print(_rows(Table(*head, title=f"worm spread — {run.path}", box=box.SIMPLE_HEAD, show_edge=False), body))
+        out.print(f"report: {run.path / 'report.html'}")
+        return
     if (run.manifest().get("experiment") or {}).get("mechanisms"):      # several mechanisms, from the wire
         t = Table("mechanism", "protocol", "rate/s", "contained", "contained s", "out", "wire /s", "agrees",
                   title=f"containment from the wire — {run.path}", box=box.SIMPLE_HEAD, show_edge=False,
@@ -83,6 +89,12 @@ def _initials(setting: str | None) -> str:
     """`working_set_size=5 release_period_s=1` as `wss=5 rps=1`, to fit the table (the summary has it whole)."""
     return " ".join(f"{''.join(w[0] for w in k.split('_') if w)}={v}" for k, _, v in
                     (part.partition("=") for part in (setting or "").split()))
+
+
+def _rows(t, body):
+    for b in body:
+        t.add_row(*b)
+    return t
 
 
 def _n(v) -> str:

@@ -21,10 +21,12 @@ class TrialSpec:
     rate: float
     repeat: int
     mechanism: str | None = None     # named in the id (None: an experiment of `throttle:` or `kind:`, one mechanism)
+    deploy: str | None = None        # a spread's deploy condition (0, 0.5, 1, gateway), named in the id
 
     @property
     def id(self) -> str:
         head = f"{self.mechanism}-" if self.mechanism else ""
+        head += f"d{self.deploy}-" if self.deploy is not None else ""
         return f"{head}{self.protocol}-r{self.rate:g}-{self.repeat}".replace(".", "_")
 
 

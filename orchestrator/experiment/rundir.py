@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.analysis.benign import BENIGN_COLUMNS, summarise_benign
 from orchestrator.atomic import atomic_write_json, atomic_write_text, read_json
 from orchestrator.errors import TestbedError
+from orchestrator.experiment.spreadsum import SPREAD_COLUMNS, is_spread, summarise_spread
 from orchestrator.localrun import pid_start_time
 
 SUMMARY_COLUMNS = [
@@ -86,7 +87,8 @@ class RunDir:
 
     def write_summary(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
-        cols = BENIGN_COLUMNS if rows and "benign_rate" in rows[0] else SUMMARY_COLUMNS     # a benign run's rows
+        cols = (BENIGN_COLUMNS if rows and "benign_rate" in rows[0] else SPREAD_COLUMNS
+                if rows and "deploy" in rows[0] else SUMMARY_COLUMNS)
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
@@ -175,10 +177,13 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     their spread, the model's figures beside them, and the wire's containment figures (every mechanism).
     Only trials that measured something (ok, timeout) are averaged; an error (a process it depended on died, a
     capture without statistics, …) counts in `repeats` and `errors` and gives no figure, so a rate whose every
-    trial failed has a row of counts with its figures empty."""
+    trial failed has a row of counts with its figures empty. A benign run (benign) and a spread run
+    (spreadsum) have rows of their own."""
     trials = list(trials)
     if trials and all(t.get("kind") == "benign" for t in trials):
         return summarise_benign(trials)
+    if is_spread(trials):
+        return summarise_spread(trials)
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     order: dict[str, int] = {}
     for t in trials:

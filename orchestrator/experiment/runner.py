@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign
+from orchestrator.experiment import benign, spreadrun
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
 from orchestrator.experiment.setup import Setup
 from orchestrator.experiment.spec import Experiment, check_overrides, load_experiment
+from orchestrator.experiment.spreadtrial import run_spread_trial
 from orchestrator.experiment.trial import run_trial
 from orchestrator.lab import lifecycle, provision
 from orchestrator.lab.programs import LabHosts
@@ -41,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int | None = None) -> list[TrialSpec]:
     """Every mechanism over every protocol, rate and repeat (mechanism outermost: one at a time on the lab)."""
     s = exp.spec
+    if s.kind == "spread":
+        return spreadrun.plan_spread(exp, rates, repeats)
     out: list[TrialSpec] = []
     for m in exp.mechanisms:
         named = None if exp.legacy and not exp.spec.sweep else m.key
@@ -54,6 +57,8 @@ def plan_trials(exp: Experiment, rates: list[float] | None = None, repeats: int 
 def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     """Expected wall time of a trial: the model's stopping time (or the timeout), plus overhead."""
     s = exp.spec
+    if s.kind == "spread":
+        return spreadrun.estimate_spread_s(exp, t)
     m = mechanism_of(exp, t)
     if s.kind == "benign":
         return benign.estimate_s(exp, t) + OVERHEAD_S
@@ -172,8 +177,6 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
     store = o.store or StateStore()
     check_overrides(o.rates, o.repeat)
     exp = load_experiment(path)
-    if exp.spec.kind == "spread":
-        raise ExperimentError(f"{path}: kind: spread is checked but not run yet (its trial flow lands next)")
     run = open_run(exp, o)
     if o.on_open:      # e.g. indexed from the start: `results list` shows it running, or died if its runner is gone
         o.on_open(run.rdir)
@@ -307,13 +310,15 @@ def prepare(exp: Experiment, hosts: LabHosts, rdir: RunDir, store: StateStore) -
 def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
     """The trials not done yet, in order; the run directory is written after each. Stops early when asked."""
     todo = run.todo
+    spread = spreadrun.SpreadSetup.resolve(st) if exp.spec.kind == "spread" else None
     bar = progress(len(run.plan), len(run.done), sum(estimate_s(exp, t) for t in todo)) if progress else None
     for t in todo:
         if st.stop.is_set():
             break
         if bar:
             bar.trial(t)
-        rec = (benign.run_trial if exp.spec.kind == "benign" else run_trial)(st.for_mechanism(mechanism_of(exp, t)), t)
+        one = benign.run_trial if exp.spec.kind == "benign" else run_trial
+        rec = run_spread_trial(spread, t) if spread else one(st.for_mechanism(mechanism_of(exp, t)), t)
         if rec.status == "interrupted":
             break
         run.trials.append(rec.to_dict())

@@ -56,6 +56,11 @@ class Setup:
         return self.mech is not None and self.mech.name == "williamson"
 
     @property
+    def spread(self) -> bool:
+        """A spread's hosts meet the worm fresh: no normal traffic fills a working set first."""
+        return self.exp.spec.kind == "spread"
+
+    @property
     def contained_by(self) -> MechanismRun | None:
         """The trial's mechanism, unless it is none (the control group)."""
         return None if self.mech is None or self.mech.is_none else self.mech
@@ -69,7 +74,7 @@ class Setup:
         place, iface = self.places.get(m.placement, (None, None)) if not m.is_none else (None, None)
         n = m.params["working_set_size"] if m.name == "williamson" else 5
         if m.name != "williamson" and not self.exp.legacy or not self.exp.spec.state == "full" \
-                or self.exp.spec.worm is None:      # a benign experiment: its own traffic meets the mechanism
+                or self.exp.spec.worm is None or self.spread:   # benign: its own traffic meets the mechanism
             normal = []
         elif len(self.normal) == n:
             normal = self.normal
@@ -99,7 +104,8 @@ class Setup:
         setup = cls(exp, lab, hosts, run, infected.name, injector.name, lab.by_role("sniffer")[0].name,
                     gateway.name if gateway else None, servers, iface.segment,
                     [seg.subnet for seg in lab.experimental_segments()],
-                    normal_destinations(lab, infected.name, s.worm.scan, n) if s.state == "full" and s.worm else [],
+                    normal_destinations(lab, infected.name, s.worm.scan, n) if s.state == "full" and s.worm
+                    and s.kind != "spread" else [],
                     canary)
         setup.retransmit, setup.retransmit_why = agreement.sender_schedule(hosts.sh(
             infected.name, "cat /proc/sys/net/ipv4/tcp_syn_linear_timeouts 2>/dev/null", timeout=30).stdout)

@@ -197,7 +197,7 @@ def _check_against_lab(spec: ExperimentFile, lab: Lab, mechs: list[MechanismRun]
         scan = None
     if scan is not None:
         exp = [ipaddress.IPv4Network(s.subnet) for s in lab.experimental_segments()]
-        if not any(scan.subnet_of(n) for n in exp):
+        if not any(scan.subnet_of(n) for n in ipaddress.collapse_addresses(exp)):   # inside their union
             problems.add(("worm", "scan"), f"{scan} is not inside the lab's experimental subnets "
                          f"({', '.join(map(str, exp))}); the worm scans nothing else")
     infected = spec.infected or (lab.by_role("blade")[0].name if lab.by_role("blade") else None)

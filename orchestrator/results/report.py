@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.experiment.rundir import RunDir, run_status, summarise
-from orchestrator.results import mechreport
+from orchestrator.results import mechreport, spreadreport
 from orchestrator.results.plots import plots
 
 
@@ -265,6 +265,8 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
     if run.manifest()["experiment"].get("kind") == "benign":      # the price of containment (issue 17)
         from orchestrator.results import benignreport
         return benignreport.build(run, out_dir)
+    if run.manifest()["experiment"].get("kind") == "spread":
+        return spreadreport.build_spread_report(run, out_dir)
     c = _content(run)
     man, e = c["man"], c["e"]
     dest = out_dir or run.path

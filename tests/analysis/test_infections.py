@@ -15,6 +15,7 @@ from orchestrator.analysis.infections import (
     findings,
     infections_from_logs,
     read_csv,
+    wire_relative,
     write_csv,
 )
 from orchestrator.analysis.pcap import read_capture
@@ -61,6 +62,7 @@ def test_each_infection_is_confirmed_by_its_connection_on_the_wire(tmp_path):
     pk = read_capture(write_pcap(tmp_path / "c.pcap", sorted(frames)))
     infs = infections_from_logs(LOGS, NAMES, "a")
     confirm_on_wire(infs, pk, ADDRS, 8080)
+    wire_relative(infs)
     assert [(i.host, i.confirmed_on_wire) for i in infs] == [("a", True), ("b", True), ("c", False)]
     assert [i.wire_at_s for i in infs] == [0.0, 1.39, 3.19]
     f = findings(infs)

@@ -247,7 +247,7 @@ def test_a_refused_kind_is_not_judged_by_its_default(tmp_path):
                    "worm: {scan: 198.18.9.0/24}\nrates: [5]\n")
     res = cli("validate", str(exp), state=tmp_path / "state")
     assert res.returncode == 2
-    assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed', 'baseline' or 'benign'" in res.stderr
+    assert f"{exp}: 1 problem\n  kind (line 2): Input should be 'stopping-speed', 'baseline', 'benign' or 'spread'" in res.stderr
     assert "needs a throttle" not in res.stderr
 
 
