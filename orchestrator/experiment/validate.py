@@ -55,6 +55,10 @@ def validate_file(path: Path, *, machine_routes=None) -> FileCheck:
             exp = load_experiment(path, machine_routes=machine_routes)
             s = exp.spec
             trials = len(s.rates) * len(s.protocols) * s.repeats * len(exp.mechanisms)      # as plan_trials
+            if s.kind == "spread":     # every deploy condition (none once) × mechanism × rate × repeat
+                from orchestrator.experiment.spreadrun import plan_spread
+
+                trials = len(plan_spread(exp))
             check.summary = (f"{s.experiment} ({s.kind}) on lab {exp.lab.name}: {trials} trial(s), "
                              f"rates {', '.join(f'{r:g}' for r in s.rates)}/s")
         else:

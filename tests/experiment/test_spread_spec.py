@@ -103,15 +103,35 @@ def test_gateway_deployment_needs_a_gateway(tmp_path):
     assert problems(tmp_path, text) == ["deploy.1: lab paper-testbed has no gateway to deploy the mechanism on"]
 
 
-def test_the_cli_exits_2_naming_the_key(tmp_path):
+@pytest.mark.parametrize("verb", ["run", "validate"])
+@pytest.mark.parametrize("change, key, words", [
+    (("vulnerable: blade", "vulnerable: laptop"), "vulnerable", "no host or role 'laptop'"),
+    (("initial: blade1", "initial: gateway"), "initial", "gateway is not vulnerable"),
+    (("0.0, 0.5, 1.0", "0.0, 1.5"), "deploy.1", "1.5 is not a fraction"),
+    (("scan: 198.18.8.0/22", "scan: 198.18.20.0/24"), "worm.scan", "not inside the lab's experimental subnets"),
+])
+def test_the_cli_exits_2_naming_the_key(tmp_path, monkeypatch, verb, change, key, words):
+    """Bad spread files stop `testbed run` (and `validate`) before anything is built: exit 2, the key named."""
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
 
+    monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
     p = tmp_path / "exp.yaml"
-    p.write_text(GOOD.replace("0.0, 0.5, 1.0", "0.0, 1.5"))
-    r = CliRunner().invoke(app, ["run", str(p)])
-    assert r.exit_code == 2 and "deploy.1" in r.output and "1.5 is not a fraction" in r.output
+    p.write_text(GOOD.replace(*change))
+    r = CliRunner().invoke(app, [verb, str(p)])
+    assert r.exit_code == 2, r.output
+    assert f"{key}" in r.output and words in r.output
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.json"))
+
+
+def test_validate_counts_every_deploy_condition(tmp_path):
+    """A spread's trials are its deploy conditions (deploy 0 once, as none) × mechanisms × rates × repeats."""
+    from orchestrator.experiment.validate import validate_file
+
+    p = tmp_path / "exp.yaml"
+    p.write_text(GOOD)
+    assert "15 trial(s)" in validate_file(p, machine_routes=[]).summary      # (none, 0.5, 1) × 5 repeats
 
 
 def test_carriers_are_drawn_from_the_seed_and_the_repeat():
