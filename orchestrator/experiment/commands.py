@@ -4,6 +4,8 @@ throttle's `mark` just before the worm), the injector's trigger."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from mechanisms.spec import StartContext
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
@@ -59,6 +61,11 @@ def mark_argv(place: HostPlace | LocalPlace) -> list[str]:
     return place.module_argv("throttle", "mark", "--why", "worm")
 
 
+def trial_seed(spec: Any, t: TrialSpec) -> int:
+    """The seed the injector gives the worm in trial t: each trial its own scan order, a rerun the same."""
+    return int(spec.seed) + t.index
+
+
 def trigger_argv(st: Setup, t: TrialSpec) -> list[str]:
     """The injector's trigger of the worm on the infected host, at the trial's rate and seed."""
     s, h = st.exp.spec, st.hosts
@@ -67,7 +74,7 @@ def trigger_argv(st: Setup, t: TrialSpec) -> list[str]:
                          "--key", f"{h.prefix(st.injector)}/etc/worm.key", "--lab-ranges", *st.exp_ranges,
                          "--rate", f"{t.rate:g}", "--protocol", t.protocol, "--port", str(w.port),
                          "--targets", w.scan, "--allow", w.scan, "--strategy", w.strategy,
-                         "--seed", str(s.seed + t.index), "--max-attempts", str(w.max_attempts),
+                         "--seed", str(trial_seed(s, t)), "--max-attempts", str(w.max_attempts),
                          "--lifetime", f"{w.lifetime_s:g}", "--connect-timeout", f"{w.connect_timeout_s:g}",
                          "--max-generations", "0")
     if w.profile:      # the profile chooses the strategy (explicit options override a profile's)

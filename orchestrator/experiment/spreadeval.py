@@ -37,6 +37,7 @@ def evaluate_spread(ss: SpreadSetup, t: TrialSpec, files: Mapping[str, Path],
     measured = inf.epidemic([i.infected_at_s for i in infections], len(ss.vulnerable))
     measured["confirmed_on_wire"] = sum(1 for i in infections if i.confirmed_on_wire)
     measured["generations"] = max((i.generation for i in infections), default=0)
+    measured |= _draw(ss, t, places, measured.get("t_first_s"))
     t0 = _t0_wall(logs, ss.initial)
     measured["blocked"] = _blocked(files, places, t0, names)
     measured["blocked_hosts"] = len(measured["blocked"])
@@ -45,6 +46,20 @@ def evaluate_spread(ss: SpreadSetup, t: TrialSpec, files: Mapping[str, Path],
         findings.append({"kind": "no-injection", "host": ss.initial,
                          "detail": f"{ss.initial}'s server never took the injector's trigger"})
     return measured, findings, infections
+
+
+def _draw(ss: SpreadSetup, t: TrialSpec, places: Mapping[str, Any], t_first_s: float | None) -> dict[str, Any]:
+    """Where this trial's own scan order put the first infection, and the start-up beyond it — only where the
+    initial host scans unthrottled with the random strategy (else its attempts leave on another clock)."""
+    from orchestrator.experiment.commands import trial_seed
+    from orchestrator.experiment.spreaddraw import draw_figures
+
+    w = ss.exp.spec.worm
+    if w.strategy != "random" or w.profile or ss.initial in places or t.deploy == "gateway":
+        return {}
+    ips = ss.addresses()
+    return draw_figures(w.scan, trial_seed(ss.exp.spec, t), ips[ss.initial],
+                        [ips[v] for v in ss.vulnerable if v != ss.initial], t.rate, t_first_s)
 
 
 def _t0_wall(logs: Mapping[str, list[dict[str, Any]]], initial: str) -> float | None:
