@@ -15,6 +15,14 @@ class RunNotFoundError(NotFoundError, ResultsError):
     """No run of that id or name in the index (exit 3, as for a lab)."""
 
 
+def index_mechanism(row: dict[str, Any]) -> str:
+    """A summary row's mechanism as the index keys it: a spread has one row per mechanism and deploy condition,
+    so its deploy goes beside the name (`williamson@0.5`, `williamson@gateway`).
+    A benign sweep has one row per setting, so the setting goes beside it too (`williamson working_set_size=2`)."""
+    name = " ".join(x for x in (row.get("mechanism") or "", row.get("setting") or "") if x)
+    return f"{name}@{row['deploy']}" if row.get("deploy") is not None else name
+
+
 class Index:
     """results/index.sqlite: every run, its trials and its summary rows, for listing and comparing runs.
 
@@ -137,9 +145,8 @@ class Index:
                                  mo.get("out_before_block"), m.get("out_after_block"), m.get("achieved_rate"),
                                  int(bool((t.get("agreement") or {}).get("ok")))))
             for r in summary:
-                # a benign sweep has one row per setting: the index's key (run, mechanism, protocol, rate) names it
-                mech = " ".join(x for x in (r.get("mechanism") or "", r.get("setting") or "") if x)
-                row = {**r, "run_id": rid, "mechanism": mech, "agree": None if r.get("agree") is None else int(r["agree"])}
+                row = {**r, "run_id": rid, "mechanism": index_mechanism(r),
+                       "agree": None if r.get("agree") is None else int(r["agree"])}
                 self.db.execute(f"INSERT INTO summary ({', '.join(self.SUMMARY)}) VALUES "
                                 f"({', '.join('?' * len(self.SUMMARY))})", [row.get(k) for k in self.SUMMARY])
         return rid

@@ -61,3 +61,22 @@ def test_the_spread_report(tmp_path):
     assert "- none-d0-tcp-r10-2: b2's server took a trigger the capture does not show" in text
     assert (rd.path / "plots" / "spread-curves.png").stat().st_size > 5000
     assert "data:image/png;base64," in page.read_text()
+
+
+def test_a_spread_run_is_indexed_one_row_per_mechanism_and_deploy(tmp_path):
+    """A spread's summary has a row per deploy condition of the same mechanism: the index keys each apart
+    (it refused the second williamson row as a duplicate before)."""
+    from orchestrator.results.index import Index
+
+    rd = make_run(tmp_path)
+    trials = rd.trials()
+    for d in ("0.5", "1"):
+        trials += [t | {"trial": t["trial"].replace("none-d0", f"williamson-d{d}"), "mechanism": "williamson",
+                        "deploy": d} for t in trials[:2]]
+    rd.write_trials(trials)
+    idx = Index(tmp_path / "index.sqlite")
+    assert idx.record(rd) == "r"
+    rows = idx.db.execute("SELECT mechanism, repeats FROM summary ORDER BY mechanism").fetchall()
+    assert rows == [("none@0", 2), ("williamson@0.5", 2), ("williamson@1", 2)]
+    assert idx.record(rd) == "r"        # indexing again replaces the rows
+    idx.close()
