@@ -160,7 +160,8 @@ def resolve_mechanisms(spec, base: Path, problems) -> list[MechanismRun]:
         params = w.validate({"working_set_size": th.working_set_size, "delay_queue_limit": th.delay_queue_limit,
                              "release_period_s": th.release_period_s, "policy": th.policy})
         return [MechanismRun("williamson", th.placement, params, th.fail_open, w)]
-    if "throttle" in spec.model_fields_set or "kind" in spec.model_fields_set and spec.kind not in ("benign", "spread"):
+    if "throttle" in spec.model_fields_set or "kind" in spec.model_fields_set \
+            and spec.kind not in ("benign", "spread"):
         problems.add(("mechanisms",), "name the mechanisms in one place: `mechanisms:` replaces `throttle:` and "
                                       "`kind:` (write `- name: williamson` or `- name: none`)")
     out: list[MechanismRun] = []
