@@ -36,6 +36,9 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
          out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default results/<run id>)")] = None,
          keep: Annotated[bool, typer.Option(help="leave the lab up afterwards")] = False,
          resume: Annotated[Path | None, typer.Option(help="continue an interrupted run in this directory")] = None,
+         shard: Annotated[str | None, typer.Option(
+             help="I/N: run only this machine's share I of N of the trials (same plan, seeds and hash as the "
+                  "whole); join the shards with `testbed results merge`")] = None,
          junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
          index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite"),
          as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON on stdout (progress "
@@ -46,6 +49,7 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
 
     Examples:  testbed run labs/demo-sweep.yaml  ·  testbed run labs/demo-sweep.yaml --rates 5,20 --repeat 3 --keep
     ·  testbed run labs/demo-sweep.yaml --resume results/demo-sweep-20261201-190105-ab12
+    ·  testbed run labs/paper-sweep.yaml --shard 2/4 --out shard-2 (docs/nightly.md: shards on CI runners)
     """
     from orchestrator.cli.progress import SweepBar
     from orchestrator.experiment.runner import RunOptions, run_experiment
@@ -57,8 +61,10 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
             rate_list = [float(x) for x in rates.split(",") if x.strip()]
         except ValueError:
             raise UsageError(f"--rates takes numbers separated by commas, not {rates!r}") from None
+    from orchestrator.experiment.schedule import parse_shard
     pub = Publisher(index)
     rdir = run_experiment(file, RunOptions(rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
+                                           shard=parse_shard(shard) if shard else None,
                                            console=err, progress=SweepBar, on_open=pub.opened,
                                            on_finish=pub.finished))
     finish_run(rdir, junit, as_json)

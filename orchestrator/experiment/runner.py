@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign, spreadrun
+
+from orchestrator.experiment import benign, schedule, spreadrun
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
@@ -150,6 +151,7 @@ class RunOptions:
     out: str | Path | None = None             # the run directory (default results/<run id>)
     keep: bool = False                        # leave the lab up afterwards
     resume: str | Path | None = None          # continue the interrupted run in this directory
+    shard: tuple[int, int] | None = None      # (I, N): run only shard I of N of the plan (schedule.shard_of)
     store: StateStore | None = None
     console: Any = None                       # where progress lines go (rich Console), or None
     progress: Callable[[int, int, float], Any] | None = None    # (planned, done, est_s) -> a sweep bar
@@ -222,9 +224,13 @@ def open_run(exp: Experiment, o: RunOptions) -> OpenRun:
         trials = rdir.trials()
         done = {t["trial"] for t in trials if t.get("status") in ("ok", "timeout", "error")}
         trials = [t for t in trials if t["trial"] in done]
+        shard = man.get("shard")
+        if o.shard and (not shard or (shard["index"], shard["count"]) != tuple(o.shard)):
+            raise ExperimentError(f"run {man['run_id']} is not shard {o.shard[0]}/{o.shard[1]}; resume it without "
+                                  "--shard (it keeps its own share)")
         man.update(status="running", runner=runner_record())
         rdir.write_manifest(man)
-        return OpenRun(rdir, trials, done, plan_trials(exp, rates, repeat))
+        return OpenRun(rdir, trials, done, planned(exp, rates, repeat, shard and (shard["index"], shard["count"])))
     run_id = new_run_id(exp.spec.experiment)
     rdir = RunDir(o.out or Path("results") / run_id)
     if rdir.exists():
@@ -236,8 +242,21 @@ def open_run(exp: Experiment, o: RunOptions) -> OpenRun:
         "versions": versions(), "machine": machine(), "argv": sys.argv,
         "plan": {"rates": exp.spec.rates if rates is None else rates,
                  "repeats": exp.spec.repeats if repeat is None else repeat},
-        "started": time.time(), "status": "running", "runner": runner_record()})
-    return OpenRun(rdir, [], set(), plan_trials(exp, rates, repeat))
+        "started": time.time(), "status": "running", "runner": runner_record()}
+        | ({"shard": shard_record(exp, rates, repeat, o.shard)} if o.shard else {}))
+    return OpenRun(rdir, [], set(), planned(exp, rates, repeat, o.shard))
+
+
+def planned(exp: Experiment, rates, repeat, shard: tuple[int, int] | None) -> list[TrialSpec]:
+    """The run's plan: the whole sweep, or shard I of N of it (the same indices, so the same seeds)."""
+    plan = plan_trials(exp, rates, repeat)
+    return plan if shard is None else schedule.shard_of(plan, lambda t: estimate_s(exp, t), shard)
+
+
+def shard_record(exp: Experiment, rates, repeat, shard: tuple[int, int]) -> dict[str, Any]:
+    """What a shard's manifest says of it: which share, its trials and the whole plan's (for the merge)."""
+    return {"index": shard[0], "count": shard[1], "trials": [t.id for t in planned(exp, rates, repeat, shard)],
+            "all": [t.id for t in plan_trials(exp, rates, repeat)]}
 
 
 @contextmanager
