@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     results_app.command("show")(handles_errors(results_show))
     results_app.command("compare")(handles_errors(results_compare))
     results_app.command("prune")(handles_errors(results_prune))
+    results_app.command("merge")(handles_errors(results_merge))
     app.add_typer(results_app, name="results")
 
 
@@ -133,6 +134,28 @@ def results_list(index: IndexOpt = Path("results/index.sqlite"),
     if gone:
         out.print(f"{gone} of {len(runs)} runs point at a directory that no longer exists (gone); "
                   f"`testbed results prune --index {index}` forgets them", highlight=False)
+
+
+def results_merge(dirs: Annotated[list[Path], typer.Argument(help="the shard run directories (testbed run --shard I/N)")],
+                  out_dir: Annotated[Path, typer.Option("--out", help="the merged run directory (new)")],
+                  index: IndexOpt = Path("results/index.sqlite"),
+                  junit: Annotated[Path | None, typer.Option(help="write the merged run's JUnit report")] = None,
+                  as_json: JsonOpt = False):
+    """Join the shards of one sweep into one run directory, reported and indexed as the unsharded run.
+
+    Refused (exit 2) for shards of different experiment files, lab files, code versions, plans or shard counts,
+    and when a trial is missing (a shard not given, or not finished) or doubled — the message names them.
+
+    Examples:  testbed results merge shard-1 shard-2 --out results/night  ·  testbed results merge shards/* --out M
+    """
+    from orchestrator.results.merge import merge
+    from orchestrator.results.publish import Publisher
+
+    rdir = merge(dirs, out_dir)
+    Publisher(index).finished(rdir)
+    if not as_json:
+        out.print(f"merged {len(dirs)} shard(s), {len(rdir.trials())} trials, into {rdir.path}", highlight=False)
+    finish_run(rdir, junit, as_json)
 
 
 def results_prune(index: IndexOpt = Path("results/index.sqlite"),
