@@ -1,0 +1,68 @@
+"""A trial's disturbance (experiment/disturb.py): the throttle's release lateness and the worm's send lateness
+against the agreement's tolerance, and a disturbed trial redone a bounded number of times, the record saying so."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from orchestrator.experiment import disturb
+from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
+from orchestrator.experiment.rundir import RunDir
+
+def _rec(late: float | None, status="ok") -> TrialRecord:
+    model = {"orderings": {"jitter": {"late_max_s": late, "releases": 4}}} if late is not None else None
+    r = TrialRecord("tcp-r5-1", 0, "tcp", 5.0, 1, "full", [], "host", False, time.time(), status=status)
+    r.evaluation = Evaluation({"stop_s": 1.0, "out_before_block": 5}, [], model, {"ok": True})
+    return r
+
+
+def test_a_release_late_beyond_the_tolerance_is_a_disturbance():
+    worm = disturb.worm_lateness([])
+    ok = disturb.judge(_rec(0.004).to_dict(), worm, 0.02)
+    assert (ok["disturbed"], ok["reasons"], ok["release_late_max_s"], ok["releases"]) == (False, [], 0.004, 4)
+    bad = disturb.judge(_rec(0.031).to_dict(), worm, 0.02)
+    assert bad["disturbed"] and bad["reasons"] == ["the throttle released 31.0 ms late (tolerance 20 ms)"]
+    assert disturb.judge(_rec(None).to_dict(), worm, 0.02)["disturbed"] is False     # no throttle: no release
+
+
+def test_the_worms_send_lateness_is_read_from_its_own_log():
+    lines = ['{"event":"start"}'] + [f'{{"event":"attempt","t_mono":{10 + i * 0.1 + (0.05 if i == 99 else 0.001)},'
+                                     f'"due_mono":{10 + i * 0.1}}}' for i in range(100)] + ["not json"]
+    w = disturb.worm_lateness(lines)
+    assert w["attempts"] == 100 and w["late_p50_s"] == pytest.approx(0.001) and w["late_max_s"] == pytest.approx(0.05)
+    assert w["late_p99_s"] == pytest.approx(0.05)
+    j = disturb.judge(_rec(0.001).to_dict(), w, 0.02)
+    assert j["reasons"] == ["the worm sent 1 % of its attempts over 50.0 ms late (tolerance 20 ms)"]
+
+
+class _St:
+    def __init__(self, tmp_path):
+        self.tolerance = {"stop_abs_s": 0.02}
+        self.stop = threading.Event()
+        self.run = RunDir(tmp_path)
+
+
+def test_a_disturbed_trial_is_redone_and_the_record_says_so(tmp_path):
+    lates = iter([0.05, 0.001])
+    rec = disturb.judged_trial(_St(tmp_path), TrialSpec(0, "tcp", 5.0, 1), lambda st, t: _rec(next(lates)))
+    assert rec.extra["timing"]["disturbed"] is False and len(rec.extra["redone"]) == 1
+    assert rec.extra["redone"][0]["reasons"] == ["the throttle released 50.0 ms late (tolerance 20 ms)"]
+    assert rec.extra["redone"][0]["stop_s"] == 1.0 and "load" in rec.extra["redone"][0]
+
+
+def test_redos_are_bounded_and_the_last_record_stays_flagged(tmp_path):
+    calls = []
+    rec = disturb.judged_trial(_St(tmp_path), TrialSpec(0, "tcp", 5.0, 1),
+                               lambda st, t: calls.append(1) or _rec(0.2))
+    assert len(calls) == 1 + disturb.MAX_REDOS and len(rec.extra["redone"]) == disturb.MAX_REDOS
+    assert rec.extra["timing"]["disturbed"] is True and rec.to_dict()["timing"]["disturbed"] is True
+
+
+def test_an_interrupted_trial_is_not_redone(tmp_path):
+    calls = []
+    rec = disturb.judged_trial(_St(tmp_path), TrialSpec(0, "tcp", 5.0, 1),
+                               lambda st, t: calls.append(1) or _rec(0.2, status="interrupted"))
+    assert rec.status == "interrupted" and calls == [1] and "timing" not in rec.extra
