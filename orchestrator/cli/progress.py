@@ -35,9 +35,10 @@ class Sweep:
     def trial(self, label: str) -> None:
         self.current, self.started = label, self.clock()
 
-    def finished(self, expected_s: float) -> float:
-        """A trial ended; returns its wall time."""
-        took = self.clock() - (self.started if self.started is not None else self.clock())
+    def finished(self, expected_s: float, took: float | None = None) -> float:
+        """A trial ended (after `took` s, by default since `trial`); returns its wall time."""
+        if took is None:
+            took = self.clock() - (self.started if self.started is not None else self.clock())
         self.done += 1
         self.spent_s += took
         self.expected_done_s += expected_s
@@ -64,6 +65,21 @@ def verdict(rec: dict[str, Any]) -> str:
     else:
         said = [stop, "" if agree is None else "agrees with the model" if agree else "DISAGREES with the model"]
     return " · ".join(x for x in said if x)
+
+
+def load_note(rec: dict[str, Any]) -> str:
+    """`, 3 running, CPUs 64 % busy, redone 1×` — the machine's load over a trial, as its record has it."""
+    ld, timing = rec.get("load") or {}, rec.get("timing") or {}
+    out = ""
+    if (ld.get("trials_running") or 1) > 1:
+        out += f", {ld['trials_running']} running"
+    if ld.get("cpu_busy") is not None:
+        out += f", CPUs {ld['cpu_busy'] * 100:.0f} % busy"
+    if rec.get("redone"):
+        out += f", redone {len(rec['redone'])}×"
+    if timing.get("disturbed"):
+        out += ", DISTURBED: " + "; ".join(timing.get("reasons") or [])
+    return out
 
 
 def label(t) -> str:
@@ -95,14 +111,15 @@ class SweepBar:
         if self.p is not None:
             self.p.update(self.task, description=f"{label(t)}", eta=fmt_s(self.sweep.eta_s()))
 
-    def done(self, t, rec, expected_s: float) -> None:
-        """`rec`: the trial's record (a TrialRecord, or its dict as trials.jsonl holds it)."""
+    def done(self, t, rec, expected_s: float, *, took: float | None = None, where: str | None = None) -> None:
+        """`rec`: the trial's record (a TrialRecord, or its dict as trials.jsonl holds it). A parallel run says
+        the trial's own wall time (`took`) and its lab instance (`where`)."""
         rec = rec.to_dict() if hasattr(rec, "to_dict") else rec
-        took = self.sweep.finished(expected_s)
+        took = self.sweep.finished(expected_s, took)
         s = self.sweep
         said = verdict(rec)
-        line = (f"trial {s.done}/{s.total} {t.id}: {rec['status']}{' ' + said if said else ''} ({took:.1f} s; "
-                f"eta {fmt_s(s.eta_s())})")
+        line = (f"trial {s.done}/{s.total} {t.id}: {rec['status']}{' ' + said if said else ''} ({took:.1f} s"
+                f"{' on ' + where if where else ''}{load_note(rec)}; eta {fmt_s(s.eta_s())})")
         if self.p is not None:
             self.p.update(self.task, completed=s.done, eta=fmt_s(s.eta_s()))
         self.console.print(line, highlight=False)

@@ -13,18 +13,20 @@ import platform
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-
-from orchestrator.experiment import benign, schedule, spreadrun
+from orchestrator.experiment import benign, disturb, pool, schedule, spreadrun
 from orchestrator.experiment.mechspec import MechanismRun
-from orchestrator.experiment.record import TrialSpec
+from orchestrator.experiment.record import TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
 from orchestrator.experiment.setup import Setup
 from orchestrator.experiment.spec import Experiment, check_overrides, load_experiment
@@ -152,6 +154,8 @@ class RunOptions:
     keep: bool = False                        # leave the lab up afterwards
     resume: str | Path | None = None          # continue the interrupted run in this directory
     shard: tuple[int, int] | None = None      # (I, N): run only shard I of N of the plan (schedule.shard_of)
+    parallel: int | None = 1                  # lab instances running trials side by side (None: pool's default)
+    name: str | None = None                   # the lab's name (instances: NAME, NAME-2, …), not the lab file's
     store: StateStore | None = None
     console: Any = None                       # where progress lines go (rich Console), or None
     progress: Callable[[int, int, float], Any] | None = None    # (planned, done, est_s) -> a sweep bar
@@ -179,6 +183,8 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
     store = o.store or StateStore()
     check_overrides(o.rates, o.repeat)
     exp = load_experiment(path)
+    if o.name:
+        exp = pool.renamed(exp, o.name)
     run = open_run(exp, o)
     if o.on_open:      # e.g. indexed from the start: `results list` shows it running, or died if its runner is gone
         o.on_open(run.rdir)
@@ -186,12 +192,21 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
     status, failure = "running", None
     try:
         with _Stop(ref) as stopper:
-            with (o.lab or lab_session)(exp, store, keep=o.keep, console=o.console) as hosts:
-                st = prepare(exp, hosts, run.rdir, store)
-                ref["setup"] = st
-                if stopper.requested:
-                    st.stop.set()
-                sweep(exp, st, run, o.progress)
+            k = pool.default_parallel(exp, len(run.todo)) if o.parallel is None else min(o.parallel, len(run.todo))
+            if k > 1 and exp.spec.kind in ("spread", "benign"):     # their trials are not judged for disturbance
+                if o.parallel is not None:
+                    _say(o.console, f"a {exp.spec.kind} run takes its trials one at a time: --parallel {o.parallel} "
+                                    "applies to stopping-speed and baseline runs")
+                k = 1
+            if k > 1:
+                sweep_parallel(exp, run, o, store, k, ref)
+            else:
+                with (o.lab or lab_session)(exp, store, keep=o.keep, console=o.console) as hosts:
+                    st = prepare(exp, hosts, run.rdir, store)
+                    ref["setup"] = st
+                    if stopper.requested:
+                        st.stop.set()
+                    sweep(exp, st, run, o.progress)
             status = "interrupted" if len(run.trials) < len(run.plan) else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -326,18 +341,32 @@ def prepare(exp: Experiment, hosts: LabHosts, rdir: RunDir, store: StateStore) -
     return st
 
 
+def run_one(exp: Experiment, st: Setup, t: TrialSpec) -> TrialRecord:
+    """One trial of any kind on the lab of `st`: the serial sweep and every parallel instance run this."""
+    if exp.spec.kind == "spread":
+        return run_spread_trial(spreadrun.SpreadSetup.resolve(st), t)
+    one = benign.run_trial if exp.spec.kind == "benign" else run_trial
+    return one(st.for_mechanism(mechanism_of(exp, t)), t)
+
+
+def run_judged(exp: Experiment, st: Setup, t: TrialSpec) -> TrialRecord:
+    """run_one, its load and timing judged and a disturbed trial redone (disturb.py). The judge reads the
+    worm's and the throttle's logs of one worm trial: a spread or benign trial is run as it is."""
+    if exp.spec.kind in ("spread", "benign"):
+        return run_one(exp, st, t)
+    return disturb.judged_trial(st, t, partial(run_one, exp))
+
+
 def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
     """The trials not done yet, in order; the run directory is written after each. Stops early when asked."""
     todo = run.todo
-    spread = spreadrun.SpreadSetup.resolve(st) if exp.spec.kind == "spread" else None
     bar = progress(len(run.plan), len(run.done), sum(estimate_s(exp, t) for t in todo)) if progress else None
     for t in todo:
         if st.stop.is_set():
             break
         if bar:
             bar.trial(t)
-        one = benign.run_trial if exp.spec.kind == "benign" else run_trial
-        rec = run_spread_trial(spread, t) if spread else one(st.for_mechanism(mechanism_of(exp, t)), t)
+        rec = run_judged(exp, st, t)
         if rec.status == "interrupted":
             break
         run.trials.append(rec.to_dict())
@@ -346,6 +375,38 @@ def sweep(exp: Experiment, st: Setup, run: OpenRun, progress=None) -> None:
             bar.done(t, rec, estimate_s(exp, t))
     if bar:
         bar.close()
+
+
+def sweep_parallel(exp: Experiment, run: OpenRun, o: RunOptions, store: StateStore, k: int, ref: dict) -> None:
+    """The trials not done yet on k lab instances side by side (pool.sweep_parallel); the run directory is
+    written after each, its records in plan order. Raises the first instance's failure if trials were left."""
+    todo, stop = run.todo, threading.Event()
+    ref["setup"] = SimpleNamespace(stop=stop)
+    est = partial(estimate_s, exp)
+    bar = o.progress(len(run.plan), len(run.done), schedule.makespan(todo, est, k)) if o.progress else None
+    man = run.rdir.manifest()
+    run.rdir.write_manifest(man | {"parallel": {"instances": k, "labs": [pool.instance_name(exp.lab.name, i)
+                                                                         for i in range(1, k + 1)]}})
+
+    def record(t: TrialSpec, rec) -> None:
+        run.trials.append(rec.to_dict())
+        run.trials.sort(key=lambda r: r["index"])
+        _write(run.rdir, run.trials)
+        if bar:
+            bar.done(t, rec, est(t) / k, took=(rec.extra.get("load") or {}).get("wall_s"),
+                     where=rec.extra.get("lab_instance"))
+    sh = pool.sweep_parallel(
+        exp, k, todo, session=o.lab or lab_session, store=store, keep=o.keep, console=o.console, stop=stop,
+        prepare=lambda e, hosts: prepare(e, hosts, run.rdir, store), estimate=est, record=record,
+        trial=partial(run_one, exp))
+    if bar:
+        bar.close()
+    if sh.errors:
+        man = run.rdir.manifest()
+        man["parallel"]["lost"] = [getattr(e, "message", None) or f"{type(e).__name__}: {e}" for e in sh.errors]
+        run.rdir.write_manifest(man)
+        if not stop.is_set() and len(run.trials) < len(run.plan):
+            raise sh.errors[0]
 
 
 def finish_run(run: OpenRun, status: str, failure: str | None) -> None:
