@@ -39,6 +39,13 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
          shard: Annotated[str | None, typer.Option(
              help="I/N: run only this machine's share I of N of the trials (same plan, seeds and hash as the "
                   "whole); join the shards with `testbed results merge`")] = None,
+         parallel: Annotated[str, typer.Option(
+             help="K: run the trials on K copies of the lab side by side (NAME, NAME-2, …), longest first; "
+                  "1: one after another; auto: from the machine's CPUs and memory (4 per CPU, 512 MiB each, "
+                  "at most 16; 1 on libvirt). Each trial's load is recorded and a disturbed one redone "
+                  "(docs/parallel.md)")] = "auto",
+         name: Annotated[str | None, typer.Option(
+             help="the lab's name instead of the lab file's (its instances NAME-2, … under --parallel)")] = None,
          junit: Annotated[Path | None, typer.Option(help="write one JUnit test case per protocol and rate")] = None,
          index: Annotated[Path, typer.Option(help="the SQLite index of runs")] = Path("results/index.sqlite"),
          as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON on stdout (progress "
@@ -50,6 +57,7 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
     Examples:  testbed run labs/demo-sweep.yaml  ·  testbed run labs/demo-sweep.yaml --rates 5,20 --repeat 3 --keep
     ·  testbed run labs/demo-sweep.yaml --resume results/demo-sweep-20261201-190105-ab12
     ·  testbed run labs/paper-sweep.yaml --shard 2/4 --out shard-2 (docs/nightly.md: shards on CI runners)
+    ·  testbed run labs/paper-sweep.yaml --parallel 8 --name sweep-a (docs/parallel.md)
     """
     from orchestrator.cli.progress import SweepBar
     from orchestrator.experiment.runner import RunOptions, run_experiment
@@ -61,10 +69,15 @@ def run_(file: Annotated[Path, typer.Argument(help="experiment file (labs/*.yaml
             rate_list = [float(x) for x in rates.split(",") if x.strip()]
         except ValueError:
             raise UsageError(f"--rates takes numbers separated by commas, not {rates!r}") from None
+    from orchestrator.experiment.pool import parse_parallel
     from orchestrator.experiment.schedule import parse_shard
+    k = parse_parallel(parallel)
+    if name is not None:
+        from orchestrator.providers.state import StateStore
+        StateStore().lab_dir(name)                    # a lab name, or a usage error that says what one is
     pub = Publisher(index)
     rdir = run_experiment(file, RunOptions(rates=rate_list, repeat=repeat, out=out_dir, keep=keep, resume=resume,
-                                           shard=parse_shard(shard) if shard else None,
+                                           shard=parse_shard(shard) if shard else None, parallel=k, name=name,
                                            console=err, progress=SweepBar, on_open=pub.opened,
                                            on_finish=pub.finished))
     finish_run(rdir, junit, as_json)
