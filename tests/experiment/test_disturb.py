@@ -12,6 +12,7 @@ from orchestrator.experiment import disturb
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir
 
+
 def _rec(late: float | None, status="ok") -> TrialRecord:
     model = {"orderings": {"jitter": {"late_max_s": late, "releases": 4}}} if late is not None else None
     r = TrialRecord("tcp-r5-1", 0, "tcp", 5.0, 1, "full", [], "host", False, time.time(), status=status)
