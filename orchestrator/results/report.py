@@ -246,11 +246,36 @@ def _notes(c: dict[str, Any]) -> list[str]:
     if c["emulated"]:
         notes.append("**Timings came from emulated guests** (QEMU software emulation: KVM was not usable here), "
                      "so the agreement tolerance is wider.")
+    if (load := load_note(man, c["trials"])):
+        notes.append(load)
     bad = [t for t in c["trials"] if t.get("status") == "error" or not (t.get("agreement") or {}).get("ok", True)]
     for t in bad:
         why = t.get("reason") if t.get("status") == "error" else "; ".join((t.get("agreement") or {}).get("reasons", []))
         notes.append(f"Trial {t['trial']}: {t['status']} — {why}")
     return notes
+
+
+def load_note(man: dict[str, Any], trials: list[dict[str, Any]]) -> str:
+    """The machine's load over the trials (each record's `load`), how many ran side by side (--parallel), and
+    the trials redone or left flagged because their timing was disturbed ("" for records without a load)."""
+    loads = [t["load"] for t in trials if isinstance(t.get("load"), dict)]
+    if not loads:
+        return ""
+    busy = sorted(x["cpu_busy"] for x in loads if x.get("cpu_busy") is not None)
+    par = man.get("parallel") or {}
+    side = (f"{par['instances']} lab instances side by side ({', '.join(par['labs'])}), at most "
+            f"{max(x.get('trials_running') or 1 for x in loads)} trials at once" if par else "one trial at a time")
+    cpus = f"{loads[0].get('cpus')} CPUs " if loads[0].get("cpus") else "CPUs "
+    text = f"Load: {side}; the {cpus}were busy"
+    text += (f" {busy[len(busy) // 2] * 100:.0f} % (median over the trials), at most {busy[-1] * 100:.0f} %"
+             if busy else " (not measured)")
+    redone = [t for t in trials if t.get("redone")]
+    flagged = [t["trial"] for t in trials if (t.get("timing") or {}).get("disturbed")]
+    text += (f". {len(redone)} trial(s) redone because their timing was disturbed (throttle or worm late beyond "
+             f"the tolerance)" if redone else ". No trial's timing was disturbed")
+    if flagged:
+        text += f"; still disturbed after the redos, flagged: {', '.join(flagged)}"
+    return text + "."
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
