@@ -8,6 +8,7 @@ import dataclasses
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -210,3 +211,45 @@ def test_the_instances_left_finish_the_queue_when_one_is_lost(tmp_path, monkeypa
     sh, seen = _pool(tmp_path, monkeypatch, 3, todo, lost={"lab-2"})
     assert [str(e) for e in sh.errors] == ["lab lab-2 cannot be built"]
     assert sorted(seen["order"]) == sorted(t.id for t in todo) and set(seen["on"]) == {"lab", "lab-3"}
+
+
+# ---------------------------------------------------------------- the option
+
+
+@pytest.mark.parametrize("text, k", [("auto", None), (None, None), (" 3 ", 3), ("1", 1), ("64", 64)])
+def test_parallel_is_a_count_or_auto(text, k):
+    assert pool.parse_parallel(text) == k
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0", "--parallel 0: the number of lab instances must be 1 to 64"),
+    ("65", "--parallel 65: the number of lab instances must be 1 to 64"),
+    ("-1", "--parallel takes a number of lab instances (1 to 64) or auto, not '-1'"),
+    ("2.5", "--parallel takes a number of lab instances (1 to 64) or auto, not '2.5'"),
+    ("x", "--parallel takes a number of lab instances (1 to 64) or auto, not 'x'"),
+])
+def test_a_bad_parallel_is_a_usage_error_naming_the_option(text, message):
+    from orchestrator.errors import UsageError
+    with pytest.raises(UsageError) as e:
+        pool.parse_parallel(text)
+    assert e.value.exit_code == 2 and message in e.value.message
+
+
+def test_the_command_line_refuses_parallel_0_with_exit_2_before_building_anything(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(_path(tmp_path)), "--parallel", "0",
+                        "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2],
+                       env={"TESTBED_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "--parallel 0: the number of lab instances must be 1 to 64" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_parallel_and_shard_combine_the_shards_trials_on_the_instances(tmp_path, store, labs):
+    rdir = run_experiment(_path(tmp_path), RunOptions(out=tmp_path / "r", store=store, lab=labs["session"],
+                                                      parallel=2, shard=(1, 2)))
+    run = RunDir(rdir.path)
+    man = run.manifest()
+    assert man["status"] == "complete" and man["parallel"]["instances"] == 2
+    assert [t["trial"] for t in run.trials()] == man["shard"]["trials"] and len(man["shard"]["trials"]) == 3
