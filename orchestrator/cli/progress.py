@@ -35,14 +35,15 @@ class Sweep:
     def trial(self, label: str) -> None:
         self.current, self.started = label, self.clock()
 
-    def finished(self, expected_s: float, took: float | None = None) -> float:
-        """A trial ended (after `took` s, by default since `trial`); returns its wall time."""
+    def finished(self, expected_s: float, took: float | None = None, share: int = 1) -> float:
+        """A trial ended (after `took` s, by default since `trial`); returns its wall time. With `share` K (K
+        trials side by side) a trial's expected and measured times count 1/K towards the sweep's wall time."""
         if took is None:
             took = self.clock() - (self.started if self.started is not None else self.clock())
         self.done += 1
-        self.spent_s += took
-        self.expected_done_s += expected_s
-        self.left_s = max(self.left_s - expected_s, 0.0)
+        self.spent_s += took / share
+        self.expected_done_s += expected_s / share
+        self.left_s = max(self.left_s - expected_s / share, 0.0)
         self.current, self.started = None, None
         return took
 
@@ -111,11 +112,12 @@ class SweepBar:
         if self.p is not None:
             self.p.update(self.task, description=f"{label(t)}", eta=fmt_s(self.sweep.eta_s()))
 
-    def done(self, t, rec, expected_s: float, *, took: float | None = None, where: str | None = None) -> None:
-        """`rec`: the trial's record (a TrialRecord, or its dict as trials.jsonl holds it). A parallel run says
-        the trial's own wall time (`took`) and its lab instance (`where`)."""
+    def done(self, t, rec, expected_s: float, *, took: float | None = None, where: str | None = None,
+             share: int = 1) -> None:
+        """`rec`: the trial's record (a TrialRecord, or its dict as trials.jsonl holds it). A parallel run of
+        `share` instances says the trial's own wall time (`took`) and its lab instance (`where`)."""
         rec = rec.to_dict() if hasattr(rec, "to_dict") else rec
-        took = self.sweep.finished(expected_s, took)
+        took = self.sweep.finished(expected_s, took, share)
         s = self.sweep
         said = verdict(rec)
         line = (f"trial {s.done}/{s.total} {t.id}: {rec['status']}{' ' + said if said else ''} ({took:.1f} s"

@@ -393,8 +393,8 @@ def sweep_parallel(exp: Experiment, run: OpenRun, o: RunOptions, store: StateSto
         run.trials.sort(key=lambda r: r["index"])
         _write(run.rdir, run.trials)
         if bar:
-            bar.done(t, rec, est(t) / k, took=(rec.extra.get("load") or {}).get("wall_s"),
-                     where=rec.extra.get("lab_instance"))
+            bar.done(t, rec, est(t), took=(rec.extra.get("load") or {}).get("wall_s"),
+                     where=rec.extra.get("lab_instance"), share=k)
     sh = pool.sweep_parallel(
         exp, k, todo, session=o.lab or lab_session, store=store, keep=o.keep, console=o.console, stop=stop,
         prepare=lambda e, hosts: prepare(e, hosts, run.rdir, store), estimate=est, record=record,

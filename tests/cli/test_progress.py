@@ -46,6 +46,12 @@ def test_eta_is_the_expected_time_left_scaled_by_the_finished_trials():
     assert s.done == 2 and s.ratio() == 1.5 and s.eta_s() == 20.0 * 1.5
 
 
+def test_trials_side_by_side_count_a_share_of_their_time_towards_the_eta():
+    s = Sweep(total=4, done=0, expected_s=20.0, clock=Clock())      # 4 trials of 10 s expected on 2 instances
+    assert s.finished(10.0, took=12.0, share=2) == 12.0            # the trial's own wall time, as it was
+    assert s.ratio() == 1.2 and s.eta_s() == 15.0 * 1.2
+
+
 def test_a_resumed_sweep_counts_the_trials_done_before():
     s = Sweep(total=8, done=5, expected_s=9.0, clock=Clock())
     assert (s.done, s.total, s.eta_s()) == (5, 8, 9.0)
@@ -82,3 +88,15 @@ def test_a_disagreeing_trial_and_a_baseline_trial_say_so():
     out = buf.getvalue()
     assert "ok stopped in 9.000 s · DISAGREES with the model" in out
     assert "tcp-r5-1: ok 50 attempts on the wire at 5.0/s (" in out
+
+
+def test_a_parallel_trials_line_says_its_own_time_its_lab_and_the_load():
+    buf = io.StringIO()
+    bar = SweepBar(4, 0, 20.0, console=Console(file=buf, width=300, color_system=None))
+    rec = {"status": "ok", "measured": {"stop_s": 5.25}, "model": {"stop_s": 5.25}, "agreement": {"ok": True},
+           "load": {"trials_running": 3, "cpu_busy": 0.634}, "redone": [{}],
+           "timing": {"disturbed": True, "reasons": ["the throttle released 31.0 ms late (tolerance 20 ms)"]}}
+    bar.done(T("tcp", 20, 1), rec, 10.0, took=12.04, where="ss-2", share=2)
+    assert buf.getvalue().splitlines()[1] == (
+        "trial 1/4 tcp-r20-1: ok stopped in 5.250 s · agrees with the model (12.0 s on ss-2, 3 running, CPUs 63 % "
+        "busy, redone 1×, DISTURBED: the throttle released 31.0 ms late (tolerance 20 ms); eta 18s)")
