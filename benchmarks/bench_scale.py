@@ -77,6 +77,7 @@ class Peak:
         self.base_used = m["MemTotal"] - m["MemAvailable"]
         self.base_slab = m["Slab"]
         self.used = self.slab = self.arp = 0
+        self.phase = 0               # the peak of memory in use since the last mark()
         self.errors: list[str] = []
         self.every = every
         self._stop = threading.Event()
@@ -87,11 +88,19 @@ class Peak:
         while not self._stop.wait(self.every):
             try:
                 m = meminfo()
-                self.used = max(self.used, m["MemTotal"] - m["MemAvailable"] - self.base_used)
+                used = m["MemTotal"] - m["MemAvailable"] - self.base_used
+                self.used, self.phase = max(self.used, used), max(self.phase, used)
                 self.slab = max(self.slab, m["Slab"] - self.base_slab)
                 self.arp = max(self.arp, arp_entries())
             except (OSError, ValueError, IndexError, KeyError) as exc:
                 self.errors.append(str(exc))     # reported: a sample lost is said, not hidden
+
+    def mark(self) -> int:
+        """The peak of memory in use since the last mark (or the start), sampled once more now; then reset."""
+        m = meminfo()
+        out = max(self.phase, m["MemTotal"] - m["MemAvailable"] - self.base_used)
+        self.phase = 0
+        return out
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,14 +122,18 @@ def measure_lab(tmp: Path, store: StateStore, blades: int) -> dict:
         t1 = time.perf_counter()
         NetnsProvider(store).wait_booted(name, timeout=600)
         t2 = time.perf_counter()
+        out["mem_up"] = peak.mark()          # wired and booted: every host's sshd running
         rep = lifecycle.check(name, store=store)
         t3 = time.perf_counter()
+        out["mem_check"] = peak.mark()
         out.update(up=t1 - t0, boot=t2 - t1, check=t3 - t2, problems=len(rep.problems),
                    audited=len({x.host for x in rep.findings}), first_problems=[str(p) for p in rep.problems[:3]])
     finally:
         t4 = time.perf_counter()
         lifecycle.down(name, store=store)
         out["down"] = time.perf_counter() - t4
+        out["mem_down"] = peak.mark()        # the peak while it came down
+        out["mem_after"] = meminfo()["MemTotal"] - meminfo()["MemAvailable"] - peak.base_used
         peak.stop()
     out.update(peak_used=peak.used, peak_slab=peak.slab, peak_arp=peak.arp - arp0, sample_errors=peak.errors)
     return out
@@ -177,6 +190,9 @@ def main() -> None:
             print(f"{r['hosts']:>6} {r['up']:>6.2f}s {r['boot']:>6.2f}s {r['check']:>7.2f}s {r['down']:>6.2f}s  "
                   f"{res + ' (' + str(r['audited']) + ' hosts)':<22} {mib(r['peak_used']):>10} "
                   f"{mib(r['peak_slab']):>9} {r['peak_arp']:>9,} {r['claim']['net.ipv4.neigh.default.gc_thresh3']:>10,}")
+            print(f"{'':>6} memory in use above the baseline, peak per phase: up+boot {mib(r.get('mem_up', 0))}, "
+                  f"check {mib(r.get('mem_check', 0))}, down {mib(r.get('mem_down', 0))}; after down "
+                  f"{mib(r['mem_after'])}")
             for p in r["first_problems"]:
                 print(f"       problem: {p}")
             if r["sample_errors"]:
