@@ -62,6 +62,8 @@ class HostSpec(Strict):
     image: str | None = Field(None, description="libvirt provider: guest image name (default: debian)")
     memory_mib: int | None = Field(None, ge=64, le=65536, description="libvirt provider: guest RAM")
     vcpus: int | None = Field(None, ge=1, le=64, description="libvirt provider: virtual CPUs")
+    machine: int | None = Field(None, ge=0, le=7, description="netns provider: the simulated machine the host "
+                                "is placed on (0 … netns.machines − 1; default 0)")
 
 
 class LibvirtOptions(Strict):
@@ -75,6 +77,13 @@ class LibvirtOptions(Strict):
     network: str | None = Field(None, description="must not be set: lab networks are always made by the lab")
 
 
+class NetnsOptions(Strict):
+    machines: int = Field(1, ge=1, le=8, description="simulated machines the hosts are placed on (each a switch "
+                          "namespace; two are joined by a veth underlay, every LAN stretched with VXLAN)")
+    underlay: Cidr | None = Field(None, description="the underlay's subnet, where each machine's VTEP address "
+                                  "comes from (default 198.19.255.248/29; no LAN's)")
+
+
 class LabFile(Strict):
     """A worm-testbed lab file (labs/*.yaml)."""
 
@@ -84,6 +93,7 @@ class LabFile(Strict):
     lans: LansSpec = Field(default_factory=LansSpec)
     hosts: dict[str, HostSpec] = Field(min_length=1)
     libvirt: LibvirtOptions | None = None
+    netns: NetnsOptions | None = None
 
 
 def schema_document(model: type[BaseModel], title: str) -> dict[str, Any]:
@@ -99,5 +109,12 @@ def json_schema() -> dict[str, Any]:
 
 
 def spec_hash(spec: LabFile) -> str:
-    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    d = spec.model_dump(mode="json")
+    # fields added since hashes were first recorded count only when set: a lab file's hash stays what it was
+    if d.get("netns") is None:
+        d.pop("netns", None)
+    for h in d["hosts"].values():
+        if h.get("machine") is None:
+            h.pop("machine", None)
+    canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()

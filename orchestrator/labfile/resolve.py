@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, NamedTuple
 
-from orchestrator.labfile import constants, models
+from orchestrator.labfile import constants, models, placement
 from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.topology import Host, Interface, Lab, Segment, mac_for
 
@@ -123,11 +123,11 @@ def resolve(spec: models.LabFile, source: str, problems, *, machine_routes: list
     expanded = _expand(spec, segs, problems)
     _role_rules(expanded, segs, problems)
     assigned = _assign(expanded, segs, nets, problems)
+    options = spec.libvirt.model_dump() if spec.libvirt else placement.options(spec, nets, problems)
     if problems.items:
         return None
     gateway = next((e for e in expanded if e.role == "gateway"), None)
     hosts = [_host(spec.name, idx, e, segs, nets, assigned, gateway) for idx, e in enumerate(expanded)]
-    options = spec.libvirt.model_dump() if spec.libvirt else {}
     return Lab(spec.name, spec.provider, source, models.spec_hash(spec), tuple(segs.values()), tuple(hosts), options)
 
 
@@ -266,8 +266,8 @@ def _host(lab: str, idx: int, e: _Entry, segs: dict[str, Segment], nets: dict[st
             if segs.get(i.segment) and segs[i.segment].kind == "experimental" and i.segment in gateway.lans:
                 default_via = str(assigned[(gateway.name, i.segment)])
                 break
-    opts = {k: v for k, v in (("image", hs.image), ("memory_mib", hs.memory_mib), ("vcpus", hs.vcpus))
-            if v is not None}
+    opts = {k: v for k, v in (("image", hs.image), ("memory_mib", hs.memory_mib), ("vcpus", hs.vcpus),
+                              ("machine", hs.machine)) if v is not None}
     return Host(name, role, idx, tuple(ifaces), default_via, role == "gateway", e.template, opts)
 
 

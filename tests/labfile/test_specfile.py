@@ -113,7 +113,7 @@ def test_aliases_and_templates_a_lab_file_can_use(tmp_path):
     # a mistake inside a template is reported where the template says it
     err = refused(write(tmp_path, LAB + "  tpl: &t {role: blade, colour: red}\n  b2: {<<: *t}\n"))
     assert ("hosts.b2.colour (line 5)", "unknown key 'colour'; known keys here: role, count, lans, addresses, "
-            "image, memory_mib, vcpus") in err.problems
+            "image, memory_mib, vcpus, machine") in err.problems
 
 
 @pytest.mark.parametrize("text", [
@@ -245,7 +245,7 @@ def test_a_key_that_looks_like_a_pydantic_tag_is_named(tmp_path):
     paths) was dropped from the path, and the unknown-key message then raised IndexError."""
     err = refused(write(tmp_path, "A: 1\nName: t\n" + LAB.split("\n", 1)[1]))
     assert ("A (line 1)", "unknown key 'A'; known keys here: name, description, provider, lans, hosts, "
-            "libvirt") in err.problems
+            "libvirt, netns") in err.problems
     assert any(w == "Name (line 2)" for w, _ in err.problems)
     exp = write(tmp_path, EXPERIMENT.format(lab=LABS / "stopping-speed.yaml") + "ThrottleSpec: 1\n", "e.yaml")
     assert any(w.startswith("ThrottleSpec (line 5)") for w, _ in refused(exp, load_experiment).problems)
