@@ -5,7 +5,8 @@ and is provider-independent; it never asks which provider it has. What it needs 
 contract: building and removing (`create`, `destroy`, `resources`, `status`, `unrecorded`), out-of-band
 management (`exec`, `power`, `console`, `revive`), where control traffic stands (`control_socket`,
 `control_argv`, `control_proxy`, `ssh_hosts`, `host_vars`, `wait_ready`), the other machines a lab runs on
-(`remote_shells`), the wire placement (`wire_point`), and how the hosts keep time (`clock`).
+(`remote_shells`) and the underlay joining them (`underlays`), the wire placement (`wire_point`), and how the
+hosts keep time (`clock`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,20 @@ class Clock:
     shared: bool = False
     emulated: bool = False
     domain_type: str | None = None      # what runs the guests (kvm, qemu), recorded in a run's manifest
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """One machine's end of the link that joins a lab's machines, its LANs stretched over it with VXLAN:
+    `testbed check` captures it and reads the namespace it is in (orchestrator/lab/audit_underlay.py)."""
+
+    machine: int
+    argv: list[str]            # argv prefix that runs a program in the namespace that holds the link
+    iface: str
+    vteps: tuple[str, ...]     # every machine's VTEP address, by machine
+    subnet: str                # the underlay's subnet: nothing else may be known there
+    port: int = 4789           # the VXLAN UDP port
+    table: str = "wt_underlay"  # the nftables table (inet) that admits only the VXLAN between the VTEPs
 
 
 class Provider(ABC):
@@ -179,6 +194,10 @@ class Provider(ABC):
     def remote_shells(self, name: str) -> list[list[str]]:
         """The other machines a lab runs on, each as an argv prefix that runs one shell command there (e.g.
         ssh to a remote hypervisor): `testbed check` reads their uplinks too. None here."""
+        return []
+
+    def underlays(self, name: str) -> list[Underlay]:
+        """Where the lab spans several machines joined by an underlay link: each machine's end of it. None here."""
         return []
 
     def control_proxy(self, name: str) -> str | None:

@@ -1,5 +1,6 @@
 """The embedded default provider: each host a Linux network namespace, each LAN a bridge in the lab's own
-switch namespace, the sniffer fed by ingress `tc mirred` from every experimental port.
+switch namespace (one per simulated machine, joined by VXLAN: machines.py), the sniffer fed by ingress
+`tc mirred` from every experimental port.
 
 Nothing is created in the machine's root namespace: veth pairs are made directly inside the lab's
 namespaces, so deleting those namespaces removes every interface. Names: `wt.<lab>.<host>` and
@@ -25,12 +26,13 @@ from orchestrator.providers.base import (
     Prerequisite,
     Progress,
     Resource,
+    Underlay,
     no_progress,
 )
 from orchestrator.providers.faults import fault
 from orchestrator.providers.keys import ensure_lab_keys
-from orchestrator.providers.naming import PREFIX, ns_name, switch_name
-from orchestrator.providers.netns import namespaces, nftables
+from orchestrator.providers.naming import PREFIX, ns_name
+from orchestrator.providers.netns import machines, namespaces, nftables, vxlan
 from orchestrator.providers.netns.hosts import NamespaceHosts
 from orchestrator.providers.netns.limits import Registry, needs, open_files_needed
 from orchestrator.providers.netns.links import inspect_links, links_without_carrier
@@ -83,7 +85,7 @@ class NetnsProvider(NamespaceHosts):
         self.require()
         with self.store.locked(lab.name):
             self.refuse_existing(lab.name)
-            names = [switch_name(lab.name)] + [ns_name(lab.name, h.name) for h in lab.hosts]
+            names = machines.namespaces(lab) + [ns_name(lab.name, h.name) for h in lab.hosts]
             clash = sorted(set(names) & namespaces.list_netns())
             if clash:
                 raise ProviderError(f"network namespace {clash[0]} already exists and is not recorded by any "
@@ -119,7 +121,6 @@ class NetnsProvider(NamespaceHosts):
         self.store.save(rec)
 
     def _build(self, lab: Lab, rec: LabRecord, progress: Progress) -> None:
-        sw = switch_name(lab.name)
         total = 6
         progress("namespaces", 0, total)
         run_batch(["ip"], [f"netns add {n}" for n in rec.owns("netns")]).check("creating namespaces")
@@ -140,7 +141,9 @@ class NetnsProvider(NamespaceHosts):
         for h in lab.hosts:
             for i in h.interfaces:
                 veths.append(f"link add name {i.ifname} netns {ns_name(lab.name, h.name)} address {i.mac} "
-                             f"type veth peer name {i.port} netns {sw}")
+                             f"type veth peer name {i.port} netns {machines.switch_ns(lab.name, machines.machine_of(h))}")
+        if machines.count(lab) > 1:
+            veths.append(machines.underlay_link(lab))
         run_batch(["ip"], veths).check("creating veth pairs")
         fault("after-veth")
 
@@ -280,36 +283,23 @@ class NetnsProvider(NamespaceHosts):
                 nftables.load(ns_name(lab.name, h.name), rules, what=f"isolation rules of {h.name}")
 
     def _configure_switch(self, lab: Lab) -> None:
-        sw = switch_name(lab.name)
-        lines = ["link set lo up"]
-        for seg in lab.segments:
-            lines += [f"link add {seg.bridge} type bridge stp_state 0 mcast_snooping 0", f"link set {seg.bridge} up"]
-        mirror_ports: dict[str, str] = {}         # segment -> the sniffer's port on it
-        exp_ports: list[tuple[str, str]] = []     # (port, segment)
-        for h in lab.hosts:
-            for i in h.interfaces:
-                if i.mirror:
-                    mirror_ports[i.segment] = i.port
-                    lines.append(f"link set {i.port} up")   # not in the bridge: it only ever receives copies
-                    continue
-                lines.append(f"link set {i.port} master {lab.segment(i.segment).bridge} up")
-                if lab.segment(i.segment).kind == "experimental":
-                    exp_ports.append((i.port, i.segment))
-        run_batch(["ip", "-n", sw], lines).check("configuring the lab switch")
-        # every host's MAC is known where it is plugged in, as a managed switch is configured: a frame for a
-        # host that has not spoken yet goes to its port, not to all 200 (the isolation audit sends ~80,000 such
-        # frames on a 200-host LAN; flooded, they cost 16 s of CPU)
-        fdb = [f"fdb add {i.mac} dev {i.port} master static" for h in lab.hosts for i in h.interfaces if not i.mirror]
-        run_batch(["bridge", "-n", sw], fdb).check("recording the hosts' MACs on the lab switch")
-        # ingress-only mirroring: every frame enters the switch exactly once, so it is copied exactly once
-        tc = []
-        for port, seg_key in exp_ports:
-            if seg_key in mirror_ports:
-                tc += [f"qdisc add dev {port} clsact",
-                       f"filter add dev {port} ingress protocol all prio 1 u32 match u32 0 0 "
-                       f"action mirred egress mirror dev {mirror_ports[seg_key]}"]
-        if tc:
-            run_batch(["tc", "-n", sw], tc).check("mirroring the experimental LAN to the sniffer")
+        """Every machine's switch (machines.py): bridges, ports, MACs, the sniffer's mirror; with several
+        machines, first each underlay (its VTEP, its filter, the VXLAN devices it hands to its switch)."""
+        n = machines.count(lab)
+        for m in range(n if n > 1 else 0):
+            lines, rules = machines.underlay_plan(lab, m)
+            ul = machines.underlay_ns(lab.name, m)
+            nftables.load(ul, rules, what=f"the underlay filter of machine {m}")
+            run_batch(["ip", "-n", ul], lines).check(f"configuring the underlay of machine {m}")
+        for m in range(n):
+            sw, plan = machines.switch_ns(lab.name, m), machines.switch_plan(lab, m)
+            run_batch(["ip", "-n", sw], plan.ip).check("configuring the lab switch")
+            # every host's MAC is known where it is plugged in, as a managed switch is configured: a frame for a
+            # host that has not spoken yet goes to its port, not to all 200 (the isolation audit sends ~80,000
+            # such frames on a 200-host LAN; flooded, they cost 16 s of CPU)
+            run_batch(["bridge", "-n", sw], plan.bridge).check("recording the hosts' MACs on the lab switch")
+            if plan.tc:
+                run_batch(["tc", "-n", sw], plan.tc).check("mirroring the experimental LAN to the sniffer")
 
     def _configure_hosts(self, lab: Lab) -> None:
         procs: list[tuple[Host, subprocess.Popen]] = []
@@ -422,7 +412,16 @@ class NetnsProvider(NamespaceHosts):
                      if i.segment.startswith("experimental") and not i.mirror), None)
         if port is None:
             raise ProviderError(f"{host} has no experimental interface to throttle on the wire")
-        return ["ip", "netns", "exec", switch_name(name)], port
+        return ["ip", "netns", "exec", machines.switch_ns(name, machines.machine_of(rec.topology.host(host)))], port
+
+    def underlays(self, name: str) -> list[Underlay]:
+        rec = self.store.require(name)
+        lab = rec.topology
+        if machines.count(lab) < 2:
+            return []
+        vteps = tuple(m.vtep.split("/")[0] for m in machines.machines(lab))
+        return [Underlay(m.index, ["ip", "netns", "exec", m.underlay_ns], m.underlay_if, vteps,
+                         lab.options["underlay"], vxlan.VXLAN_PORT) for m in machines.machines(lab)]
 
     def host_vars(self, name: str, host: Host) -> dict:
         # hosts share this machine's filesystem: each installs under its own state directory

@@ -1,5 +1,5 @@
-"""Stretching a lab's LANs over several machines with VXLAN (docs/scale.md): the plan, as `ip`/`bridge` batch
-lines, nftables rules and a capture filter — pure, so every rule is tested without root.
+"""Stretching a lab's LANs over several machines with VXLAN (docs/scale.md): the plan, as `ip`/`bridge`/`tc` batch
+lines and nftables rules — pure, so every rule is tested without root (machines.py applies it to a lab).
 
 Per machine two namespaces of the lab's: the *underlay* namespace holds the machine's underlay link (a
 dedicated NIC or VLAN; here a veth between "machines") with its VTEP address, and creates the VXLAN devices —
@@ -120,11 +120,3 @@ def underlay_nft(me: Machine, machines: list[Machine], table: str = "wt_underlay
             f"    ip saddr {local} ip daddr {{ {peers} }} udp dport {VXLAN_PORT} accept\n  }}\n"
             f"  chain forward {{ type filter hook forward priority 0; policy drop;\n  }}\n}}\n")
 
-
-def leak_filter(machines: list[Machine]) -> str:
-    """A capture filter for the underlay link: everything that is *not* the lab's VXLAN between its VTEPs
-    nor ARP between them. Any frame it passes is a leak."""
-    vteps = [str(ipaddress.ip_interface(m.vtep).ip) for m in machines]
-    src = " or ".join(f"src host {v}" for v in vteps)
-    dst = " or ".join(f"dst host {v}" for v in vteps)
-    return f"not ((udp dst port {VXLAN_PORT} and ({src}) and ({dst})) or (arp and ({src}) and ({dst})))"

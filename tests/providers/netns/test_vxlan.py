@@ -37,10 +37,6 @@ def test_the_underlay_filter_admits_only_vxlan_between_vteps():
     nft = vxlan.underlay_nft(M[0], M)
     assert "ip saddr { 198.19.255.2 } ip daddr 198.19.255.1 udp dport 4789 accept" in nft
     assert nft.count("policy drop") == 3
-    assert vxlan.leak_filter(M) == ("not ((udp dst port 4789 and (src host 198.19.255.1 or src host 198.19.255.2) "
-                                    "and (dst host 198.19.255.1 or dst host 198.19.255.2)) or (arp and "
-                                    "(src host 198.19.255.1 or src host 198.19.255.2) and (dst host 198.19.255.1 "
-                                    "or dst host 198.19.255.2)))")
 
 
 @pytest.mark.parametrize("vteps, msg", [
