@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.lab import audit_underlay
 from orchestrator.labfile import isolation
 from orchestrator.labfile.topology import Host, Interface, Lab
 from orchestrator.providers.base import Provider
@@ -403,6 +404,7 @@ def run_check(provider: Provider, lab: Lab) -> CheckReport:
     # this machine's uplinks and those of every other machine the lab runs on (a remote hypervisor's)
     uplinks = sorted({u for pre in [None, *provider.remote_shells(lab.name)] for u in machine_uplinks(pre)})
     plans = plan(lab, uplinks, beacon_port=secrets.SystemRandom().randrange(40000, 50000))
+    underlay = audit_underlay.Watch(provider, lab)       # a lab on several machines: its underlay, watched
 
     def one(host: str, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         timeout = 30 + (p["watch"]["deadline"] if "watch" in p else BEACON_WAIT if "beacon" in p else 0)
@@ -434,4 +436,6 @@ def run_check(provider: Provider, lab: Lab) -> CheckReport:
             redone = {p["addr"]: p for p in again.get("probes", [])}
             observed[h]["probes"] = [redone.get(p["addr"], p) if p["expect"] == "reachable" else p
                                      for p in observed[h]["probes"]]
-    return evaluate(lab, observed)
+    rep = evaluate(lab, observed)
+    rep.findings += [Finding(*f) for f in underlay.finish()]
+    return rep

@@ -327,6 +327,9 @@ class _SlowThenFine:
     def remote_shells(self, name):
         return self.shells if hasattr(self, "shells") else []
 
+    def underlays(self, name):
+        return []
+
     def exec(self, lab, host, argv, *, input=None, timeout=None):
         from orchestrator.localrun import Result
         plan = json.loads(input.split("\n", 1)[0])
