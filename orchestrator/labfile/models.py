@@ -68,6 +68,9 @@ class HostSpec(Strict):
 
 class LibvirtOptions(Strict):
     uri: str = Field("qemu:///system", description="libvirt connection URI, e.g. qemu+ssh://host/system")
+    uris: list[str] | None = Field(None, min_length=1, max_length=16,
+                                   description="several hypervisors instead of uri: `testbed up` builds on the "
+                                   "first; lab instance k (--parallel) on uris[k mod n]")
     domain_type: Literal["auto", "kvm", "qemu"] = Field(
         "auto", description="kvm, qemu (software emulation, TCG), or auto: kvm where it works")
     image: str = Field("debian", description="default guest image for every host")
@@ -113,6 +116,8 @@ def spec_hash(spec: LabFile) -> str:
     # fields added since hashes were first recorded count only when set: a lab file's hash stays what it was
     if d.get("netns") is None:
         d.pop("netns", None)
+    if d.get("libvirt") and d["libvirt"].get("uris") is None:
+        d["libvirt"].pop("uris", None)
     for h in d["hosts"].values():
         if h.get("machine") is None:
             h.pop("machine", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, NamedTuple
 
-from orchestrator.labfile import constants, models, placement
+from orchestrator.labfile import constants, hypervisors, models, placement
 from orchestrator.labfile.ipv4 import cidr_notation_problem
 from orchestrator.labfile.topology import Host, Interface, Lab, Segment, mac_for
 
@@ -123,7 +123,9 @@ def resolve(spec: models.LabFile, source: str, problems, *, machine_routes: list
     expanded = _expand(spec, segs, problems)
     _role_rules(expanded, segs, problems)
     assigned = _assign(expanded, segs, nets, problems)
-    options = spec.libvirt.model_dump() if spec.libvirt else placement.options(spec, nets, problems)
+    options = placement.options(spec, nets, problems)           # {} unless the hosts are on several machines
+    if spec.libvirt:
+        options = hypervisors.options(spec, problems)
     if problems.items:
         return None
     gateway = next((e for e in expanded if e.role == "gateway"), None)
