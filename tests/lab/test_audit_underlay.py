@@ -81,11 +81,10 @@ def test_an_underlay_namespace_that_is_not_as_the_lab_made_it_is_named(change, e
     assert len(got) == 1 and got[0].startswith(expect), got
 
 
-def test_the_capture_filters_name_the_vteps_the_port_and_the_labs_macs():
+def test_the_capture_filters_name_the_vteps_the_port_and_the_underlay():
     assert au.leak_filter(U[0]) == ("not ((udp dst port 4789 and (src host 198.19.255.249 or src host "
                                     "198.19.255.250) and (dst host 198.19.255.249 or dst host 198.19.255.250)) or "
                                     "(arp and (src host 198.19.255.249 or src host 198.19.255.250) and (dst host "
                                     "198.19.255.249 or dst host 198.19.255.250)))")
-    root = au.root_filter(LAB, U)
-    assert root.startswith("udp port 4789 or net 198.19.255.248/29 or ether host ")
-    assert f"ether host {LAB.host('blade').iface('experimental').mac}" in root
+    # no Ethernet addresses: `-i any` captures cooked frames, where libpcap refuses them
+    assert au.root_filter(U) == "udp port 4789 or net 198.19.255.248/29"
