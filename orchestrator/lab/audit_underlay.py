@@ -134,7 +134,7 @@ def read_static(u: Underlay) -> dict[str, Any]:
         return {"error": str(exc)}
     chains = [x["chain"] for x in items if "chain" in x]
     accepts = sum(1 for x in items if "rule" in x and any("accept" in e for e in x["rule"].get("expr", []))
-                  and "lo" not in json.dumps(x["rule"].get("expr", [])))
+                  and '"lo"' not in json.dumps(x["rule"].get("expr", [])))
     return {"addrs": addrs, "routes": routes, "ip_forward": fwd, "chains": chains, "accepts": accepts}
 
 
