@@ -93,7 +93,7 @@ def test_validate_reports_the_parse_and_the_semantic_checks_together(tmp_path):
     assert res.stderr.splitlines() == [
         f"{bad}: 4 problems",
         "  hosts.admin-server.colour (line 3): unknown key 'colour'; known keys here: role, count, lans, addresses, "
-        "image, memory_mib, vcpus",
+        "image, memory_mib, vcpus, machine",
         "  hosts.sniffer2.memory_mib (line 7): Input should be greater than or equal to 64",
         "  hosts (line 2): at most one sniffer per lab; found sniffer, sniffer2",                # semantic, after
         "  hosts.target1.addresses.admin (line 5): 198.18.1.9 is given to both blade and target1",   # the cuts
