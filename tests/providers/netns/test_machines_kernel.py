@@ -10,7 +10,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -60,7 +59,7 @@ def test_a_lab_on_two_machines_is_checked_clean_carries_traffic_across_and_leave
         seg = [(ns["blade"], "exp0"), (ns["injector"], "exp0"), (ns["gateway"], "exp0")]
         snf = (ns["sniffer"], "exp0")
         b = [tx_rx(*x) for x in seg] + [tx_rx(*snf)]
-        r = NetnsProvider(store).exec(name, "blade", [sys.executable, "-c", UDP5])
+        r = NetnsProvider(store).exec(name, "blade", ["python3", "-c", UDP5])
         assert r.ok, r.stderr
         time.sleep(0.5)
         a = [tx_rx(*x) for x in seg] + [tx_rx(*snf)]
