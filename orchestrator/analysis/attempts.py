@@ -214,14 +214,38 @@ def source_timelines(att: Attempts, *, bins: int = 24, span: tuple[float, float]
         a = a.select(np.isin(a.src, _ips(list(sources))))
     if len(a) == 0:
         return []
+    known = np.isfinite(a.ts)
+    lo, hi = span if span else ((float(a.ts[known].min()), float(a.ts[known].max())) if known.any() else (0.0, 0.0))
+    return timelines(source_partials(a, lo, hi, bins))
+
+
+@dataclass
+class SourcePartials:
+    """Per-source sums of an attempt table that add up across tables of disjoint (src, dst) pairs: the
+    timelines of a capture from its rows partitioned by (src, dst) (see stream.py), one part at a time."""
+
+    src: np.ndarray  # uint32, sorted distinct
+    counts: np.ndarray  # (m, 8) int64: rows per (tcp, repeat, attempt)
+    ndst: np.ndarray  # (m,) distinct destinations of attempts
+    first: np.ndarray  # (m,) float64 first / last known timestamp (±inf: none)
+    last: np.ndarray
+    new_first: np.ndarray  # (m,) first / last new attempt (not a repeat)
+    new_last: np.ndarray
+    n_new: np.ndarray  # (m,) new attempts with a known timestamp
+    hist: np.ndarray  # (m, bins) attempts per bin of [lo, hi]
+
+
+def source_partials(a: Attempts, lo: float, hi: float, bins: int) -> SourcePartials:
+    """The per-source sums of `a`, its histogram over [lo, hi] in `bins` bins."""
     uniq = _distinct(a.src)
+    if len(uniq) == 0:
+        z, f = np.zeros(0, np.int64), np.zeros(0)
+        return SourcePartials(uniq, np.zeros((0, 8), np.int64), z, f, f, f, f, z, np.zeros((0, bins), np.int64))
     inv = _positions(uniq, a.src)
     m = len(uniq)
     tcp = a.proto == PROTO_TCP
-    # one count per (source, tcp, repeat, attempt): every per-source count below is a sum of these
+    # one count per (source, tcp, repeat, attempt): every per-source count is a sum of these
     c = np.bincount((inv << 3) | (tcp << 2) | (a.repeat << 1) | a.attempt, minlength=m * 8).reshape(m, 8)
-    syn, syn_re = c[:, 4:].sum(axis=1), c[:, 6:].sum(axis=1)
-    udp_att, udp_all = c[:, 1] + c[:, 3], c[:, :4].sum(axis=1)
     pairs = _distinct((a.src[a.attempt].astype(np.uint64) << np.uint64(32)) | a.dst[a.attempt].astype(np.uint64))
     psrc = (pairs >> np.uint64(32)).astype(np.uint32)  # sorted
     ndst = np.searchsorted(psrc, uniq, "right") - np.searchsorted(psrc, uniq, "left")
@@ -234,19 +258,47 @@ def source_timelines(att: Attempts, *, bins: int = 24, span: tuple[float, float]
     np.minimum.at(new_first, inv[new], a.ts[new])
     np.maximum.at(new_last, inv[new], a.ts[new])
     n_new = np.bincount(inv[new], minlength=m)
-    lo, hi = span if span else ((float(a.ts[known].min()), float(a.ts[known].max())) if known.any() else (0.0, 0.0))
     width = (hi - lo) / bins if hi > lo else 1.0
     h = a.attempt & known
     b = np.clip(((a.ts[h] - lo) / width).astype(np.int64), 0, bins - 1)
     hist = np.bincount(inv[h] * bins + b, minlength=m * bins).reshape(m, bins)
+    return SourcePartials(uniq, c, ndst, first, last, new_first, new_last, n_new, hist)
+
+
+def merge_partials(parts: Sequence[SourcePartials], bins: int) -> SourcePartials:
+    """One SourcePartials of several made from disjoint sets of (src, dst) pairs (sums, minima, maxima)."""
+    parts = [p for p in parts if len(p.src)]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return source_partials(build_attempts([], [], [], [], [], []), 0.0, 0.0, bins)
+    src = np.concatenate([p.src for p in parts])
+    order = np.argsort(src, kind="stable")
+    s = src[order]
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])[order]
+
+    add, lo, hi = np.add.reduceat, np.minimum.reduceat, np.maximum.reduceat
+    return SourcePartials(s[starts], add(cat("counts"), starts), add(cat("ndst"), starts), lo(cat("first"), starts),
+                          hi(cat("last"), starts), lo(cat("new_first"), starts), hi(cat("new_last"), starts),
+                          add(cat("n_new"), starts), add(cat("hist"), starts))
+
+
+def timelines(p: SourcePartials) -> list[SourceTimeline]:
+    """The per-source timelines of summed partials, sorted by address."""
+    c = p.counts
+    syn, syn_re = c[:, 4:].sum(axis=1), c[:, 6:].sum(axis=1)
+    udp_att, udp_all = c[:, 1] + c[:, 3], c[:, :4].sum(axis=1)
     out = []
-    for j in range(m):
-        dur = new_last[j] - new_first[j]
+    for j in range(len(p.src)):
+        dur = p.new_last[j] - p.new_first[j]
         out.append(SourceTimeline(
-            src=int_to_ip(uniq[j]), syn_attempts=int(syn[j]), syn_retransmissions=int(syn_re[j]),
-            udp_attempts=int(udp_att[j]), udp_datagrams=int(udp_all[j]), distinct_destinations=int(ndst[j]),
-            first_ts=float(first[j]) if np.isfinite(first[j]) else None,
-            last_ts=float(last[j]) if np.isfinite(last[j]) else None,
-            new_attempt_rate=float((n_new[j] - 1) / dur) if n_new[j] > 1 and dur > 0 else None,
-            histogram=[int(x) for x in hist[j]]))
+            src=int_to_ip(p.src[j]), syn_attempts=int(syn[j]), syn_retransmissions=int(syn_re[j]),
+            udp_attempts=int(udp_att[j]), udp_datagrams=int(udp_all[j]), distinct_destinations=int(p.ndst[j]),
+            first_ts=float(p.first[j]) if np.isfinite(p.first[j]) else None,
+            last_ts=float(p.last[j]) if np.isfinite(p.last[j]) else None,
+            new_attempt_rate=float((p.n_new[j] - 1) / dur) if p.n_new[j] > 1 and dur > 0 else None,
+            histogram=[int(x) for x in p.hist[j]]))
     return out
