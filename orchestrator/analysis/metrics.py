@@ -155,19 +155,8 @@ def compute_metrics(attempts: Attempts | None, worm: WormLog | None, throttle: T
                                                          f"±{tol} s"))
     _log_findings(worm, throttle, findings, st.max_examples)
 
-    # who is infected: every source in the worm log, else every source the throttle blocked
-    worm_by_src: dict[str, list[WormAttempt]] = defaultdict(list)
-    for a in worm.attempts if worm else []:
-        worm_by_src[a.src].append(a)
-    thr_by_src: dict[str, list[ThrottleEvent]] = defaultdict(list)
-    for e in throttle.events if throttle else []:
-        if e.src is not None:
-            thr_by_src[e.src].append(e)
-    if worm_by_src:
-        infected = sorted(worm_by_src, key=ip_to_int)
-    else:
-        infected = sorted({s for s, evs in thr_by_src.items() if any(e.event == "blocked" for e in evs)},
-                          key=ip_to_int)
+    worm_by_src, thr_by_src = _by_source(worm, throttle)
+    infected = infected_sources(worm, throttle)
 
     all_rows = _wire_rows(attempts, infected)
     if capture_span is None and attempts is not None and len(attempts):
@@ -206,6 +195,27 @@ def compute_metrics(attempts: Attempts | None, worm: WormLog | None, throttle: T
     if worm is not None and throttle is not None:
         _worm_vs_throttle(worm_by_src, thr_worm, throttle, clock, tol, findings, st.max_examples)
     return MetricsResult(sniffer, clock, tol, sources, findings)
+
+
+def _by_source(worm: WormLog | None, throttle: ThrottleLog | None) -> tuple[dict[str, list[WormAttempt]],
+                                                                             dict[str, list[ThrottleEvent]]]:
+    worm_by_src: dict[str, list[WormAttempt]] = defaultdict(list)
+    for a in worm.attempts if worm else []:
+        worm_by_src[a.src].append(a)
+    thr_by_src: dict[str, list[ThrottleEvent]] = defaultdict(list)
+    for e in throttle.events if throttle else []:
+        if e.src is not None:
+            thr_by_src[e.src].append(e)
+    return worm_by_src, thr_by_src
+
+
+def infected_sources(worm: WormLog | None, throttle: ThrottleLog | None) -> list[str]:
+    """Who is infected, by address: every source in the worm log, else every source the throttle blocked.
+    The metrics look at the capture's rows of these sources only."""
+    worm_by_src, thr_by_src = _by_source(worm, throttle)
+    if worm_by_src:
+        return sorted(worm_by_src, key=ip_to_int)
+    return sorted({s for s, evs in thr_by_src.items() if any(e.event == "blocked" for e in evs)}, key=ip_to_int)
 
 
 def _prior_flows(worm_by_src: dict[str, list[WormAttempt]], rows_by_src: dict[str, list[_Row]],
