@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .attempts import Attempts, SourceTimeline, source_timelines
+from .attempts import Attempts, SourceTimeline, build_attempts, ip_to_int, source_timelines, timelines
 from .figures import Finding, MetricsResult, MetricsSettings
 from .logs import ThrottleLog, WormLog, merge_worm_logs, read_throttle_log, read_worm_log
-from .metrics import compute_metrics, error_count
+from .metrics import compute_metrics, error_count, infected_sources
 from .packets import linktype_name
-from .scan import CaptureScan, CaptureSummary, scan_capture
+from .pcap import CaptureReader
+from .scan import CaptureScan, CaptureSummary
+from .stream import stream_capture
 
 SCHEMA_VERSION = 1
 
@@ -25,12 +27,13 @@ SCHEMA_VERSION = 1
 @dataclass
 class TrialAnalysis:
     capture: CaptureSummary
-    attempts: Attempts
+    attempts: Attempts  # the attempt rows the metrics read: the infected sources' (every row, given a scan)
     timelines: list[SourceTimeline]
     metrics: MetricsResult
     findings: list[Finding]  # capture findings, then the metrics' findings
     worm: WormLog | None
     throttle: ThrottleLog | None
+    totals: dict[str, int]  # Attempts.totals() of the whole capture
 
     @property
     def partial(self) -> bool:
@@ -49,7 +52,7 @@ class TrialAnalysis:
             "file": pk.path,
             "format": pk.format,
             "linktypes": [{"linktype": lt, "name": linktype_name(lt)} for lt in pk.linktypes],
-            **self.attempts.totals(),
+            **self.totals,
             "ipv4_packets": pk.ipv4_packets,
             "udp_mode": self.attempts.udp_mode,
             "first_ts": span[0] if span else None,
@@ -74,24 +77,33 @@ def analyse_trial(pcap: str | Path | CaptureScan, *, throttle_log: str | Path | 
     all; a capture damaged part-way gives a result with `partial` set and a `capture_partial` finding.
     `capture_offset_s`: how far the capture's clock is ahead of the logs' (VMs keep their own clocks); the
     capture's timestamps are moved onto the logs' clock before anything is compared.
-    `pcap` is a capture file, streamed once in bounded memory (`scan_capture`), or a scan of it already made
-    (whose own tables are left as they are)."""
-    scan = pcap if isinstance(pcap, CaptureScan) else scan_capture(pcap, udp=udp)
-    pk = scan.summary
+    `pcap` is a capture file, streamed once in memory bounded whatever its size (`stream_capture`), or a scan
+    of it already made (whose own tables are left as they are); both give the same result."""
+    if not isinstance(pcap, CaptureScan):
+        build_attempts([], [], [], [], [], [], udp=udp)  # a bad udp mode fails before any file is read
+        reader = CaptureReader(pcap)  # a file that is no capture fails before the logs are read
     worm = merge_worm_logs(read_worm_log(p) for p in worm_logs) if worm_logs else None
     throttle = read_throttle_log(throttle_log) if throttle_log is not None else None
-    att = scan.attempts(udp)
+    if isinstance(pcap, CaptureScan):
+        pk, whole = pcap.summary, pcap.attempts(udp)
+        if capture_offset_s:
+            whole = replace(whole, ts=whole.ts - capture_offset_s)
+        totals = whole.totals()
+        att = whole.select(np.isin(whole.src, [ip_to_int(s) for s in infected_sources(worm, throttle)]))
+    else:
+        sc = stream_capture(reader, udp=udp, keep=[ip_to_int(s) for s in infected_sources(worm, throttle)],
+                            bins=bins, offset_s=capture_offset_s)
+        pk, att, totals = sc.summary, sc.kept, sc.totals
     span = pk.span
-    if capture_offset_s:
-        att = replace(att, ts=att.ts - capture_offset_s)
-        span = (span[0] - capture_offset_s, span[1] - capture_offset_s) if span else None
+    if capture_offset_s and span:
+        span = (span[0] - capture_offset_s, span[1] - capture_offset_s)
     metrics = compute_metrics(att, worm, throttle, settings=settings, capture_span=span)
     findings: list[Finding] = []
     if pk.partial:
         findings.append(Finding("capture_partial", "warning",
                                 f"{pk.path}: read partially: " + "; ".join(pk.problems), len(pk.problems)))
-    timelines = source_timelines(att, bins=bins, span=span)
-    return TrialAnalysis(pk, att, timelines, metrics, findings + metrics.findings, worm, throttle)
+    tl = source_timelines(whole, bins=bins, span=span) if isinstance(pcap, CaptureScan) else timelines(sc.partials)
+    return TrialAnalysis(pk, att, tl, metrics, findings + metrics.findings, worm, throttle, totals)
 
 
 def _clean(obj):
