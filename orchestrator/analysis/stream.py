@@ -48,7 +48,7 @@ class StreamedCapture:
 
 
 def partitions_for(size: int) -> int:
-    return max(1, -(-int(size) // SPILL_FILE_BYTES))
+    return min(65_535, max(1, -(-int(size) // SPILL_FILE_BYTES)))
 
 
 def stream_capture(reader: CaptureReader, *, udp: str = "first_per_destination", keep: Sequence[int] = (),
@@ -133,9 +133,12 @@ class _Spill:
             return
         k = (rows["src"].astype(np.uint64) << np.uint64(32)) | rows["dst"].astype(np.uint64)
         with np.errstate(over="ignore"):
-            part = ((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(self.n)
-        order = np.argsort(part, kind="stable")  # capture order within a partition
-        ends = np.cumsum(np.bincount(part.astype(np.int64), minlength=self.n))
+            k *= np.uint64(0x9E3779B97F4A7C15)
+        k >>= np.uint64(40)
+        k %= np.uint64(self.n)
+        part = k.astype(np.uint16)  # (at most 65,535 partitions: a 4 TiB capture)
+        order = np.argsort(part, kind="stable")  # a radix sort: capture order within a partition
+        ends = np.cumsum(np.bincount(part, minlength=self.n))
         rows = rows[order]
         start = 0
         for fh, end in zip(self._files, ends, strict=True):
