@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -91,7 +92,14 @@ def test_two_machines_joined_by_vxlan(tmp_path):
         cap = subprocess.Popen(["ip", "netns", "exec", ul[0], "timeout", "60", "tcpdump", "-Z", "root", "-i", "ul0",
                                 "-nn", "-p", "-U", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-        time.sleep(1.0)
+        said, deadline = b"", time.monotonic() + 15      # listening, not a fixed sleep: the suite loads the machine
+        while b"listening on" not in said and (left := deadline - time.monotonic()) > 0 \
+                and select.select([cap.stderr], [], [], left)[0]:
+            chunk = os.read(cap.stderr.fileno(), 4096)
+            said += chunk
+            if not chunk:
+                break
+        assert b"listening on" in said, said
         before = [tx_rx(hosts[0], "eth0"), tx_rx(hosts[1], "eth0"), tx_rx(snf, "eth0")]
         echo = subprocess.Popen(["ip", "netns", "exec", hosts[1], sys.executable, "-c", ECHO], stdout=subprocess.PIPE,
                                 text=True)
