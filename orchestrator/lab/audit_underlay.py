@@ -145,7 +145,8 @@ class Capture:
         self.where, self.out, self.error = where, out, ""
         # -Z root: Debian's tcpdump drops to its own user, who may not write into our private directory;
         # `timeout`: bounded even if the check dies before it stops the capture (it passes SIGINT on)
-        self.p = subprocess.Popen([*argv, "timeout", f"{bound_s:.0f}", "tcpdump", "-Z", "root", "-i", iface, "-nn", "-p", "-U", "-w", str(out),
+        self.p = subprocess.Popen([*argv, "timeout", f"{bound_s:.0f}", "tcpdump", "-Z", "root", "-i", iface, "-nn", "-p",
+                                   "--immediate-mode", "-U", "-w", str(out),
                                    *([flt] if flt else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._listening()
 

@@ -90,7 +90,7 @@ def test_two_machines_joined_by_vxlan(tmp_path):
         pcap = tmp_path / "underlay.pcap"
         # -Z root: Debian's tcpdump would drop to its own user, who may not write into the test's directory
         cap = subprocess.Popen(["ip", "netns", "exec", ul[0], "timeout", "60", "tcpdump", "-Z", "root", "-i", "ul0",
-                                "-nn", "-p", "-U", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                "-nn", "-p", "--immediate-mode", "-U", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
         said, deadline = b"", time.monotonic() + 15      # listening, not a fixed sleep: the suite loads the machine
         while b"listening on" not in said and (left := deadline - time.monotonic()) > 0 \
@@ -123,7 +123,7 @@ def test_two_machines_joined_by_vxlan(tmp_path):
 
         under = Underlay(0, [], "ul0", ("198.19.255.1", "198.19.255.2"), "198.19.255.0/30")
         assert count(leak_filter(under)) == 0                        # no lab frame outside the VXLAN
-        assert count("udp dst port 4789") >= 10                      # and the lab's traffic did cross it
+        assert count("udp dst port 4789") >= 10, err                 # and the lab's traffic did cross it
         # nothing routed: the underlay namespaces know only their link's subnet and forward nothing
         for ns in ul:
             routes = json.loads(sh("ip", "-n", ns, "-j", "route", "show"))
