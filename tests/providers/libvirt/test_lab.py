@@ -185,6 +185,25 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         assert abs(m["out_before_block"] - wt["model"]["out_before_block"]) <= 1, wt
         assert abs(m["answer_clock_offset_s"]) < 30
 
+        # mechanisms side by side on VMs (issue 15): the reference throttle and the kernel's rate limit in the
+        # blade, each judged from the wire beside its own model (TRW on VMs: see docs/mechanisms-in-experiments.md)
+        exp.write_text(json.dumps({
+            "experiment": "vm-mechanisms", "lab": str(lab_file), "rates": [20], "timeout_s": 60, "quiet_s": 5,
+            "worm": {"scan": "198.18.9.0/24", "protocols": ["tcp"], "lifetime_s": 20},
+            "mechanisms": [{"name": "williamson", "placement": "host"},
+                           {"name": "rate-limit", "placement": "host", "params": {"new_per_s": 2, "burst": 5}}]}))
+        tb(env, "run", str(exp), "--out", str(tmp_path / "mech"), "--index", str(tmp_path / "i.sqlite"),
+           timeout=1200)
+        mt = {t["mechanism"]: t for t in RunDir(tmp_path / "mech").trials()}
+        assert sorted(mt) == ["rate-limit", "williamson"]
+        for t in mt.values():
+            assert t["status"] == "ok" and t["agreement"]["ok"], json.dumps({k: t.get(k) for k in (
+                "trial", "status", "reason", "measured", "model", "agreement")}, default=str)
+        assert mt["williamson"]["measured"]["contained"], mt["williamson"]["measured"]
+        rl = mt["rate-limit"]
+        assert abs(rl["measured"]["wire_rate"] - 2.0) <= 0.2, rl["measured"]       # 10 % of new_per_s, on the wire
+        assert rl["measured"]["wire_attempts"] < rl["measured"]["attempts"], rl["measured"]   # the rest were held
+
         off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
         assert "down" in tb(env, "status", name, "--json").stdout
