@@ -25,7 +25,7 @@ from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.spread import GATEWAY
 from orchestrator.experiment.spreadrun import SpreadSetup, agreement, prediction
-from orchestrator.experiment.trial import stop_all
+from orchestrator.experiment.trial import guarded, stop_all
 from orchestrator.experiment.watch import Death, Watch, logged_child, parallel, service, stop_verdict
 from orchestrator.lab.programs import HostPlace, quote
 
@@ -80,31 +80,19 @@ class SpreadTrial:
         self._mark = now
 
     def run(self) -> TrialRecord:
-        rec = self.rec
-        try:
-            self.reset()
-            self.start()
-            self.trigger()
-            died = self.wait()
-            if rec.status == "interrupted":
-                self.clean_up()
-                return rec
-            files = self.stop_and_collect(died)
-            rec.evaluation = self.evaluate(files)
-            self.phase("analyse")
-        except ProcessDied as exc:
-            rec.status, rec.reason = "error", exc.message
-            rec.died = [d.to_dict() for d in exc.deaths]
-        except TestbedError as exc:
-            rec.status, rec.reason = "error", exc.message
-        except Exception as exc:     # a trial that fails must not end the sweep
-            rec.status, rec.reason = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            rec.watched = [w.label for w in self.watch.items]
-            if rec.status == "error":
-                self.clean_up()
-            rec.duration_s = round(time.time() - rec.started, 3)
-        return rec
+        return guarded(self.rec, self.steps, self.watch, self.clean_up)
+
+    def steps(self) -> None:
+        self.reset()
+        self.start()
+        self.trigger()
+        died = self.wait()
+        if self.rec.status == "interrupted":
+            self.clean_up()
+            return
+        files = self.stop_and_collect(died)
+        self.rec.evaluation = self.evaluate(files)
+        self.phase("analyse")
 
     # -- the steps
 

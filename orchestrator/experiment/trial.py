@@ -84,6 +84,27 @@ def run_trial(st: Setup, t: TrialSpec) -> TrialRecord:
     return TrialRun(st, t).run()
 
 
+
+def guarded(rec: TrialRecord, steps: Callable[[], None], watch: Watch,
+            clean_up: Callable[[], None]) -> TrialRecord:
+    """Run a trial's steps (any kind's): a failure becomes the record's error — a trial that fails must not end
+    the sweep — and leaves nothing running behind it; the services watched and the duration are recorded."""
+    try:
+        steps()
+    except ProcessDied as exc:
+        rec.status, rec.reason = "error", exc.message
+        rec.died = [d.to_dict() for d in exc.deaths]
+    except TestbedError as exc:
+        rec.status, rec.reason = "error", exc.message
+    except Exception as exc:    # a trial that fails must not end the sweep
+        rec.status, rec.reason = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        rec.watched = [w.label for w in watch.items]
+        if rec.status == "error":
+            clean_up()
+        rec.duration_s = round(time.time() - rec.started, 3)
+    return rec
+
 class TrialRun:
     """One trial's state while it runs, and its steps."""
 
@@ -125,33 +146,21 @@ class TrialRun:
         self._mark = now
 
     def run(self) -> TrialRecord:
-        rec = self.rec
-        try:
-            self.reset()
-            self.start()
-            self.fill_working_set()
-            self.trigger()
-            died = self.wait()
-            if rec.status == "interrupted":       # not a result: stop what runs, and let --resume redo it
-                stop_all(self.watch)
-                self.cap.stop(check=False)
-                return rec
-            files = self.stop_and_collect(died)
-            rec.evaluation = self.evaluate(files)
-            self.phase("analyse")
-        except ProcessDied as exc:
-            rec.status, rec.reason = "error", exc.message
-            rec.died = [d.to_dict() for d in exc.deaths]
-        except TestbedError as exc:
-            rec.status, rec.reason = "error", exc.message
-        except Exception as exc:    # a trial that fails must not end the sweep
-            rec.status, rec.reason = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            rec.watched = [w.label for w in self.watch.items]
-            if rec.status == "error":          # leave nothing running behind a failed trial
-                self.clean_up()
-            rec.duration_s = round(time.time() - rec.started, 3)
-        return rec
+        return guarded(self.rec, self.steps, self.watch, self.clean_up)
+
+    def steps(self) -> None:
+        self.reset()
+        self.start()
+        self.fill_working_set()
+        self.trigger()
+        died = self.wait()
+        if self.rec.status == "interrupted":       # not a result: stop what runs, and let --resume redo it
+            stop_all(self.watch)
+            self.cap.stop(check=False)
+            return
+        files = self.stop_and_collect(died)
+        self.rec.evaluation = self.evaluate(files)
+        self.phase("analyse")
 
     def evaluate(self, files: dict[str, Path | None]):
         """The trial's figures from its files (an experiment kind with figures of its own overrides this)."""
