@@ -199,6 +199,7 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
                                     "applies to stopping-speed and baseline runs")
                 k = 1
             if k > 1:
+                refuse_other_lab(exp, store)     # here, not in instance 1's thread, where it would be "lost"
                 sweep_parallel(exp, run, o, store, k, ref)
             else:
                 with (o.lab or lab_session)(exp, store, keep=o.keep, console=o.console) as hosts:
@@ -314,14 +315,23 @@ def mechanism_roles(exp: Experiment) -> list[provision.MechanismRole]:
     return list(dict.fromkeys(out))         # a swept mechanism is installed once
 
 
-def _reuse(exp: Experiment, store: StateStore, console) -> None:
+def refuse_other_lab(exp: Experiment, store: StateStore) -> None:
+    """A lab of the experiment's name that is up must be the one its lab file describes (else exit 1)."""
     lab_name = exp.lab.name
-    up_lab = store.require(lab_name).topology
+    rec = store.load(lab_name)
+    if rec is None or rec.state != "up":
+        return
+    up_lab = rec.topology
     if up_lab.spec_hash != exp.lab.spec_hash:
         raise ExperimentError(
             f"lab {lab_name} is up, built from another version of its lab file ({up_lab.source}, "
             f"spec {up_lab.spec_hash[:12]}; this experiment's is {exp.lab.spec_hash[:12]})",
             hint=f"`testbed down {lab_name}` and run again, so the run measures the lab it describes")
+
+
+def _reuse(exp: Experiment, store: StateStore, console) -> None:
+    lab_name = exp.lab.name
+    refuse_other_lab(exp, store)
     _say(console, f"using lab {lab_name}, which is already up (it stays up)")
     revived = lifecycle.provider_for(lab_name, store)[0].revive(lab_name)
     if revived:

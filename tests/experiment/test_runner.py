@@ -57,7 +57,8 @@ def test_a_small_sweep_end_to_end(env):
     tmp, name, lab = env
     exp = experiment(tmp, lab)
     out, index, junit = tmp / "run", tmp / "index.sqlite", tmp / "junit.xml"
-    r = cli("run", str(exp), "--out", str(out), "--index", str(index), "--junit", str(junit))
+    # one trial after another: this test reads the serial progress lines (test_parallel.py has K of them)
+    r = cli("run", str(exp), "--out", str(out), "--index", str(index), "--junit", str(junit), "--parallel", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"report: {out / 'report.html'}" in r.stdout
     # not a terminal: one line per trial, with the count and the ETA from the model's expected times
@@ -144,8 +145,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(env):
     exp = experiment(tmp, lab, rates=[1000, 500, 250],
                      worm={"port": 8080, "protocols": ["tcp"], "scan": "198.18.9.0/24", "lifetime_s": 60})
     out, index = tmp / "run", tmp / "i.sqlite"
+    # serial, so a trial is still running when SIGTERM comes (side by side, all three end together)
     p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(exp), "--out", str(out), "--index",
-                          str(index)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          str(index), "--parallel", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ})
     try:
         deadline = time.monotonic() + 120
