@@ -63,8 +63,8 @@ def test_a_small_sweep_end_to_end(env):
     assert f"report: {out / 'report.html'}" in r.stdout
     # not a terminal: one line per trial, with the count and the ETA from the model's expected times
     assert re.search(r"^sweep: 4 trials \(0 done before\), expected \d+s$", r.stderr, re.M), r.stderr[-2000:]
-    assert re.search(r"^trial 1/4 tcp-r200-1: ok stopped in 0\.\d+ s · agrees with the model \(\d+\.\d s; eta "
-                     r"\d+s\)$", r.stderr, re.M), r.stderr[-2000:]
+    assert re.search(r"^trial 1/4 tcp-r200-1: ok stopped in 0\.\d+ s · agrees with the model \(\d+\.\d s"
+                     r"(, CPUs \d+ % busy)?(, redone \d×)?; eta \d+s\)$", r.stderr, re.M), r.stderr[-2000:]
     assert re.search(r"^trial 4/4 udp-r1000-1: ok .*; eta 0s\)$", r.stderr, re.M)
 
     run = RunDir(out)
