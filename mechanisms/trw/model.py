@@ -26,6 +26,7 @@ class SourcePrediction:
     blocked_at: float | None = None      # when the outcome that crossed β/α came in (None: never blocked)
     block_attempt: int | None = None     # index (0-based, in the source's attempts) whose outcome blocked
     out_before_block: int = 0            # attempts whose SYN left before the block (all, when never blocked)
+    sent: list[float] = field(default_factory=list)   # t_mono of every SYN that passed, in order
     attempts: int = 0                    # attempts in the log
     failures: int = 0
     successes: int = 0
@@ -35,8 +36,14 @@ class SourcePrediction:
     def stop_s(self) -> float | None:
         return None if self.blocked_at is None else self.blocked_at - self.first_attempt
 
+    @property
+    def last_out_s(self) -> float | None:
+        """The last SYN out before the block, after the first attempt (what the wire's contained_s measures)."""
+        return None if self.blocked_at is None or not self.sent else self.sent[-1] - self.first_attempt
+
     def to_dict(self) -> dict[str, Any]:
         return {"first_attempt": self.first_attempt, "blocked_at": self.blocked_at, "stop_s": self.stop_s,
+                "last_out_s": self.last_out_s,
                 "block_attempt": self.block_attempt, "out_before_block": self.out_before_block,
                 "attempts": self.attempts, "failures": self.failures, "successes": self.successes}
 
@@ -47,8 +54,12 @@ class Replay:
     events: list
 
 
-def replay_attempts(attempts: Iterable[Mapping[str, Any]], config: TrwConfig | None = None) -> Replay:
-    """Replay attempt records (`t_mono`, `src`, `dst`, optional `t_done_mono`, `outcome`, `sport`, `dport`)."""
+def replay_attempts(attempts: Iterable[Mapping[str, Any]], config: TrwConfig | None = None, *,
+                    early_answers: bool = False) -> Replay:
+    """Replay attempt records (`t_mono`, `src`, `dst`, optional `t_done_mono`, `outcome`, `sport`, `dport`).
+
+    `early_answers`: every answer reaches the test as soon as its own SYN has left (at its `t_mono`) instead of
+    when the worm logged it (`t_done_mono`) — the other end of the window in which the daemon may see it."""
     cfg = config or TrwConfig()
     core = Trw(cfg)
     heap: list[tuple[float, int, int, str, dict]] = []   # (t, seq, kind: 0 syn, 1 answer, what, attempt)
@@ -66,7 +77,8 @@ def replay_attempts(attempts: Iterable[Mapping[str, Any]], config: TrwConfig | N
         answer = ANSWER_OF.get(a.get("outcome", "timeout"))
         done = a.get("t_done_mono")
         if answer is not None and isinstance(done, (int, float)) and not a.get("aborted"):
-            heapq.heappush(heap, (max(float(done), float(a["t_mono"])), seq, 1, answer, a))
+            at = float(a["t_mono"]) if early_answers else max(float(done), float(a["t_mono"]))
+            heapq.heappush(heap, (at, seq, 1, answer, a))
     by_dst: dict[tuple[str, str], dict] = {}
     events: list = []
 
@@ -94,6 +106,7 @@ def replay_attempts(attempts: Iterable[Mapping[str, Any]], config: TrwConfig | N
             d = core.syn(src, dst, a.get("sport"), a.get("dport"), t)
             if d.verdict == "pass":
                 srcs[src].out_before_block += 1
+                srcs[src].sent.append(t)
                 if (src, dst) not in by_dst:
                     by_dst[(src, dst)] = a
             note(d.events)
@@ -110,10 +123,36 @@ def replay_attempts(attempts: Iterable[Mapping[str, Any]], config: TrwConfig | N
 
 
 def replay_worm_log(source: WormLog | Iterable[str | Mapping[str, Any]],
-                    config: TrwConfig | None = None) -> Replay:
+                    config: TrwConfig | None = None, *, early_answers: bool = False) -> Replay:
     """The worm log (a WormLog, or lines/dicts as read from `worm.jsonl`) through the test."""
     wl = source if isinstance(source, WormLog) else read_worm_log(source)
-    return replay_attempts(wl.attempts, config)
+    return replay_attempts(wl.attempts, config, early_answers=early_answers)
+
+
+def tie_outcomes(late: SourcePrediction, early: SourcePrediction | None) -> dict[str, Any]:
+    """The outcomes the answer-time window allows, between the logged order (`late`: every answer when the
+    worm logged it — the most attempts out, since the daemon sees an answer before the worm's socket does)
+    and `early` (every answer at its own SYN — the fewest). Each allowed count n of attempts out comes with
+    the time of the n-th SYN (the wire's last one): the range is [out_lo, out_hi], never anything else."""
+    cands: list[dict[str, Any]] = []
+    if late.blocked_at is not None and early is not None and early.blocked_at is not None:
+        lo, hi = sorted((early.out_before_block, late.out_before_block))
+        sent = late.sent if len(late.sent) >= len(early.sent) else early.sent
+        cands = [{"blocked": True, "out_before_block": n, "last_out_s": sent[n - 1] - late.first_attempt}
+                 for n in range(max(lo, 1), hi + 1) if n <= len(sent)]
+        if lo == 0:
+            cands.insert(0, {"blocked": True, "out_before_block": 0, "last_out_s": 0.0})
+    else:
+        for sp in (late, early):
+            if sp is None:
+                continue
+            c = {"blocked": sp.blocked_at is not None,
+                 "out_before_block": sp.out_before_block if sp.blocked_at is not None else sp.attempts,
+                 "last_out_s": sp.last_out_s}
+            if c not in cands:
+                cands.append(c)
+    outs = [c["out_before_block"] for c in cands]
+    return {"out_lo": min(outs), "out_hi": max(outs), "ties": max(outs) - min(outs), "outcomes": cands}
 
 
 @dataclass(frozen=True)
@@ -146,8 +185,13 @@ def predict_constant_rate(rate: float, *, answer: str = "reset", rtt_s: float = 
 
 def predict(worm_log: Iterable[str | Mapping[str, Any]], params: Mapping[str, Any], *,
             placement: str = "host") -> dict[str, dict[str, Any]]:
-    """The registry's model shape: per source blocked, stop_s, out_before_block, wire_rate (None), and the
-    attempt whose outcome blocked (`block_attempt`, 0-based)."""
-    rep = replay_worm_log(worm_log, TrwConfig(**params))
-    return {src: {"blocked": sp.blocked_at is not None, "stop_s": sp.stop_s, "out_before_block": sp.out_before_block,
-                  "wire_rate": None, "block_attempt": sp.block_attempt} for src, sp in rep.sources.items()}
+    """The registry's model shape: per source blocked, stop_s (the block), last_out_s (the last SYN out before
+    it), out_before_block, wire_rate (None), the attempt whose outcome blocked (`block_attempt`, 0-based) — all
+    for the logged order — and `ties`: the outcomes the answer-time window allows (`tie_outcomes`)."""
+    wl = read_worm_log(worm_log)
+    cfg = TrwConfig(**params)
+    rep = replay_worm_log(wl, cfg)
+    early = replay_worm_log(wl, cfg, early_answers=True).sources
+    return {src: {"blocked": sp.blocked_at is not None, "stop_s": sp.stop_s, "last_out_s": sp.last_out_s,
+                  "out_before_block": sp.out_before_block, "wire_rate": None, "block_attempt": sp.block_attempt,
+                  "ties": tie_outcomes(sp, early.get(src))} for src, sp in rep.sources.items()}

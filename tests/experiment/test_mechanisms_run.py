@@ -95,7 +95,9 @@ def test_every_mechanism_side_by_side_from_the_wire(tmp_path, monkeypatch):
     w, trw, rl, none, mine = (trials[k]["measured"] for k in trials)
     assert trials["williamson"]["agreement"]["ok"] and w["contained"]
     assert trials["trw"]["agreement"]["ok"] and trw["contained"] and trw["out_before_contained"] <= 10
-    assert trials["trw"]["model"]["out_before_block"] == trw["out_before_contained"]
+    lo, hi = trials["trw"]["agreement"]["model_out_range"]           # the answer-time window (mechanisms/trw)
+    assert trials["trw"]["agreement"]["matched"]["out_before_block"] == trw["out_before_contained"]
+    assert lo <= trw["out_before_contained"] <= hi and lo == 4
     assert abs(rl["wire_rate"] - 2.0) <= 0.2 and trials["rate-limit"]["agreement"]["ok"]
     assert not none["contained"] and none["wire_attempts"] == none["attempts"]
     assert mine["contained"] and mine["out_before_contained"] == 3 and trials["my-limiter"]["agreement"] == {"ok": None}

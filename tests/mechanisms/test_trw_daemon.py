@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mechanisms.trw.model import replay_worm_log
+from mechanisms.trw.model import replay_worm_log, tie_outcomes
 from tests.mechanisms.lab import (
     TOPO,
     gateway_answers_reset,
@@ -57,13 +57,17 @@ def test_trw_blocks_the_worm_at_the_attempt_its_model_predicts(lab, tmp_path, ra
     assert d.wait(timeout=10) == 0, d.stderr.read()
     me = lab.addr("a")
     pred = replay_worm_log(worm).sources[me]
-    assert pred.block_attempt == 3 and pred.out_before_block == 4     # ln 99 / ln 4 = 3.3: the 4th failure
+    assert pred.block_attempt == 3                                    # ln 99 / ln 4 = 3.3: the 4th failure
+    # a loaded worm may log the 4th RST after its 5th SYN although the daemon saw the RST first: the model's
+    # answer-time window then allows 4 or 5 out, never more
+    ties = tie_outcomes(pred, replay_worm_log(worm, early_answers=True).sources[me])
+    assert ties["out_lo"] == 4 and ties["out_hi"] <= 5
     on_wire = wire_attempts(syns)
     attempts = [e for e in worm if e["event"] == "attempt"]
     assert len(attempts) == 30
-    # what left host a: exactly the attempts the model let out, the first four of the scan
-    assert sorted(on_wire) == sorted((a["dst"], a["sport"]) for a in attempts[:4])
-    assert len(on_wire) == pred.out_before_block <= 10
+    # what left host a: the first attempts of the scan, as many as one of the model's outcomes lets out
+    assert sorted(on_wire) == sorted((a["dst"], a["sport"]) for a in attempts[:len(on_wire)])
+    assert ties["out_lo"] <= len(on_wire) <= ties["out_hi"]
     log = _events(ev)
     blocked = [e for e in log if e["event"] == "blocked"]
     assert [(b["src"], b["dst"]) for b in blocked] == [(me, attempts[3]["dst"])]
