@@ -185,6 +185,22 @@ def clock_offset(att, verdicts: Iterable[Mapping[str, Any]], *, src: str) -> tup
     return (float(np.median(diffs)) if diffs else None), len(diffs)
 
 
+def worm_sends(worm_lines: Iterable[str], *, src: str) -> list[dict[str, Any]]:
+    """The worm's logged attempts from `src` as `passed` events on its own wall clock (for `clock_offset`,
+    when no mechanism log says when a SYN passed)."""
+    import json
+    out = []
+    for line in worm_lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("event") == "attempt" and e.get("src") == src and e.get("t_wall") is not None:
+            out.append({"event": "passed", "src": src, "dst": e.get("dst"), "sport": e.get("sport"),
+                        "dport": e.get("dport"), "proto": e.get("protocol", "tcp"), "t_wall": e["t_wall"]})
+    return out
+
+
 def send_offset(worm_lines: Iterable[str], verdicts: Iterable[Mapping[str, Any]], *, src: str) -> tuple[float | None, int]:
     """How far the throttle's wall clock is ahead of the worm's, when they run on different kernels (a worm
     in a VM, a throttle on its hypervisor): the 5th percentile over attempts of (the throttle's first event

@@ -45,8 +45,16 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     if answers_measurable(st, t) and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's
         link = agreement.answer_clock(att, verdicts, src=src)
     offset, matched = 0.0, 0
+    mlog = files.get("mechanism_log")
+    events = verdicts if st.throttled else \
+        [json.loads(x) for x in Path(mlog).read_text().splitlines() if x.strip()] if mlog else []
     if verdicts and sniffer == "after":
         found, matched = agreement.clock_offset(att, verdicts, src=src)
+        offset = found or 0.0
+    elif sniffer == "after" and not st.shared_clock:
+        # another mechanism on the worm's host (a VM's clock): tie the capture to it by the SYNs it passed
+        # (its own event log), or else by the worm's own logged sends
+        found, matched = agreement.clock_offset(att, events or agreement.worm_sends(worm_lines, src=src), src=src)
         offset = found or 0.0
     an = analyse_trial(scan, throttle_log=tlog, worm_logs=[worm_log],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
@@ -66,9 +74,6 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     measured |= _out_counts(st, t, sniffer, wire, scan.answers, sm, src, link)
     if sniffer == "before" or st.contained_by is None:       # the capture sees the worm unthrottled
         measured["achieved_rate_wire"] = wire.get("wire_rate")
-    mlog = files.get("mechanism_log")
-    events = verdicts if st.throttled else \
-        [json.loads(x) for x in Path(mlog).read_text().splitlines() if x.strip()] if mlog else []
     times, block, contra = _wire_times(st, t, sniffer, att, scan.answers, src, link, events)
     end = end_wall if end_wall is not None else (float(att.ts.max()) + offset if att.ts.size else None)
     if times is not None and end is not None:
@@ -78,10 +83,19 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
                                         "silent_s", "quiet_s", "contained_by")}
     else:
         measured |= {"contained": None, "contained_s": None, "out_before_contained": None, "wire_rate": None}
+    unaligned = sniffer == "after" and not st.shared_clock and matched == 0 and times is not None and len(times) > 0
+    if unaligned and measured.get("contained_s") is not None:
+        # the worm's first attempt is on its clock, the wire's last on the sniffer's: no figure across them
+        measured["contained_s"] = None
     measured = {k: finite(v) for k, v in measured.items()}
     findings = [{k: f[k] for k in ("code", "severity", "message", "count") if k in f}
                 for f in d.get("findings", []) if f.get("severity") in ("warning", "error")]
     findings += [contra] if contra else []
+    if unaligned:
+        findings.append({"code": "capture_clock_unaligned", "severity": "error", "count": 1,
+                         "message": f"no attempt of {src} on the capture matched the mechanism's or the worm's "
+                                    f"log: the sniffer's clock is not tied to the worm's, so contained_s is not "
+                                    f"measured"})
     if st.throttled:
         tmodel = _model(st, t, verdicts, worm_lines, src)
         return Evaluation(measured, findings, tmodel, agreement.judge(measured, tmodel, **st.tolerance), skew)
