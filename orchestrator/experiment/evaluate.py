@@ -54,7 +54,9 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     elif sniffer == "after" and not st.shared_clock:
         # another mechanism on the worm's host (a VM's clock): tie the capture to it by the SYNs it passed
         # (its own event log), or else by the worm's own logged sends
-        found, matched = agreement.clock_offset(att, events or agreement.worm_sends(worm_lines, src=src), src=src)
+        found, matched = agreement.clock_offset(att, events, src=src)
+        if not matched:
+            found, matched = agreement.clock_offset(att, agreement.worm_sends(worm_lines, src=src), src=src)
         offset = found or 0.0
     an = analyse_trial(scan, throttle_log=tlog, worm_logs=[worm_log],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)

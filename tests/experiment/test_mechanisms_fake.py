@@ -120,3 +120,27 @@ def test_every_mechanism_gets_wire_figures_and_a_verdict(swept):
     assert trw.model["blocked"] and trw.model["stop_s"] == pytest.approx(3.03, abs=0.01)
     assert trw.model["out_before_block"] == 240 and trw.agreement["ok"] is False
     assert got["mine"].evaluation.agreement == {"ok": None}
+
+
+def test_a_sniffer_on_its_own_clock_is_tied_to_the_worms(swept):
+    """VMs (issue 15): the capture 0.5 s ahead of the worm; trw's figures are the shared clock's once tied."""
+    exp, st, hosts = swept
+    st.shared_clock, hosts.capture_offset_s = False, 0.5
+    t = next(t for t in plan_trials(exp, rates=[100]) if t.mechanism == "trw")
+    rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
+    m = rec.measured
+    assert m["capture_clock_matches"] == 240 and m["capture_clock_offset_s"] == pytest.approx(0.5, abs=1e-3)
+    assert (m["wire_attempts"], m["contained"]) == (240, False)
+    assert m["wire_rate"] == pytest.approx(100.0, rel=0.01)
+    assert "capture_clock_unaligned" not in {f["code"] for f in rec.evaluation.findings}
+
+
+def test_a_capture_that_matches_nothing_leaves_contained_s_unmeasured(swept):
+    exp, st, hosts = swept
+    st.shared_clock, hosts.capture_offset_s, hosts.capture_sport_shift = False, 0.5, 7
+    t = next(t for t in plan_trials(exp, rates=[100]) if t.mechanism == "trw")
+    rec = run_trial(st.for_mechanism(mechanism_of(exp, t)), t)
+    assert rec.measured["capture_clock_matches"] == 0 and rec.measured["contained_s"] is None
+    f = next(f for f in rec.evaluation.findings if f["code"] == "capture_clock_unaligned")
+    assert f["severity"] == "error" and "contained_s is not measured" in f["message"]
+    assert rec.evaluation.agreement["ok"] is False

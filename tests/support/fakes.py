@@ -111,6 +111,8 @@ class FakeHosts:
         self.src = ""
         self.normal: list[str] = []
         self.t0 = T0
+        self.capture_offset_s = 0.0       # the sniffer's clock ahead of the worm's (a VM keeps its own)
+        self.capture_sport_shift = 0      # capture's source ports off the worm's log: nothing can be matched
         for h in lab.hosts:
             (self.root / h.name).mkdir(parents=True, exist_ok=True)
 
@@ -245,9 +247,9 @@ class FakeHosts:
         pcap = argv[argv.index("-w") + 1]
         self.inside(pcap)
         Path(pcap).parent.mkdir(parents=True, exist_ok=True)
-        pkts = [syn(self.src, dst, sport, dport) for _, dst, sport, dport in self.sent]
+        pkts = [syn(self.src, dst, sport + self.capture_sport_shift, dport) for _, dst, sport, dport in self.sent]
         for p, (t, *_rest) in zip(pkts, self.sent, strict=True):
-            p.time = t
+            p.time = t + self.capture_offset_s
         write_pcap(Path(pcap), frames(pkts))
         n = len(pkts)
         Path(svc["log"]).write_text(f"tcpdump: listening on fake0\n{n} packets captured\n"
