@@ -97,7 +97,8 @@ def test_every_mechanism_side_by_side_from_the_wire(tmp_path, monkeypatch):
     assert trials["trw"]["agreement"]["ok"] and trw["contained"] and trw["out_before_contained"] <= 10
     lo, hi = trials["trw"]["agreement"]["model_out_range"]           # the answer-time window (mechanisms/trw)
     assert trials["trw"]["agreement"]["matched"]["out_before_block"] == trw["out_before_contained"]
-    assert lo <= trw["out_before_contained"] <= hi and lo == 4
+    # on namespaces the window is narrow (the answers come back within the worm's next send): 8 out, model 8
+    assert lo <= trw["out_before_contained"] <= hi and hi - lo <= 1, (lo, hi, trw)
     assert abs(rl["wire_rate"] - 2.0) <= 0.2 and trials["rate-limit"]["agreement"]["ok"]
     assert not none["contained"] and none["wire_attempts"] == none["attempts"]
     assert mine["contained"] and mine["out_before_contained"] == 3 and trials["my-limiter"]["agreement"] == {"ok": None}
