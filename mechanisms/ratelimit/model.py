@@ -5,7 +5,8 @@ was dropped (`throttle.model`'s measured schedules; a dropped SYN in the sender'
 retransmitted on the RTO timer, until the worm's connect timeout closes the attempt). An attempt is out when
 one of its packets passes; an answered attempt (the lab's targets or gateway answer) sends nothing more.
 
-`wire_rate(times)` is the figure the limiter is judged by, the same function for the wire and the model.
+`wire_rate(times, until=…)` is the figure the limiter is judged by, the same function for the wire and the model,
+over the time the worm still offered new attempts.
 Pure: stdlib and `throttle.model`'s schedules.
 """
 
@@ -37,13 +38,19 @@ class TokenBucket:
         return False
 
 
-def wire_rate(times: Iterable[float], skip_s: float = 1.0) -> float | None:
+OFFER_END_S = 0.25    # a packet this soon after the worm's last new attempt still counts as offered (clock ties)
+
+
+def wire_rate(times: Iterable[float], skip_s: float = 1.0, until: float | None = None) -> float | None:
     """Attempts per second after the first `skip_s` seconds: (n − 1) / (t_n − t_1) over the attempts first seen
-    later than skip_s after the first one (None with fewer than two)."""
+    later than skip_s after the first one (None with fewer than two). `until`: only those up to then — the
+    worm's last new attempt (+ OFFER_END_S): what the bucket let out while the worm offered more than it; the
+    retransmissions that trickle out after the worm stopped are bounded by the sender's timers, not the
+    limiter (on emulated guests their timing races the worm's connect timeout)."""
     ts = sorted(times)
     if not ts:
         return None
-    later = [t for t in ts if t > ts[0] + skip_s]
+    later = [t for t in ts if t > ts[0] + skip_s and (until is None or t <= until)]
     if len(later) < 2 or later[-1] == later[0]:
         return None
     return (len(later) - 1) / (later[-1] - later[0])
@@ -55,6 +62,7 @@ class Prediction:
     attempts: int = 0
     packets: int = 0                                         # connection-opening packets offered
     passed: int = 0
+    last_send: float | None = None                           # the last attempt's first packet
 
     @property
     def out(self) -> int:
@@ -62,7 +70,7 @@ class Prediction:
 
     @property
     def wire_rate(self) -> float | None:
-        return wire_rate(self.out_times)
+        return wire_rate(self.out_times, until=None if self.last_send is None else self.last_send + OFFER_END_S)
 
     def to_dict(self) -> dict[str, Any]:
         return {"attempts": self.attempts, "out": self.out, "packets": self.packets, "passed": self.passed,
@@ -90,6 +98,7 @@ def predict(attempts: Iterable[tuple[float, str, str]], *, new_per_s: float, bur
         if k == 0:
             p.attempts += 1
             starts[seq] = t
+            p.last_send = t
         p.packets += 1
         if b.take(t):
             p.passed += 1

@@ -5,7 +5,8 @@ functions of the capture's columns, no I/O.
   in front of a gateway or wire mechanism — the first answers coming back (what got through);
 - `figures`: contained_s (first attempt → last one on the wire, when the wire then stays silent of the worm for
   quiet_s to the end of the trial; None when never contained), out_before_contained (the attempts on the wire
-  up to then), wire_rate (attempts per second after the first second: what a limiter lets out);
+  up to then), wire_rate (attempts per second after the first second, while the worm still offered new ones:
+  what a limiter lets out);
 - `block_contradicted`: a mechanism's own block time against the wire (the worm seen after it is a finding).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mechanisms.ratelimit.model import wire_rate
+from mechanisms.ratelimit.model import OFFER_END_S, wire_rate
 from orchestrator.analysis.pcap import TCP_ACK, TCP_RST, TCP_SYN
 
 QUIET_S = 5.0              # wire silence that says the worm was contained
@@ -56,18 +57,21 @@ def answer_times(pk, *, src: str, scan: str, dport: int, unseen: Collection[str]
 
 
 def figures(times, *, end: float, first: float | None = None, quiet_s: float = QUIET_S,
-            block: float | None = None, tolerance_s: float = BLOCK_TOLERANCE_S) -> dict[str, Any]:
+            block: float | None = None, tolerance_s: float = BLOCK_TOLERANCE_S,
+            last_send: float | None = None) -> dict[str, Any]:
     """The containment figures of one trial from the worm's attempt times on the wire (`times`, any order),
     the trial's end and the worm's first attempt (`first`, default the first on the wire), all on one clock.
 
     Contained: the wire carried the worm last at `last`, and nothing of it from then to `end`, at least
     quiet_s long — or the mechanism logged a block (`block`) that the wire does not contradict (nothing of the
     worm later than tolerance_s after it, to the end: a trial ends soon after a block). A worm that never
-    reached the wire is contained at once (contained_s 0, none out)."""
+    reached the wire is contained at once (contained_s 0, none out). `last_send`: the worm's last new attempt
+    (its log), which bounds the wire_rate window (mechanisms/ratelimit: `wire_rate`)."""
     ts = np.sort(np.asarray(times, dtype=np.float64))
     start = first if first is not None else (float(ts[0]) if ts.size else None)
     out: dict[str, Any] = {"wire_attempts": int(ts.size), "quiet_s": quiet_s,
-                           "wire_rate": wire_rate(ts.tolist()) if ts.size else None,
+                           "wire_rate": wire_rate(ts.tolist(), until=None if last_send is None
+                                                  else last_send + OFFER_END_S) if ts.size else None,
                            "wire_first": float(ts[0]) if ts.size else None,
                            "wire_last": float(ts[-1]) if ts.size else None}
     if start is None:        # nothing to time from: the worm made no attempt that anyone saw

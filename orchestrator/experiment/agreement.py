@@ -162,10 +162,13 @@ def model_trial(worm_lines: Iterable[str | Mapping[str, Any]], *, src: str, conf
                           "out_max": max(o["out_before_block"] for o in outcomes)}}
 
 
-def clock_offset(att, verdicts: Iterable[Mapping[str, Any]], *, src: str) -> tuple[float | None, int]:
+def clock_offset(att, verdicts: Iterable[Mapping[str, Any]], *, src: str,
+                 earliest: bool = False) -> tuple[float | None, int]:
     """How far the capture's clock is ahead of the throttle host's: the median over packets the throttle
     accepted (`passed`/`released` events) of (first time on the wire − the verdict's t_wall). Used only to
-    place the block on the capture's time line — VMs keep their own clocks; namespaces share one (≈ 0)."""
+    place the block on the capture's time line — VMs keep their own clocks; namespaces share one (≈ 0).
+    `earliest`: the smallest difference instead — for the worm's own sends (`worm_sends`), where a SYN a
+    mechanism held or dropped first reaches the wire later (a retransmission: +1 s, +3 s), never earlier."""
     sel = (att.src == int(ipaddress.IPv4Address(src))) & ~att.repeat
     first: dict[tuple[int, int, int, int], float] = {}
     for d, sp, dp, pr, t in zip(att.dst[sel].tolist(), att.sport[sel].tolist(), att.dport[sel].tolist(),
@@ -182,7 +185,9 @@ def clock_offset(att, verdicts: Iterable[Mapping[str, Any]], *, src: str) -> tup
             continue
         if key in first:
             diffs.append(first[key] - float(ev["t_wall"]))
-    return (float(np.median(diffs)) if diffs else None), len(diffs)
+    if not diffs:
+        return None, 0
+    return float(min(diffs) if earliest else np.median(diffs)), len(diffs)
 
 
 def worm_sends(worm_lines: Iterable[str], *, src: str) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     if answers_measurable(st, t) and not st.shared_clock:     # a VM's sniffer: tie its clock to the throttle's
         link = agreement.answer_clock(att, verdicts, src=src)
     offset, matched = 0.0, 0
+    sends = agreement.worm_sends(worm_lines, src=src)
     mlog = files.get("mechanism_log")
     events = verdicts if st.throttled else \
         [json.loads(x) for x in Path(mlog).read_text().splitlines() if x.strip()] if mlog else []
@@ -56,7 +57,7 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
         # (its own event log), or else by the worm's own logged sends
         found, matched = agreement.clock_offset(att, events, src=src)
         if not matched:
-            found, matched = agreement.clock_offset(att, agreement.worm_sends(worm_lines, src=src), src=src)
+            found, matched = agreement.clock_offset(att, sends, src=src, earliest=True)
         offset = found or 0.0
     an = analyse_trial(scan, throttle_log=tlog, worm_logs=[worm_log],
                        settings=MetricsSettings(sniffer=sniffer, tolerance_s=0.25), capture_offset_s=offset)
@@ -80,7 +81,8 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path,
     end = end_wall if end_wall is not None else (float(att.ts.max()) + offset if att.ts.size else None)
     if times is not None and end is not None:
         cf = containment.figures(times, end=end - offset, first=sm.get("first_attempt_wall"),
-                                 quiet_s=s.quiet_s, block=block)
+                                 quiet_s=s.quiet_s, block=block,
+                                 last_send=max((e["t_wall"] for e in sends), default=None))
         measured |= {k: cf[k] for k in ("contained", "contained_s", "out_before_contained", "wire_rate",
                                         "silent_s", "quiet_s", "contained_by")}
     else:

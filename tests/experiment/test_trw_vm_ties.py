@@ -101,3 +101,18 @@ def test_trw_daemon_passed_events_tie_the_clocks():
                "proto": "tcp", "t_wall": 1.7e9 + i / 20 + 0.0002, "reason": "first-contact"} for i in range(4)]
     found, n = agreement.clock_offset(att, events, src=SRC)
     assert n == 4 and found == pytest.approx(5.0002, abs=1e-6)
+
+
+def test_the_worms_sends_tie_the_clocks_at_the_earliest_pair_when_a_limiter_held_syns():
+    """The rate-limit trial on VMs: of 33 SYNs on the wire, 13 left when the worm sent them (0.530 s, the clocks'
+    offset), 19 were first dropped and retransmitted 1 s later, 1 three seconds later. Their median (1.54 s)
+    is not the offset; a SYN never reaches the wire before its send, so the smallest difference is."""
+    lines = vm_worm_log(n=33)
+    att = attempts_on_capture(lines, offset_s=0.530, lag_s=0.0)
+    att.ts = att.ts + np.array([0.0] * 13 + [1.01] * 19 + [3.056])
+    sends = agreement.worm_sends(lines, src=SRC)
+    median, n = agreement.clock_offset(att, sends, src=SRC)
+    assert n == 33 and median == pytest.approx(1.54, abs=0.001)
+    earliest, n = agreement.clock_offset(att, sends, src=SRC, earliest=True)
+    assert n == 33 and earliest == pytest.approx(0.530, abs=1e-6)
+    assert agreement.clock_offset(att, [], src=SRC, earliest=True) == (None, 0)

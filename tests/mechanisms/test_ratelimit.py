@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mechanisms.ratelimit import cli
 from mechanisms.ratelimit.model import (
+    OFFER_END_S,
     TokenBucket,
     predict,
     predict_constant_rate,
@@ -62,6 +63,25 @@ def test_bucket_starts_full_and_refills():
 def test_wire_rate_skips_the_first_second():
     assert wire_rate([0, 0, 0, 0, 0] + [1.5 + i * 0.5 for i in range(11)]) == pytest.approx(2.0)
     assert wire_rate([]) is None and wire_rate([0, 2]) is None
+
+
+def test_wire_rate_ends_with_the_worms_offer():
+    """The rate-limit trial on VMs (TCG) that read 1.76/s: 2/s on the wire while the worm offered 20/s, then its
+    last attempt's SYN, dropped, retransmitted 3.6 s after it was sent (its connect timeout, 3 s, came late on
+    the emulated guest), alone after a 2.2 s gap. The limiter's figure is the rate while the worm offered."""
+    wire = [0, 0.04, 0.09, 0.15, 0.2, 0.54] + [1.05 + 0.5 * i for i in range(26)] + [15.8]
+    last_send = 12.2
+    assert wire_rate(wire) == pytest.approx(1.76, abs=0.01)
+    assert wire_rate(wire, until=last_send + OFFER_END_S) == pytest.approx(2.0)
+    assert wire_rate(wire, until=1.2) is None                  # fewer than two after the first second
+
+
+def test_the_model_judges_the_same_window():
+    """The model's own tail (retransmissions let out after the worm's last attempt) is outside it too."""
+    p = predict_constant_rate(20, 12.8, new_per_s=2, burst=5)
+    assert p.last_send == pytest.approx(12.75) and p.out_times[-1] > p.last_send + OFFER_END_S
+    tail_free = wire_rate([t for t in p.out_times if t <= p.last_send + OFFER_END_S])
+    assert p.wire_rate == pytest.approx(tail_free) and p.wire_rate == pytest.approx(2.0, rel=0.02)
 
 
 @settings(max_examples=30, deadline=None)
