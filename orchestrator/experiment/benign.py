@@ -26,7 +26,8 @@ from orchestrator.experiment import benignspec
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
 from orchestrator.experiment.trial import TrialRun, reset
-from orchestrator.experiment.watch import Death, parallel, service
+from orchestrator.experiment.watch import Death, service
+from orchestrator.lab.fanout import parallel
 from orchestrator.lab.programs import HostPlace
 from testworm.eventlog import read_events
 from workload import pcap as wpcap

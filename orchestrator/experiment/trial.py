@@ -32,7 +32,8 @@ from orchestrator.experiment.evaluate import evaluate
 from orchestrator.experiment.mechspec import fill
 from orchestrator.experiment.record import TrialRecord, TrialSpec, TrialStatus
 from orchestrator.experiment.setup import Setup, lab_ip
-from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, parallel, service, stop_verdict
+from orchestrator.experiment.watch import Death, Watch, Watched, logged_child, service, stop_verdict
+from orchestrator.lab.fanout import parallel
 from orchestrator.lab.programs import HostPlace, quote
 
 AFTER_BLOCK_S = 0.3        # keep watching the wire this long after a block: nothing may leak

@@ -20,10 +20,10 @@ import shlex
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.lab.fanout import parallel
 from orchestrator.localrun import Result
 
 LOG_LINES = 5          # of a dead process's log, in the reason
@@ -213,12 +213,3 @@ class Watch:
             for i, d in enumerate(ds):
                 d.log_tail = [ln.strip() for ln in got.get(str(i), "").splitlines() if ln.strip()]
         parallel([lambda p=p: read(p) for p in by_place])
-
-
-def parallel(jobs: Sequence) -> list:
-    """Run independent steps at once (each on its own SSH channel); the first failure is raised."""
-    if len(jobs) == 1:
-        return [jobs[0]()]
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        futs = [pool.submit(j) for j in jobs]
-        return [f.result() for f in futs]
