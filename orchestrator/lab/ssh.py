@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
 
 from orchestrator.errors import AccessError
+from orchestrator.lab.fanout import parallel as fan_out
 from orchestrator.labfile.topology import Lab
 from orchestrator.localrun import Result
 from orchestrator.providers import get_provider
@@ -191,9 +191,7 @@ class Access:
                 return h, self.run(h, c, timeout=timeout)
             except AccessError as exc:
                 return h, Result((str(c),), 255, "", str(exc), 0.0, h)
-        hosts = list(hosts)
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-            return dict(pool.map(one, hosts))
+        return dict(fan_out([lambda h=h: one(h) for h in hosts], limit=parallel))
 
     # ------------------------------------------------------------ files
 
@@ -231,14 +229,13 @@ class Access:
                     return h, None
                 except AccessError as exc:
                     return h, exc.message
-            with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
-                for h, why in pool.map(try_one, sorted(pending)):
-                    if why is None:
-                        pending.discard(h)
-                    else:
-                        last[h] = why
-                        if "different host key" in why or "refused the lab's SSH key" in why:
-                            raise AccessError(why)     # waiting will not fix these
+            for h, why in fan_out([lambda h=h: try_one(h) for h in sorted(pending)], limit=16):
+                if why is None:
+                    pending.discard(h)
+                else:
+                    last[h] = why
+                    if "different host key" in why or "refused the lab's SSH key" in why:
+                        raise AccessError(why)     # waiting will not fix these
             if progress:
                 progress(len(hosts) - len(pending), len(hosts))
             if not pending:
