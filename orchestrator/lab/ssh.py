@@ -28,6 +28,8 @@ from orchestrator.providers.state import StateStore
 
 SSH_PORT = 22
 USER = "root"
+CHANNEL_TRIES = 3     # a session channel's opening, asked this often before the host counts as unreachable
+IDLE_MIN_S, IDLE_MAX_S = 0.002, 0.05   # a running command's channel: looked at this often while it is silent
 EOF_WAIT_S = 1.0      # after the exit status, wait this long at most for the rest of the output (EOF)
 Output = Callable[[str, bytes], None]   # (stream "stdout"|"stderr", chunk)
 
@@ -140,19 +142,19 @@ class Access:
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
         argv = (command,) if isinstance(cmd, str) else tuple(cmd)
         started = time.monotonic()
-        transport = self.connect(host).get_transport()
-        if transport is None:          # connect() returns an active client; it closed in between
-            raise AccessError(f"{host}: the SSH connection closed before the command could start")
-        chan = transport.open_session(timeout=self.connect_timeout)
+        chan = self._channel(host)
         try:
-            chan.exec_command(command)
+            try:
+                chan.exec_command(command)
+            except paramiko.SSHException as exc:
+                raise AccessError(f"{host}: the SSH channel refused the command: {exc}") from None
             if input is not None:
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             streams = (("stdout", chan.recv_ready, chan.recv, out), ("stderr", chan.recv_stderr_ready, chan.recv_stderr, err))
             deadline = None if timeout is None else started + timeout
-            timed_out, exited = False, None
+            timed_out, exited, idle = False, None, IDLE_MIN_S
             while True:
                 got = False
                 for name, ready, recv, buf in streams:
@@ -171,8 +173,14 @@ class Access:
                 if deadline is not None and time.monotonic() > deadline:
                     timed_out = True
                     break
-                if not got:
-                    time.sleep(0.002)
+                if got:
+                    idle = IDLE_MIN_S
+                else:       # waits lengthen while nothing comes: hundreds of commands at once must not spin
+                    if exited:
+                        time.sleep(idle)
+                    else:
+                        chan.status_event.wait(idle)      # wakes at once when the exit status comes
+                    idle = min(IDLE_MAX_S, idle * 2)
             code = 124 if timed_out else chan.recv_exit_status()
         finally:
             chan.close()
@@ -180,6 +188,36 @@ class Access:
                      err.decode(errors="replace") + (f"\ntimed out after {timeout} s" if timed_out else ""),
                      time.monotonic() - started, host, timed_out)
         return res.check() if check else res
+
+    def _channel(self, host: str) -> paramiko.Channel:
+        """A new session channel to `host`. Opening one waits at most connect_timeout; a host too loaded to
+        confirm it in time is asked again (CHANNEL_TRIES in all, on a new connection after the first miss),
+        then AccessError naming the host."""
+        why = ""
+        for attempt in range(CHANNEL_TRIES):
+            transport = self.connect(host).get_transport()
+            if transport is None:          # connect() returns an active client; it closed in between
+                why = "the SSH connection closed before the command could start"
+                continue
+            try:
+                return transport.open_session(timeout=self.connect_timeout)
+            except paramiko.SSHException as exc:
+                why = str(exc).rstrip(".") or type(exc).__name__
+                if attempt + 1 < CHANNEL_TRIES:
+                    self._drop(host, transport)
+        raise AccessError(f"{host} ({self.address(host)}): no SSH channel opened in {CHANNEL_TRIES} tries "
+                          f"of {self.connect_timeout:g} s each (last: {why})",
+                          hint="the host (or this machine) is overloaded, or its sshd is stuck")
+
+    def _drop(self, host: str, transport) -> None:
+        """Forget `host`'s connection if it is still the one that failed (a channel whose open timed out may
+        still open later, on that connection only): the next command connects again."""
+        with self._lock:
+            c = self._clients.get(host)
+            if c is None or c.get_transport() is not transport:
+                return
+            del self._clients[host]
+        c.close()
 
     def run_many(self, hosts: Iterable[str], cmd: str | Sequence[str] | Callable[[str], str | Sequence[str]], *,
                  timeout: float | None = 60.0, parallel: int = 16) -> dict[str, Result]:
