@@ -26,10 +26,12 @@ from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.spread import GATEWAY
 from orchestrator.experiment.spreadrun import SpreadSetup, agreement, prediction
 from orchestrator.experiment.trial import guarded, stop_all
-from orchestrator.experiment.watch import Death, Watch, logged_child, parallel, service, stop_verdict
+from orchestrator.experiment.watch import Death, Watch, logged_child, service, stop_verdict
+from orchestrator.lab.fanout import MAX_FANOUT, parallel
 from orchestrator.lab.programs import HostPlace, quote
 
 POLL_S = 0.5
+PENDING_PER_POLL = MAX_FANOUT     # hosts not yet infected asked per poll (in turn, in a larger lab)
 READY_S = 10.0
 SERVICE = "throttle"
 
@@ -39,6 +41,23 @@ def with_generations(argv: list[str], bound: int) -> list[str]:
     out = list(argv)
     out[out.index("--max-generations") + 1] = str(bound)
     return out
+
+
+def asking(hosts: Sequence[str], per_poll: int) -> Callable[[set[str]], list[str]]:
+    """Which of the hosts still pending to ask this poll: all, up to `per_poll`; else `per_poll` of them in
+    turn, in the hosts' order, so every pending host is asked within ceil(pending / per_poll) polls."""
+    order = list(hosts)
+    cursor = 0             # where in `order` the next turn starts
+
+    def ask(pending: set[str]) -> list[str]:
+        nonlocal cursor
+        todo = [i for i in range(len(order)) if order[i] in pending]
+        if len(todo) <= per_poll:
+            return [order[i] for i in todo]
+        turn = ([i for i in todo if i >= cursor] + [i for i in todo if i < cursor])[:per_poll]
+        cursor = turn[-1] + 1
+        return [order[i] for i in turn]
+    return ask
 
 
 def run_spread_trial(ss: SpreadSetup, t: TrialSpec) -> TrialRecord:
@@ -167,9 +186,12 @@ class SpreadTrial:
 
     def wait(self) -> list[Death]:
         """Until every vulnerable host is infected, the wire (every capture) is quiet for quiet_s, or the timeout.
-        Each poll asks every host not yet infected whether its server took a trigger."""
+        Each poll asks hosts not yet infected whether its server took a trigger: every one of them in a lab of up
+        to PENDING_PER_POLL, else that many in turn (`asking`) — an infection's time is its server's own log,
+        so asking later changes no figure, only when its scanner is first watched."""
         s, sniffer = self.st.exp.spec, self.st.sniffer
         pending = set(self.ss.vulnerable)
+        ask = asking(self.ss.vulnerable, PENDING_PER_POLL)
         sizes = {f"size{i}": f"stat -c %s {shlex.quote(c.file)} 2>/dev/null" for i, c in enumerate(self.caps.values())}
         last, grew = "", time.monotonic()
         deadline = time.monotonic() + s.timeout_s
@@ -178,7 +200,7 @@ class SpreadTrial:
                 if self.st.stop.is_set():
                     self.rec.status, self.rec.reason = "interrupted", "the run was interrupted"
                     return []
-                extra = {v: {"inf": f"ls {self.dirs[v]}/scan-*.jsonl 2>/dev/null | head -n 1"} for v in pending}
+                extra = {v: {"inf": f"ls {self.dirs[v]}/scan-*.jsonl 2>/dev/null | head -n 1"} for v in ask(pending)}
                 extra[sniffer] = {**extra.get(sniffer, {}), **sizes}
                 deaths, out = self.watch.poll(extra)
                 if deaths:

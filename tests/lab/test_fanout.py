@@ -1,5 +1,5 @@
 """The one fan-out helper, without a lab: at most `limit` jobs at once, every job run, results in order, and a
-failure raised only after every other job has had its turn."""
+failure raised only after every other job has had its turn; the spread's pending hosts asked in turn."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from orchestrator.experiment.spreadtrial import asking
 from orchestrator.lab.fanout import MAX_FANOUT, parallel
 
 
@@ -57,3 +58,22 @@ def test_the_first_failure_is_raised_after_every_other_job_ran():
     with pytest.raises(ValueError, match="blade4: no"):
         parallel(jobs)
     assert sorted(g.done) == [i for i in range(40) if i != 3]
+
+
+def test_pending_hosts_are_asked_all_in_a_small_lab_else_in_turn():
+    small = [f"blade{i}" for i in range(1, 17)]
+    ask = asking(small, 32)
+    assert ask(set(small)) == small and ask(set(small)) == small
+    hosts = [f"blade{i}" for i in range(1, 201)]
+    ask = asking(hosts, 32)
+    pending = set(hosts)
+    seen: list[str] = []
+    for _ in range(7):                                   # ceil(200 / 32) polls cover every host
+        turn = ask(pending)
+        assert len(turn) == 32
+        seen += turn
+    assert seen[:200] == hosts and seen[200:] == hosts[:24]      # each once, then round again
+    pending -= {f"blade{i}" for i in range(1, 150)}      # most fell: the turn goes on from where it was
+    assert ask(pending) == [f"blade{i}" for i in range(150, 182)]
+    assert ask(pending) == [f"blade{i}" for i in range(182, 201)] + [f"blade{i}" for i in range(150, 163)]
+    assert ask({"blade7", "blade190"}) == ["blade7", "blade190"]
