@@ -40,6 +40,8 @@ def up(file: Annotated[Path, typer.Argument(help="lab file (labs/*.yaml with 'na
        provider: Annotated[str | None, typer.Option(help="override the lab file's provider")] = None,
        name: Annotated[str | None, typer.Option(help="override the lab's name (run a second copy)")] = None,
        provision: Annotated[bool, typer.Option("--provision", help="provision every host after building")] = False,
+       hypervisor: Annotated[str | None, typer.Option(
+           help="libvirt: build on this one of the lab file's libvirt.uris (default: the first)")] = None,
        as_json: JsonOpt = False):
     """Validate a lab file, then build the lab (nothing is created if the file has a problem).
 
@@ -51,17 +53,18 @@ def up(file: Annotated[Path, typer.Argument(help="lab file (labs/*.yaml with 'na
 
     t0 = time.monotonic()
     with Bar("building lab") as bar:
-        lab = lifecycle.up(file, provider=provider, name=name, progress=bar)
+        lab = lifecycle.up(file, provider=provider, name=name, progress=bar, hypervisor=hypervisor)
     took = time.monotonic() - t0
+    on = lab.options.get("uri") if lab.provider == "libvirt" else None
     if as_json:
         done = {"lab": lab.name, "provider": lab.provider, "hosts": [h.name for h in lab.hosts],
-                "segments": len(lab.segments), "seconds": round(took, 3)}
+                "segments": len(lab.segments), "seconds": round(took, 3)} | ({"hypervisor": on} if on else {})
         if provision:
             done["provision"] = json.loads(_provision(lab.name, None, as_json=True, quiet=True) or "null")
         emit_json(done)
         return
     out.print(f"lab [bold]{lab.name}[/] is up: {len(lab.hosts)} hosts on {len(lab.segments)} segments "
-              f"({lab.provider}, {took:.2f} s)")
+              f"({lab.provider}{', on ' + on.split('?', 1)[0] if on else ''}, {took:.2f} s)")
     if provision:
         _provision(lab.name, None)
 

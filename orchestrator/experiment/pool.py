@@ -23,6 +23,7 @@ from orchestrator.experiment.record import TrialSpec
 from orchestrator.experiment.setup import Setup
 from orchestrator.experiment.spec import Experiment
 from orchestrator.lab.programs import LabHosts
+from orchestrator.labfile import hypervisors
 from orchestrator.labfile.constants import NAME_PATTERN
 
 PER_CPU = 4             # labs per CPU by default: a trial mostly waits (a 2/s worm for its block) — measured
@@ -42,8 +43,10 @@ def available_mib() -> int | None:
 
 def default_parallel(exp: Experiment, todo: int) -> int:
     """The default K: on the netns provider PER_CPU labs per CPU, as many as the available memory holds at
-    LAB_MIB each, no more than the trials to run (and MAX_DEFAULT); 1 on libvirt (a VM lab takes GiBs: ask
-    for more with --parallel)."""
+    LAB_MIB each, no more than the trials to run (and MAX_DEFAULT); on libvirt one lab instance per hypervisor
+    the lab file lists (`libvirt.uris`; one with `uri`: a VM lab takes GiBs — ask for more with --parallel)."""
+    if exp.lab.provider == "libvirt":
+        return max(1, min(len(hypervisors.listed(exp.lab.options)), todo))
     if exp.lab.provider != "netns":
         return 1
     mem = available_mib()
@@ -83,9 +86,17 @@ def renamed(exp: Experiment, name: str) -> Experiment:
     return dataclasses.replace(exp, lab=lab)
 
 
+def hypervisor(exp: Experiment, i: int) -> str | None:
+    """The hypervisor lab instance i (from 1) is built on: a libvirt lab's uris in turn (instance i on
+    uris[(i − 1) mod n], so K > n puts several on one); None on other providers."""
+    return hypervisors.uri_for(exp.lab.options, i - 1) if exp.lab.provider == "libvirt" else None
+
+
 def instance(exp: Experiment, i: int) -> Experiment:
-    """The experiment on lab instance i: the same file, its lab loaded under the instance's name."""
-    return renamed(exp, instance_name(exp.lab.name, i))
+    """The experiment on lab instance i: the same file, its lab loaded under the instance's name and placed on
+    its hypervisor (the lab's options name it: its session builds it there, its record keeps it)."""
+    iexp = renamed(exp, instance_name(exp.lab.name, i))
+    return dataclasses.replace(iexp, lab=hypervisors.on(iexp.lab, hypervisor(exp, i)))
 
 
 @dataclasses.dataclass
@@ -98,6 +109,7 @@ class Shared:
     running: int = 0
     errors: list[BaseException] = dataclasses.field(default_factory=list)
     ready: list[str] = dataclasses.field(default_factory=list)      # the lab instances that came up
+    lost: dict[str, BaseException] = dataclasses.field(default_factory=dict)    # instance name → its failure
 
     def take(self) -> TrialSpec | None:
         with self.lock:
@@ -141,6 +153,7 @@ def sweep_parallel(exp: Experiment, k: int, todo: list[TrialSpec], *, session: S
         except BaseException as exc:     # this instance is lost; the others go on with the queue
             with sh.lock:
                 sh.errors.append(exc)
+                sh.lost[iexp.lab.name] = exc
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"lab-{i}", daemon=True)
                for i in range(1, max(1, min(k, len(todo))) + 1)]

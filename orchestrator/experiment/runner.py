@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign, disturb, pool, schedule, spreadrun
+from orchestrator.experiment import benign, disturb, hvplace, pool, schedule, spreadrun
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
@@ -284,8 +284,8 @@ def lab_session(exp: Experiment, store: StateStore, *, keep: bool = False, conso
     reused = rec is not None and rec.state == "up"
     try:
         if not reused:
-            _say(console, f"building lab {lab_name} ({exp.lab.provider}) …")
-            lifecycle.up(exp.lab.source, name=lab_name, store=store)
+            _say(console, f"building lab {lab_name} ({exp.lab.provider}{hvplace.where_built(exp.lab)}) …")
+            build_lab(exp, store)
         else:
             _reuse(exp, store, console)
         with Access(lab_name, store) as acc:
@@ -297,6 +297,12 @@ def lab_session(exp: Experiment, store: StateStore, *, keep: bool = False, conso
     finally:
         if not reused and not keep:
             lifecycle.down(lab_name, store=store)
+
+
+def build_lab(exp: Experiment, store: StateStore):
+    """`testbed up` of the experiment's lab under its name, on the hypervisor its options name (a --parallel
+    instance's own: pool.instance); its record keeps that hypervisor for every later verb, `down` too."""
+    return lifecycle.up(exp.lab.source, name=exp.lab.name, store=store, hypervisor=exp.lab.options.get("uri"))
 
 
 def mechanism_roles(exp: Experiment) -> list[provision.MechanismRole]:
@@ -332,7 +338,8 @@ def refuse_other_lab(exp: Experiment, store: StateStore) -> None:
 def _reuse(exp: Experiment, store: StateStore, console) -> None:
     lab_name = exp.lab.name
     refuse_other_lab(exp, store)
-    _say(console, f"using lab {lab_name}, which is already up (it stays up)")
+    _say(console, f"using lab {lab_name}, which is already up{hvplace.where_built(store.require(lab_name).topology)}"
+                  " (it stays up)")
     revived = lifecycle.provider_for(lab_name, store)[0].revive(lab_name)
     if revived:
         _say(console, f"restarted {len(revived)} service(s) that had died: {', '.join(revived)}")
@@ -395,16 +402,20 @@ def sweep_parallel(exp: Experiment, run: OpenRun, o: RunOptions, store: StateSto
     est = partial(estimate_s, exp)
     bar = o.progress(len(run.plan), len(run.done), schedule.makespan(todo, est, k)) if o.progress else None
     man = run.rdir.manifest()
+    where = hvplace.Placement(hvplace.plan(exp, k), store)      # {} but on a libvirt lab
+    if where.placed:
+        _say(o.console, hvplace.line(where.placed))
     run.rdir.write_manifest(man | {"parallel": {"instances": k, "labs": [pool.instance_name(exp.lab.name, i)
-                                                                         for i in range(1, k + 1)]}})
+                                                                         for i in range(1, k + 1)]}
+                                   | ({"hypervisors": where.placed} if where.placed else {})})
 
     def record(t: TrialSpec, rec) -> None:
+        at = where.mark(rec)
         run.trials.append(rec.to_dict())
         run.trials.sort(key=lambda r: r["index"])
         _write(run.rdir, run.trials)
         if bar:
-            bar.done(t, rec, est(t), took=(rec.extra.get("load") or {}).get("wall_s"),
-                     where=rec.extra.get("lab_instance"), share=k)
+            bar.done(t, rec, est(t), took=(rec.extra.get("load") or {}).get("wall_s"), where=at, share=k)
     sh = pool.sweep_parallel(
         exp, k, todo, session=o.lab or lab_session, store=store, keep=o.keep, console=o.console, stop=stop,
         prepare=lambda e, hosts: prepare(e, hosts, run.rdir, store), estimate=est, record=record,
@@ -413,7 +424,8 @@ def sweep_parallel(exp: Experiment, run: OpenRun, o: RunOptions, store: StateSto
         bar.close()
     if sh.errors:
         man = run.rdir.manifest()
-        man["parallel"]["lost"] = [getattr(e, "message", None) or f"{type(e).__name__}: {e}" for e in sh.errors]
+        man["parallel"]["lost"] = [where.lost(e, next((n for n, x in sh.lost.items() if x is e), None))
+                                   for e in sh.errors]
         run.rdir.write_manifest(man)
         if not stop.is_set() and len(run.trials) < len(run.plan):
             raise sh.errors[0]

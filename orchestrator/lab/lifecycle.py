@@ -30,11 +30,13 @@ def provider_for(name: str, store: StateStore | None = None) -> tuple[Provider, 
 
 
 def up(path: str | Path, *, provider: str | None = None, name: str | None = None,
-       store: StateStore | None = None, progress: Progress = no_progress) -> Lab:
-    """Validate a lab file completely, then build it. Nothing is created if the file has any problem."""
+       store: StateStore | None = None, progress: Progress = no_progress, hypervisor: str | None = None) -> Lab:
+    """Validate a lab file completely, then build it. Nothing is created if the file has any problem.
+    `hypervisor`: build on this one of the hypervisors the file lists (`libvirt.uris`; default the first)."""
+    from orchestrator.labfile import hypervisors
     from orchestrator.labfile.load import load_lab
 
-    lab = load_lab(path, provider_override=provider, name_override=name)
+    lab = hypervisors.on(load_lab(path, provider_override=provider, name_override=name), hypervisor)
     prov = get_provider(lab.provider, store)
     prov.create(lab, progress)
     return lab

@@ -14,6 +14,7 @@ import html
 import math
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,8 @@ def _notes(c: dict[str, Any]) -> list[str]:
                      "so the agreement tolerance is wider.")
     if (load := load_note(man, c["trials"])):
         notes.append(load)
+    if (where := placement_note(man, c["trials"])):
+        notes.append(where)
     bad = [t for t in c["trials"] if t.get("status") == "error" or not (t.get("agreement") or {}).get("ok", True)]
     for t in bad:
         why = t.get("reason") if t.get("status") == "error" else "; ".join((t.get("agreement") or {}).get("reasons", []))
@@ -276,6 +279,34 @@ def load_note(man: dict[str, Any], trials: list[dict[str, Any]]) -> str:
     if flagged:
         text += f"; still disturbed after the redos, flagged: {', '.join(flagged)}"
     return text + "."
+
+
+def placement_note(man: dict[str, Any], trials: list[dict[str, Any]]) -> str:
+    """Where the trials ran on a libvirt lab — each hypervisor, its lab instances and how many trials each
+    trial record says it ran (`--parallel` on `libvirt.uris`) — and the lab instances that were lost and why
+    ("" for a namespace lab that lost none)."""
+    par = man.get("parallel") or {}
+    lab = man.get("lab") or {}
+    text = ""
+    if par.get("hypervisors"):
+        on: dict[str, list[str]] = {}
+        for name, uri in par["hypervisors"].items():
+            on.setdefault(_hv(uri), []).append(name)
+        ran = Counter(_hv(t["hypervisor"]) for t in trials if t.get("hypervisor"))
+        every = list(dict.fromkeys([*on, *ran]))          # a reused instance may stand elsewhere than planned
+        text = (f"Placement: {par['instances']} lab instances on {len(every)} hypervisor(s) — "
+                + "; ".join(f"{uri}: {', '.join(on.get(uri, [])) or 'a reused instance'}, {ran[uri]} trial(s)"
+                            for uri in every) + ".")
+    elif lab.get("provider") == "libvirt" and (lab.get("options") or {}).get("uri"):
+        text = f"Placement: every trial on {_hv(lab['options']['uri'])} (lab {lab.get('name')})."
+    if par.get("lost"):
+        text += (" " if text else "") + (f"Lost lab instance(s), whose trials the others ran: "
+                                         f"{'; '.join(par['lost'])}.")
+    return text
+
+
+def _hv(uri: str) -> str:
+    return uri.split("?", 1)[0]       # a hypervisor URI without its ?keyfile=…&known_hosts=… query
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:

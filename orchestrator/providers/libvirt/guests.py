@@ -73,7 +73,7 @@ class GuestHosts(Provider):
     def wire_point(self, name: str, host: str) -> tuple[list[str], str]:
         # the hypervisor's side of the VM's experimental tap (bridge netfilter sees its frames in FORWARD)
         rec = self.store.require(name)
-        if hypervisor.is_remote(rec.lab.get("options", {}).get("uri", "qemu:///system")):
+        if hypervisor.is_remote(uri_of(rec)):
             raise ProviderError("the wire placement runs the throttle on the hypervisor; it needs a local one "
                                 "(qemu:///system), not a remote URI")
         h = rec.topology.host(host)

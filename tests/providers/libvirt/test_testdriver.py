@@ -176,3 +176,28 @@ def test_cli_refuses_the_default_network_without_a_traceback(tmp_path):
                         cwd=LABS.parent)
     assert cp.returncode == 1 and "default" in cp.stderr and "hint:" in cp.stderr
     assert "Traceback" not in cp.stderr
+
+
+def test_a_parallel_instance_is_built_recorded_and_removed_on_its_own_hypervisor(conn, store, tmp_path):
+    """Lab instance 2 of a lab listing two hypervisors is built by the real provider on the second (libvirt's
+    test driver here; the first, qemu:///system, is never contacted), its record names it, `down` goes there."""
+    from orchestrator.experiment import pool, runner
+    from orchestrator.experiment.spec import load_experiment
+    from orchestrator.lab import lifecycle
+    text = (LABS / "vm-stopping-speed.yaml").read_text().replace("name: vm-stopping-speed", "name: tdhv")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(text.replace("  uri: qemu:///system", f"  uris: ['qemu:///system', '{URI}']"))
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text(f"{{experiment: hv, lab: '{lab}', rates: [20, 10], worm: {{scan: 198.18.9.0/24}}}}")
+    exp = load_experiment(exp_file, machine_routes=[])
+    before = names(conn)
+    second = pool.instance(exp, 2)
+    assert (second.lab.name, second.lab.options["uri"]) == ("tdhv-2", URI)
+    assert pool.instance(exp, 3).lab.options["uri"] == "qemu:///system"          # taken in turn
+    runner.build_lab(second, store)
+    rec = store.require("tdhv-2")
+    assert rec.extra["uri"] == URI and rec.topology.options["uri"] == URI
+    assert names(conn)[0] - before[0] == {f"wt-tdhv-2-{h}" for h in ("gateway", "blade", "sniffer", "injector")}
+    assert any(URI in n for n in lifecycle.status("tdhv-2", store=store).notes)
+    lifecycle.down("tdhv-2", store=store)
+    assert names(conn) == before and store.names() == []
