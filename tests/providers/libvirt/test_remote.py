@@ -1,5 +1,6 @@
 """The VM lab on a remote hypervisor (slow): everything through qemu+ssh://root@127.0.0.1:PORT/system to an sshd
-of the test's own (tests/support/sshd.py: own host key, own client key, pinned known_hosts, own sshd_config).
+of the test's own (the `far` fixture, conftest.py; tests/support/sshd.py: own host key, own client key, pinned
+known_hosts, own sshd_config).
 
 The far side is this machine, so the test also checks that nothing took the short cut of doing locally what
 must be done there: the root user's own ~/.ssh is untouched, and `down` leaves nothing on the far side.
@@ -18,19 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.providers.libvirt.test_lab import LAB, WHY, leftovers, tb
-from tests.support.sshd import TestSshd, why_no_sshd
+from tests.support.sshd import why_no_sshd
 
 pytestmark = pytest.mark.slow
 WHY_NOT = WHY or why_no_sshd()
 if WHY_NOT:
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=WHY_NOT)]
-
-
-@pytest.fixture(scope="module")
-def far(tmp_path_factory):
-    d = TestSshd(tmp_path_factory.mktemp("far") / "sshd")
-    yield d
-    d.close()
 
 
 def _root_ssh() -> dict[str, float]:
