@@ -178,12 +178,20 @@ def test_cli_refuses_the_default_network_without_a_traceback(tmp_path):
     assert "Traceback" not in cp.stderr
 
 
-def test_a_parallel_instance_is_built_recorded_and_removed_on_its_own_hypervisor(conn, store, tmp_path):
+def test_a_parallel_instance_is_built_recorded_and_removed_on_its_own_hypervisor(conn, store, tmp_path, monkeypatch):
     """Lab instance 2 of a lab listing two hypervisors is built by the real provider on the second (libvirt's
-    test driver here; the first, qemu:///system, is never contacted), its record names it, `down` goes there."""
+    test driver here), its record names it, `down` goes there. The first, qemu:///system, is never contacted:
+    a connection to any other URI fails the test before anything is made."""
     from orchestrator.experiment import pool, runner
     from orchestrator.experiment.spec import load_experiment
     from orchestrator.lab import lifecycle
+    from orchestrator.providers.libvirt import hypervisor
+    real_connect = hypervisor.connect
+
+    def only_the_test_driver(uri, *a, **kw):
+        assert uri == URI, f"connected to {uri}"
+        return real_connect(uri, *a, **kw)
+    monkeypatch.setattr(hypervisor, "connect", only_the_test_driver)
     text = (LABS / "vm-stopping-speed.yaml").read_text().replace("name: vm-stopping-speed", "name: tdhv")
     lab = tmp_path / "lab.yaml"
     lab.write_text(text.replace("  uri: qemu:///system", f"  uris: ['qemu:///system', '{URI}']"))
