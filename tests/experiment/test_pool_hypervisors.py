@@ -168,3 +168,13 @@ def test_a_lab_is_built_only_on_a_hypervisor_its_file_lists(tmp_path, store, pla
     with pytest.raises(UsageError, match="stopping-speed is a netns lab: only a libvirt lab is built on a hyp"):
         hypervisors.on(netns, "qemu:///system")
     assert placement_note({"lab": netns.to_dict()}, []) == ""
+
+
+def test_up_on_a_hypervisor_the_file_does_not_list_is_exit_2_and_builds_nothing(tmp_path):
+    from tests.cli.test_common import cli
+    res = cli("up", str(LABS / "vm-stopping-speed.yaml"), "--hypervisor", "qemu+ssh://hv9/system",
+              state=tmp_path / "state")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert ("error: qemu+ssh://hv9/system is not a hypervisor of lab vm-stopping-speed; its lab file lists "
+            "qemu:///system") in res.stderr
+    assert not (tmp_path / "state" / "labs").exists()
