@@ -271,7 +271,7 @@ def probe_kvm(conn, hv: Hypervisor, kernel_path: str, cache: Path, *, wait: floa
 
 def _kvm_boot(conn, hv: Hypervisor, kernel_path: str, wait: float) -> tuple[bool, str]:
     libvirt = _libvirt()
-    name = f"wt-kvm-probe-{os.getpid()}"
+    name = f"wt-kvm-probe-{os.getpid()}-{threading.get_native_id()}"   # --parallel: one per instance's thread
     log = f"/var/log/libvirt/qemu/{name}-serial.log"
     try:
         dom = conn.createXML(xml.probe_domain_xml(name, kernel_path, log), 0)
