@@ -30,12 +30,15 @@ FIGURE_KEYS = ("t_first_s", "t_50_s", "t_90_s", "t_all_s")
 @dataclass
 class Infection:
     host: str
-    infected_at_s: float          # from the injection (the initial host's accepted trigger), server's clock
+    infected_at_s: float          # from the injection (the initial host's accepted trigger): on the servers'
+                                  # clocks, or the capture's (`on_capture_clock`)
     by: str                       # the host (or the injector) whose connection carried the trigger
     generation: int
     peer: str                     # "address:port" of that connection's sender
     confirmed_on_wire: bool | None = None     # None: no capture to check against
     wire_at_s: float | None = None            # the triggering SYN on the wire, from the injection's SYN
+    t_wall: float | None = None               # the server's own time of the trigger it took (its clock)
+    trigger_wire: float | None = None         # the capture's time of the segment that carried the trigger
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,14 +65,15 @@ def infections_from_logs(logs: Mapping[str, Iterable[Mapping[str, Any]]], names:
         peer = str(e.get("peer", ""))
         addr = peer.rsplit(":", 1)[0]
         out.append(Infection(host, round(float(e["t_wall"]) - t0, 6), names.get(addr, addr),
-                             int(e.get("generation") or 0), peer))
+                             int(e.get("generation") or 0), peer, t_wall=float(e["t_wall"])))
     return sorted(out, key=lambda i: (i.infected_at_s, i.host))
 
 
 def confirm_on_wire(infections: list[Infection], pk: Packets, addrs: Mapping[str, str], port: int) -> None:
     """Mark each infection confirmed when the capture holds its triggering connection: a SYN from the peer's
     address and port to the host's `port`, and a data segment on it. `addrs`: host → its address. The SYN's
-    capture time goes into wire_at_s (seconds since the epoch, until `wire_relative`)."""
+    capture time goes into wire_at_s (seconds since the epoch, until `wire_relative`), the first data segment's
+    into trigger_wire."""
     tcp = pk.tcp
     for inf in infections:
         addr, _, sport = inf.peer.rpartition(":")
@@ -79,11 +83,36 @@ def confirm_on_wire(infections: list[Infection], pk: Packets, addrs: Mapping[str
             continue
         flow = tcp & (pk.src == ip_to_int(addr)) & (pk.sport == int(sport)) & (pk.dst == ip_to_int(dst)) \
             & (pk.dport == port)
+        idx = np.flatnonzero(flow)
         flags = pk.tcp_flags[flow]
-        syns = np.flatnonzero(flow)[(flags & TCP_SYN) != 0]
-        data = bool(((flags & TCP_PSH) != 0).any())     # the trigger line (sent in one write: PSH)
-        inf.confirmed_on_wire = bool(syns.size) and data
+        syns = idx[(flags & TCP_SYN) != 0]
+        data = idx[(flags & TCP_PSH) != 0]             # the trigger line (sent in one write: PSH)
+        inf.confirmed_on_wire = bool(syns.size) and bool(data.size)
         inf.wire_at_s = float(pk.ts[syns[0]]) if syns.size else None
+        inf.trigger_wire = float(pk.ts[data[0]]) if data.size else None
+
+
+def clock_offsets(infections: Sequence[Infection]) -> dict[str, float]:
+    """Each infected host's clock against the capture's, tied by the trigger it took: its server's time of the
+    trigger minus the capture's time of the segment that carried it (the clocks' offset plus that segment's
+    way into the server, ~ms). Hosts whose trigger the capture does not show have none."""
+    return {i.host: round(i.t_wall - i.trigger_wire, 6) for i in infections
+            if i.t_wall is not None and i.trigger_wire is not None}
+
+
+def on_capture_clock(infections: list[Infection], initial: str) -> bool:
+    """infected_at_s from the capture's clock: each infection at its trigger's segment on the wire, from the
+    initial infection's. For a lab whose hosts keep their own clocks (VMs: no shared kernel, no time sync), where
+    the servers' times are on as many clocks as hosts. An infection the capture does not show keeps its server's
+    time (and is a finding). False, nothing changed: the initial trigger is not on the capture."""
+    t0 = next((i.trigger_wire for i in infections if i.host == initial), None)
+    if t0 is None:
+        return False
+    for i in infections:
+        if i.trigger_wire is not None:
+            i.infected_at_s = round(i.trigger_wire - t0, 6)
+    infections.sort(key=lambda i: (i.infected_at_s, i.host))
+    return True
 
 
 def wire_relative(infections: list[Infection]) -> None:

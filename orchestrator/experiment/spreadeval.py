@@ -33,13 +33,20 @@ def evaluate_spread(ss: SpreadSetup, t: TrialSpec, files: Mapping[str, Path],
         if path is None or not mine:
             continue
         inf.confirm_on_wire(mine, read_capture(path), addrs, ss.exp.spec.worm.port)
+    offsets = inf.clock_offsets(infections)
+    capture_clock = not shared_clock(ss) and inf.on_capture_clock(infections, ss.initial)
     inf.wire_relative(infections)
     measured = inf.epidemic([i.infected_at_s for i in infections], len(ss.vulnerable))
     measured["confirmed_on_wire"] = sum(1 for i in infections if i.confirmed_on_wire)
     measured["generations"] = max((i.generation for i in infections), default=0)
     measured |= _draw(ss, t, places, measured.get("t_first_s"))
     t0 = _t0_wall(logs, ss.initial)
-    measured["blocked"] = _blocked(files, places, t0, names)
+    rel: dict[str, float] = {}
+    if capture_clock:       # each host's events onto the initial host's clock, through the capture's
+        measured["clock"] = "capture"
+        measured["clock_offsets_s"] = offsets
+        rel = {h: o - offsets[ss.initial] for h, o in offsets.items()}
+    measured["blocked"] = _blocked(files, places, t0, names, rel)
     measured["blocked_hosts"] = len(measured["blocked"])
     findings = inf.findings(infections)
     if not infections:
@@ -68,9 +75,10 @@ def _t0_wall(logs: Mapping[str, list[dict[str, Any]]], initial: str) -> float | 
 
 
 def _blocked(files: Mapping[str, Path], places: Mapping[str, Any], t0: float | None,
-             names: Mapping[str, str]) -> dict[str, float]:
+             names: Mapping[str, str], offsets: Mapping[str, float]) -> dict[str, float]:
     """Source host → when the mechanism blocked it (from the injection): a carrier's own log, or the gateway's
-    per source address."""
+    per source address. `offsets`: each place's clock against t0's (the initial host's; none: one clock; a
+    place without one, such as a gateway that is never infected, is read as on t0's clock)."""
     out: dict[str, float] = {}
     if t0 is None:
         return out
@@ -80,5 +88,11 @@ def _blocked(files: Mapping[str, Path], places: Mapping[str, Any], t0: float | N
                 continue
             src = names.get(str(e.get("src", "")), p)
             if src not in out:
-                out[src] = round(float(e["t_wall"]) - t0, 6)
+                out[src] = round(float(e["t_wall"]) - offsets.get(p, 0.0) - t0, 6)
     return out
+
+
+def shared_clock(ss: SpreadSetup) -> bool:
+    """Do the lab's hosts and the capture read one kernel's clock (the netns provider)? Else each VM keeps its
+    own, and the servers' times are tied to the capture's (inf.on_capture_clock)."""
+    return bool(getattr(ss.base, "shared_clock", True))

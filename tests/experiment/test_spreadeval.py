@@ -25,7 +25,7 @@ LABS = Path(__file__).resolve().parents[2] / "labs"
 B1, B2, B3, B4, INJ = "198.18.8.4", "198.18.8.5", "198.18.8.6", "198.18.8.7", "198.18.8.3"
 
 
-def setup(tmp_path: Path) -> SpreadSetup:
+def setup(tmp_path: Path, shared_clock: bool = True) -> SpreadSetup:
     p = tmp_path / "exp.yaml"
     p.write_text(f"""\
 experiment: spread-eval
@@ -42,7 +42,8 @@ timeout_s: 60
 seed: 1
 """)
     e = load_experiment(p, machine_routes=[])
-    return SpreadSetup(SimpleNamespace(lab=e.lab, exp=e), ["blade1", "blade2", "blade3", "blade4"], "blade1",
+    return SpreadSetup(SimpleNamespace(lab=e.lab, exp=e, shared_clock=shared_clock),
+                       ["blade1", "blade2", "blade3", "blade4"], "blade1",
                        {"experimental": ("injector", "198.18.8.1")}, 3)
 
 
@@ -104,6 +105,40 @@ def test_an_infection_the_wire_does_not_show_is_a_finding_and_blocks_are_timed(t
     assert findings[0]["host"] == "blade3"
     assert measured["blocked"] == {"blade1": 5.25} and measured["blocked_hosts"] == 1     # the first block
     assert "first_place" not in measured            # the initial host's attempts leave on the throttle's clock
+
+
+def test_on_vms_each_servers_clock_is_tied_to_the_capture_through_its_trigger(tmp_path):
+    """VM guests keep their own clocks (no shared kernel, no time sync): blade2's runs 0.7 s behind blade1's and
+    blade3's 0.4 s ahead. The servers' own times would put blade2 at 1.8 s and blade3 at 4.4 s; the capture's
+    one clock puts each infection at its trigger's segment (2.5 s, 4.0 s), and blade2's block at 5.0 s on the
+    initial host's clock (its log says 4.3)."""
+    f = files(tmp_path)
+    skew = {"blade2": -0.7, "blade3": 0.4}
+    for h, d in skew.items():
+        evs = [json.loads(x) for x in f[f"{h}:server"].read_text().splitlines()]
+        jsonl(f[f"{h}:server"], [e | {"t_wall": e["t_wall"] + d} for e in evs])
+    f["blade2:mechanism"] = jsonl(tmp_path / "m2.jsonl", [{"event": "blocked", "t_wall": T0 + 4.3, "src": B2}])
+    t = TrialSpec(1, "tcp", 20.0, 1, "williamson", "1")
+    shared, _, infs_shared = evaluate_spread(setup(tmp_path), t, f, {"blade2": None})
+    assert [(i.host, i.infected_at_s) for i in infs_shared] == [("blade1", 0.0), ("blade2", 1.8), ("blade3", 4.4)]
+    assert "clock" not in shared and shared["blocked"] == {"blade2": 4.3}    # one kernel: read as they are
+    measured, findings, infs = evaluate_spread(setup(tmp_path, shared_clock=False), t, f, {"blade2": None})
+    assert [(i.host, i.infected_at_s, i.wire_at_s) for i in infs] == [
+        ("blade1", 0.0, 0.0), ("blade2", 2.5, 2.5), ("blade3", 4.0, 4.0)]
+    assert measured["clock"] == "capture" and findings == []
+    assert measured["clock_offsets_s"] == pytest.approx({"blade1": 0.008, "blade2": -0.692, "blade3": 0.408})
+    assert (measured["t_first_s"], measured["t_50_s"]) == (2.5, 2.5)
+    assert measured["blocked"] == {"blade2": pytest.approx(5.0)}
+
+
+def test_an_infection_the_capture_lacks_keeps_its_servers_time_on_vms(tmp_path):
+    ss = setup(tmp_path, shared_clock=False)
+    measured, findings, infs = evaluate_spread(ss, TrialSpec(0, "tcp", 20.0, 1, "none", "0"),
+                                               files(tmp_path, b3_on_wire=False), {})
+    assert [(i.host, i.infected_at_s, i.confirmed_on_wire) for i in infs] == [
+        ("blade1", 0.0, True), ("blade2", 2.5, True), ("blade3", 4.0, False)]
+    assert sorted(measured["clock_offsets_s"]) == ["blade1", "blade2"]
+    assert [x["host"] for x in findings] == ["blade3"]
 
 
 def test_no_injection_is_a_finding(tmp_path):
