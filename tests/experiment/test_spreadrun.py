@@ -91,3 +91,36 @@ def test_summary_rows_per_mechanism_deploy_and_rate():
     assert (full["infected_final"], full["t_50_s"], full["reached_all"], full["repeats"], full["errors"]) == \
         (1.0, None, 0, 2, 1)
     assert full["agrees"] == "1/1"
+
+
+class _Place:
+    """A daemon's place whose config shows up after `after` looks."""
+
+    def __init__(self, after: int):
+        self.after, self.looks = after, 0
+
+    def contains(self, path: str, needle: str) -> bool:
+        assert needle == '"event":"config"'
+        self.looks += 1
+        return self.looks > self.after
+
+
+def test_an_emulated_guest_is_polled_gently_and_a_late_daemon_named_with_its_wait():
+    import pytest
+
+    from orchestrator.errors import TestbedError
+    from orchestrator.experiment.spreadtrial import poll_s, wait_ready
+
+    assert (poll_s(False), poll_s(True)) == (0.5, 2.0)
+    now, naps = [0.0], []
+
+    def sleep(s: float) -> None:
+        naps.append(s)
+        now[0] += s
+    wait_ready(_Place(3), "/log", "williamson on blade1", True, clock=lambda: now[0], sleep=sleep)
+    assert naps == [0.5, 0.5, 0.5]           # on namespaces: 0.05 s
+    with pytest.raises(TestbedError) as e:
+        wait_ready(_Place(10**6), "/log", "williamson on blade1", True, clock=lambda: now[0], sleep=sleep)
+    assert str(e.value) == "williamson on blade1 did not come up within 60 s (an emulated guest)"
+    wait_ready(_Place(1), "/log", "x", False, clock=lambda: now[0], sleep=sleep)
+    assert naps[-1] == 0.05
