@@ -67,15 +67,16 @@ def tb(env, *args, timeout=900, check=True):
     return cp
 
 
-def leftovers(name: str, state_dir: str) -> list[str]:
-    """Everything of lab `name` still on this machine (by the provider's own naming rules)."""
+def leftovers(name: str, state_dir: str, lab_file: Path = LAB) -> list[str]:
+    """Everything of lab `name` (built from `lab_file`) still on this machine (by the provider's own naming
+    rules)."""
     import libvirt
 
     from orchestrator.labfile.load import load_lab
     from orchestrator.providers.libvirt import xml
     from orchestrator.providers.netns import namespaces
 
-    lab = load_lab(LAB, machine_routes=[], name_override=name)
+    lab = load_lab(lab_file, machine_routes=[], name_override=name)
     conn = libvirt.open("qemu:///system")
     try:
         out = [f"domain {d.name()}" for d in conn.listAllDomains(0) if d.name().startswith(f"wt-{name}-")]
