@@ -73,8 +73,9 @@ def _r(x: float | None, n: int = 4) -> float | None:
 
 
 def worm_lateness(lines: Iterable[str]) -> dict[str, Any]:
-    """The worm's send lateness from its own log: t_mono − due_mono of its attempts (median, 99th centile, max)."""
-    late = []
+    """The worm's send lateness from its own log: t_mono − due_mono of its attempts (median, 99th centile, max),
+    and the span of its attempts on its clock (`first_mono`, `last_mono`)."""
+    late, first, last = [], None, None
     for line in lines:
         if '"attempt"' not in line:
             continue
@@ -85,17 +86,46 @@ def worm_lateness(lines: Iterable[str]) -> dict[str, Any]:
         if ev.get("event") == "attempt" and isinstance(ev.get("t_mono"), (int, float)) \
                 and isinstance(ev.get("due_mono"), (int, float)):
             late.append(max(0.0, ev["t_mono"] - ev["due_mono"]))
+            first = ev["t_mono"] if first is None else min(first, ev["t_mono"])
+            last = ev["t_mono"] if last is None else max(last, ev["t_mono"])
     late.sort()
     if not late:
         return {"attempts": 0, "late_p50_s": None, "late_p99_s": None, "late_max_s": None}
     return {"attempts": len(late), "late_p50_s": _r(late[len(late) // 2], 6),
-            "late_p99_s": _r(late[min(len(late) - 1, int(len(late) * 0.99))], 6), "late_max_s": _r(late[-1], 6)}
+            "late_p99_s": _r(late[min(len(late) - 1, int(len(late) * 0.99))], 6), "late_max_s": _r(late[-1], 6),
+            "first_mono": first, "last_mono": last}
 
 
-def judge(rec: Mapping[str, Any], worm: Mapping[str, Any], tolerance_s: float) -> dict[str, Any]:
+def release_lateness(lines: Iterable[str]) -> dict[str, Any]:
+    """Where the throttle's releases were late, from its event log (its last session, as decision_jitter reads
+    it): the worst one's lateness and its due time on the daemon's clock, and the releases late beyond 10 ms
+    (`late`: [due_mono, lateness] each, at most 20)."""
+    rel: list[tuple[float, float]] = []
+    for line in lines:
+        if '"config"' in line or '"released"' in line:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "config":
+                rel = []
+            elif ev.get("event") == "released" and isinstance(ev.get("t_mono"), (int, float)) \
+                    and isinstance(ev.get("due_mono"), (int, float)):
+                rel.append((float(ev["due_mono"]), max(0.0, float(ev["t_mono"]) - float(ev["due_mono"]))))
+    if not rel:
+        return {"releases": 0, "worst_due_mono": None, "late": []}
+    worst = max(rel, key=lambda x: x[1])
+    return {"releases": len(rel), "worst_due_mono": worst[0],
+            "late": [[d, _r(x, 6)] for d, x in rel if x > 0.010][:20]}
+
+
+def judge(rec: Mapping[str, Any], worm: Mapping[str, Any], tolerance_s: float,
+          releases: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A trial's `timing`: the throttle's worst release lateness (from the model's jitter, itself from the
     daemon's log) and the worm's 99th-centile send lateness, each against `tolerance_s` (the agreement's
-    stopping-time tolerance); `disturbed` when either is beyond it, with the reasons."""
+    stopping-time tolerance); `disturbed` when either is beyond it, with the reasons. With the daemon's
+    `releases` (release_lateness) it also says when the worst release was due, relative to the worm's first
+    attempt (`release_late_at_s`; the worm's attempts span `worm_span_s`), and which releases were late."""
     jitter = ((rec.get("model") or {}).get("orderings") or {}).get("jitter") or {}
     release = jitter.get("late_max_s")
     reasons = []
@@ -105,8 +135,15 @@ def judge(rec: Mapping[str, Any], worm: Mapping[str, Any], tolerance_s: float) -
     if isinstance(p99, (int, float)) and p99 > tolerance_s:
         reasons.append(f"the worm sent 1 % of its attempts over {p99 * 1000:.1f} ms late "
                        f"(tolerance {tolerance_s * 1000:.0f} ms)")
-    return {"release_late_max_s": release, "releases": jitter.get("releases"), "worm": dict(worm),
-            "tolerance_s": tolerance_s, "disturbed": bool(reasons), "reasons": reasons}
+    out = {"release_late_max_s": release, "releases": jitter.get("releases"), "worm": dict(worm),
+           "tolerance_s": tolerance_s, "disturbed": bool(reasons), "reasons": reasons}
+    first, last = worm.get("first_mono"), worm.get("last_mono")
+    if releases and isinstance(first, (int, float)) and isinstance(last, (int, float)):
+        due = releases.get("worst_due_mono")
+        out["release_late_at_s"] = None if due is None else _r(due - first, 3)
+        out["worm_span_s"] = _r(last - first, 3)
+        out["late_releases"] = [[_r(d - first, 3), x] for d, x in releases.get("late") or []]
+    return out
 
 
 # ---------------------------------------------------------------- a trial, judged and redone when disturbed
@@ -124,7 +161,9 @@ def judged_trial(st: Setup, t: TrialSpec, run: Callable[[Setup, TrialSpec], Tria
         if rec.status == "interrupted":
             return rec
         rec.extra["load"] = meter.stop(s)
-        rec.extra["timing"] = timing = judge(rec.to_dict(), _worm_of(st, rec), st.tolerance["stop_abs_s"])
+        rec.extra["timing"] = timing = judge(rec.to_dict(), _log_of(st, rec, "worm_log", worm_lateness),
+                                             st.tolerance["stop_abs_s"],
+                                             _log_of(st, rec, "throttle_log", release_lateness))
         if before:
             rec.extra["redone"] = before
         if not timing["disturbed"] or len(before) >= redos or st.stop.is_set():
@@ -132,13 +171,34 @@ def judged_trial(st: Setup, t: TrialSpec, run: Callable[[Setup, TrialSpec], Tria
         before.append({"started": rec.started, "status": rec.status, "load": rec.extra["load"],
                        "reasons": timing["reasons"], "stop_s": rec.measured.get("stop_s"),
                        "out_before_block": rec.measured.get("out_before_block"),
-                       "agreement_ok": (rec.evaluation.agreement or {}).get("ok") if rec.evaluation else None})
+                       "agreement_ok": (rec.evaluation.agreement or {}).get("ok") if rec.evaluation else None,
+                       "timing": {k: timing.get(k) for k in ("release_late_at_s", "worm_span_s", "late_releases")
+                                  if k in timing}}
+                      | _set_aside(st, rec, len(before) + 1))
 
 
-def _worm_of(st: Setup, rec: TrialRecord) -> dict[str, Any]:
-    rel = (rec.files or {}).get("worm_log")
+def _log_of(st: Setup, rec: TrialRecord, key: str, read: Callable[[Iterable[str]], dict[str, Any]]) -> dict[str, Any]:
+    rel = (rec.files or {}).get(key)
     path = st.run.path / rel if rel else None
     if path is None or not path.is_file():
-        return worm_lateness([])
+        return read([])
     with open(path) as fh:
-        return worm_lateness(fh)
+        return read(fh)
+
+
+def _set_aside(st: Setup, rec: TrialRecord, n: int) -> dict[str, Any]:
+    """A discarded try's files moved to `trials/<id>/redone-<n>/` (the next try writes the trial's own), so a
+    disturbance can be looked at afterwards: {"files": {key: path}} of the moved ones."""
+    moved: dict[str, str] = {}
+    for key, rel in (rec.files or {}).items():
+        src = st.run.path / rel
+        if not src.is_file():
+            continue
+        dest = src.parent / f"redone-{n}" / src.name
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src.replace(dest)
+        except OSError:
+            continue
+        moved[key] = str(dest.relative_to(st.run.path))
+    return {"files": moved} if moved else {}

@@ -67,3 +67,35 @@ def test_an_interrupted_trial_is_not_redone(tmp_path):
     rec = disturb.judged_trial(_St(tmp_path), TrialSpec(0, "tcp", 5.0, 1),
                                lambda st, t: calls.append(1) or _rec(0.2, status="interrupted"))
     assert rec.status == "interrupted" and calls == [1] and "timing" not in rec.extra
+
+
+def test_the_judge_says_when_the_worst_release_was_due_against_the_worms_attempts():
+    worm = disturb.worm_lateness([f'{{"event":"attempt","t_mono":{100 + i},"due_mono":{100 + i}}}' for i in range(10)])
+    assert (worm["first_mono"], worm["last_mono"]) == (100, 109)
+    log = ['{"event":"released","t_mono":90.5,"due_mono":90.0}',        # an earlier session's: not this one's
+           '{"event":"config"}',
+           '{"event":"released","t_mono":101.002,"due_mono":101.0}',
+           '{"event":"released","t_mono":104.031,"due_mono":104.0}',
+           '{"event":"released","t_mono":112.012,"due_mono":112.0}', "not json"]
+    rel = disturb.release_lateness(log)
+    assert rel["releases"] == 3 and rel["worst_due_mono"] == 104.0
+    assert rel["late"] == [[104.0, pytest.approx(0.031)], [112.0, pytest.approx(0.012)]]
+    j = disturb.judge(_rec(0.031).to_dict(), worm, 0.02, rel)
+    assert j["disturbed"] and (j["release_late_at_s"], j["worm_span_s"]) == (4.0, 9.0)
+    assert j["late_releases"] == [[4.0, pytest.approx(0.031)], [12.0, pytest.approx(0.012)]]
+    assert "release_late_at_s" not in disturb.judge(_rec(0.031).to_dict(), disturb.worm_lateness([]), 0.02, rel)
+
+
+def test_a_discarded_trys_files_are_set_aside_for_a_look_afterwards(tmp_path):
+    st, tries = _St(tmp_path), iter([0.05, 0.001])
+
+    def run(st, t):
+        d = st.run.trial_dir(t.id)
+        (d / "throttle.jsonl").write_text(f"try {len(list(d.glob('redone-*')))}\n")
+        r = _rec(next(tries))
+        r.files = {"throttle_log": f"trials/{t.id}/throttle.jsonl", "pcap": f"trials/{t.id}/missing.pcap"}
+        return r
+    rec = disturb.judged_trial(st, TrialSpec(0, "tcp", 5.0, 1), run)
+    assert rec.extra["redone"][0]["files"] == {"throttle_log": "trials/tcp-r5-1/redone-1/throttle.jsonl"}
+    assert (tmp_path / "trials/tcp-r5-1/redone-1/throttle.jsonl").read_text() == "try 0\n"
+    assert (tmp_path / "trials/tcp-r5-1/throttle.jsonl").read_text() == "try 1\n"      # the kept try's own
