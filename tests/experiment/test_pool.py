@@ -253,3 +253,64 @@ def test_parallel_and_shard_combine_the_shards_trials_on_the_instances(tmp_path,
     man = run.manifest()
     assert man["status"] == "complete" and man["parallel"]["instances"] == 2
     assert [t["trial"] for t in run.trials()] == man["shard"]["trials"] and len(man["shard"]["trials"]) == 3
+
+
+def _gated(tmp_path, monkeypatch, k, todo, builds, build_s=0.15):
+    """pool.sweep_parallel whose lab sessions take `build_s` to come up: when each instance was up, when each
+    trial started and on which instance."""
+    seen: dict = {"up": {}, "start": {}, "on": {}, "building": 0, "most": 0}
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    monkeypatch.setattr(pool, "instance", lambda exp, i: SimpleNamespace(lab=SimpleNamespace(
+        name=pool.instance_name(exp.lab.name, i))))
+
+    @contextmanager
+    def session(exp, store, *, keep=False, console=None):
+        with lock:
+            seen["building"] += 1
+            seen["most"] = max(seen["most"], seen["building"])
+        time.sleep(build_s)
+        with lock:
+            seen["building"] -= 1
+            seen["up"][exp.lab.name] = time.monotonic() - t0
+        yield exp.lab.name
+
+    def trial(st, t):
+        with lock:
+            seen["start"][t.id] = time.monotonic() - t0
+            seen["on"][t.id] = st.name
+        time.sleep(0.3 if t.rate < 10 else 0.02)
+        r = TrialRecord(t.id, t.index, t.protocol, t.rate, t.repeat, "full", [], "host", False, time.time(),
+                        status="ok")
+        r.evaluation = Evaluation({"stop_s": 1.0}, [], {"orderings": {"jitter": {"late_max_s": 0.001}}}, {"ok": True})
+        return r
+
+    sh = pool.sweep_parallel(SimpleNamespace(lab=SimpleNamespace(name="lab")), k, todo, session=session,
+                             store=None, stop=threading.Event(), prepare=lambda e, name: _Setup(name, RunDir(tmp_path)),
+                             trial=trial, record=lambda t, rec: None, estimate=lambda t: 1000 / t.rate, builds=builds)
+    return sh, seen
+
+
+def test_the_first_instance_up_starts_the_longest_trial_while_the_others_are_built(tmp_path, monkeypatch):
+    todo = [TrialSpec(i, "tcp", r, 1) for i, r in enumerate([50, 2, 200, 5, 100, 1000])]
+    sh, seen = _gated(tmp_path, monkeypatch, 4, todo, builds=1)
+    assert sh.errors == [] and seen["most"] == 1                     # one instance built at a time
+    first = min(seen["up"], key=seen["up"].get)
+    assert seen["on"]["tcp-r2-1"] == first                          # the longest, on the first one up
+    assert seen["start"]["tcp-r2-1"] < max(seen["up"].values())     # … before the last one was up
+    assert seen["start"]["tcp-r2-1"] < seen["start"]["tcp-r5-1"]
+
+
+def test_builds_go_a_cpu_at_a_time_by_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 2)
+    assert pool.build_slots() == 2
+    todo = [TrialSpec(i, "tcp", r, 1) for i, r in enumerate([2, 5, 20, 50, 100, 200])]
+    sh, seen = _gated(tmp_path, monkeypatch, 4, todo, builds=None, build_s=0.1)
+    assert sh.errors == [] and seen["most"] == 2 and len(seen["start"]) == 6
+
+
+def test_an_instance_whose_turn_to_be_built_comes_after_the_queue_is_empty_is_not_built(tmp_path, monkeypatch):
+    todo = [TrialSpec(i, "tcp", r, 1) for i, r in enumerate([200, 500, 1000])]
+    sh, seen = _gated(tmp_path, monkeypatch, 3, todo, builds=1, build_s=0.4)
+    # the first up runs all three (0.02 s each) while the second is built; the third finds nothing to do
+    assert len(seen["up"]) == 2 and len(seen["start"]) == 3 and sh.errors == []
