@@ -301,11 +301,11 @@ def test_the_first_instance_up_starts_the_longest_trial_while_the_others_are_bui
     assert seen["start"]["tcp-r2-1"] < seen["start"]["tcp-r5-1"]
 
 
-def test_builds_go_a_cpu_at_a_time_by_default(tmp_path, monkeypatch):
-    monkeypatch.setattr(pool.os, "cpu_count", lambda: 2)
-    assert pool.build_slots() == 2
+def test_by_default_every_instance_is_built_at_once_and_a_gate_bounds_them(tmp_path, monkeypatch):
     todo = [TrialSpec(i, "tcp", r, 1) for i, r in enumerate([2, 5, 20, 50, 100, 200])]
-    sh, seen = _gated(tmp_path, monkeypatch, 4, todo, builds=None, build_s=0.1)
+    sh, seen = _gated(tmp_path, monkeypatch, 4, todo, builds=None, build_s=0.2)
+    assert sh.errors == [] and seen["most"] == 4 and len(seen["start"]) == 6
+    sh, seen = _gated(tmp_path, monkeypatch, 4, todo, builds=2, build_s=0.2)
     assert sh.errors == [] and seen["most"] == 2 and len(seen["start"]) == 6
 
 
