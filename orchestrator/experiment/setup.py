@@ -45,6 +45,7 @@ class Setup:
     shared_clock: bool = False        # capture, worm and throttle on one kernel's clock (the netns provider)
     emulated: bool = False            # guests under QEMU's software emulation: wider tolerances
     stop: threading.Event = field(default_factory=threading.Event)
+    abort_late_s: float | None = None   # end a try at once when the throttle releases this late (it is redone)
 
     @property
     def tolerance(self) -> dict:

@@ -42,6 +42,12 @@ READY_S = 10.0             # a mechanism has this long to log its config once st
 EMULATED_SLOWDOWN = 6      # … times this on a guest under software emulation (TCG), on a loaded machine
 CAPTURE = "capture"               # the capture's service name on the sniffer
 BLOCKED = '"event":"blocked"'     # the throttle's event log, when it blocks
+DISTURBED = "disturbed"           # a try ended early: the throttle released late beyond the tolerance
+# the throttle's worst release lateness so far (t_mono − due_mono of its `released` lines, as
+# agreement.decision_jitter reads them), read where it runs: POSIX awk, the log's fixed field names
+LATE_AWK = ("""awk '/"event":"config"/ { m = 0 } /"event":"released"/ && /"due_mono":/ { t = $0; sub(/.*"t_mono":/, "", t); sub(/,.*/, "", t); """
+            """d = $0; sub(/.*"due_mono":/, "", d); sub(/[,}].*/, "", d); if (t - d > m) m = t - d } """
+            """END { printf "%.6f\\n", m + 0 }'""")
 WORM_BOUNDS = ("max_attempts", "lifetime", "targets_exhausted")   # a scanner's own ends (not killed, signal, error)
 FAIL_CLOSED_NOTE = " (it ran fail-closed: from then on its rules dropped new connections instead of passing them)"
 FAIL_OPEN_NOTE = " (it ran fail-open, as the experiment asked: from then on new connections went out unthrottled)"
@@ -281,6 +287,8 @@ class TrialRun:
             self.rec.status, self.rec.reason = wait_stop(self.st, self.watch, self.scanner, self.tlog,
                                                          self.state_dirs[self.st.infected],
                                                          self.st.exp.spec.timeout_s, quiet=self.quiet_watch())
+            if (self.rec.reason or "").startswith(DISTURBED):   # not a result: it is redone (disturb.py)
+                self.rec.extra["disturbed_early"] = self.rec.reason
         except ProcessDied as exc:
             died = exc.deaths
         self.ended = time.time()
@@ -357,13 +365,18 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
     trip to each place the stop condition reads (the infected host, the throttle's), which also says how every
     process watched there stands, and now and then one to another place in turn (orchestrator.experiment.watch); one
     that died (or a scanner stopped by anything but its own bounds) raises ProcessDied. A last look at every
-    place before returning leaves nothing between the last poll and the stop unseen."""
+    place before returning leaves nothing between the last poll and the stop unseen. With `st.abort_late_s`
+    (a try that would be redone if disturbed), the same round trip reads the throttle's worst release lateness
+    so far, and a release later than that while the worm still scans ends the try at once, its reason
+    starting with DISTURBED: it is redone then, not after its whole run (a 1/s trial takes 120 s)."""
     extra: dict[str, dict[str, str]] = {
         st.infected: {"scan": f"ls {worm_dir}/scan-*.jsonl 2>/dev/null | head -n 1 | xargs -r tail -n 1"}}
     place = st.throttle if tlog else None       # the throttle's log, read where it runs
     if tlog and place is not None:
         extra.setdefault(place.label, {})["blocked"] = (
             f"grep -q -F {shlex.quote(BLOCKED)} {shlex.quote(tlog)} && echo blocked")
+        if getattr(st, "abort_late_s", None) is not None:
+            extra[place.label]["late"] = f"{LATE_AWK} {shlex.quote(tlog)} 2>/dev/null"
     silence = _Silence(st.sniffer, *quiet) if quiet else None
     if silence:
         extra.setdefault(st.sniffer, {})["size"] = silence.script
@@ -386,23 +399,48 @@ def wait_stop(st: Setup, watch: Watch, scanner: Watched, tlog: str | None, worm_
             return done("ok", "blocked")
         if silence and silence.quiet(out):
             return done("ok", f"the wire was quiet for {silence.quiet_s:g} s")
-        last = out.get(st.infected, {}).get("scan", "")
-        if last:
-            try:
-                ev = json.loads(last)
-            except ValueError:
-                ev = {}
-            if ev.get("event") == "stop":
-                why = ev.get("reason")
-                if why not in WORM_BOUNDS:
-                    d = Death(scanner, None, "mid-trial", how=f"stopped with reason '{why}'"
-                              + (f" ({ev['error']})" if ev.get("error") else "") + ", not at its own bounds")
-                    watch.tails([d])
-                    raise ProcessDied([d])
-                return done("ok", f"worm stopped: {why}")
+        if (why := _worm_end(out.get(st.infected, {}).get("scan", ""), scanner, watch)) is not None:
+            return done("ok", f"worm stopped: {why}")
+        if (late := _disturbed(out, place, getattr(st, "abort_late_s", None))) is not None:
+            return done("ok", late)
         if time.monotonic() > deadline:
             return done("timeout", f"not blocked within {timeout:g} s" if tlog else f"still scanning after {timeout:g} s")
         time.sleep(POLL_S)
+
+
+def _worm_end(last: str, scanner: Watched, watch: Watch) -> str | None:
+    """The reason the worm's scanner stopped at its own bounds, from its log's last line (None: it scans);
+    stopped for anything else, it died mid-trial (ProcessDied)."""
+    if not last:
+        return None
+    try:
+        ev = json.loads(last)
+    except ValueError:
+        return None
+    if ev.get("event") != "stop":
+        return None
+    why = ev.get("reason")
+    if why not in WORM_BOUNDS:
+        d = Death(scanner, None, "mid-trial", how=f"stopped with reason '{why}'"
+                  + (f" ({ev['error']})" if ev.get("error") else "") + ", not at its own bounds")
+        watch.tails([d])
+        raise ProcessDied([d])
+    return str(why)
+
+
+def _disturbed(out: dict[str, dict[str, str]], place, abort_late_s: float | None) -> str | None:
+    """The reason to end a try at once: the throttle's worst release lateness so far (LATE_AWK, this poll's
+    answer) beyond `abort_late_s`. None when it is not, or was not read."""
+    if place is None or abort_late_s is None:
+        return None
+    try:
+        late = float(out.get(place.label, {}).get("late", "").strip())
+    except ValueError:
+        return None
+    if late <= abort_late_s:
+        return None
+    return (f"{DISTURBED}: the throttle released {late * 1000:.1f} ms late while the worm scanned "
+            f"(tolerance {abort_late_s * 1000:.0f} ms); ended at once, to be redone")
 
 
 class _Silence:

@@ -3,6 +3,7 @@ against the agreement's tolerance, and a disturbed trial redone a bounded number
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -99,3 +100,60 @@ def test_a_discarded_trys_files_are_set_aside_for_a_look_afterwards(tmp_path):
     assert rec.extra["redone"][0]["files"] == {"throttle_log": "trials/tcp-r5-1/redone-1/throttle.jsonl"}
     assert (tmp_path / "trials/tcp-r5-1/redone-1/throttle.jsonl").read_text() == "try 0\n"
     assert (tmp_path / "trials/tcp-r5-1/throttle.jsonl").read_text() == "try 1\n"      # the kept try's own
+
+
+def _worm(first=100.0, n=21):
+    return disturb.worm_lateness([f'{{"event":"attempt","t_mono":{first + i},"due_mono":{first + i}}}'
+                                  for i in range(n)])
+
+
+def test_a_release_due_after_the_worms_last_attempt_is_not_judged_on_one_clock():
+    # tcp-r1-1 of the paper sweep: its worm's attempts spanned 121.0 s, the release 31 ms late was due at 122.035 s
+    rel = disturb.release_lateness(['{"event":"released","t_mono":105.004,"due_mono":105.0}',
+                                    '{"event":"released","t_mono":121.066,"due_mono":121.035}'])
+    worm = _worm()                                                     # attempts at 100 … 120
+    j = disturb.judge(_rec(0.031).to_dict(), worm, 0.02, rel, window=True)
+    assert j["disturbed"] is False and j["release_late_max_s"] == pytest.approx(0.004)
+    assert j["release_late_max_all_s"] == 0.031 and j["release_late_at_s"] == 21.035
+    # not on one clock (the worm's and the throttle's times cannot be set side by side): every release counts
+    assert disturb.judge(_rec(0.031).to_dict(), worm, 0.02, rel)["disturbed"] is True
+
+
+def test_a_release_due_at_or_just_after_the_last_attempt_is_still_judged():
+    rel = disturb.release_lateness(['{"event":"released","t_mono":120.038,"due_mono":120.005}'])
+    j = disturb.judge(_rec(0.033).to_dict(), _worm(), 0.02, rel, window=True)
+    assert j["disturbed"] is True and j["reasons"] == ["the throttle released 33.0 ms late (tolerance 20 ms)"]
+
+
+@dataclasses.dataclass
+class _DSt:
+    run: RunDir
+    tolerance: dict = dataclasses.field(default_factory=lambda: {"stop_abs_s": 0.02})
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    abort_late_s: float | None = None
+    shared_clock: bool = True
+
+
+def test_every_try_but_the_last_may_end_early_and_one_that_did_is_never_kept(tmp_path):
+    seen = []
+
+    def run(st, t):
+        seen.append(st.abort_late_s)
+        r = _rec(0.001)                        # its logs look fine: what it saw before it ended early did not
+        if st.abort_late_s is not None:
+            r.extra["disturbed_early"] = "disturbed: the throttle released 40.0 ms late while the worm scanned"
+        return r
+    rec = disturb.judged_trial(_DSt(RunDir(tmp_path)), TrialSpec(0, "tcp", 1.0, 1), run)
+    assert seen == [0.02, 0.02, None]                  # the last try runs to its end, and is the one kept
+    assert [r["reasons"][0] for r in rec.extra["redone"]] == \
+        ["disturbed: the throttle released 40.0 ms late while the worm scanned"] * 2
+    assert rec.extra["timing"]["disturbed"] is False and "disturbed_early" not in rec.extra
+
+
+def test_a_try_that_ended_early_on_its_last_chance_stays_flagged(tmp_path):
+    def run(st, t):
+        r = _rec(0.001)
+        r.extra["disturbed_early"] = "disturbed: …"    # (it cannot: the last try is not asked to; if it did)
+        return r
+    rec = disturb.judged_trial(_DSt(RunDir(tmp_path)), TrialSpec(0, "tcp", 1.0, 1), run, redos=0)
+    assert rec.extra["timing"]["disturbed"] is True and rec.extra["timing"]["reasons"] == ["disturbed: …"]

@@ -242,3 +242,39 @@ def test_stop_all_stops_the_worm_first_and_reports_what_had_died(places, tmp_pat
     order = places["blade"].stopped
     assert order[-1] == ("blade", "throttle") and ("sniffer", "capture") not in order    # the capture: its own stop
     assert sorted(order[:-1]) == sorted((n, "worm-server") for n in places)
+
+
+def _released(due: float, late: float) -> str:
+    return (f'{{"event":"released","t_mono":{due + late!r},"t_wall":1.0,"src":"198.18.8.2","dst":"198.18.9.1",'
+            f'"sport":1,"dport":8080,"proto":"tcp","queue_len":0,"reason":"head","due_mono":{due!r}}}\n')
+
+
+def test_wait_stop_ends_a_try_at_once_when_the_throttle_releases_late_while_the_worm_scans(places, tmp_path,
+                                                                                             monkeypatch):
+    monkeypatch.setattr("orchestrator.experiment.trial.POLL_S", 0.01)
+    d = scan_dir(tmp_path, {"event": "start"})
+    tlog = tmp_path / "throttle.jsonl"
+    tlog.write_text('{"event":"config"}\n' + _released(50.0, 0.004) + _released(51.0, 0.0431) + _released(52.0, 0.001))
+    w = watch_of(places)
+    st = setup_for(places, tmp_path)
+    st.abort_late_s = 0.02
+    assert wait_stop(st, w, scanner_of(w, d), str(tlog), str(d), 5) == (
+        "ok", "disturbed: the throttle released 43.1 ms late while the worm scanned (tolerance 20 ms); "
+              "ended at once, to be redone")
+    st.abort_late_s = 0.05                                          # within it: the try goes on to its end
+    assert wait_stop(st, w, scanner_of(w, d), str(tlog), str(d), 0.1) == ("timeout", "not blocked within 0.1 s")
+    del st.abort_late_s                                             # the last try: its lateness is not read
+    places["blade"].scripts.clear()
+    assert wait_stop(st, w, scanner_of(w, d), str(tlog), str(d), 0.05)[0] == "timeout"
+    assert not any("awk" in s for s in places["blade"].scripts)
+
+
+def test_wait_stop_a_late_release_after_the_worm_stopped_does_not_end_it_early(places, tmp_path, monkeypatch):
+    monkeypatch.setattr("orchestrator.experiment.trial.POLL_S", 0.01)
+    d = scan_dir(tmp_path, {"event": "start"}, {"event": "stop", "reason": "lifetime"})
+    tlog = tmp_path / "throttle.jsonl"
+    tlog.write_text(_released(51.0, 0.2))
+    w = watch_of(places)
+    st = setup_for(places, tmp_path)
+    st.abort_late_s = 0.02
+    assert wait_stop(st, w, scanner_of(w, d), str(tlog), str(d), 5) == ("ok", "worm stopped: lifetime")
