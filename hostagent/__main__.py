@@ -30,6 +30,9 @@ def record_path(name: str) -> Path:
     return prefix() / "run" / "svc" / f"{name}.json"
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}   # what `stop --signal` may send
+
+
 def start_time(pid: int) -> int | None:
     """Kernel start time of a live process; None if absent or a zombie."""
     try:
@@ -92,8 +95,15 @@ def cmd_start(a) -> int:
         nul = os.open(os.devnull, os.O_RDWR)       # let go of the caller's stdio (an SSH channel)
         for fd in (0, 1, 2):
             os.dup2(nul, fd)
+        # a stop's signal may come before the service's exec: blocked across the fork, it stays pending until the
+        # child has the default dispositions a service expects (not Python's SIGINT handler, which would swallow
+        # it and lose it at the exec; nor its ignored SIGPIPE/SIGXFSZ, which an exec keeps), then acts on it
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         child = os.fork()
         if child == 0:
+            for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             os.close(w)
             fd = os.open(str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             nul = os.open(os.devnull, os.O_RDONLY)
@@ -107,6 +117,7 @@ def cmd_start(a) -> int:
             except OSError as exc:
                 os.write(2, f"hostagent: cannot start {argv[0]}: {exc.strerror}\n".encode())
                 os._exit(127)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.write(w, f"{child}\n".encode())
         os.close(w)
         _, status = os.waitpid(child, 0)           # remember how it ended, for `wait` and `stop`

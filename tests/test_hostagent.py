@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,23 @@ def test_start_status_stop_with_env_and_log(agent):
     assert (prefix / "log" / "svc.log").read_text() == "hello\n"
     code, rep = call("stop", "svc")
     assert code == 3 and rep["running"] is False
+
+
+def test_a_service_starts_with_the_signal_dispositions_it_expects(agent):
+    """Not the agent's: Python ignores SIGPIPE and SIGXFSZ (an exec keeps what is ignored) and catches SIGINT
+    (a SIGINT that came between the fork and the exec was swallowed by that handler and lost, and the service
+    outlived `stop --signal INT`: seen under load); nothing blocked."""
+    call, prefix = agent
+    code, _ = call("start", "dispositions", "--", "cat", "/proc/self/status")
+    assert code in (0, 1)                # cat may be done before start looks (exit 0 at once is a failure)
+    code, rep = call("wait", "dispositions", "--timeout", "5")
+    assert code == 0 and rep["exit"] == 0
+    status = dict(line.split(":\t", 1) for line in (prefix / "log" / "dispositions.log").read_text().splitlines()
+                  if ":\t" in line)
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
+    assert blocked == 0, status["SigBlk"]
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), (sig.name, status["SigIgn"])
 
 
 def test_wait_reports_the_exit_status(agent):
