@@ -186,17 +186,18 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         assert abs(m["out_before_block"] - wt["model"]["out_before_block"]) <= 1, wt
         assert abs(m["answer_clock_offset_s"]) < 30
 
-        # mechanisms side by side on VMs (issue 15): the reference throttle and the kernel's rate limit in the
-        # blade, each judged from the wire beside its own model (TRW on VMs: see docs/mechanisms-in-experiments.md)
+        # mechanisms side by side on VMs (issue 15): the reference throttle, the kernel's rate limit and TRW in
+        # the blade, each judged from the wire beside its own model (docs/mechanisms-in-experiments.md, On VMs)
         exp.write_text(json.dumps({
             "experiment": "vm-mechanisms", "lab": str(lab_file), "rates": [20], "timeout_s": 60, "quiet_s": 5,
             "worm": {"scan": "198.18.9.0/24", "protocols": ["tcp"], "lifetime_s": 20},
             "mechanisms": [{"name": "williamson", "placement": "host"},
-                           {"name": "rate-limit", "placement": "host", "params": {"new_per_s": 2, "burst": 5}}]}))
+                           {"name": "rate-limit", "placement": "host", "params": {"new_per_s": 2, "burst": 5}},
+                           {"name": "trw", "placement": "host"}]}))
         tb(env, "run", str(exp), "--out", str(tmp_path / "mech"), "--index", str(tmp_path / "i.sqlite"),
            timeout=1200)
         mt = {t["mechanism"]: t for t in RunDir(tmp_path / "mech").trials()}
-        assert sorted(mt) == ["rate-limit", "williamson"]
+        assert sorted(mt) == ["rate-limit", "trw", "williamson"]
         for t in mt.values():
             assert t["status"] == "ok" and t["agreement"]["ok"], json.dumps({k: t.get(k) for k in (
                 "trial", "status", "reason", "measured", "model", "agreement")}, default=str)
@@ -204,6 +205,9 @@ def test_vm_lab_up_check_ssh_exec_run_power_down(env, tmp_path):
         rl = mt["rate-limit"]
         assert abs(rl["measured"]["wire_rate"] - 2.0) <= 0.2, rl["measured"]       # 10 % of new_per_s, on the wire
         assert rl["measured"]["wire_attempts"] < rl["measured"]["attempts"], rl["measured"]   # the rest were held
+        tw = mt["trw"]        # tied to the guest's clock by its own passed SYNs, within the answer-time window
+        assert tw["measured"]["contained"] and tw["measured"]["capture_clock_matches"] >= 4, tw["measured"]
+        print("\ntrw on VMs:", json.dumps({k: tw[k] for k in ("measured", "model", "agreement")}, default=str))
 
         off = tb(env, "power", name, "injector", "off")
         assert "on -> off" in off.stdout
