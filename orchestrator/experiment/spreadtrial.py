@@ -25,37 +25,23 @@ from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.spread import GATEWAY
 from orchestrator.experiment.spreadrun import SpreadSetup, agreement, prediction
-from orchestrator.experiment.trial import guarded, stop_all
+from orchestrator.experiment.trial import guarded, stop_all, wait_ready
 from orchestrator.experiment.watch import Death, Watch, logged_child, service, stop_verdict
 from orchestrator.lab.fanout import MAX_FANOUT, parallel
 from orchestrator.lab.programs import HostPlace, quote
 
 POLL_S = 0.5
 PENDING_PER_POLL = MAX_FANOUT     # hosts not yet infected asked per poll (in turn, in a larger lab)
-READY_S = 10.0
 # Under software emulation (TCG) every poll is an SSH command that costs each guest's one vCPU a good share of a
 # second: polled as on namespaces, four VM blades took 4.5-15 s to start a scanner and a daemon missed its
 # minute. On emulated guests the orchestrator polls this many times less often (it decides only when to stop,
 # and when a daemon is ready; every figure comes from the logs and the capture).
 EMULATED_POLL = 4
-EMULATED_READY = 6        # … and gives a daemon this many times READY_S to log its config
 SERVICE = "throttle"
 
 
 def poll_s(emulated: bool, base: float = POLL_S) -> float:
     return base * (EMULATED_POLL if emulated else 1)
-
-
-def wait_ready(place: Any, log: str, what: str, emulated: bool, *, clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> None:
-    """Until `log` on `place` holds the daemon's config event; TestbedError naming `what` and the wait if not."""
-    ready_s = READY_S * (EMULATED_READY if emulated else 1)
-    deadline = clock() + ready_s
-    while not place.contains(log, '"event":"config"'):
-        if clock() > deadline:
-            raise TestbedError(f"{what} did not come up within {ready_s:g} s" + (" (an emulated guest)"
-                                                                                   if emulated else ""))
-        sleep(0.5 if emulated else 0.05)
 
 
 def with_generations(argv: list[str], bound: int) -> list[str]:

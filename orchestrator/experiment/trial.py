@@ -229,13 +229,8 @@ class TrialRun:
                                note=FAIL_OPEN_NOTE if m.fail_open else FAIL_CLOSED_NOTE))
         if not self.tlog:
             return
-        ready_s = READY_S * (EMULATED_SLOWDOWN if st.emulated else 1)
-        deadline = time.monotonic() + ready_s     # ready once its rules are in: it logs its config then
-        while not place.contains(self.tlog, '"event":"config"'):
-            if time.monotonic() > deadline:
-                raise TestbedError(f"{'the throttle' if st.throttled else m.name} on {place.label} did not come "
-                                   f"up within {ready_s:g} s" + (" (an emulated guest)" if st.emulated else ""))
-            time.sleep(0.05)
+        # ready once its rules are in: it logs its config then
+        wait_ready(place, self.tlog, f"{'the throttle' if st.throttled else m.name} on {place.label}", st.emulated)
 
     def stop_mechanism(self, check: bool = True) -> None:
         """Rules without a daemon (and a user's mechanism) are removed after every trial, a failed one too."""
@@ -461,6 +456,20 @@ class _Silence:
             self.size, self.grew = size, time.monotonic()
             return False
         return time.monotonic() - self.grew >= self.quiet_s
+
+
+def wait_ready(place: Any, log: str, what: str, emulated: bool, *, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Until `log` on `place` holds the daemon's config event (READY_S, × EMULATED_SLOWDOWN on an emulated
+    guest, which is also asked less often: each look costs its one vCPU); TestbedError naming `what` and the
+    wait if not."""
+    ready_s = READY_S * (EMULATED_SLOWDOWN if emulated else 1)
+    deadline = clock() + ready_s
+    while not place.contains(log, '"event":"config"'):
+        if clock() > deadline:
+            raise TestbedError(f"{what} did not come up within {ready_s:g} s" + (" (an emulated guest)"
+                                                                                   if emulated else ""))
+        sleep(0.5 if emulated else 0.05)
 
 
 def stop_all(watch: Watch, known: Sequence[Death] = ()) -> list[Death]:

@@ -109,7 +109,8 @@ def test_an_emulated_guest_is_polled_gently_and_a_late_daemon_named_with_its_wai
     import pytest
 
     from orchestrator.errors import TestbedError
-    from orchestrator.experiment.spreadtrial import poll_s, wait_ready
+    from orchestrator.experiment.spreadtrial import poll_s
+    from orchestrator.experiment.trial import wait_ready
 
     assert (poll_s(False), poll_s(True)) == (0.5, 2.0)
     now, naps = [0.0], []
