@@ -116,3 +116,52 @@ def test_real_capture_on_the_mirror_port(tmp_path, monkeypatch):
             assert len(out.split()) == 40
     finally:
         lifecycle.down_all(store=store)
+
+
+class FakeAccess:
+    """The canary's sender and the file check: the file holds the tokens of the datagrams that arrive."""
+
+    def __init__(self, arrives: bool):
+        self.arrives, self.file, self.sent = arrives, set(), []
+
+    def run(self, host, argv, timeout=None, check=False):
+        from orchestrator.localrun import Result
+        if "sendto" in argv[2]:
+            self.sent.append((host, argv[3], argv[5]))
+            if self.arrives:
+                self.file.add(argv[5])
+            return Result(tuple(argv), 0)
+        return Result(tuple(argv), 0 if argv[-1] in self.file else 1)
+
+
+def live_capture(log: str, arrives: bool) -> tuple[Capture, FakeAccess]:
+    hosts = FakeHosts(log)
+    hosts.access = FakeAccess(arrives)
+    cap = Capture(hosts, segment="experimental.blades", name="t")
+    cap.canary = {"src": "injector", "dst": "198.18.9.1", "port": 9, "token": "wt-canary-t", "sent": 1,
+                  "seen_after_s": 0.1}
+    return cap, hosts.access
+
+
+ONE_LATE = "1226 packets captured\n1227 packets received by filter\n0 packets dropped by kernel\n"
+
+
+def test_a_packet_received_after_the_end_canary_is_counted_not_an_error():
+    # a TCG sniffer received one packet after tcpdump's last read: the end canary in the file shows every
+    # packet before it was written, so the unwritten one came after the trial
+    cap, acc = live_capture(ONE_LATE, arrives=True)
+    stats = cap.stop()
+    assert stats.problem() is None and stats.unwritten_after_end == 1 and stats.end_seen_s is not None
+    assert acc.sent[0][:2] == ("injector", "198.18.9.1") and acc.sent[0][2].startswith("wt-end-t-")
+    assert cap.canary["end"]["sent"] == 1 and stats.to_dict()["unwritten_after_end"] == 1
+
+
+def test_received_but_unwritten_without_the_end_canary_fails_loudly():
+    cap, acc = live_capture(ONE_LATE, arrives=False)
+    with pytest.raises(CaptureError, match="wrote 1226 of 1227 packets it received, and no end canary marked"):
+        cap.stop(check=True)
+    assert len(acc.sent) >= 2 and cap.canary["end"]["seen_after_s"] is None
+    # a capture that never went live sends no end canary at all
+    cap2, acc2 = live_capture(ONE_LATE, arrives=True)
+    del cap2.canary["seen_after_s"]
+    assert cap2.stop(check=False).problem().startswith("the capture on sniffer wrote 1226 of 1227") and acc2.sent == []
