@@ -323,6 +323,10 @@ LIBVIRT_CHAINS = [("filter", "LIBVIRT_INP", ["INPUT"]), ("filter", "LIBVIRT_OUT"
                   ("filter", "LIBVIRT_FWX", ["FORWARD"]), ("nat", "LIBVIRT_PRT", ["POSTROUTING"]),
                   ("mangle", "LIBVIRT_PRT", ["POSTROUTING"])]
 IPT = ("iptables", "ip6tables")
+# On the hypervisor, in /run (gone at a reboot, as the chains are): the testbed made the chains there. Any lab
+# of ours taken down last (no libvirt network left active) removes them, not only the lab that made them: with
+# parallel lab instances, the one that made them is often not the last one down.
+CHAINS_MARK = "/run/worm-testbed-libvirt-chains"
 
 
 def chains_present(hv: Hypervisor) -> bool:
@@ -339,24 +343,36 @@ def ensure_chains(hv: Hypervisor) -> bool:
             hv.run([tool, "-w", "5", "-t", table, "-N", chain], timeout=15)
             for parent in parents:
                 hv.run([tool, "-w", "5", "-t", table, "-I", parent, "1", "-j", chain], timeout=15)
+    hv.run(["sh", "-c", f"echo made by worm-testbed > {CHAINS_MARK}"], timeout=15)
     return True
 
 
+def chains_ours(hv: Hypervisor) -> bool:
+    """Did the testbed make libvirt's chains on this hypervisor (since its last boot)?"""
+    return hv.run(["test", "-e", CHAINS_MARK], timeout=15).ok
+
+
 def remove_empty_chains(hv: Hypervisor) -> list[str]:
-    """Remove libvirt's LIBVIRT_* chains where they are empty (only jumps to them remain)."""
-    removed = []
+    """Remove libvirt's LIBVIRT_* chains where they are empty (only jumps to them remain); the testbed's mark
+    goes with the last of them."""
+    removed, left = [], False
     for tool in IPT:
         for table, chain, parents in LIBVIRT_CHAINS:
             r = hv.run([tool, "-w", "5", "-t", table, "-S", chain], timeout=15)
             if not r.ok:
                 continue
             if [ln for ln in r.stdout.splitlines() if not ln.startswith("-N ")]:
-                continue                                    # still in use: leave it
+                left = True                                 # still in use: leave it
+                continue
             for parent in parents:
                 while hv.run([tool, "-w", "5", "-t", table, "-D", parent, "-j", chain], timeout=15).ok:
                     pass
             if hv.run([tool, "-w", "5", "-t", table, "-X", chain], timeout=15).ok:
                 removed.append(f"{tool}:{table}/{chain}")
+            else:
+                left = True
+    if not left:
+        hv.run(["rm", "-f", CHAINS_MARK], timeout=15)
     return removed
 
 

@@ -337,7 +337,7 @@ class LibvirtProvider(GuestHosts):
             progress("admin server", 4, 6)
             if not sim:
                 sweep.removed += remove_host_side(hv, rec, sweep.failed)
-                if rec.owns("chains") or (self.store.root / "libvirt-chains").exists():
+                if rec.owns("chains") or hypervisor.chains_ours(hv):
                     active = [n for n in conn.listAllNetworks(0) if n.isActive()]
                     if not active:
                         sweep.removed += [Resource("chain", c, True) for c in hypervisor.remove_empty_chains(hv)]
