@@ -294,6 +294,26 @@ def test_unreachable_admin_server_is_broken_not_a_leak(lab):
     assert [(f.check, f.host, f.kind) for f in rep.problems] == [("connectivity", "target2", "broken")]
 
 
+def test_the_admin_server_is_probed_once_and_a_timeout_is_one_finding(lab):
+    # the admin LAN's sample holds the admin server already: one probe says it is the admin server (it was
+    # probed twice, and one timeout at 1,000 hosts was listed as two findings)
+    plans = audit.plan(lab, UPLINKS)
+    admin_ip = lab.host("admin-server").ip("admin")
+    for h in lab.hosts:
+        addrs = [p["addr"] for p in plans[h.name]["probes"]]
+        assert len(addrs) == len(set(addrs)), (h.name, addrs)
+        if h.name != "admin-server" and h.on("admin"):
+            (mine,) = [p for p in plans[h.name]["probes"] if p.get("purpose") == "admin-server"]
+            assert mine["addr"] == admin_ip and mine["expect"] == "reachable"
+    obs = clean_observation(lab)
+    obs["blade"]["probes"] += [dict(p) for p in obs["blade"]["probes"] if p.get("purpose") == "admin-server"]
+    for p in obs["blade"]["probes"]:
+        if p.get("purpose") == "admin-server":
+            p["result"], p["detail"] = "unreachable", "timeout"
+    assert failing(audit.evaluate(lab, obs)) == [
+        ("connectivity", "blade", f"cannot reach admin address {admin_ip} (timeout)")]
+
+
 def test_a_host_that_cannot_be_probed_is_reported(lab):
     obs = clean_observation(lab)
     obs["blade"] = {"error": "python3: command not found"}
