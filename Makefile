@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup-vm
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: venv
 	$(PY) -m pytest -q -m 'not slow'
