@@ -2,16 +2,9 @@
 
 Started with a bounded snap length, a large kernel buffer and immediate mode (without it, packets still in
 libpcap's ring when tcpdump is told to stop are counted as received but never written); not trusted until a
-canary datagram sent on the same segment is seen in the file; closed by an end canary seen in the file, then
-stopped with SIGINT so the file is complete; tcpdump's own counts (captured, received by filter, dropped by
-kernel) are returned, and a capture that cannot be trusted — it dropped packets, printed no statistics (it
-died), had to be killed, or received more than it wrote before anything marked the end — is an error.
-
-Why the end canary: tcpdump counts a packet as received when the kernel puts it in the ring, and a packet that
-arrives between tcpdump's last read and SIGINT is counted but never written (seen on a TCG sniffer: 1,226 of
-1,227). The ring is read in order, so once the end canary is in the file every packet before it is too, and
-the ones received but unwritten came after the end of the trial: they are counted (`unwritten_after_end`),
-not an error.
+canary datagram sent on the same segment is seen in the file; stopped with SIGINT so the file is complete;
+tcpdump's own counts (captured, received by filter, dropped by kernel) are returned, and a capture that cannot
+be trusted — it dropped packets, printed no statistics (it died), or had to be killed — is an error.
 """
 
 from __future__ import annotations
@@ -49,17 +42,9 @@ class CaptureStats:
     duration_s: float
     sniffer: str = ""
     forced: bool = False          # tcpdump did not stop on SIGINT and was killed
-    end_seen_s: float | None = None   # when the end canary was in the file (s after the start), None if never
-
-    @property
-    def unwritten_after_end(self) -> int:
-        """Packets tcpdump received after the end canary and never wrote (harmless: after the trial)."""
-        if self.end_seen_s is None or self.captured < 0:
-            return 0
-        return max(0, self.received - self.captured)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "unwritten_after_end": self.unwritten_after_end}
+        return asdict(self)
 
     def problem(self) -> str | None:
         """Why this capture's figures cannot be trusted, or None."""
@@ -70,9 +55,8 @@ class CaptureStats:
         if self.dropped > 0 or self.if_dropped > 0:
             return (f"the capture on {self.sniffer}:{self.interface} lost packets: {self.dropped} dropped by the "
                     f"kernel, {self.if_dropped} by the interface, of {self.received} received")
-        if self.received > self.captured and self.end_seen_s is None:
-            return (f"the capture on {self.sniffer} wrote {self.captured} of {self.received} packets it received, "
-                    f"and no end canary marked where the file is complete")
+        if self.received > self.captured:
+            return f"the capture on {self.sniffer} wrote {self.captured} of {self.received} packets it received"
         return None
 
 
@@ -110,7 +94,6 @@ class Capture:
         self.canary: dict = {}
         self.stop_report: dict = {}       # the host agent's answer to the stop (did tcpdump end before it?)
         self._started = 0.0
-        self._last: dict = {}
 
     def start(self, canary_from: str, canary_to: str, timeout: float = 10.0) -> None:
         """Start tcpdump and return once a canary sent from `canary_from` to `canary_to` is in the file."""
@@ -130,52 +113,26 @@ class Capture:
         token = f"wt-canary-{self.name}-{secrets.token_hex(4)}"
         self.canary = {"src": self.hosts.lab.host(canary_from).name, "dst": canary_to, "port": CANARY_PORT,
                        "token": token, "sent": 0}
-        sent = self._send_until_seen(token, deadline)
-        self.canary["sent"] = sent
-        if "seen" in self._last:
-            self.canary["seen_after_s"] = self._last["seen"]
-            return
-        self.stop(check=False, mark_end=False)
-        raise CaptureError(f"the capture on {self.sniffer}:{self.interface} is not live: "
-                           f"{sent} canary datagrams from {canary_from} never arrived")
-
-    def _send_until_seen(self, token: str, deadline: float) -> int:
-        """Send the canary datagram `token` (from the canary's source) until it is in the file or `deadline`;
-        how many were sent. `self._last["seen"]`: seconds after the start when it was seen."""
-        self._last = {}
-        sent = 0
         while time.monotonic() < deadline:
-            self.hosts.access.run(self.canary["src"], ["python3", "-c", _SEND, self.canary["dst"],
-                                                       str(CANARY_PORT), token], timeout=10, check=True)
-            sent += 1
+            self.hosts.access.run(canary_from, ["python3", "-c", _SEND, canary_to, str(CANARY_PORT), token],
+                                  timeout=10, check=True)
+            self.canary["sent"] += 1
             time.sleep(0.05)
             if self.hosts.access.run(self.sniffer, ["python3", "-c", _FIND, self.file, token], timeout=10).ok:
-                self._last["seen"] = round(time.monotonic() - self._started, 3)
-                break
-        return sent
+                self.canary["seen_after_s"] = round(time.monotonic() - self._started, 3)
+                return
+        self.stop(check=False)
+        raise CaptureError(f"the capture on {self.sniffer}:{self.interface} is not live: "
+                           f"{self.canary['sent']} canary datagrams from {canary_from} never arrived")
 
-    def mark_end(self, timeout: float = 5.0) -> float | None:
-        """Send the end canary and wait for it in the file: everything before it is then written. Seconds
-        after the start when it was seen, or None (never live, or not seen in `timeout`)."""
-        if "seen_after_s" not in self.canary:
-            return None
-        token = f"wt-end-{self.name}-{secrets.token_hex(4)}"
-        try:
-            sent = self._send_until_seen(token, time.monotonic() + timeout)
-        except AccessError:
-            return None
-        self.canary["end"] = {"token": token, "sent": sent, "seen_after_s": self._last.get("seen")}
-        return self._last.get("seen")
-
-    def stop(self, *, check: bool = True, mark_end: bool = True) -> CaptureStats:
-        """The end canary (`mark_end`), SIGINT, wait for tcpdump to finish its file, read its counts; with
-        `check`, CaptureError when they cannot be trusted (`CaptureStats.problem`)."""
-        end_seen = self.mark_end() if mark_end else None
+    def stop(self, *, check: bool = True) -> CaptureStats:
+        """SIGINT, wait for tcpdump to finish its file, read its counts; with `check`, CaptureError when they
+        cannot be trusted (`CaptureStats.problem`)."""
         rep = self.stop_report = self.hosts.stop(self.sniffer, self.name, signal="INT", timeout=15)
         counts = parse_counts(self.hosts.read(self.sniffer, self.log))
         stats = CaptureStats(self.file, self.interface, counts["captured"], counts["received"], counts["dropped"],
                              counts["if_dropped"], self.canary, round(time.monotonic() - self._started, 3),
-                             sniffer=self.sniffer, forced=bool(rep.get("forced")), end_seen_s=end_seen)
+                             sniffer=self.sniffer, forced=bool(rep.get("forced")))
         if check and (problem := stats.problem()):
             raise CaptureError(problem)
         return stats
