@@ -65,6 +65,5 @@ def test_chains_are_made_with_the_mark_and_removed_with_it_once_empty():
 
 def test_chains_libvirt_made_are_not_marked_ours():
     hv = FakeHv()
-    for _tool, table, chain in [("iptables", "filter", "LIBVIRT_INP")]:
-        hv.chains[("iptables", table, chain)] = []
+    hv.chains[("iptables", "filter", "LIBVIRT_INP")] = []          # made by libvirt itself, not by us
     assert hvmod.chains_present(hv) and hvmod.ensure_chains(hv) is False and not hvmod.chains_ours(hv)
