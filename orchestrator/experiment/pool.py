@@ -138,8 +138,9 @@ def sweep_parallel(exp: Experiment, k: int, todo: list[TrialSpec], *, session: S
     gate = threading.Semaphore(builds or max(1, k))
 
     def worker(i: int) -> None:
-        iexp = instance(exp, i)
+        name = instance_name(exp.lab.name, i)
         try:
+            iexp = instance(exp, i)     # inside: a lab that cannot be loaded is a lost instance, with its record
             with ExitStack() as stack:
                 with gate:                       # built and provisioned a few at a time; then on to the queue
                     if stop.is_set() or not sh.queue:    # nothing left for it: not built
@@ -163,7 +164,7 @@ def sweep_parallel(exp: Experiment, k: int, todo: list[TrialSpec], *, session: S
         except BaseException as exc:     # this instance is lost; the others go on with the queue
             with sh.lock:
                 sh.errors.append(exc)
-                sh.lost[iexp.lab.name] = exc
+                sh.lost[name] = exc
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"lab-{i}", daemon=True)
                for i in range(1, max(1, min(k, len(todo))) + 1)]

@@ -148,13 +148,18 @@ class _Setup:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
-def _pool(tmp_path, monkeypatch, k, todo, late=lambda t, n: 0.001, lost=()):
+def _pool(tmp_path, monkeypatch, k, todo, late=lambda t, n: 0.001, lost=(), unloadable=()):
     """pool.sweep_parallel on stand-ins (instance i is lab `lab`, `lab-2`, …): `late(t, n)` is the throttle's
-    release lateness of try n of trial t."""
+    release lateness of try n of trial t; `lost` cannot be built, `unloadable` not even loaded."""
     seen: dict = {"order": [], "on": {}, "recorded": [], "tries": {}}
     lock = threading.Lock()
-    monkeypatch.setattr(pool, "instance", lambda exp, i: SimpleNamespace(lab=SimpleNamespace(
-        name=pool.instance_name(exp.lab.name, i))))
+
+    def instance(exp, i):
+        name = pool.instance_name(exp.lab.name, i)
+        if name in unloadable:
+            raise ExperimentError(f"lab {name}: its lab file cannot be loaded")
+        return SimpleNamespace(lab=SimpleNamespace(name=name))
+    monkeypatch.setattr(pool, "instance", instance)
 
     @contextmanager
     def session(exp, store, *, keep=False, console=None):
@@ -211,6 +216,14 @@ def test_the_instances_left_finish_the_queue_when_one_is_lost(tmp_path, monkeypa
     sh, seen = _pool(tmp_path, monkeypatch, 3, todo, lost={"lab-2"})
     assert [str(e) for e in sh.errors] == ["lab lab-2 cannot be built"]
     assert sorted(seen["order"]) == sorted(t.id for t in todo) and set(seen["on"]) == {"lab", "lab-3"}
+
+
+def test_an_instance_whose_lab_cannot_be_loaded_is_lost_with_its_error_not_silently(tmp_path, monkeypatch):
+    todo = [TrialSpec(i, "tcp", r, 1) for i, r in enumerate([5, 10, 20])]
+    sh, seen = _pool(tmp_path, monkeypatch, 2, todo, unloadable={"lab-2"})
+    assert [str(e) for e in sh.errors] == ["lab lab-2: its lab file cannot be loaded"]
+    assert list(sh.lost) == ["lab-2"] and sh.ready == ["lab"]
+    assert sorted(seen["order"]) == sorted(t.id for t in todo) and set(seen["on"]) == {"lab"}
 
 
 # ---------------------------------------------------------------- the option
