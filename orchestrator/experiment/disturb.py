@@ -172,7 +172,7 @@ def judged_trial(st: Setup, t: TrialSpec, run: Callable[[Setup, TrialSpec], Tria
         s = meter.start()
         # a try that may still be redone ends as soon as the throttle shows it late (trial.wait_stop); the
         # last one runs to its end whatever happens, and is kept, flagged if need be
-        rec = run(dataclasses.replace(st, abort_late_s=tol) if len(before) < redos and _abortable(st) else st, t)
+        rec = run(dataclasses.replace(st, abort_late_s=tol) if len(before) < redos else st, t)
         if rec.status == "interrupted":
             return rec
         rec.extra["load"] = meter.stop(s)
@@ -193,11 +193,6 @@ def judged_trial(st: Setup, t: TrialSpec, run: Callable[[Setup, TrialSpec], Tria
                        "timing": {k: timing.get(k) for k in ("release_late_at_s", "worm_span_s", "late_releases")
                                   if k in timing}}
                       | _set_aside(st, rec, len(before) + 1))
-
-
-def _abortable(st: Setup) -> bool:
-    """Can a try on this setup end early when disturbed? A real Setup (a dataclass with the field) can."""
-    return dataclasses.is_dataclass(st) and hasattr(st, "abort_late_s")
 
 
 def _log_of(st: Setup, rec: TrialRecord, key: str, read: Callable[[Iterable[str]], dict[str, Any]]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,11 +41,9 @@ def test_the_worms_send_lateness_is_read_from_its_own_log():
     assert j["reasons"] == ["the worm sent 1 % of its attempts over 50.0 ms late (tolerance 20 ms)"]
 
 
-class _St:
-    def __init__(self, tmp_path):
-        self.tolerance = {"stop_abs_s": 0.02}
-        self.stop = threading.Event()
-        self.run = RunDir(tmp_path)
+def _St(path: Path):
+    """A Setup's fields that judged_trial reads, on a run directory at `path`, without a shared clock."""
+    return _DSt(RunDir(path), shared_clock=False)
 
 
 def test_a_disturbed_trial_is_redone_and_the_record_says_so(tmp_path):

@@ -146,6 +146,7 @@ class _Setup:
     run: RunDir
     tolerance: dict = dataclasses.field(default_factory=lambda: {"stop_abs_s": 0.02})
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    abort_late_s: float | None = None
 
 
 def _pool(tmp_path, monkeypatch, k, todo, late=lambda t, n: 0.001, lost=(), unloadable=()):
