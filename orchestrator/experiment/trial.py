@@ -121,7 +121,7 @@ class TrialRun:
         self.rec = new_record(st, t)
         self.tdir = st.run.trial_dir(t.id)
         self._mark = time.monotonic()
-        self.cap = Capture(h, segment=st.segment, name=CAPTURE)
+        self.cap = Capture(h, segment=st.segment, name=CAPTURE, end_avoid=(st.infected,))
         self.state_dirs = {srv: worm_state_dir(st, srv, t) for srv in st.servers}
         # the mechanism's: a directory of this trial ({run} of a custom one), its event log and its stderr
         self.mdir = f"{st.throttle.prefix}/run/mechanisms/{t.id}" if st.throttle else None
