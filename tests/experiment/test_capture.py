@@ -102,6 +102,7 @@ def test_real_capture_on_the_mirror_port(tmp_path, monkeypatch):
             time.sleep(0.3)
             stats = cap.stop()
             assert stats.dropped == 0 and stats.captured == stats.received > 0
+            assert stats.end_seen_s is not None and cap.canary["end"]["src"] == "gateway"
             local = cap.fetch(tmp_path / "trial-7.pcap")
         at = extract_attempts(read_capture(local))
         blade = int(ipaddress.IPv4Address(lab.host("blade").ip("experimental.blades")))
@@ -109,6 +110,8 @@ def test_real_capture_on_the_mirror_port(tmp_path, monkeypatch):
         assert int((mine.proto == 6).sum()) == 40            # every SYN, once
         assert int(((mine.proto == 17) & mine.attempt).sum()) == 15
         assert np.all(np.diff(mine.ts) >= 0)
+        marker = at.select((at.dst == int(ipaddress.IPv4Address("198.18.8.255"))) & (at.dport == 9))
+        assert len(marker) >= 1 and marker.ts.min() > mine.ts.max()    # the end marker: last, from the gateway
         if shutil.which("tshark"):
             out = subprocess.run(["tshark", "-r", str(local), "-Y",
                                   f"tcp.flags.syn==1 && tcp.flags.ack==0 && ip.src=={lab.host('blade').ip('experimental.blades')}",

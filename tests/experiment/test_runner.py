@@ -91,6 +91,10 @@ def test_a_small_sweep_end_to_end(env):
         assert ag["ok"] is True
         assert abs(m["achieved_rate"] - t["rate"]) / t["rate"] < 0.02
         assert t["capture"]["dropped"] == 0 and t["capture"]["captured"] == t["capture"]["received"]
+        # the end marker came from the gateway (the injector had left the LAN) and was in the file before SIGINT
+        end = t["capture"]["canary"]["end"]
+        assert (end["src"], end["dst"], end["port"]) == ("gateway", "198.18.8.255", 9), t["capture"]
+        assert t["capture"]["end_seen_s"] == end["seen_after_s"] is not None and "why" not in end
         assert m["max_queue_len"] == 100 and m["throttle_events"]["blocked"] == 1
         for f in ("pcap", "throttle_log", "worm_log"):
             assert (out / t["files"][f]).stat().st_size > 0
