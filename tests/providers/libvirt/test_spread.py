@@ -71,6 +71,10 @@ def test_a_spread_across_four_vm_blades(tmp_path):
                                                 "findings", "phases")}, default=str))
     for t in (free, held):
         assert t["status"] == "ok", {k: t.get(k) for k in ("trial", "status", "reason", "error", "died")}
+        # no gateway: a blade marked the end of the capture (the injector had left the LAN), seen in the file
+        for cap in t["capture"].values():
+            end = cap["canary"]["end"]
+            assert end["src"] in BLADES and end["dst"] == "198.18.8.255" and cap["end_seen_s"] is not None, cap
 
     # unthrottled: every blade falls, each infection seen on the wire, the times inside the model's band
     m = free["measured"]
