@@ -16,6 +16,7 @@ host that is still on the segment when a trial ends: the gateway, else another h
 injector (it leaves the experimental LAN after the trigger) nor the host whose traffic a trial measures. A
 broadcast leaves the segment nowhere and is answered by nothing (no ICMP for broadcasts).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -110,7 +111,7 @@ def end_marker(lab: Lab, segment: str, avoid: Collection[str] = ()) -> tuple[str
     hosts = [h for h in lab.hosts if on(h) and h.role not in _NOT_MARKERS and h.name not in avoid]
     hosts.sort(key=lambda h: h.role != "gateway")
     if not hosts:
-        return f"no host but the injector{' and ' + ', '.join(avoid) if avoid else ''} stays on {segment}"
+        return f"no host on {segment} to send it but the injector{' and ' + ', '.join(avoid) if avoid else ''}"
     return hosts[0].name, str(ipaddress.ip_network(lab.segment(segment).subnet, strict=False).broadcast_address)
 
 

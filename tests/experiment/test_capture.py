@@ -165,7 +165,7 @@ def test_the_end_marker_comes_from_a_host_still_on_the_segment():
     assert end_marker(vm, "experimental", avoid=("blade1",)) == ("blade2", "198.18.8.255")
     # nobody but the injector and the measured host on the segment: none, and why
     assert end_marker(ss, "experimental.blades", avoid=("blade", "gateway")) == \
-        "no host but the injector and blade, gateway stays on experimental.blades"
+        "no host on experimental.blades to send it but the injector and blade, gateway"
 
 
 def test_a_packet_received_after_the_end_marker_is_counted_not_an_error():
@@ -211,4 +211,4 @@ def test_a_sender_off_the_segment_or_no_sender_is_said_not_raised():
     # no host to send it from: today's behaviour, with the reason
     cap, acc = live_capture(ONE_LATE, arrives=True, avoid=("blade", "gateway"))
     assert cap.stop(check=False).problem().endswith(
-        "(no host but the injector and blade, gateway stays on experimental.blades)") and acc.sent == []
+        "(no host on experimental.blades to send it but the injector and blade, gateway)") and acc.sent == []
