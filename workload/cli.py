@@ -59,6 +59,10 @@ def _session_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", default="0", help="seed of every random choice (default 0)")
     g.add_argument("--tcp-port", default="8080", help="servers' TCP port (default 8080)")
     g.add_argument("--udp-port", default="5353", help="servers' UDP port (default 5353)")
+    g.add_argument("--miss", default="0", help="share of connections sent to a --stale address instead, where no "
+                                               "server runs (default 0)")
+    g.add_argument("--stale", nargs="+", default=[], metavar="ADDR",
+                   help="addresses without a server (lab addresses) that the --miss share goes to")
     g.add_argument("--max-connections", default=str(params.MAX_CONNECTIONS), help="bound on the schedule's length")
     t = ap.add_argument_group("a replayed trace (instead of --rate/--duration)")
     t.add_argument("--trace", metavar="FILE", help="CSV (time,destination,protocol,port) or pcap/pcapng")
@@ -130,6 +134,8 @@ def _schedule(a: argparse.Namespace) -> tuple[list[Conn], dict]:
     if a.trace:
         if a.rate is not None or a.duration is not None:
             raise UsageError("--trace replays a trace: --rate and --duration do not apply")
+        if a.stale or a.miss != "0":
+            raise UsageError("--trace replays a trace: --miss and --stale do not apply")
         conns = trace.load(a.trace, servers, fmt=params.choice(a.trace_format, "--trace-format", trace.FORMATS),
                            wrap=a.wrap, ports=params.choice(a.trace_ports, "--trace-ports", trace.PORT_MODES),
                            tcp_port=tcp_port, udp_port=udp_port, source=a.trace_source)[:cap]
@@ -138,8 +144,10 @@ def _schedule(a: argparse.Namespace) -> tuple[list[Conn], dict]:
     spec = params.gen_spec(servers=servers, rate=a.rate, duration=a.duration, burst=a.burst,
                            popularity=a.popularity, zipf_s=a.zipf_s, arrivals=a.arrivals,
                            udp_fraction=a.udp_fraction, tcp_port=a.tcp_port, udp_port=a.udp_port, seed=a.seed,
-                           max_connections=a.max_connections)
-    info = {k: v for k, v in spec.__dict__.items() if k != "servers"}
+                           max_connections=a.max_connections, stale=a.stale, miss=a.miss)
+    info = {k: v for k, v in spec.__dict__.items() if k not in ("servers", "stale")}
+    if spec.stale:
+        info["stale"] = list(spec.stale)
     return generate(spec), {"servers": list(servers), **info}
 
 
@@ -162,7 +170,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .client import run_session
     scope = params.scope(a.allow, a.lab_ranges)
     conns, info = _schedule(a)
-    scope.check_servers(info["servers"])
+    scope.check_servers([*info["servers"], *info.get("stale", [])])
     timeout = params.num(a.timeout, "--timeout", 0, params.MAX_TIMEOUT_S, lo_open=True)
     mif = params.num(a.max_in_flight, "--max-in-flight", 1, params.MAX_IN_FLIGHT, integer=True)
     life = None if a.lifetime is None else params.num(a.lifetime, "--lifetime", 0, params.MAX_DURATION_S + 60,

@@ -187,6 +187,8 @@ class Driver:
                "t_established_mono": f.t_est, "t_answer_mono": f.t_answer, "t_done_mono": _mono(),
                "src": f.src, "sport": f.sport, "dst": c.addr, "dport": c.port, "protocol": c.protocol,
                "outcome": outcome, "bytes": f.got}
+        if c.miss:
+            rec["miss"] = True
         if err and outcome == "unreachable":
             rec["errno"] = errno.errorcode.get(err, str(err))
         rec.update(extra)

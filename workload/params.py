@@ -86,11 +86,15 @@ def servers(values: Sequence[str]) -> tuple[str, ...]:
 
 def gen_spec(*, servers: Sequence[str], rate, duration, burst="1", popularity="zipf", zipf_s="1",
              arrivals="poisson", udp_fraction="0", tcp_port="8080", udp_port="5353", seed="0",
-             max_connections=str(MAX_CONNECTIONS)) -> GenSpec:
+             max_connections=str(MAX_CONNECTIONS), stale: Sequence[str] = (), miss="0") -> GenSpec:
     if rate is None:
         raise UsageError("--rate is required (new connections per second), or give --trace")
     if duration is None:
         raise UsageError("--duration is required (seconds of traffic)")
+    miss_f = num(miss, "--miss", 0, 1)
+    stale_t = stale_addresses(stale, servers)
+    if miss_f > 0 and not stale_t:
+        raise UsageError("--miss needs --stale: the addresses without a server that missed connections go to")
     return GenSpec(
         servers=tuple(servers),
         rate=num(rate, "--rate", 0, MAX_RATE, lo_open=True),
@@ -103,4 +107,18 @@ def gen_spec(*, servers: Sequence[str], rate, duration, burst="1", popularity="z
         tcp_port=port(tcp_port, "--tcp-port"),
         udp_port=port(udp_port, "--udp-port"),
         seed=num(seed, "--seed", 0, 2 ** 63 - 1, integer=True),
-        max_connections=num(max_connections, "--max-connections", 1, MAX_CONNECTIONS, integer=True))
+        max_connections=num(max_connections, "--max-connections", 1, MAX_CONNECTIONS, integer=True),
+        stale=stale_t, miss=miss_f)
+
+
+def stale_addresses(values: Sequence[str], servers: Sequence[str]) -> tuple[str, ...]:
+    """The addresses a missed connection goes to (IPv4; commas split too): none twice, none a server's."""
+    out = [ip_str(ip_int(x)) for v in values for x in v.split(",") if x.strip()]
+    if len(out) > MAX_SERVERS:
+        raise UsageError(f"--stale: {len(out)} addresses (at most {MAX_SERVERS})")
+    seen = set(servers)
+    for a in out:
+        if a in seen:
+            raise UsageError(f"--stale: {a} is a server's address or given twice")
+        seen.add(a)
+    return tuple(out)

@@ -8,6 +8,12 @@ connections at the same instant (a web page fetching several objects at once), s
 the order given, with weight 1/k^s) or `uniform` — and is UDP (a DNS-like lookup) with probability
 `udp_fraction`, otherwise TCP. At most `max_connections` connections.
 
+A *miss* (`miss`, a fraction in [0, 1]; default 0): each connection goes, with probability `miss`, to one of
+the `stale` addresses instead (uniformly) — a lab address that runs no server, the stale entry (an old DNS
+answer, a moved service) that makes a benign host's first contact fail, the everyday false positive of a
+scan detector. Its `server` index counts on after the servers (n, n + 1, … over `stale`), and `miss` is true.
+With `miss` 0 no draw is made for it: the schedule is the one it was without.
+
 Only `random.Random(seed).random()` is used (Mersenne Twister, stable across Python versions); exponential gaps,
 popularity and protocol draws are derived from it here, not by library helpers whose algorithms may change.
 """
@@ -38,6 +44,7 @@ class Conn:
     addr: str       # the server's address
     protocol: str   # tcp | udp
     port: int
+    miss: bool = False   # to a stale address (no server there): the connection fails
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class GenSpec:
     udp_port: int = 5353
     seed: int = 0
     max_connections: int = 1_000_000
+    stale: tuple[str, ...] = ()     # addresses with no server, reached by the `miss` share of connections
+    miss: float = 0.0
 
 
 def popularity_weights(n: int, popularity: str, zipf_s: float = 1.0) -> list[float]:
@@ -100,10 +109,16 @@ def generate(spec: GenSpec) -> list[Conn]:
         for _ in range(spec.burst):
             if len(out) >= spec.max_connections:
                 return out
-            server = min(bisect.bisect_right(cum, rng.random()), len(cum) - 1)
+            miss = spec.miss > 0 and bool(spec.stale) and rng.random() < spec.miss
+            if miss:
+                k = min(int(rng.random() * len(spec.stale)), len(spec.stale) - 1)
+                server, addr = len(spec.servers) + k, spec.stale[k]
+            else:
+                server = min(bisect.bisect_right(cum, rng.random()), len(cum) - 1)
+                addr = spec.servers[server]
             udp = spec.udp_fraction > 0 and rng.random() < spec.udp_fraction
-            out.append(Conn(len(out), t, page, server, spec.servers[server], "udp" if udp else "tcp",
-                            spec.udp_port if udp else spec.tcp_port))
+            out.append(Conn(len(out), t, page, server, addr, "udp" if udp else "tcp",
+                            spec.udp_port if udp else spec.tcp_port, miss))
     return out
 
 
@@ -140,7 +155,9 @@ def summary(conns: Sequence[Conn], duration_s: float | None = None, working_set:
     protos = {p: sum(1 for c in conns if c.protocol == p) for p in PROTOCOLS}
     span = duration_s if duration_s is not None else (conns[-1].t if conns else 0.0)
     new = new_destinations(conns, working_set)
+    misses = sum(1 for c in conns if c.miss)
     return {"connections": len(conns), "pages": len({c.page for c in conns}), "servers_used": len(servers),
+            **({"misses": misses} if misses else {}),
             "per_protocol": protos, "span_s": span,
             "rate_per_s": (len(conns) / span) if span > 0 else None,
             "working_set": working_set, "new_destinations": new,

@@ -76,6 +76,14 @@ def test_schedule_prints_a_replayable_csv_and_a_summary(capsys, tmp_path):
     (["serve", "--log", "x"], "serve: give --tcp ADDR:PORT and/or --udp ADDR:PORT"),
     (["serve", "--tcp", "8.8.8.8:80", "--log", "x"], "8.8.8.8 is outside the lab ranges 198.18.0.0/15"),
     (["serve", "--tcp", "198.18.201.2", "--log", "x"], "expected ADDR:PORT, not '198.18.201.2'"),
+    (["schedule", *SRV, "--rate", "1", "--duration", "1", "--miss", "0.1"],
+     "--miss needs --stale: the addresses without a server that missed connections go to"),
+    (["schedule", *SRV, "--rate", "1", "--duration", "1", "--miss", "1.5", "--stale", "198.18.201.9"],
+     "--miss 1.5 out of range (must be >= 0 and <= 1)"),
+    (["schedule", *SRV, "--rate", "1", "--duration", "1", "--miss", "0.1", "--stale", SRV[1]],
+     f"--stale: {SRV[1]} is a server's address or given twice"),
+    ([*RUN, "--log", "x", "--miss", "0.5", "--stale", "198.18.202.9"],
+     "servers: 198.18.202.9 is not inside the allow-list 198.18.201.0/24"),
     (["analyse", "--log", "/nonexistent.jsonl"], "cannot read /nonexistent.jsonl: No such file or directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

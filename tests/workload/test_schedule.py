@@ -113,3 +113,25 @@ def test_new_destinations_against_an_lru_working_set():
     z = generate(spec(rate=50.0, duration_s=50.0, seed=9))
     u = generate(spec(rate=50.0, duration_s=50.0, seed=9, popularity="uniform"))
     assert new_destinations(z, 5) < new_destinations(u, 5) < len(u)  # Zipf concentrates on few servers
+
+
+STALE = ("198.18.201.50", "198.18.201.51", "198.18.201.52")
+
+
+def test_without_a_miss_the_schedule_is_the_one_it_was():
+    """`miss` 0 draws nothing for it: stale addresses given or not, the schedule (and its print) is unchanged."""
+    base = generate(spec(seed=3, burst=2, udp_fraction=0.2))
+    assert generate(spec(seed=3, burst=2, udp_fraction=0.2, stale=STALE, miss=0.0)) == base
+    assert not any(c.miss for c in base)
+
+
+def test_a_miss_goes_only_to_a_stale_address_seeded_at_about_its_share():
+    a = generate(spec(seed=5, rate=50.0, duration_s=40.0, stale=STALE, miss=0.2))
+    assert a == generate(spec(seed=5, rate=50.0, duration_s=40.0, stale=STALE, miss=0.2))   # seeded
+    assert fingerprint(a) != fingerprint(generate(spec(seed=6, rate=50.0, duration_s=40.0, stale=STALE, miss=0.2)))
+    missed = [c for c in a if c.miss]
+    assert {c.addr for c in missed} == set(STALE) and {c.addr for c in a if not c.miss} <= set(SERVERS)
+    assert all(c.server == len(SERVERS) + STALE.index(c.addr) for c in missed)
+    assert abs(len(missed) / len(a) - 0.2) < 0.03, len(missed) / len(a)      # 2000 connections: 3 sd ≈ 0.027
+    assert summary(a)["misses"] == len(missed)
+    assert all(c.miss for c in generate(spec(seed=5, stale=STALE, miss=1.0)))
