@@ -10,6 +10,12 @@ mechanisms: [{name: williamson, placement: host, params: {working_set_size: 5}}]
 The servers are the lab's first `servers` targets (one address each: a throttle's working set counts
 destinations), each running the workload's HTTP-like TCP and DNS-like UDP servers; the generator runs on the
 blade that carries the mechanism (`infected:`, default the first blade).
+
+`hosts: N` runs the workload on N blades at once (the `infected:` one, then the lab's other blades in order),
+each carrying the mechanism and following its own schedule (the seed + its index: host 0 keeps the seed, so
+`hosts: 1` is the single-host trial exactly). `miss: f` sends that share of each host's connections to a lab
+target that runs no workload server (the targets after the first `servers`) — a stale address, whose failed
+first contact is what a scan detector such as TRW counts: its false positives over the hosts and the time run.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class BenignSpec(BaseModel):
     wrap: bool = Field(False, description="a trace with more destinations than servers: destination k → "
                                           "server k mod n")
     seed: int | None = Field(None, ge=0, description="the schedule's seed (default: the experiment's)")
+    hosts: int = Field(1, ge=1, le=256, description="how many blades run the workload at once, each carrying the "
+                                                    "mechanism, each with its own schedule (seed + its index)")
+    miss: float = Field(0.0, ge=0, le=1, description="share of connections sent to a lab target without a "
+                                                     "workload server (a stale address: a failed first contact)")
 
 
 def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = False) -> None:
@@ -67,6 +77,11 @@ def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = F
             problems.add(("benign", "trace"), f"trace {path} does not exist")
         elif (why := trace_problem(path, b)) is not None:
             problems.add(("benign", "trace"), why)
+    if b is not None and spec.kind != "benign" and not kind_refused:
+        for key, v, dflt in (("hosts", b.hosts, 1), ("miss", b.miss, 0.0)):
+            if v != dflt:
+                problems.add(("benign", key), f"{key} is for kind: benign (the workload alone on several hosts); "
+                                              f"kind: {spec.kind} runs it beside the worm on one")
     if lab is None or b is None:
         return
     targets = lab.by_role("target")
@@ -75,6 +90,37 @@ def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = F
                                             "need as many (one address each)")
     if spec.kind == "benign":
         check_hosts(spec, lab, problems)
+        check_detectors(spec, lab, problems)
+
+
+def check_detectors(spec, lab: Lab, problems) -> None:
+    """`hosts` and `miss` against the lab: enough blades, somewhere without a server for the misses to go, and
+    a workload that can miss (a replayed trace has its own destinations)."""
+    b = spec.benign
+    blades = lab.by_role("blade")
+    if b.hosts > len(blades):
+        problems.add(("benign", "hosts"), f"lab {lab.name} has {len(blades)} blade(s); {b.hosts} hosts need as "
+                                          "many (each runs the workload and carries the mechanism)")
+    if b.hosts > 1:
+        th = spec.throttle
+        if spec.mechanisms is None and not isinstance(th, str) and th.placement != "host":
+            problems.add(("throttle", "placement"), f"benign.hosts {b.hosts}: each host carries its own throttle, "
+                                                    f"so its placement must be host, not {th.placement}")
+        for i, m in enumerate(spec.mechanisms or []):
+            if m.placement != "host" and m.name != "none":
+                problems.add(("mechanisms", i, "placement"), f"benign.hosts {b.hosts}: each host carries its own "
+                                                             f"{m.name}, so its placement must be host, not "
+                                                             f"{m.placement}")
+    if b.miss > 0:
+        stale = len(lab.by_role("target")) - b.servers
+        if b.trace is not None:
+            problems.add(("benign", "miss"), "a replayed trace has its own destinations: miss applies to a "
+                                             "generated schedule only")
+        elif stale <= 0:
+            problems.add(("benign", "miss"), f"every target of lab {lab.name} runs a workload server "
+                                             f"({b.servers} servers, {len(lab.by_role('target'))} target(s)): "
+                                             "a missed connection needs a target without one; give fewer "
+                                             "benign.servers")
 
 
 def trace_problem(path: Path, b: BenignSpec) -> str | None:
@@ -106,6 +152,21 @@ def check_hosts(spec, lab: Lab, problems) -> None:
     for i, m in enumerate(spec.mechanisms or []):
         if m.placement == "gateway" and not lab.by_role("gateway"):
             problems.add(("mechanisms", i, "placement"), f"lab {lab.name} has no gateway to place {m.name} on")
+
+
+def blades_of(spec, lab: Lab) -> list[str]:
+    """The blades that run the workload: the `infected:` one (default the first), then the others in order."""
+    b = spec.benign
+    names = [h.name for h in lab.by_role("blade")]
+    first = spec.infected or (names[0] if names else None)
+    order = [first, *(n for n in names if n != first)] if first else names
+    return order[:b.hosts if b is not None else 1]
+
+
+def stale_targets(spec, lab: Lab) -> list[str]:
+    """The targets without a workload server (after the first `servers`): where missed connections go."""
+    b = spec.benign
+    return [h.name for h in lab.by_role("target")][b.servers:] if b is not None and b.miss > 0 else []
 
 
 def trace_path(exp) -> Path | None:

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign, disturb, hvplace, pool, schedule, spreadrun
+from orchestrator.experiment import benign, benignspec, disturb, hvplace, pool, schedule, spreadrun
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
@@ -307,17 +307,19 @@ def build_lab(exp: Experiment, store: StateStore):
 
 def mechanism_roles(exp: Experiment) -> list[provision.MechanismRole]:
     """The experiment's mechanism roles beyond the site's own (the reference throttle's is one of them), each
-    on the host that carries it: the infected host, or the gateway."""
+    on the hosts that carry it: the infected host (in a benign run, each of its `benign.hosts`), or the gateway."""
     lab, out = exp.lab, []
     infected = exp.spec.infected or lab.by_role("blade")[0].name
+    carriers = (tuple(benignspec.blades_of(exp.spec, lab)) if exp.spec.kind == "benign" and exp.spec.benign
+                else (infected,))
     gateway = lab.by_role("gateway")[0].name if lab.by_role("gateway") else None
     for m in exp.mechanisms:
         role = m.role_path or (REPO / m.descriptor.role if m.descriptor and m.descriptor.role else None)
         if role is None or role == REPO / "playbooks/roles/throttle" or m.placement == "wire":
             continue
-        host = infected if m.placement == "host" else gateway
-        if host is not None:
-            out.append(provision.MechanismRole(m.name, role, (host,)))
+        hosts = carriers if m.placement == "host" else (gateway,) if gateway else ()
+        if hosts:
+            out.append(provision.MechanismRole(m.name, role, hosts))
     return list(dict.fromkeys(out))         # a swept mechanism is installed once
 
 
