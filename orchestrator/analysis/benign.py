@@ -200,7 +200,7 @@ def summary(rows: Sequence[dict], *, scheduled: int | None, blocks: Sequence[dic
 BENIGN_COLUMNS = [
     "mechanism", "setting", "protocol", "benign_rate", "connections", "delay_p50_s", "delay_p95_s", "delay_p99_s",
     "delay_max_s", "model_p99_s", "dropped", "false_blocks", "false_block_s", "false_block_cause", "agree",
-    "agree_share", "repeats", "errors",
+    "agree_share", "repeats", "errors", "hosts", "false_block_hosts", "fp_rate", "fp_per_host_hour",
 ]
 
 
@@ -237,5 +237,15 @@ def summarise_benign(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
             "false_block_s": _mean([float(b["t_s"]) for b in fb if b.get("t_s") is not None]),
             "false_block_cause": fb[0].get("cause") if fb else None,
             "agree": all(oks) if oks else None, "agree_share": _mean(col(ag, "share")),
-            "repeats": len(ts), "errors": len(ts) - len(done)})
+            "repeats": len(ts), "errors": len(ts) - len(done)}
+            | falsepos_columns(m))
     return rows
+
+
+def falsepos_columns(measured: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The false-positive columns of a group, pooled over its trials' hosts (orchestrator.analysis.falsepos;
+    empty for trials recorded before they were measured)."""
+    from orchestrator.analysis.falsepos import pooled
+
+    p = pooled([x["fp"] for x in measured if x.get("fp")])
+    return {k: p[k] for k in ("hosts", "false_block_hosts", "fp_rate", "fp_per_host_hour")}
