@@ -66,6 +66,86 @@ def test_a_bad_benign_file_names_the_key(tmp_path, over, where, says):
     assert where in text and says in text
 
 
+def write_detectors(tmp: Path, **over) -> Path:
+    shutil.copy(LABS / "benign-detectors-lab.yaml", tmp / "benign-detectors-lab.yaml")
+    spec = {"experiment": "d", "kind": "benign", "lab": "benign-detectors-lab.yaml", "rates": [1], "seed": 4,
+            "benign": {"servers": 10, "duration_s": 5, "hosts": 4, "miss": 0.1},
+            "mechanisms": [{"name": "trw"}]} | over
+    path = tmp / "d.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize("over, where, says", [
+    ({"benign": {"servers": 10, "hosts": 5}}, "benign.hosts",
+     "lab benign-detectors-lab has 4 blade(s); 5 hosts need as many"),
+    ({"benign": {"servers": 10, "miss": 1.5}}, "benign.miss", "less than or equal to 1"),
+    ({"benign": {"servers": 10, "miss": -0.1}}, "benign.miss", "greater than or equal to 0"),
+    ({"benign": {"servers": 30, "miss": 0.1}}, "benign.miss",
+     "every target of lab benign-detectors-lab runs a workload server (30 servers, 30 target(s))"),
+    ({"benign": {"servers": 10, "hosts": 2}, "mechanisms": [{"name": "trw", "placement": "gateway"}]},
+     "mechanisms.0.placement", "benign.hosts 2: each host carries its own trw, so its placement must be host"),
+    ({"benign": {"servers": 10, "hosts": 0}}, "benign.hosts", "greater than or equal to 1"),
+])
+def test_bad_hosts_or_miss_name_the_key_before_anything_is_built(tmp_path, over, where, says):
+    text = problems(write_detectors(tmp_path, **over))
+    assert where in text and says in text, text
+
+
+def test_a_miss_needs_a_generated_schedule(tmp_path):
+    (tmp_path / "t.csv").write_text("0,0,tcp,\n")
+    text = problems(write_detectors(tmp_path, benign={"servers": 2, "trace": "t.csv", "miss": 0.2}))
+    assert "benign.miss" in text and "miss applies to a generated schedule only" in text
+
+
+def test_hosts_and_miss_are_for_kind_benign_only(tmp_path):
+    shutil.copy(LABS / "benign-detectors-lab.yaml", tmp_path / "benign-detectors-lab.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({"experiment": "s", "lab": "benign-detectors-lab.yaml", "rates": [1],
+                                "worm": {"scan": "198.18.9.0/24"}, "benign": {"servers": 2, "hosts": 2}}))
+    text = problems(path)
+    assert "benign.hosts" in text and "hosts is for kind: benign" in text
+
+
+def test_each_host_has_its_own_seed_and_misses_only_to_targets_without_a_server(tmp_path):
+    exp = load_experiment(write_detectors(tmp_path), machine_routes=[])
+    from orchestrator.experiment import benignspec
+    lab = exp.lab
+    assert benignspec.blades_of(exp.spec, lab) == ["blade1", "blade2", "blade3", "blade4"]
+    stale = benignspec.stale_targets(exp.spec, lab)
+    assert stale == [f"target{i}" for i in range(11, 31)]
+    assert not set(stale) & {h.name for h in lab.by_role("target")[:10]}
+
+    class St:
+        pass
+    st = St()
+    st.exp, st.exp_ranges = exp, ["198.18.8.0/24", "198.18.9.0/24"]
+    ips = ["198.18.9.30", "198.18.9.31"]
+    a0 = benign.session_args(st, TrialSpec(0, "tcp", 1.0, 1), None, stale=ips)
+    a3 = benign.session_args(st, TrialSpec(0, "tcp", 1.0, 1), None, host=3, stale=ips)
+    assert a0[a0.index("--seed") + 1] == "4" and a3[a3.index("--seed") + 1] == "7"
+    assert a0[a0.index("--miss"):] == ["--miss", "0.1", "--stale", *ips]
+    one = load_experiment(write(tmp_path), machine_routes=[])       # no miss: the command line it always was
+    st.exp = one
+    assert "--miss" not in benign.session_args(st, TrialSpec(0, "tcp", 1.0, 1), None, stale=ips)
+    assert benignspec.blades_of(one.spec, one.lab) == ["blade"] and benignspec.stale_targets(one.spec, one.lab) == []
+
+
+def test_the_mechanism_is_installed_on_every_benign_host(tmp_path):
+    from orchestrator.experiment.runner import mechanism_roles
+    exp = load_experiment(write_detectors(tmp_path), machine_routes=[])
+    (role,) = mechanism_roles(exp)
+    assert role.name == "trw" and role.hosts == ("blade1", "blade2", "blade3", "blade4")
+
+
+def test_labs_benign_detectors_yaml_runs_three_mechanisms_on_four_hosts():
+    exp = load_experiment(LABS / "benign-detectors.yaml", machine_routes=[])
+    b = exp.spec.benign
+    assert (b.hosts, b.miss, b.servers, exp.spec.rates) == (4, 0.1, 10, [1, 5])
+    assert [m.name for m in exp.mechanisms] == ["trw", "williamson", "none"]
+    assert len(plan_trials(exp)) == 6
+
+
 @pytest.mark.parametrize("text, says", [
     ("time,destination,protocol,port\n0,0,tcp,\n0.5,x,tcp,\n", "t.csv line 3: destination 'x' is not an index"),
     ("0,0,tcp,\n1,3,tcp,\n", "t.csv line 2: destination 3, but only 2 server(s) (0 … 1); give more benign.servers "
