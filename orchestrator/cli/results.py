@@ -49,12 +49,18 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         t = Table("mechanism", "setting", "rate/s", "conns", "p50 s", "p99 s", "model p99", "not ok", "false blocks",
                   "block at s", "agrees", title=f"benign traffic on the wire — {run.path}", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
+        fp = any(r.get("hosts") not in (None, 1) for r in rows)     # several hosts: the false-positive rate
+        if fp:
+            t.add_column("FP hosts")
+            t.add_column("FP /host-h")
         for r in rows:
             block = "–" if r["false_block_s"] is None else f"{r['false_block_s']:.4g} ({r['false_block_cause']})"
+            more = [f"{r.get('false_block_hosts')}/{r.get('hosts')}" if r.get("hosts") else "–",
+                    _n(r.get("fp_per_host_hour"))] if fp else []
             t.add_row(r["mechanism"] or "–", _initials(r["setting"]) or "–", f"{r['benign_rate']:g}", _n(r["connections"]),
                       _n(r["delay_p50_s"]), _n(r["delay_p99_s"]), _n(r["model_p99_s"]), _n(r["dropped"]),
                       _n(r["false_blocks"]), block,
-                      "–" if r["agree"] is None else "yes" if r["agree"] else "[red]NO[/]")
+                      "–" if r["agree"] is None else "yes" if r["agree"] else "[red]NO[/]", *more)
         out.print(t)
         out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
         return

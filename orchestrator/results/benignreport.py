@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.experiment.rundir import RunDir, run_status
-from orchestrator.results import tradeoff
+from orchestrator.results import fpreport, tradeoff
 
 CAPTIONS = {
     "benign-delay": "Each benign connection's delay from its scheduled time to its first SYN on the wire (from "
@@ -27,6 +27,7 @@ CAPTIONS = {
     "benign-tradeoff": "The trade-off of the sweep: each setting's benign p99 delay (measured on the wire) "
                        "across, against the worm's connections out before williamson blocks it (the model, a TCP "
                        "worm at 20 new destinations/s from an empty working set) up; one line per benign rate.",
+    "benign-survival": fpreport.CAPTION,
 }
 
 
@@ -62,7 +63,7 @@ def notes(trials: list[dict[str, Any]]) -> list[str]:
             continue
         fb = m.get("false_block")
         if fb:
-            blk = (a.get("block") or {})
+            blk: dict[str, Any] = a["block"] if isinstance(a.get("block"), dict) else {}
             out.append(f"Trial {t['trial']}: **false block** of {fb.get('src')} at {fmt(fb.get('t_s'))} s after the "
                        f"first scheduled connection, cause `{fb.get('cause')}` (delay queue {fb.get('queue_len')} "
                        f"entries); the model's block at {fmt(blk.get('model_s'))} s. "
@@ -142,6 +143,15 @@ def _save(fig, path: Path, plt) -> Path:
     return path
 
 
+def fp_html(head: list[str], body: list[list[str]]) -> str:
+    if not head:
+        return ""
+    return ("<h2>False positives over hosts and time</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in body)
+            + "</table><p>Hosts falsely blocked / hosts, and false blocks per host-hour of benign use, from each "
+              "host's mechanism event log.</p>")
+
+
 def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[Path, Path]:
     """report.md and report.html of a benign run (`extra`: more (title, markdown lines, images) sections)."""
     man, trials = run.manifest(), run.trials()
@@ -160,12 +170,16 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
             ("benign workload", ", ".join(f"{k}: {v}" for k, v in (e.get("benign") or {}).items() if v is not None)),
             ("seed", str(man.get("seed"))), ("git", str((man.get("git") or {}).get("commit")))]
     ns = notes(trials)
+    span = float((e.get("benign") or {}).get("duration_s") or 0.0)
+    fp_md, fp_head, fp_body, fp_images = fpreport.section(trials, rows, span, dest / "plots", fmt)
+    images |= fp_images
     md = [f"# The price of containment — {e['experiment']}", ""] + [f"- **{k}**: {v}" for k, v in meta]
     md += ["", "## Benign traffic: delay, drops and false blocks per benign rate", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
     md += ["", "Delay: from each connection's scheduled time to its first SYN on the wire (the capture), over the "
                "connections that reached it. \"agrees\": every connection's delay within the stopping-time "
                "tolerance of the model's, and the model's block (if any) where the mechanism's came.", ""]
+    md += fp_md
     if tradeoff.settings_swept(pts):
         th, tb = tradeoff.table(pts, fmt)
         md += ["## The trade-off: benign cost against the worm's stopping speed", "",
@@ -194,7 +208,8 @@ def build(run: RunDir, out_dir: Path | None = None, extra: tuple = ()) -> tuple[
             "padding:.3em .6em}}img{{width:100%}}</style></head><body>"
             f"<h1>The price of containment — {html.escape(e['experiment'])}</h1><dl>"
             + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta) + "</dl>"
-            + f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>" + trade
+            + f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows_html}</table>"
+            + fp_html(fp_head, fp_body) + trade
             + "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ns) + "</ul>"
             + f"<h2>Plots</h2>{imgs}</body></html>\n")
     atomic_write_text(dest / "report.html", page)
