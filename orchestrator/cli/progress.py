@@ -61,7 +61,12 @@ def verdict(rec: dict[str, Any]) -> str:
     m = rec.get("measured") or {}
     stop = f"stopped in {m['stop_s']:.3f} s" if m.get("stop_s") is not None else rec.get("reason") or ""
     agree = (rec.get("agreement") or {}).get("ok")
-    if rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
+    if rec.get("kind") == "benign" and rec["status"] == "ok":   # the workload alone: its connections, false blocks
+        fp = m.get("fp") or {}
+        said = [stop, f"{m.get('connections')} connections",
+                f"{fp['false_block_hosts']}/{fp['hosts']} host(s) falsely blocked" if fp.get("hosts") else "",
+                "" if agree is None else "agrees with the model" if agree else "DISAGREES with the model"]
+    elif rec.get("model") is None and rec["status"] == "ok":      # a baseline: no throttle, no model
         said = [stop, f"{m.get('wire_attempts')} attempts on the wire at {m.get('achieved_rate') or 0:.1f}/s"]
     else:
         said = [stop, "" if agree is None else "agrees with the model" if agree else "DISAGREES with the model"]

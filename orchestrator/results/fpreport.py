@@ -67,10 +67,13 @@ def plot(trials: list[dict[str, Any]], span_s: float, path: Path) -> Path | None
     from orchestrator.results.plots import FONT
 
     groups: dict[float, dict[str, list[dict[str, Any]]]] = {}
-    for t in trials:
-        if t.get("status") not in ("ok", "timeout") or not hosts_of(t):
-            continue
-        label = " ".join(x for x in (t.get("mechanism") or "", (t.get("setting") or "")) if x) or "–"
+    done = [t for t in trials if t.get("status") in ("ok", "timeout") and hosts_of(t)]
+    settings: dict[str, set[str]] = {}
+    for t in done:
+        settings.setdefault(t.get("mechanism") or "–", set()).add(t.get("setting") or "")
+    for t in done:      # a mechanism's setting in its label only when the run has several of it
+        mech = t.get("mechanism") or "–"
+        label = f"{mech} {t.get('setting')}" if len(settings[mech]) > 1 else mech
         groups.setdefault(float(t["rate"]), {}).setdefault(label, []).append(t)
     if not groups:
         return None
@@ -92,7 +95,7 @@ def plot(trials: list[dict[str, Any]], span_s: float, path: Path) -> Path | None
         ax.set_xlim(0, span_s)
         ax.set_ylim(-0.03, 1.03)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="lower left")
     axes[0][0].set_ylabel("hosts not yet falsely blocked")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ def section(trials: list[dict[str, Any]], rows: list[dict[str, Any]], span_s: fl
     md += ["", "Every host ran no worm: its first block is a false one (from its mechanism's own event log). FP "
                "rate: hosts falsely blocked / hosts; per host-hour: false blocks over the hours of benign use "
                "before each host's block (or its whole session).", ""]
-    md += [f"- {n}" for n in notes(trials, fmt)]
+    md += [f"- {n}" for n in notes(trials, fmt)] + [""]
     images = {}
     if (p := plot(trials, span_s, pdir / "benign-survival.png")) is not None:
         images["benign-survival"] = p

@@ -60,3 +60,12 @@ def test_results_show_adds_the_hosts_falsely_blocked(tmp_path):
     assert res.returncode == 0, res.stderr
     line = next(x for x in res.stdout.splitlines() if x.split()[:1] == ["trw"] and " 5 " in x)
     assert line.split()[-2:] == ["3/4", "123.7"], line
+
+
+def test_a_benign_trials_progress_line_says_its_connections_and_false_blocks():
+    from orchestrator.cli.progress import verdict
+    rec = TRIALS[1] | {"reason": "the benign session ended"}
+    assert verdict(rec) == ("the benign session ended · 120 connections · 3/4 host(s) falsely blocked · "
+                            "agrees with the model")
+    assert verdict(TRIALS[2] | {"reason": "the benign session ended"}) == \
+        "the benign session ended · 120 connections · 0/4 host(s) falsely blocked"
