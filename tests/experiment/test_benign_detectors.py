@@ -23,8 +23,6 @@ from workload.schedule import GenSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
-
 
 def cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
@@ -43,6 +41,8 @@ def test_the_schedules_model_blocks_the_second_host_only():
     assert got[1]["block_conn"] == 14 and got[1]["blocked_s"] == pytest.approx(1.12, abs=0.01)
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_trw_falsely_blocks_the_host_its_model_says_when_it_says(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("needs root: builds a namespace lab")
