@@ -122,12 +122,15 @@ class BenignTrial(TrialRun):
         st, h = self.st, self.h
         def wipe(n: str, d: str) -> Callable[[], Any]:
             return lambda: h.sh(n, f"rm -rf {shlex.quote(d)}", timeout=15).check()
+
+        def wipe_at(place: Any, old: str) -> Callable[[], Any]:
+            return lambda: place.sh(f"rm -rf {old}", timeout=15).check()
         stale = [wipe(n, d) for n, d in self.wdir.items()]
         stop: list[Callable[[], Any]] = [partial(h.stop, n, SERVER, timeout=5) for n in self.wl]
         for run in [self, *self.others.values()]:
             if (place := run.st.throttle) is not None:
                 old = " ".join(shlex.quote(p) for p in (run.mdir, run.tlog, run.terr) if p)
-                stale.append(partial(place.sh, f"rm -rf {old}", timeout=15))
+                stale.append(wipe_at(place, old))
                 if run is not self and run.st.contained_by is not None and run.st.contained_by.daemon:
                     stop.append(partial(place.stop, service_name(run.st), timeout=5))
         reset(st, extra=[*stop, *stale])
