@@ -53,6 +53,11 @@ class BenignSpec(BaseModel):
                                                     "mechanism, each with its own schedule (seed + its index)")
     miss: float = Field(0.0, ge=0, le=1, description="share of connections sent to a lab target without a "
                                                      "workload server (a stale address: a failed first contact)")
+    rate: float | None = Field(None, gt=0, le=1000, description="beside a worm (stopping-speed, baseline): the "
+                                                               "workload's new connections per second (rates: are "
+                                                               "the worm's); kind: benign takes its rates from rates:")
+    lead_s: float = Field(10.0, ge=0, le=600, description="beside a worm: seconds of benign use on the infected "
+                                                          "host before the worm is triggered (< duration_s)")
 
 
 def check(spec, lab: Lab | None, base: Path, problems, *, kind_refused: bool = False) -> None:

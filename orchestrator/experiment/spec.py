@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import SpecError, spec_errors
-from orchestrator.experiment import benignspec, sweepspec
+from orchestrator.experiment import benignspec, sweepspec, wormbenignspec
 from orchestrator.experiment.benignspec import BenignSpec
 from orchestrator.experiment.mechspec import MechanismRun, MechanismSpec, resolve_mechanisms
 from orchestrator.experiment.spread import check_spread
@@ -103,8 +103,8 @@ class ExperimentFile(Strict):
         None, min_length=1, description="the mechanisms swept over every rate, protocol and repeat (`testbed "
                                         "mechanisms` lists the built-ins); replaces throttle: and kind:")
     sweep: dict[str, Annotated[list[int | float | str | bool], Field(min_length=1, max_length=64)]] | None = Field(
-        None, description="kind: benign: a mechanism parameter's values, each a setting run over every rate "
-                          "(several keys: every combination); docs/benign.md")
+        None, description="kind: benign or stopping-speed: a mechanism parameter's values, each a setting run over "
+                          "every rate (several keys: every combination); docs/benign.md")
     state: Literal["full", "fresh"] = Field(
         "full", description="full: the host's normal traffic fills its working set before the worm starts "
                             "(as on the paper's hosts); fresh: an empty working set")
@@ -172,6 +172,8 @@ def load_experiment(path: str | Path, *, machine_routes=None) -> Experiment:
                 lab_error = exc
     if isinstance(spec, ExperimentFile):
         benignspec.check(spec, lab, path.parent, problems, kind_refused=any(c[0] == "kind" for c in cuts))
+        if not any(c[0] in ("kind", "benign") for c in cuts):
+            wormbenignspec.check(spec, problems)
     if isinstance(spec, ExperimentFile) and lab is not None and not any(c[0] in ("kind", "throttle") for c in cuts) \
             and spec.worm is not None:
         # on what parsed (a refused kind or throttle would be judged by its default instead: not at all)

@@ -1,4 +1,4 @@
-"""The `sweep:` block of a benign experiment (issue 17): a mechanism's parameters swept, each setting a run of
+"""The `sweep:` block of a benign or stopping-speed experiment (issue 17): a mechanism's parameters swept, each setting a run of
 its own over every rate and protocol, so the report can set what each costs the benign traffic beside how
 fast it stops a worm (the trade-off plot).
 
@@ -21,6 +21,7 @@ from mechanisms.spec import MechanismError
 from orchestrator.experiment.mechspec import MechanismRun
 
 MAX_SETTINGS = 64
+SWEPT_KINDS = ("benign", "stopping-speed")
 
 
 def short(key: str, keys: Sequence[str]) -> str:
@@ -39,9 +40,9 @@ def expand(mechs: Sequence[MechanismRun], sweep: Mapping[str, Sequence[Any]] | N
     """The mechanisms with the sweep applied (problems added, not raised; on one, the mechanisms unswept)."""
     if not sweep:
         return list(mechs)
-    if kind != "benign":
-        problems.add(("sweep",), "a sweep runs in kind: benign experiments (the worm's side of the trade-off "
-                                 "is the model's; docs/benign.md)")
+    if kind not in SWEPT_KINDS:
+        problems.add(("sweep",), "a sweep runs in kind: benign and kind: stopping-speed experiments (with a "
+                                 "benign: block, both axes of the trade-off measured; docs/benign.md)")
         return list(mechs)
     keys, bad = list(sweep), False
     for k in keys:

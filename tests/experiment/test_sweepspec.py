@@ -72,8 +72,8 @@ def test_labels_fall_back_to_the_whole_name_when_initials_clash():
     ({"sweep": {"working_set_size": "5"}}, "sweep.working_set_size", "valid list"),
     ({"sweep": {"working_set_size": [1.5]}}, "sweep.working_set_size.0", "must be an int"),
     ({"sweep": {"working_set_size": list(range(1, 66))}}, "sweep.working_set_size", "at most 64 items"),
-    ({"kind": "stopping-speed", "benign": None, "worm": {"scan": "198.18.9.0/24"}}, "sweep",
-     "a sweep runs in kind: benign experiments"),
+    ({"kind": "baseline", "benign": None, "worm": {"scan": "198.18.9.0/24"}}, "sweep",
+     "a sweep runs in kind: benign and kind: stopping-speed experiments"),
 ])
 def test_a_bad_sweep_names_its_key(tmp_path, over, where, says):
     with pytest.raises(SpecError) as exc:
