@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.analysis import wormbenign as wbsum
 from orchestrator.analysis.benign import BENIGN_COLUMNS, summarise_benign
 from orchestrator.atomic import atomic_write_json, atomic_write_text, read_json
 from orchestrator.errors import TestbedError
@@ -33,6 +34,10 @@ SUMMARY_COLUMNS = [
     "contained", "contained_s", "contained_s_sd", "out_before_contained", "out_before_contained_sd", "wire_rate",
     "wire_rate_sd",
 ]
+
+
+# a stopping-speed run with benign traffic beside the worm, or a sweep: the setting and the benign columns
+BESIDE_COLUMNS = SUMMARY_COLUMNS[:1] + wbsum.COLUMNS[:1] + SUMMARY_COLUMNS[1:] + wbsum.COLUMNS[1:]
 
 
 class ResultsError(TestbedError):
@@ -87,8 +92,9 @@ class RunDir:
 
     def write_summary(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
-        cols = (BENIGN_COLUMNS if rows and "benign_rate" in rows[0] else SPREAD_COLUMNS
-                if rows and "deploy" in rows[0] else SUMMARY_COLUMNS)
+        cols = (BENIGN_COLUMNS if rows and "benign_rate" in rows[0] and "stop_s" not in rows[0] else SPREAD_COLUMNS
+                if rows and "deploy" in rows[0] else BESIDE_COLUMNS if rows and "setting" in rows[0] and
+                "stop_s" in rows[0] else SUMMARY_COLUMNS)
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
@@ -184,14 +190,18 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return summarise_benign(trials)
     if is_spread(trials):
         return summarise_spread(trials)
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    order: dict[str, int] = {}
+    groups: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
+    order: dict[tuple[str, str], int] = {}
     for t in trials:
         mech = t.get("mechanism") or ""        # records from before mechanisms were named have none
-        order.setdefault(mech, len(order))
-        groups.setdefault((mech, t["protocol"], float(t["rate"])), []).append(t)
+        setting = t.get("setting") or ""       # a swept stopping-speed run's (wormbenign.extra_of); else none
+        order.setdefault((mech, setting), len(order))
+        groups.setdefault((mech, setting, t["protocol"], float(t["rate"])), []).append(t)
+    beside = any((t.get("measured") or {}).get("benign_connections") is not None or t.get("setting")
+                 for t in trials)
     rows = []
-    for (mech, proto, rate), ts in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])):
+    for (mech, setting, proto, rate), ts in sorted(groups.items(),
+                                                   key=lambda kv: (order[kv[0][:2]], kv[0][2], kv[0][3])):
         done = [t for t in ts if t.get("status") in ("ok", "timeout")]   # trials that measured something
         m = [t.get("measured") or {} for t in done]
         mo = [t.get("model") or {} for t in done]
@@ -220,6 +230,8 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "out_before_contained": _mean(out_c), "out_before_contained_sd": _sd(out_c),
             "wire_rate": _mean(wr), "wire_rate_sd": _sd(wr),
         })
+        if beside:        # a swept or benign-beside-the-worm run: its setting and benign columns
+            rows[-1] |= {"setting": setting} | wbsum.row_figures(done)
     return rows
 
 

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign, benignspec, disturb, hvplace, pool, schedule, spreadrun
+from orchestrator.experiment import benign, benignspec, disturb, hvplace, pool, schedule, spreadrun, wormbenign
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
@@ -65,6 +65,8 @@ def estimate_s(exp: Experiment, t: TrialSpec) -> float:
     m = mechanism_of(exp, t)
     if s.kind == "benign":
         return benign.estimate_s(exp, t) + OVERHEAD_S
+    if s.benign is not None:       # beside the worm: the lead, then the session to its end
+        return s.benign.duration_s + s.benign.timeout_s + OVERHEAD_S
     if m.name != "williamson":
         return min(s.timeout_s, s.worm.lifetime_s, s.worm.max_attempts / t.rate) + OVERHEAD_S
     from throttle.core import ThrottleConfig
@@ -364,8 +366,13 @@ def run_one(exp: Experiment, st: Setup, t: TrialSpec) -> TrialRecord:
     """One trial of any kind on the lab of `st`: the serial sweep and every parallel instance run this."""
     if exp.spec.kind == "spread":
         return run_spread_trial(spreadrun.SpreadSetup.resolve(st), t)
-    one = benign.run_trial if exp.spec.kind == "benign" else run_trial
-    return one(st.for_mechanism(mechanism_of(exp, t)), t)
+    one = benign.run_trial if exp.spec.kind == "benign" else \
+        wormbenign.run_trial if exp.spec.benign is not None else run_trial
+    mst = st.for_mechanism(mechanism_of(exp, t))
+    rec = one(mst, t)
+    if exp.spec.sweep and exp.spec.kind != "benign":     # a setting of a swept stopping-speed run: named in its row
+        rec.extra = wormbenign.extra_of(mst) | rec.extra
+    return rec
 
 
 def run_judged(exp: Experiment, st: Setup, t: TrialSpec) -> TrialRecord:
