@@ -45,7 +45,7 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
         emit_json({"run_id": man.get("run_id"), "run_dir": str(run.path), "status": run_status(man),
                    "report": str(run.path / "report.html"), "summary": rows})
         return
-    if rows and "benign_rate" in rows[0]:          # a benign run: the price of containment (docs/benign.md)
+    if rows and "benign_rate" in rows[0] and "stop_s" not in rows[0]:   # a benign run: the price of containment (docs/benign.md)
         t = Table("mechanism", "setting", "rate/s", "conns", "p50 s", "p99 s", "model p99", "not ok", "false blocks",
                   "block at s", "agrees", title=f"benign traffic on the wire — {run.path}", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
@@ -62,6 +62,15 @@ def finish_run(rdir, junit: Path | None, as_json: bool = False) -> None:
                       _n(r["false_blocks"]), block,
                       "–" if r["agree"] is None else "yes" if r["agree"] else "[red]NO[/]", *more)
         out.print(t)
+        out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
+        return
+    if rows and rows[0].get("benign_connections") is not None:   # benign traffic beside the worm: both axes
+        from orchestrator.results.tradeoff import measured_points, measured_table
+        head, body = measured_table(measured_points(rows), _n)
+        head = [h.replace("benign ", "b. ").replace(" (/s)", "/s") for h in head]
+        out.print(_rows(Table(*head, title=f"stopping speed and benign cost, measured — {run.path}",
+                              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False),
+                        [[_initials(x) if i == 1 and "=" in x else x for i, x in enumerate(b)] for b in body]))
         out.print(f"summary: {run.path / 'summary.csv'}\nreport: {run.path / 'report.html'}")
         return
     if (run.manifest().get("experiment") or {}).get("kind") == "spread":     # epidemic figures (docs/spread.md)

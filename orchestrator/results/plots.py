@@ -55,6 +55,10 @@ def _queue_series(run: RunDir, t: dict[str, Any]) -> list[tuple[float, int]]:
 
 
 CAPTIONS = {
+    "benign-worm-tradeoff": "The trade-off with both axes measured: each setting's benign p99 delay to the wire "
+                            "before the worm (across) against the worm's connections out before the block (up), "
+                            "in the same trials; open squares: the williamson model of the benign schedule and the "
+                            "worm together.",
     "stopping-time": "Time from the worm's first attempt to the throttle's block, against the scan rate, one panel "
                      "per protocol: measured (points: the mean over the repeats, bars: the 95 % confidence interval "
                      "with several repeats, else min–max) beside the throttle's model (line) and the paper's figure "

@@ -313,6 +313,23 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
 
 
+TRADE_TITLE = "The trade-off, both axes measured (benign traffic beside the worm)"
+TRADE_PLOT = "benign-worm-tradeoff"
+
+
+def _beside_section(rows: list[dict[str, Any]], dest: Path, images: dict[str, Path]
+                    ) -> tuple[list[str], list[list[str]]] | None:
+    """A run with benign traffic beside the worm: the trade-off table (and its plot into `images`)."""
+    from orchestrator.results import tradeoff
+
+    pts = tradeoff.measured_points(rows)
+    if not pts:
+        return None
+    (dest / "plots").mkdir(parents=True, exist_ok=True)
+    images[TRADE_PLOT] = tradeoff.measured_plot(pts, dest / "plots" / f"{TRADE_PLOT}.png")
+    return tradeoff.measured_table(pts, _fmt)
+
+
 def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.md, report.html and plots/ into the run directory, or into `out_dir` (made if need be)."""
     from orchestrator.results.plots import CAPTIONS
@@ -350,6 +367,7 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
     paper = _paper_section(paper_c)
     config = _config_section(man)
     files = _files_section(run, dest, c["trials"])
+    trade = _beside_section(c["rows"], dest, images)
     caption = {n: CAPTIONS.get(n, n) for n in images}
     reps = sorted({r["repeats"] for r in c["rows"]})
     table_note = (f"{'–'.join(map(str, reps))} repeat(s) per row; time to stop is the mean ± the standard "
@@ -362,6 +380,8 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
         md += ["", "## The mechanisms compared, from the wire", ""] + _md_table(*compare)
     for m, (head, body) in blocks:
         md += ["", f"## Table 1 — stopping speed per scan rate{f' — {m}' if m else ''}", ""] + _md_table(head, body)
+    if trade:
+        md += ["", f"## {TRADE_TITLE}", ""] + _md_table(*trade)
     md += ["", table_note, "", "## Comparison with the paper", ""] + [f"- {x}" for x in paper]
     md += ["", "## Notes", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     md += [f"![{name}](plots/{p.name})\n\n*{caption[name]}*\n" for name, p in images.items()]
@@ -390,6 +410,8 @@ def build_report(run: RunDir | str | Path, out_dir: Path | None = None) -> tuple
                      + table_html(head, body) for m, (head, body) in blocks)
     if compare:
         tables = "<h2>The mechanisms compared, from the wire</h2>" + table_html(*compare) + tables
+    if trade:
+        tables += f"<h2>{html.escape(TRADE_TITLE)}</h2>" + table_html(*trade)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Stopping speed — {html.escape(e['experiment'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}

@@ -105,3 +105,66 @@ def plot(pts: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---- both axes measured: a stopping-speed sweep with benign traffic beside the worm (issue 17)
+
+def measured_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One point per setting and scan rate of a stopping-speed run with benign traffic beside the worm: its
+    summary row's stopping figures (measured, the model's beside) and benign figures (likewise)."""
+    keys = ("mechanism", "setting", "protocol", "rate", "stop_s", "stop_s_model", "out_before_block",
+            "out_before_block_model", "benign_rate", "benign_connections", "benign_p50_s", "benign_p99_s",
+            "benign_p99_s_model", "benign_p99_attack_s", "benign_dropped", "benign_agree", "agree")
+    out = []
+    for r in rows:
+        if r.get("benign_connections") is None:
+            continue
+        p = {k: r.get(k) for k in keys}
+        words = dict(w.split("=", 1) for w in (r.get("setting") or "").split() if "=" in w)
+        p["working_set_size"] = int(words["working_set_size"]) if "working_set_size" in words else None
+        out.append(p)
+    return sorted(out, key=lambda p: (p["mechanism"] or "", p["rate"], p["working_set_size"] or 0, p["setting"] or ""))
+
+
+def measured_table(pts: Sequence[Mapping[str, Any]], fmt: Callable[[Any], str]) -> tuple[list[str], list[list[str]]]:
+    """The trade-off with both axes measured (`fmt`: the report's own number format)."""
+    head = ["mechanism", "setting", "scan rate (/s)", "stop s", "model stop s", "worm out", "model out",
+            "benign /s", "benign conns", "benign p50 s", "benign p99 s", "model p99 s", "p99 s during attack",
+            "benign not ok", "agrees"]
+    body = [[p["mechanism"] or "–", p["setting"] or "–", fmt(p["rate"]), fmt(p["stop_s"]), fmt(p["stop_s_model"]),
+             fmt(p["out_before_block"]), fmt(p["out_before_block_model"]), fmt(p["benign_rate"]),
+             fmt(p["benign_connections"]), fmt(p["benign_p50_s"]), fmt(p["benign_p99_s"]),
+             fmt(p["benign_p99_s_model"]), fmt(p["benign_p99_attack_s"]), fmt(p["benign_dropped"]),
+             "–" if p["agree"] is None else "yes" if p["agree"] else "NO"] for p in pts]
+    return head, body
+
+
+def measured_plot(pts: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Benign p99 delay before the worm (measured) across, the worm's attempts out before the block (measured)
+    up, the model's beside each as an open marker: one line per scan rate through the settings."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for k, rate in enumerate(sorted({p["rate"] for p in pts})):
+        line = [p for p in pts if p["rate"] == rate and p.get("benign_p99_s") is not None]
+        if not line:
+            continue
+        ax.plot([p["benign_p99_s"] for p in line], [p["out_before_block"] for p in line], "o-", color=f"C{k}",
+                label=f"worm {rate:g}/s (measured)")
+        model = [p for p in line if p.get("benign_p99_s_model") is not None and p.get("out_before_block_model") is not None]
+        ax.plot([p["benign_p99_s_model"] for p in model], [p["out_before_block_model"] for p in model], "s",
+                mfc="none", color=f"C{k}", label=f"worm {rate:g}/s (model)")
+        for p in line:
+            ax.annotate(f"ws {p['working_set_size']}" if p["working_set_size"] is not None else (p["setting"] or ""),
+                        (p["benign_p99_s"], p["out_before_block"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7, color=f"C{k}")
+    ax.set_xlabel("benign p99 delay to the wire before the worm (s, measured)")
+    ax.set_ylabel("worm's connections out before the block\n(measured, benign traffic beside it)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
