@@ -200,6 +200,12 @@ def run_experiment(path: str | Path, options: RunOptions | None = None) -> RunDi
                     _say(o.console, f"a {exp.spec.kind} run takes its trials one at a time: --parallel {o.parallel} "
                                     "applies to stopping-speed and baseline runs")
                 k = 1
+            elif k > 1 and exp.spec.benign is not None:     # benign delays beside the worm: not judged either
+                if o.parallel is not None:
+                    _say(o.console, f"a run with benign traffic beside the worm takes its trials one at a time "
+                                    f"(its benign delays are not judged for disturbance): --parallel {o.parallel} "
+                                    "ignored")
+                k = 1
             if k > 1:
                 refuse_other_lab(exp, store)     # here, not in instance 1's thread, where it would be "lost"
                 sweep_parallel(exp, run, o, store, k, ref)
