@@ -1,5 +1,6 @@
 """Benign traffic beside the worm in a namespace lab (root, slow): williamson in the host (working set 2, a delay
-queue of 20), the host in use at 2 connections/s for 3 s, then a worm at 20/s. The worm is contained with the
+queue of 30, so the block falls between release ticks: the combined model has no tie orderings yet), the host
+in use at 2 connections/s for 3 s, then a worm at 20/s. The worm is contained with the
 attempts out the combined model (benign schedule and worm through one throttle core) predicts; every benign
 connection is joined with its SYN on the wire and agrees with the same model's delay; the connections after
 the block are dropped, as the model says."""
@@ -39,7 +40,7 @@ def test_a_worm_beside_benign_traffic_is_contained_as_the_combined_model_says(tm
         "experiment": "wb", "kind": "stopping-speed", "lab": str(lab), "seed": 1, "rates": [20],
         "worm": {"scan": "198.18.9.0/24", "protocols": ["tcp"], "lifetime_s": 20},
         "benign": {"servers": 6, "rate": 2, "lead_s": 3, "duration_s": 6, "timeout_s": 2},
-        "throttle": {"placement": "host", "working_set_size": 2, "release_period_s": 1.0, "delay_queue_limit": 20},
+        "throttle": {"placement": "host", "working_set_size": 2, "release_period_s": 1.0, "delay_queue_limit": 30},
         "sweep": {"working_set_size": [2]}, "timeout_s": 20}))
     out = tmp_path / "run"
     try:
