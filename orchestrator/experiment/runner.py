@@ -24,7 +24,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from orchestrator.errors import ExperimentError
-from orchestrator.experiment import benign, benignspec, disturb, hvplace, pool, schedule, spreadrun, wormbenign
+from orchestrator.experiment import (
+    benign,
+    benignspec,
+    disturb,
+    hvplace,
+    pool,
+    schedule,
+    spreadrun,
+    wormbenign,
+)
 from orchestrator.experiment.mechspec import MechanismRun
 from orchestrator.experiment.record import TrialRecord, TrialSpec
 from orchestrator.experiment.rundir import RunDir, new_run_id, run_status, runner_record, summarise
