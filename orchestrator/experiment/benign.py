@@ -324,8 +324,9 @@ def block_agreement(model: dict[str, Any], blocks: list[dict[str, Any]], tol: di
             "error_s": err}
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_rows(path: Path, rows: list[dict[str, Any]], keys: Sequence[str] = ROW_KEYS) -> None:
+    """benign.csv: one row per connection, the columns `keys` (floats to the µs, booleans lower-case)."""
     def fmt(v):
         return "" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
-    lines = [",".join(ROW_KEYS)] + [",".join(fmt(r.get(k)) for k in ROW_KEYS) for r in rows]
+    lines = [",".join(keys)] + [",".join(fmt(r.get(k)) for k in keys) for r in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")

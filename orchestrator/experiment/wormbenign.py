@@ -22,7 +22,7 @@ from pathlib import Path
 
 from orchestrator.analysis import benign as ab
 from orchestrator.analysis import wormbenign as wb
-from orchestrator.atomic import atomic_write_json, atomic_write_text
+from orchestrator.atomic import atomic_write_json
 from orchestrator.errors import ProcessDied, TestbedError
 from orchestrator.experiment import agreement
 from orchestrator.experiment.benign import (
@@ -34,6 +34,7 @@ from orchestrator.experiment.benign import (
     session_args,
     setting,
 )
+from orchestrator.experiment.benign import write_rows as benign_write_rows
 from orchestrator.experiment.evaluate import evaluate
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
@@ -191,10 +192,9 @@ def beside(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path, e
 
 
 def write_rows(path: Path, rows: list[dict], first_worm_wall: float | None) -> None:
-    """benign.csv: the benign trial's columns, and `phase` (before or during the worm)."""
-    def fmt(v):
-        return "" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
-    keys = (*ROW_KEYS, "phase")
+    """benign.csv: the benign trial's columns, and `phase` (before or during the worm, as `wb.split` puts it)."""
+    before, _ = wb.split(rows, first_worm_wall)
+    ids = {id(r) for r in before}
     for r in rows:
-        r["phase"] = "before" if first_worm_wall is None or (r.get("due_wall") or 0) < first_worm_wall else "attack"
-    atomic_write_text(path, "\n".join([",".join(keys)] + [",".join(fmt(r.get(k)) for k in keys) for r in rows]) + "\n")
+        r["phase"] = "before" if id(r) in ids else "attack"
+    benign_write_rows(path, rows, (*ROW_KEYS, "phase"))

@@ -94,3 +94,16 @@ def test_the_worms_wire_counts_leave_the_workloads_ports_out():
                               first_wall=10.0)
     assert (w["wire_attempts"], w["out_before_block"], w["out_after_block"]) == (3, 3, 0)
     assert w["wire_first"] == 10.0
+
+
+def test_benign_csv_names_each_connections_phase_as_the_split_does(tmp_path):
+    from orchestrator.experiment.wormbenign import write_rows
+    rows = [{"i": 0, "due_wall": 99.0, "wire_s": 0.5}, {"i": 1, "due_wall": 100.0, "wire_s": None},
+            {"i": 2, "due_wall": None}]
+    write_rows(tmp_path / "benign.csv", rows, 100.0)
+    head, *lines = (tmp_path / "benign.csv").read_text().splitlines()
+    assert head.startswith("i,t_sched,") and head.endswith(",phase")
+    assert [(ln.split(",")[0], ln.split(",")[-1]) for ln in lines] == [("0", "before"), ("1", "attack"), ("2", "attack")]
+    assert lines[0].split(",")[head.split(",").index("wire_s")] == "0.500000"
+    write_rows(tmp_path / "alone.csv", rows[:1], None)                        # no worm attempt: all before
+    assert (tmp_path / "alone.csv").read_text().splitlines()[1].endswith(",before")
