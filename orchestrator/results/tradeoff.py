@@ -97,8 +97,16 @@ def plot(pts: Sequence[Mapping[str, Any]], path: Path) -> Path:
             fb = f", {p['false_blocks']} false block(s)" if p.get("false_blocks") else ""
             ax.annotate(f"ws {p['working_set_size']}{fb}", (x, y), textcoords="offset points", xytext=(5, 4),
                         fontsize=7, color=f"C{k}")
-    ax.set_xlabel("benign p99 delay to the wire (s, measured)")
-    ax.set_ylabel(f"worm's connections out before the block\n(model, {WORM_RATE:g}/s, empty working set)")
+    return _save(fig, ax, path, "benign p99 delay to the wire (s, measured)",
+                 f"worm's connections out before the block\n(model, {WORM_RATE:g}/s, empty working set)")
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str) -> Path:
+    """The two trade-off plots' frame (labels, grid, legend), written to `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -160,11 +168,5 @@ def measured_plot(pts: Sequence[Mapping[str, Any]], path: Path) -> Path:
             ax.annotate(f"ws {p['working_set_size']}" if p["working_set_size"] is not None else (p["setting"] or ""),
                         (p["benign_p99_s"], p["out_before_block"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=7, color=f"C{k}")
-    ax.set_xlabel("benign p99 delay to the wire before the worm (s, measured)")
-    ax.set_ylabel("worm's connections out before the block\n(measured, benign traffic beside it)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "benign p99 delay to the wire before the worm (s, measured)",
+                 "worm's connections out before the block\n(measured, benign traffic beside it)")
