@@ -25,7 +25,7 @@ from orchestrator.analysis import falsepos
 from orchestrator.atomic import atomic_write_json, atomic_write_text
 from orchestrator.errors import TestbedError
 from orchestrator.experiment import benignspec
-from orchestrator.experiment.benignfp import evaluate_hosts
+from orchestrator.experiment.benignfp import evaluate_hosts, span_s
 from orchestrator.experiment.record import Evaluation, TrialRecord, TrialSpec
 from orchestrator.experiment.setup import Setup, lab_ip
 from orchestrator.experiment.trial import TrialRun, reset, service_name
@@ -54,6 +54,11 @@ def setting(m) -> str:
     keys = ("working_set_size", "release_period_s", "delay_queue_limit") if m.name == "williamson" else sorted(m.params)
     return " ".join(f"{k}={m.params[k]:g}" if isinstance(m.params.get(k), float) else f"{k}={m.params[k]}"
                     for k in keys if k in m.params)
+
+
+def setting_extra(m) -> dict[str, Any]:
+    """What a trial's record carries of its mechanism's setting: the label and the parameters (rows, plots)."""
+    return {"setting": setting(m), "params": dict(m.params) if m else {}}
 
 
 def estimate_s(exp, t: TrialSpec) -> float:
@@ -112,8 +117,7 @@ class BenignTrial(TrialRun):
                                                    throttle_iface=iface), t)
                 sub.watch = self.watch
                 self.others[b] = sub
-        self.rec.extra |= {"kind": "benign", "setting": setting(self.st.mech), "servers": len(self.wl),
-                           "params": dict(self.st.mech.params) if self.st.mech else {}}
+        self.rec.extra |= {"kind": "benign", "servers": len(self.wl)} | setting_extra(self.st.mech)
         if len(self.blades) > 1 or self.stale:
             self.rec.extra |= {"hosts": self.blades, "stale": self.stale}
         self.trace = benignspec.trace_path(st.exp)
@@ -258,11 +262,6 @@ def evaluate(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir: Path)
     measured["fp"] = falsepos.fp_figures([f["fp_host"]], span_s(st))
     atomic_write_json(tdir / "analysis.json", {"measured": measured, "model": pm, "agreement": agree})
     return Evaluation(measured, f["findings"], pm, agree or {"ok": None})
-
-
-def span_s(st: Setup) -> float:
-    b = st.exp.spec.benign
-    return b.duration_s if b is not None else 0.0
 
 
 def host_figures(st: Setup, t: TrialSpec, log: Path, events: list[dict[str, Any]], wire, csv_path: Path,

@@ -55,7 +55,7 @@ def evaluate_hosts(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir:
                  "after_block": {k: sum(f["measured"]["after_block"][k] for f in per)
                                  for k in ("scheduled_after", "on_wire_after")},
                  "misses": sum(int(f["measured"].get("misses") or 0) for f in per),
-                 "fp": falsepos.fp_figures([f["fp_host"] for f in per], st.exp.spec.benign.duration_s if st.exp.spec.benign else 0.0),
+                 "fp": falsepos.fp_figures([f["fp_host"] for f in per], span_s(st)),
                  "per_host": [f["fp_host"] | {"connections": f["measured"]["connections"],
                                               "dropped": f["measured"]["dropped"],
                                               "misses": f["measured"].get("misses", 0)} for f in per]}
@@ -64,6 +64,12 @@ def evaluate_hosts(st: Setup, t: TrialSpec, files: dict[str, Path | None], tdir:
     agree = agreement_over_hosts(per)
     atomic_write_json(tdir / "analysis.json", {"measured": measured, "model": pm, "agreement": agree})
     return Evaluation(measured, findings, pm, agree or {"ok": None})
+
+
+def span_s(st: Setup) -> float:
+    """The seconds a benign session schedules connections over: each host's exposure when never blocked."""
+    b = st.exp.spec.benign
+    return b.duration_s if b is not None else 0.0
 
 
 def model_over_hosts(per: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -194,7 +194,7 @@ def summarise(trials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     order: dict[tuple[str, str], int] = {}
     for t in trials:
         mech = t.get("mechanism") or ""        # records from before mechanisms were named have none
-        setting = t.get("setting") or ""       # a swept stopping-speed run's (wormbenign.extra_of); else none
+        setting = t.get("setting") or ""       # a swept stopping-speed run's (benign.setting_extra); else none
         order.setdefault((mech, setting), len(order))
         groups.setdefault((mech, setting, t["protocol"], float(t["rate"])), []).append(t)
     beside = any((t.get("measured") or {}).get("benign_connections") is not None or t.get("setting")

@@ -385,8 +385,8 @@ def run_one(exp: Experiment, st: Setup, t: TrialSpec) -> TrialRecord:
         wormbenign.run_trial if exp.spec.benign is not None else run_trial
     mst = st.for_mechanism(mechanism_of(exp, t))
     rec = one(mst, t)
-    if exp.spec.sweep and exp.spec.kind != "benign":     # a setting of a swept stopping-speed run: named in its row
-        rec.extra = wormbenign.extra_of(mst) | rec.extra
+    if exp.spec.kind != "benign" and (exp.spec.sweep or exp.spec.benign is not None):
+        rec.extra = benign.setting_extra(mst.mech) | rec.extra     # a swept or in-use worm trial: its row's setting
     return rec
 
 

@@ -32,7 +32,6 @@ from orchestrator.experiment.benign import (
     BenignTrial,
     allow_list,
     session_args,
-    setting,
 )
 from orchestrator.experiment.benign import write_rows as benign_write_rows
 from orchestrator.experiment.evaluate import evaluate
@@ -55,12 +54,6 @@ def run_trial(st: Setup, t: TrialSpec) -> TrialRecord:
     return WormBenignTrial(dataclasses.replace(st, normal=[]), t).run()
 
 
-def extra_of(st: Setup) -> dict:
-    """What a swept (or benign) worm trial's record adds: its setting, for the summary and the trade-off."""
-    m = st.mech
-    return {"setting": setting(m), "params": dict(m.params) if m else {}}
-
-
 class WormBenignTrial(TrialRun):
     """A stopping-speed trial whose infected host runs the benign workload, from `lead_s` before the worm."""
 
@@ -72,7 +65,7 @@ class WormBenignTrial(TrialRun):
             self.watch.places.setdefault(n, HostPlace(self.h, n))
         self.run_log = f"{self.bt.wdir[st.infected]}/run.jsonl"
         self.session_end: float | None = None
-        self.rec.extra |= extra_of(st) | {"benign": True}
+        self.rec.extra |= {"benign": True}     # its setting: the runner's (benign.setting_extra)
 
     def reset(self) -> None:
         super().reset()
