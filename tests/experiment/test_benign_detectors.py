@@ -7,8 +7,6 @@ the daemons' own event logs say the same, within the stopping-time tolerance, an
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ from orchestrator.analysis.falsepos import schedule_attempts, trw_block
 from orchestrator.experiment.rundir import RunDir
 from orchestrator.lab import lifecycle
 from orchestrator.providers.state import StateStore
+from tests.support.privatelab import private_lab
 from workload.schedule import GenSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,14 +43,7 @@ def test_the_schedules_model_blocks_the_second_host_only():
 @pytest.mark.root
 @pytest.mark.slow
 def test_trw_falsely_blocks_the_host_its_model_says_when_it_says(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("needs root: builds a namespace lab")
-    state = tmp_path / "state"
-    monkeypatch.setenv("TESTBED_STATE_DIR", str(state))
-    name = f"fp-{secrets.token_hex(3)}"
-    lab = tmp_path / "lab.yaml"
-    lab.write_text((REPO / "labs" / "benign-detectors-lab.yaml").read_text()
-                   .replace("name: benign-detectors-lab", f"name: {name}"))
+    name, lab, state = private_lab(tmp_path, monkeypatch, "benign-detectors-lab.yaml", "fp-")
     exp = tmp_path / "fp.yaml"
     exp.write_text(json.dumps({
         "experiment": "fp", "kind": "benign", "lab": str(lab), "seed": 2, "rates": [10],

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from orchestrator.experiment.rundir import RunDir
 from orchestrator.lab import lifecycle
 from orchestrator.providers.state import StateStore
+from tests.support.privatelab import private_lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,14 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_a_worm_beside_benign_traffic_is_contained_as_the_combined_model_says(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("needs root: builds a namespace lab")
-    state = tmp_path / "state"
-    monkeypatch.setenv("TESTBED_STATE_DIR", str(state))
-    name = f"wb-{secrets.token_hex(2)}"
-    lab = tmp_path / "lab.yaml"
-    lab.write_text((REPO / "labs" / "benign-lab.yaml").read_text().replace("name: benign-lab", f"name: {name}")
-                   .replace("count: 20", "count: 6"))
+    name, lab, state = private_lab(tmp_path, monkeypatch, "benign-lab.yaml", "wb-", {"count: 20": "count: 6"})
     exp = tmp_path / "wb.yaml"
     exp.write_text(json.dumps({
         "experiment": "wb", "kind": "stopping-speed", "lab": str(lab), "seed": 1, "rates": [20],
