@@ -71,5 +71,8 @@ def test_trw_falsely_blocks_the_host_its_model_says_when_it_says(tmp_path, monke
     assert (row["hosts"], row["false_block_hosts"], row["fp_rate"]) == (2, 1, 0.5)
     # 1 block in (4 s + 1.12 s) of benign use: ~700 per host-hour
     assert row["fp_per_host_hour"] == pytest.approx(3600 / (4 + b2["t_block_s"]), rel=0.01)
-    assert (out / "trials" / t["trial"] / "mechanism-blade2.jsonl").exists()
-    assert (out / "trials" / t["trial"] / "benign-blade2.csv").exists()
+    tdir = out / "trials" / t["trial"]
+    events = [json.loads(ln) for ln in (tdir / "mechanism-blade2.jsonl").read_text().splitlines() if ln.strip()]
+    assert [e["event"] for e in events].count("blocked") == 1          # blade2's own daemon blocked it, once
+    rows = (tdir / "benign-blade2.csv").read_text().splitlines()
+    assert rows[0].startswith("i,t_sched,") and len(rows) - 1 == b2["connections"]
